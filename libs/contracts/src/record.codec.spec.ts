@@ -1,0 +1,40 @@
+import {
+  CorruptRecordError,
+  RecordKind,
+  decodeRecord,
+  encodeCheckpointRecord,
+  encodeRecordBatch,
+  encodeWriteRecord,
+  splitRecordBatch,
+} from './index';
+
+describe('record codec', () => {
+  const write = { seq: 42, volumeIndex: 3, offset: 1_000_000_007, capturedAtMicros: 1_700_000_000_123_456, flags: 1, data: Buffer.from('hello, journal') };
+
+  it('round-trips a write record', () => {
+    const decoded = decodeRecord(encodeWriteRecord(write));
+    expect(decoded).toEqual({ kind: RecordKind.Write, ...write });
+  });
+
+  it('round-trips a checkpoint marker', () => {
+    const marker = { id: '0b6f8a4e-1f7d-4c1a-9a51-3f0f7f3b9c11', kind: 'tagged' as const, name: 'before upgrade', vmId: null };
+    const decoded = decodeRecord(encodeCheckpointRecord({ seq: 7, capturedAtMicros: 5, marker }));
+    expect(decoded).toEqual({ kind: RecordKind.Checkpoint, seq: 7, capturedAtMicros: 5, marker });
+  });
+
+  it('reports any flipped bit as corrupt, never as data', () => {
+    const record = encodeWriteRecord(write);
+    for (let byte = 4; byte < record.length; byte++) {
+      const damaged = Buffer.from(record);
+      damaged[byte] = damaged[byte]! ^ 0x10;
+      expect(() => decodeRecord(damaged)).toThrow(CorruptRecordError);
+    }
+  });
+
+  it('splits a batch into the records it was made of, and rejects a truncated batch', () => {
+    const records = [encodeWriteRecord(write), encodeWriteRecord({ ...write, seq: 43, data: Buffer.alloc(0) })];
+    const batch = encodeRecordBatch(records);
+    expect(splitRecordBatch(batch).map((r) => Buffer.from(r))).toEqual(records);
+    expect(() => splitRecordBatch(batch.subarray(0, batch.length - 1))).toThrow(CorruptRecordError);
+  });
+});

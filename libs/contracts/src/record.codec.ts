@@ -1,0 +1,199 @@
+import { crc32c } from '@node-rs/crc32';
+
+/**
+ * The replication record: one captured write or one checkpoint marker. The same bytes travel from the
+ * splitter's log, over the bus, into journal segment files, so the checksum computed at capture is
+ * verified at every hop and again at recovery, and never recomputed in between.
+ *
+ * Layout (little-endian), header is RECORD_HEADER_BYTES long:
+ *
+ *   off size field
+ *    0   4   magic       0x52504443 ("CDPR" read as bytes C D P R), lets a reader find record starts
+ *    4   4   crc32c      Castagnoli CRC of bytes [8, totalLength): header rest + body
+ *    8   4   totalLength header + body, in bytes
+ *   12   1   version     RECORD_VERSION
+ *   13   1   kind        1 = write, 2 = checkpoint marker
+ *   14   2   volume      write: the volume's index in its VPG; marker: 0
+ *   16   8   seq         write: its seq; marker: the cut (every write with seq <= cut is inside)
+ *   24   8   capturedAt  microseconds since the Unix epoch, splitter clock
+ *   32   8   offset      write: byte offset in the volume; marker: 0
+ *   40   4   bodyLength  write: payload length; marker: JSON length
+ *   44   4   flags       bit 0: FUA was requested; the rest are zero
+ *   48   …   body        write: payload bytes; marker: UTF-8 JSON of CheckpointMarkerBody
+ */
+export const RECORD_MAGIC = 0x52504443;
+export const RECORD_VERSION = 1;
+export const RECORD_HEADER_BYTES = 48;
+export const RECORD_FLAG_FUA = 1;
+
+export const enum RecordKind {
+  Write = 1,
+  Checkpoint = 2,
+}
+
+export interface CheckpointMarkerBody {
+  readonly id: string;
+  readonly kind: 'automatic' | 'tagged' | 'application-consistent';
+  readonly name: string | null;
+  readonly vmId: string | null;
+}
+
+export interface WriteRecord {
+  readonly kind: RecordKind.Write;
+  readonly seq: number;
+  readonly volumeIndex: number;
+  readonly offset: number;
+  readonly capturedAtMicros: number;
+  readonly flags: number;
+  readonly data: Buffer;
+}
+
+export interface CheckpointRecord {
+  readonly kind: RecordKind.Checkpoint;
+  /** The cut: the seq of the last write inside the checkpoint (0 when the VPG had no write yet). */
+  readonly seq: number;
+  readonly capturedAtMicros: number;
+  readonly marker: CheckpointMarkerBody;
+}
+
+export type DecodedRecord = WriteRecord | CheckpointRecord;
+
+export class CorruptRecordError extends Error {
+  override readonly name = 'CorruptRecordError';
+  readonly retriable = false;
+  constructor(message: string) {
+    super(message);
+  }
+}
+
+function writeHeader(
+  buf: Buffer,
+  kind: RecordKind,
+  volume: number,
+  seq: number,
+  capturedAtMicros: number,
+  offset: number,
+  bodyLength: number,
+  flags: number,
+): void {
+  buf.writeUInt32LE(RECORD_MAGIC, 0);
+  buf.writeUInt32LE(buf.length, 8);
+  buf.writeUInt8(RECORD_VERSION, 12);
+  buf.writeUInt8(kind, 13);
+  buf.writeUInt16LE(volume, 14);
+  buf.writeBigUInt64LE(BigInt(seq), 16);
+  buf.writeBigUInt64LE(BigInt(capturedAtMicros), 24);
+  buf.writeBigUInt64LE(BigInt(offset), 32);
+  buf.writeUInt32LE(bodyLength, 40);
+  buf.writeUInt32LE(flags, 44);
+}
+
+function seal(buf: Buffer): Buffer {
+  buf.writeUInt32LE(crc32c(buf.subarray(8)), 4);
+  return buf;
+}
+
+export function encodeWriteRecord(write: Omit<WriteRecord, 'kind'>): Buffer {
+  const buf = Buffer.allocUnsafe(RECORD_HEADER_BYTES + write.data.length);
+  writeHeader(buf, RecordKind.Write, write.volumeIndex, write.seq, write.capturedAtMicros, write.offset, write.data.length, write.flags);
+  write.data.copy(buf, RECORD_HEADER_BYTES);
+  return seal(buf);
+}
+
+export function encodeCheckpointRecord(record: Omit<CheckpointRecord, 'kind'>): Buffer {
+  const body = Buffer.from(JSON.stringify(record.marker), 'utf8');
+  const buf = Buffer.allocUnsafe(RECORD_HEADER_BYTES + body.length);
+  writeHeader(buf, RecordKind.Checkpoint, 0, record.seq, record.capturedAtMicros, 0, body.length, 0);
+  body.copy(buf, RECORD_HEADER_BYTES);
+  return seal(buf);
+}
+
+/**
+ * Length of the record that starts at `pos`, or undefined when fewer than a header's bytes remain.
+ * Throws CorruptRecordError when the header cannot be a record's.
+ */
+export function peekRecordLength(buf: Buffer, pos = 0): number | undefined {
+  if (buf.length - pos < RECORD_HEADER_BYTES) {
+    return undefined;
+  }
+  if (buf.readUInt32LE(pos) !== RECORD_MAGIC) {
+    throw new CorruptRecordError(`no record magic at byte ${pos}`);
+  }
+  const total = buf.readUInt32LE(pos + 8);
+  const bodyLength = buf.readUInt32LE(pos + 40);
+  if (total !== RECORD_HEADER_BYTES + bodyLength) {
+    throw new CorruptRecordError(`record at byte ${pos} has inconsistent lengths (${total} vs body ${bodyLength})`);
+  }
+  return total;
+}
+
+/** Verifies magic, lengths, version and checksum of one whole record. */
+export function verifyRecord(record: Buffer): void {
+  const total = peekRecordLength(record, 0);
+  if (total !== record.length) {
+    throw new CorruptRecordError(`record length ${String(total)} does not match its ${record.length} bytes`);
+  }
+  if (record.readUInt8(12) !== RECORD_VERSION) {
+    throw new CorruptRecordError(`unsupported record version ${record.readUInt8(12)}`);
+  }
+  const expected = record.readUInt32LE(4);
+  const actual = crc32c(record.subarray(8));
+  if (expected !== actual) {
+    throw new CorruptRecordError(`record checksum mismatch (stored ${expected.toString(16)}, computed ${actual.toString(16)})`);
+  }
+}
+
+/** Header fields without copying the body; `data`/`marker` are views into `record`. Verifies first. */
+export function decodeRecord(record: Buffer): DecodedRecord {
+  verifyRecord(record);
+  const kind = record.readUInt8(13);
+  const seq = Number(record.readBigUInt64LE(16));
+  const capturedAtMicros = Number(record.readBigUInt64LE(24));
+  const body = record.subarray(RECORD_HEADER_BYTES);
+  if (kind === (RecordKind.Write as number)) {
+    return {
+      kind: RecordKind.Write,
+      seq,
+      volumeIndex: record.readUInt16LE(14),
+      offset: Number(record.readBigUInt64LE(32)),
+      capturedAtMicros,
+      flags: record.readUInt32LE(44),
+      data: body,
+    };
+  }
+  if (kind === (RecordKind.Checkpoint as number)) {
+    let marker: unknown;
+    try {
+      marker = JSON.parse(body.toString('utf8'));
+    } catch {
+      throw new CorruptRecordError('checkpoint marker body is not JSON');
+    }
+    if (!isMarkerBody(marker)) {
+      throw new CorruptRecordError('checkpoint marker body has the wrong shape');
+    }
+    return { kind: RecordKind.Checkpoint, seq, capturedAtMicros, marker };
+  }
+  throw new CorruptRecordError(`unknown record kind ${kind}`);
+}
+
+function isMarkerBody(value: unknown): value is CheckpointMarkerBody {
+  if (typeof value !== 'object' || value === null) {
+    return false;
+  }
+  const v = value as Record<string, unknown>;
+  return (
+    typeof v['id'] === 'string' &&
+    (v['kind'] === 'automatic' || v['kind'] === 'tagged' || v['kind'] === 'application-consistent') &&
+    (v['name'] === null || typeof v['name'] === 'string') &&
+    (v['vmId'] === null || typeof v['vmId'] === 'string')
+  );
+}
+
+/** Reads the seq (or cut) field without verifying: for locating records in an already verified log. */
+export function recordSeq(record: Buffer): number {
+  return Number(record.readBigUInt64LE(16));
+}
+
+export function recordKind(record: Buffer): RecordKind {
+  return record.readUInt8(13) as RecordKind;
+}

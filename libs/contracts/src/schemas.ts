@@ -1,0 +1,46 @@
+import { z } from 'zod';
+import { CHECKPOINT_KINDS, MAX_NAME_LENGTH, SETTINGS_LIMITS } from '@cdp/domain';
+
+export const uuidSchema = z.uuid();
+export const nameSchema = z.string().trim().min(1).max(MAX_NAME_LENGTH);
+
+export const vpgSettingsSchema = z.object({
+  journalHistorySeconds: z.number().int().min(SETTINGS_LIMITS.journalHistorySeconds.min).max(SETTINGS_LIMITS.journalHistorySeconds.max),
+  checkpointIntervalSeconds: z
+    .number()
+    .int()
+    .min(SETTINGS_LIMITS.checkpointIntervalSeconds.min)
+    .max(SETTINGS_LIMITS.checkpointIntervalSeconds.max),
+  historyWarningSeconds: z.number().int().min(0),
+  historyAlertSeconds: z.number().int().min(0),
+});
+
+export const volumeSchema = z.object({
+  id: uuidSchema,
+  name: nameSchema,
+  index: z.number().int().min(0).max(65_535),
+  sizeBytes: z.number().int().positive(),
+  blockSize: z.union([z.literal(512), z.literal(4096)]),
+});
+
+export const vmSchema = z.object({ id: uuidSchema, name: nameSchema, volumes: z.array(volumeSchema).min(1) });
+
+export const vpgSchema = z.object({
+  id: uuidSchema,
+  name: nameSchema,
+  vms: z.array(vmSchema).min(1),
+  settings: vpgSettingsSchema,
+  createdAt: z.iso.datetime(),
+});
+
+export const checkpointKindSchema = z.enum(CHECKPOINT_KINDS);
+
+export const checkpointSchema = z.object({
+  id: uuidSchema,
+  vpgId: uuidSchema,
+  cut: z.number().int().min(0),
+  kind: checkpointKindSchema,
+  name: z.string().nullable(),
+  vmId: z.string().nullable(),
+  capturedAt: z.iso.datetime(),
+});

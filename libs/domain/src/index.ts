@@ -1,0 +1,5 @@
+export * from './domain.error';
+export * from './vpg.model';
+export * from './checkpoint.model';
+export * from './write.model';
+export * from './vpg.decider';

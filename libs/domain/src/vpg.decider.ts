@@ -1,0 +1,154 @@
+import { DomainError } from './domain.error';
+import {
+  DEFAULT_VPG_SETTINGS,
+  MAX_NAME_LENGTH,
+  MAX_VOLUME_BYTES,
+  MAX_VOLUMES_PER_VPG,
+  SETTINGS_LIMITS,
+  type BlockSize,
+  type Vm,
+  type Volume,
+  type Vpg,
+  type VpgSettings,
+} from './vpg.model';
+
+/**
+ * The VPG lifecycle as a decider: `decide` turns a command and the current state into events (or a
+ * DomainError), `evolve` folds events into state. Both are pure; identifiers and time arrive inside
+ * the command so that replaying events always rebuilds the same state.
+ */
+
+export interface VolumeSpec {
+  readonly id: string;
+  readonly name: string;
+  readonly sizeBytes: number;
+  readonly blockSize: BlockSize;
+}
+export interface VmSpec {
+  readonly id: string;
+  readonly name: string;
+  readonly volumes: readonly VolumeSpec[];
+}
+
+export type VpgCommand =
+  | {
+      readonly type: 'CreateVpg';
+      readonly vpgId: string;
+      readonly name: string;
+      readonly vms: readonly VmSpec[];
+      readonly settings: Partial<VpgSettings>;
+      readonly now: string;
+    }
+  | { readonly type: 'ChangeVpgSettings'; readonly vpgId: string; readonly settings: Partial<VpgSettings>; readonly now: string };
+
+export type VpgEvent =
+  | { readonly type: 'VpgCreated'; readonly vpg: Vpg }
+  | { readonly type: 'VpgSettingsChanged'; readonly vpgId: string; readonly settings: VpgSettings; readonly changedAt: string };
+
+export type VpgState = { readonly status: 'absent' } | { readonly status: 'active'; readonly vpg: Vpg };
+
+export const initialVpgState: VpgState = { status: 'absent' };
+
+export function decideVpg(command: VpgCommand, state: VpgState): VpgEvent[] {
+  switch (command.type) {
+    case 'CreateVpg': {
+      if (state.status !== 'absent') {
+        throw new DomainError('already-exists', `VPG ${command.vpgId} already exists`);
+      }
+      const name = validateName(command.name, 'VPG name');
+      const vms = validateVms(command.vms);
+      const settings = validateSettings({ ...DEFAULT_VPG_SETTINGS, ...command.settings });
+      return [{ type: 'VpgCreated', vpg: { id: command.vpgId, name, vms, settings, createdAt: command.now } }];
+    }
+    case 'ChangeVpgSettings': {
+      if (state.status !== 'active') {
+        throw new DomainError('not-found', `VPG ${command.vpgId} does not exist`);
+      }
+      const settings = validateSettings({ ...state.vpg.settings, ...command.settings });
+      return [{ type: 'VpgSettingsChanged', vpgId: command.vpgId, settings, changedAt: command.now }];
+    }
+  }
+}
+
+export function evolveVpg(state: VpgState, event: VpgEvent): VpgState {
+  switch (event.type) {
+    case 'VpgCreated':
+      return { status: 'active', vpg: event.vpg };
+    case 'VpgSettingsChanged':
+      return state.status === 'active' ? { status: 'active', vpg: { ...state.vpg, settings: event.settings } } : state;
+  }
+}
+
+export function validateName(value: unknown, what: string): string {
+  if (typeof value !== 'string' || value.trim().length === 0) {
+    throw new DomainError('invalid-argument', `${what} must be a non-empty string`);
+  }
+  const name = value.trim();
+  if (name.length > MAX_NAME_LENGTH) {
+    throw new DomainError('invalid-argument', `${what} is ${name.length} characters; at most ${MAX_NAME_LENGTH} are allowed`);
+  }
+  return name;
+}
+
+function validateVms(specs: readonly VmSpec[]): Vm[] {
+  if (specs.length === 0) {
+    throw new DomainError('invalid-argument', 'a VPG needs at least one VM');
+  }
+  const seenIds = new Set<string>();
+  const seenVmNames = new Set<string>();
+  let index = 0;
+  const vms = specs.map((vmSpec): Vm => {
+    const vmName = validateName(vmSpec.name, 'VM name');
+    if (seenVmNames.has(vmName)) {
+      throw new DomainError('invalid-argument', `VM name ${vmName} is used twice in the VPG`);
+    }
+    seenVmNames.add(vmName);
+    if (vmSpec.volumes.length === 0) {
+      throw new DomainError('invalid-argument', `VM ${vmName} needs at least one volume`);
+    }
+    const seenVolumeNames = new Set<string>();
+    const volumes = vmSpec.volumes.map((spec): Volume => {
+      const volumeName = validateName(spec.name, 'volume name');
+      if (seenVolumeNames.has(volumeName)) {
+        throw new DomainError('invalid-argument', `volume name ${volumeName} is used twice in VM ${vmName}`);
+      }
+      seenVolumeNames.add(volumeName);
+      if (spec.blockSize !== 512 && spec.blockSize !== 4096) {
+        throw new DomainError('invalid-argument', `volume ${volumeName}: block size must be 512 or 4096`);
+      }
+      if (!Number.isSafeInteger(spec.sizeBytes) || spec.sizeBytes <= 0 || spec.sizeBytes > MAX_VOLUME_BYTES) {
+        throw new DomainError('invalid-argument', `volume ${volumeName}: size must be a positive integer up to ${MAX_VOLUME_BYTES} bytes`);
+      }
+      if (spec.sizeBytes % spec.blockSize !== 0) {
+        throw new DomainError('invalid-argument', `volume ${volumeName}: size ${spec.sizeBytes} is not a multiple of its block size ${spec.blockSize}`);
+      }
+      return { id: spec.id, name: volumeName, index: index++, sizeBytes: spec.sizeBytes, blockSize: spec.blockSize };
+    });
+    return { id: vmSpec.id, name: vmName, volumes };
+  });
+  for (const id of [...vms.map((vm) => vm.id), ...vms.flatMap((vm) => vm.volumes.map((v) => v.id))]) {
+    if (seenIds.has(id)) {
+      throw new DomainError('invalid-argument', `identifier ${id} is used twice`);
+    }
+    seenIds.add(id);
+  }
+  if (index > MAX_VOLUMES_PER_VPG) {
+    throw new DomainError('invalid-argument', `a VPG holds at most ${MAX_VOLUMES_PER_VPG} volumes`);
+  }
+  return vms;
+}
+
+function validateSettings(settings: VpgSettings): VpgSettings {
+  const integer = (value: number, key: keyof VpgSettings, min: number, max: number): void => {
+    if (!Number.isInteger(value) || value < min || value > max) {
+      throw new DomainError('invalid-argument', `setting ${key} must be an integer from ${min} to ${max}, got ${String(value)}`);
+    }
+  };
+  const interval = SETTINGS_LIMITS.checkpointIntervalSeconds;
+  const history = SETTINGS_LIMITS.journalHistorySeconds;
+  integer(settings.checkpointIntervalSeconds, 'checkpointIntervalSeconds', interval.min, interval.max);
+  integer(settings.journalHistorySeconds, 'journalHistorySeconds', history.min, history.max);
+  integer(settings.historyWarningSeconds, 'historyWarningSeconds', 0, settings.journalHistorySeconds);
+  integer(settings.historyAlertSeconds, 'historyAlertSeconds', 0, settings.historyWarningSeconds);
+  return settings;
+}

@@ -1,0 +1,35 @@
+import { DomainError } from './domain.error';
+import { MAX_WRITE_BYTES, type Volume } from './vpg.model';
+
+/**
+ * One captured write. `seq` is the VPG's log sequence number: dense, strictly increasing, assigned once
+ * at capture; it is the total order of the VPG across all of its volumes.
+ */
+export interface CapturedWrite {
+  readonly seq: number;
+  readonly volumeIndex: number;
+  readonly offset: number;
+  readonly data: Buffer;
+  /** Capture time, microseconds since the Unix epoch. */
+  readonly capturedAtMicros: number;
+}
+
+/** Checks that [offset, offset + length) is a non-empty range inside the volume and not oversize. */
+export function validateWriteRange(volume: Volume, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || offset < 0) {
+    throw new DomainError('invalid-argument', `offset must be a non-negative integer, got ${String(offset)}`);
+  }
+  if (!Number.isSafeInteger(length) || length <= 0) {
+    throw new DomainError('invalid-argument', `length must be a positive integer, got ${String(length)}`);
+  }
+  if (length > MAX_WRITE_BYTES) {
+    throw new DomainError('out-of-range', `write of ${length} bytes exceeds the maximum of ${MAX_WRITE_BYTES} bytes`);
+  }
+  if (offset + length > volume.sizeBytes) {
+    throw new DomainError(
+      'out-of-range',
+      `write [${offset}, ${offset + length}) is past the end of volume ${volume.name} (${volume.sizeBytes} bytes)`,
+      { volumeId: volume.id, sizeBytes: volume.sizeBytes },
+    );
+  }
+}
