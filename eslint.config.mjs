@@ -21,7 +21,7 @@ const depConstraints = [
   },
   {
     sourceTag: 'type:app',
-    onlyDependOnLibsWithTags: ['type:domain', 'type:contracts', 'type:infra', 'type:edge', 'type:service'],
+    onlyDependOnLibsWithTags: ['type:domain', 'type:contracts', 'type:infra', 'type:edge', 'type:service', 'type:testing'],
   },
   {
     sourceTag: 'type:testing',

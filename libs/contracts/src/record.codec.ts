@@ -14,7 +14,9 @@ import { crc32c } from '@node-rs/crc32';
  *   12   1   version     RECORD_VERSION
  *   13   1   kind        1 = write, 2 = checkpoint marker
  *   14   2   volume      write: the volume's index in its VPG; marker: 0
- *   16   8   seq         write: its seq; marker: the cut (every write with seq <= cut is inside)
+ *   16   8   seq         the record's seq. Writes and markers share one dense sequence per VPG, so
+ *                         gaps, duplicates and progress are all judged on one number. A marker's
+ *                         seq is its checkpoint's cut: every write with a smaller seq is inside.
  *   24   8   capturedAt  microseconds since the Unix epoch, splitter clock
  *   32   8   offset      write: byte offset in the volume; marker: 0
  *   40   4   bodyLength  write: payload length; marker: JSON length
@@ -50,7 +52,7 @@ export interface WriteRecord {
 
 export interface CheckpointRecord {
   readonly kind: RecordKind.Checkpoint;
-  /** The cut: the seq of the last write inside the checkpoint (0 when the VPG had no write yet). */
+  /** The marker's own seq, which is the checkpoint's cut: every write with a smaller seq is inside. */
   readonly seq: number;
   readonly capturedAtMicros: number;
   readonly marker: CheckpointMarkerBody;

@@ -23,12 +23,12 @@ export const volumeSchema = z.object({
   blockSize: z.union([z.literal(512), z.literal(4096)]),
 });
 
-export const vmSchema = z.object({ id: uuidSchema, name: nameSchema, volumes: z.array(volumeSchema).min(1) });
+export const vmSchema = z.object({ id: uuidSchema, name: nameSchema, volumes: z.array(volumeSchema).min(1).readonly() });
 
 export const vpgSchema = z.object({
   id: uuidSchema,
   name: nameSchema,
-  vms: z.array(vmSchema).min(1),
+  vms: z.array(vmSchema).min(1).readonly(),
   settings: vpgSettingsSchema,
   createdAt: z.iso.datetime(),
 });

@@ -1,0 +1,110 @@
+import { Controller, Get, Header } from '@nestjs/common';
+
+/**
+ * The operator's page: VPGs, journal status, the checkpoint timeline of the last hour and the newest
+ * checkpoints, and a form to tag a checkpoint. It only uses the public HTTP API.
+ */
+@Controller()
+export class WebPageController {
+  @Get()
+  @Header('content-type', 'text/html; charset=utf-8')
+  @Header('cache-control', 'no-store')
+  page(): string {
+    return PAGE;
+  }
+}
+
+const PAGE = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Continuum: continuous data protection</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 2rem; color: #1d2733; background: #f7f9fb; }
+  h1 { font-size: 1.4rem; margin: 0 0 1rem; }
+  .vpg { background: #fff; border: 1px solid #d9e0e7; border-radius: 8px; padding: 1rem 1.25rem; margin-bottom: 1.5rem; }
+  .vpg h2 { font-size: 1.1rem; margin: 0 0 .5rem; }
+  .stats { display: flex; gap: 2rem; flex-wrap: wrap; margin: .5rem 0 1rem; }
+  .stat b { display: block; font-size: 1.2rem; }
+  svg { width: 100%; height: 56px; background: #f1f4f7; border-radius: 4px; }
+  table { border-collapse: collapse; width: 100%; margin-top: .75rem; }
+  td, th { text-align: left; padding: 3px 8px; border-bottom: 1px solid #eef1f4; font-variant-numeric: tabular-nums; }
+  .tagged { color: #b35900; font-weight: 600; }
+  .application-consistent { color: #0a7b3e; font-weight: 600; }
+  form { display: flex; gap: .5rem; margin-top: .75rem; }
+  input { padding: 4px 8px; border: 1px solid #c5ced8; border-radius: 4px; }
+  button { padding: 4px 12px; border-radius: 4px; border: 1px solid #2f6fb1; background: #2f6fb1; color: #fff; cursor: pointer; }
+  .error { color: #b00020; }
+  .muted { color: #6b7785; }
+</style>
+</head>
+<body>
+<h1>Continuum <span class="muted">continuous data protection</span></h1>
+<div id="vpgs"><p class="muted">Loading…</p></div>
+<script>
+const fmtTime = (iso) => new Date(iso).toLocaleTimeString();
+const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
+
+async function api(path, init) {
+  const res = await fetch('/api' + path, init);
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(body.message || res.statusText);
+  return body;
+}
+
+function timeline(checkpoints) {
+  const now = Date.now(), span = 3600 * 1000;
+  const ticks = checkpoints.map((c) => {
+    const x = 100 - ((now - Date.parse(c.capturedAt)) / span) * 100;
+    if (x < 0) return '';
+    const color = c.kind === 'tagged' ? '#b35900' : c.kind === 'application-consistent' ? '#0a7b3e' : '#2f6fb1';
+    const h = c.kind === 'automatic' ? 24 : 44;
+    return '<line x1="' + x + '%" x2="' + x + '%" y1="' + (50 - h) + '" y2="50" stroke="' + color + '" stroke-width="' + (c.kind === 'automatic' ? 1 : 2) + '"><title>' + esc((c.name || c.kind) + ' ' + fmtTime(c.capturedAt)) + '</title></line>';
+  });
+  return '<svg viewBox="0 0 100 56" preserveAspectRatio="none">' + ticks.join('') + '</svg><div class="muted">last hour: older on the left, now on the right</div>';
+}
+
+async function render() {
+  const root = document.getElementById('vpgs');
+  try {
+    const vpgs = await api('/vpgs');
+    if (vpgs.length === 0) { root.innerHTML = '<p class="muted">No VPG yet. Create one with POST /api/vpgs.</p>'; return; }
+    const from = new Date(Date.now() - 3600 * 1000).toISOString();
+    const parts = await Promise.all(vpgs.map(async (vpg) => {
+      const [{ journal }, checkpoints] = await Promise.all([api('/vpgs/' + vpg.id), api('/vpgs/' + vpg.id + '/checkpoints?limit=10000&from=' + encodeURIComponent(from))]);
+      const newest = checkpoints.slice(-12).reverse();
+      const rpo = journal.lastCapturedAt ? ((Date.now() - Date.parse(journal.lastCapturedAt)) / 1000).toFixed(1) + ' s' : 'n/a';
+      return '<div class="vpg"><h2>' + esc(vpg.name) + ' <span class="muted">' + esc(vpg.id) + '</span></h2>' +
+        '<div class="muted">' + vpg.vms.map((vm) => esc(vm.name) + ': ' + vm.volumes.map((v) => esc(v.name) + ' (' + (v.sizeBytes / 1048576) + ' MiB)').join(', ')).join(' · ') + '</div>' +
+        '<div class="stats"><div class="stat"><b>' + journal.appliedSeq + '</b>journaled seq</div><div class="stat"><b>' + journal.checkpointCount + '</b>checkpoints</div>' +
+        '<div class="stat"><b>' + rpo + '</b>since newest journaled write</div><div class="stat"><b>' + vpg.settings.checkpointIntervalSeconds + ' s</b>checkpoint interval</div></div>' +
+        timeline(checkpoints) +
+        '<table><tr><th>time</th><th>kind</th><th>name</th><th>cut (seq)</th></tr>' + newest.map((c) => '<tr><td>' + fmtTime(c.capturedAt) + '</td><td class="' + c.kind + '">' + c.kind + '</td><td>' + esc(c.name) + '</td><td>' + c.cut + '</td></tr>').join('') + '</table>' +
+        '<form data-vpg="' + vpg.id + '"><input name="name" placeholder="checkpoint name" maxlength="128" required><button>Tag checkpoint</button><span class="result"></span></form></div>';
+    }));
+    const focused = document.activeElement && document.activeElement.name === 'name';
+    if (!focused) root.innerHTML = parts.join('');
+  } catch (err) {
+    root.innerHTML = '<p class="error">' + esc(err.message) + '</p>';
+  }
+}
+
+document.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const form = e.target, out = form.querySelector('.result');
+  out.textContent = 'tagging…';
+  try {
+    const r = await api('/vpgs/' + form.dataset.vpg + '/checkpoints', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: form.name.value }) });
+    out.textContent = r.status === 'recorded' ? 'recorded at seq ' + r.checkpoint.cut : 'requested';
+    form.name.value = '';
+    render();
+  } catch (err) { out.textContent = err.message; out.className = 'result error'; }
+});
+
+render();
+setInterval(render, 2000);
+</script>
+</body>
+</html>
+`;

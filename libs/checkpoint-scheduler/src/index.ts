@@ -1,0 +1,2 @@
+export * from './checkpoint-scheduler.module';
+export * from './checkpoint-scheduler.service';

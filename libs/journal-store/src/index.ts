@@ -1,0 +1,4 @@
+export * from './journal.entities';
+export * from './journal.store';
+export * from './journal.reader';
+export * from './extent-map';

@@ -1,0 +1,92 @@
+import { Column, Entity, PrimaryColumn } from 'typeorm';
+
+/**
+ * TypeORM mappings of the journal index tables. The schema itself is owned by the migrations in
+ * @cdp/database (synchronize is off); these classes must match it.
+ */
+@Entity({ name: 'journal_vpgs' })
+export class JournalVpgEntity {
+  @PrimaryColumn('uuid', { name: 'vpg_id' })
+  vpgId!: string;
+
+  /** Compact key used in journal_writes instead of the 16-byte UUID. */
+  @Column('int', { name: 'vpg_key', generated: 'increment' })
+  vpgKey!: number;
+
+  /** Every record with seq <= appliedSeq is durable in the segments and indexed. */
+  @Column('bigint', { name: 'applied_seq' })
+  appliedSeq!: string;
+
+  @Column('int')
+  segment!: number;
+
+  /** Bytes of `segment` that are indexed; anything after them is an unindexed tail from a crash. */
+  @Column('bigint', { name: 'segment_end' })
+  segmentEnd!: string;
+
+  @Column('bigint', { name: 'replica_seq' })
+  replicaSeq!: string;
+
+  @Column('timestamptz', { name: 'last_captured_at', nullable: true })
+  lastCapturedAt!: Date | null;
+
+  @Column('boolean')
+  syncing!: boolean;
+
+  @Column('timestamptz', { name: 'updated_at' })
+  updatedAt!: Date;
+}
+
+@Entity({ name: 'journal_writes' })
+export class JournalWriteEntity {
+  @PrimaryColumn('int', { name: 'vpg_key' })
+  vpgKey!: number;
+
+  @PrimaryColumn('bigint')
+  seq!: string;
+
+  @Column('smallint', { name: 'volume_index' })
+  volumeIndex!: number;
+
+  @Column('bigint', { name: 'byte_offset' })
+  byteOffset!: string;
+
+  /** Payload bytes; the record on disk is RECORD_HEADER_BYTES longer. */
+  @Column('int')
+  length!: number;
+
+  @Column('int')
+  segment!: number;
+
+  @Column('bigint')
+  position!: string;
+}
+
+@Entity({ name: 'checkpoints' })
+export class CheckpointEntity {
+  @PrimaryColumn('uuid')
+  id!: string;
+
+  @Column('uuid', { name: 'vpg_id' })
+  vpgId!: string;
+
+  @Column('bigint')
+  cut!: string;
+
+  @Column('text')
+  kind!: 'automatic' | 'tagged' | 'application-consistent';
+
+  @Column('text', { nullable: true })
+  name!: string | null;
+
+  @Column('uuid', { name: 'vm_id', nullable: true })
+  vmId!: string | null;
+
+  @Column('timestamptz', { name: 'captured_at' })
+  capturedAt!: Date;
+
+  @Column('timestamptz', { name: 'recorded_at' })
+  recordedAt!: Date;
+}
+
+export const journalEntities = [JournalVpgEntity, JournalWriteEntity, CheckpointEntity];

@@ -1,0 +1,36 @@
+import { encodeCheckpointRecord, encodeWriteRecord } from '@cdp/contracts';
+import { planApply } from './apply-plan';
+
+const write = (seq: number): Buffer =>
+  encodeWriteRecord({ seq, volumeIndex: 0, offset: 0, capturedAtMicros: 1, flags: 0, data: Buffer.from([seq]) });
+const marker = (seq: number): Buffer =>
+  encodeCheckpointRecord({ seq, capturedAtMicros: 1, marker: { id: 'c', kind: 'automatic', name: null, vmId: null } });
+
+describe('planApply', () => {
+  it('applies records that continue the order', () => {
+    const plan = planApply(4, [write(5), marker(6), write(7)]);
+    expect(plan.apply.map((r) => r.decoded.seq)).toEqual([5, 6, 7]);
+    expect(plan.gap).toBeUndefined();
+  });
+
+  it('drops duplicates, applied or repeated', () => {
+    const plan = planApply(4, [write(3), write(4), write(5), write(5), write(6)]);
+    expect(plan.apply.map((r) => r.decoded.seq)).toEqual([5, 6]);
+    expect(plan.duplicates).toBe(3);
+  });
+
+  it('stops at a gap and applies nothing after it', () => {
+    const plan = planApply(4, [write(5), write(7), write(8)]);
+    expect(plan.apply.map((r) => r.decoded.seq)).toEqual([5]);
+    expect(plan.gap).toMatchObject({ expectedSeq: 6, receivedSeq: 7 });
+  });
+
+  it('treats a corrupt record as a gap at its place and never applies it', () => {
+    const damaged = Buffer.from(write(6));
+    damaged.writeUInt8(damaged.readUInt8(damaged.length - 1) ^ 1, damaged.length - 1);
+    const plan = planApply(4, [write(5), damaged, write(7)]);
+    expect(plan.apply.map((r) => r.decoded.seq)).toEqual([5]);
+    expect(plan.gap?.expectedSeq).toBe(6);
+    expect(plan.gap?.reason).toMatch(/corrupt/);
+  });
+});

@@ -1,0 +1,3 @@
+export * from './journal-writer.module';
+export * from './journal-writer.service';
+export * from './apply-plan';

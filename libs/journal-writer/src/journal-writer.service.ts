@@ -1,0 +1,170 @@
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { Inject, Injectable, Logger, type OnApplicationBootstrap, type BeforeApplicationShutdown } from '@nestjs/common';
+import { DataSource } from 'typeorm';
+import { BUS, type Bus, type BusConsumer, type BusProducer, type MessageBatch } from '@cdp/bus';
+import { APP_CONFIG, type AppConfig } from '@cdp/config';
+import {
+  CorruptRecordError,
+  TOPICS,
+  splitRecordBatch,
+  type DomainEventMessage,
+  type JournalProgress,
+  type SplitterCommand,
+} from '@cdp/contracts';
+import { JournalStore } from '@cdp/journal-store';
+import { planApply } from './apply-plan';
+
+export interface JournalWriterStatus {
+  readonly appliedRecords: number;
+  readonly duplicateRecords: number;
+  readonly gaps: number;
+  readonly corruptMessages: number;
+}
+
+/** How long to wait for a requested replay to arrive before asking again. */
+const REPLAY_RETRY_MS = 5_000;
+
+/**
+ * Journal writer: consumes the recovery-site topic and makes each VPG's journal an exact prefix of
+ * its write order, once per seq. Per bus batch (one partition, so each VPG's records in order): group
+ * records by VPG, plan (drop duplicates, stop at a gap or a corrupt record), commit through the
+ * JournalStore, and only after the commit report progress and newly recoverable checkpoints. The bus
+ * offset is committed after all of that (the handler resolves), so a crash anywhere redelivers and
+ * the duplicates are dropped by seq.
+ */
+@Injectable()
+export class JournalWriterService implements OnApplicationBootstrap, BeforeApplicationShutdown {
+  private readonly logger = new Logger('journal-writer');
+  readonly store: JournalStore;
+  private consumer: BusConsumer | undefined;
+  private readonly producer: BusProducer;
+  private readonly knownVpgs = new Set<string>();
+  private readonly replayRequested = new Map<string, { fromSeq: number; at: number }>();
+  private readonly counters = { appliedRecords: 0, duplicateRecords: 0, gaps: 0, corruptMessages: 0 };
+
+  constructor(
+    @Inject(BUS) private readonly bus: Bus,
+    @Inject(APP_CONFIG) config: AppConfig,
+    private readonly dataSource: DataSource,
+  ) {
+    this.producer = bus.createProducer();
+    this.store = new JournalStore(dataSource, join(config.dataDir, 'journal'));
+  }
+
+  async onApplicationBootstrap(): Promise<void> {
+    this.consumer = this.bus.createConsumer({ groupId: 'journal-writer', topics: [TOPICS.recoveryWrites], start: 'earliest' });
+    await this.consumer.run((batch) => this.onBatch(batch));
+    this.logger.log(`journaling ${TOPICS.recoveryWrites} into ${this.store.rootDir}`);
+  }
+
+  async beforeApplicationShutdown(): Promise<void> {
+    await this.consumer?.stop();
+    await this.store.close();
+  }
+
+  status(): JournalWriterStatus {
+    return { ...this.counters };
+  }
+
+  private async onBatch(batch: MessageBatch): Promise<void> {
+    const byVpg = new Map<string, Buffer[]>();
+    for (const message of batch.messages) {
+      let records: Buffer[];
+      try {
+        records = splitRecordBatch(message.value);
+      } catch (err) {
+        if (!(err instanceof CorruptRecordError)) {
+          throw err;
+        }
+        // The records it held will be missing; the gap that follows asks for them again.
+        this.counters.corruptMessages++;
+        this.logger.error(`dropping a corrupt message for VPG ${message.key}: ${err.message}`);
+        continue;
+      }
+      const list = byVpg.get(message.key) ?? [];
+      list.push(...records);
+      byVpg.set(message.key, list);
+    }
+    const events: DomainEventMessage[] = [];
+    const progress: JournalProgress[] = [];
+    for (const [vpgId, records] of byVpg) {
+      if (!(await this.isKnown(vpgId))) {
+        this.logger.warn(`dropping ${records.length} records for VPG ${vpgId}, which is not defined`);
+        continue;
+      }
+      const appliedSeq = await this.store.appliedSeq(vpgId);
+      const plan = planApply(appliedSeq, records);
+      this.counters.duplicateRecords += plan.duplicates;
+      if (plan.apply.length > 0) {
+        const result = await this.store.commit(vpgId, plan.apply);
+        this.counters.appliedRecords += plan.apply.length;
+        this.replayRequested.delete(vpgId);
+        progress.push({ vpgId, appliedSeq: result.appliedSeq, at: new Date().toISOString() });
+        for (const checkpoint of result.checkpoints) {
+          events.push(event(vpgId, 'checkpoint.recorded', { checkpoint }));
+          if (checkpoint.kind === 'tagged') {
+            events.push(event(vpgId, 'checkpoint.tagged-inserted', { checkpoint }));
+          }
+        }
+      }
+      if (plan.gap) {
+        await this.onGap(vpgId, plan.gap, events);
+      }
+    }
+    if (progress.length > 0) {
+      await this.producer.send(
+        TOPICS.journalProgress,
+        progress.map((p) => ({ key: p.vpgId, value: Buffer.from(JSON.stringify(p)) })),
+      );
+    }
+    if (events.length > 0) {
+      await this.producer.send(
+        TOPICS.events,
+        events.map((e) => ({ key: e.vpgId, value: Buffer.from(JSON.stringify(e)) })),
+      );
+    }
+  }
+
+  /** Never skip a gap: ask the splitter to ship again from the first missing seq. */
+  private async onGap(
+    vpgId: string,
+    gap: { expectedSeq: number; receivedSeq: number; reason: string },
+    events: DomainEventMessage[],
+  ): Promise<void> {
+    const pending = this.replayRequested.get(vpgId);
+    if (pending && pending.fromSeq === gap.expectedSeq && Date.now() - pending.at < REPLAY_RETRY_MS) {
+      return;
+    }
+    this.counters.gaps++;
+    this.replayRequested.set(vpgId, { fromSeq: gap.expectedSeq, at: Date.now() });
+    this.logger.warn(`VPG ${vpgId}: ${gap.reason}; asking the splitter to replay from seq ${gap.expectedSeq}`);
+    const command: SplitterCommand = { type: 'replication.replay', vpgId, fromSeq: gap.expectedSeq, reason: gap.reason };
+    await this.producer.send(TOPICS.commands, [{ key: vpgId, value: Buffer.from(JSON.stringify(command)) }]);
+    events.push(
+      gap.receivedSeq < 0
+        ? event(vpgId, 'journal.corrupt-record-rejected', { reason: gap.reason })
+        : event(vpgId, 'journal.gap-detected', { expectedSeq: gap.expectedSeq, receivedSeq: gap.receivedSeq }),
+    );
+  }
+
+  private async isKnown(vpgId: string): Promise<boolean> {
+    if (this.knownVpgs.has(vpgId)) {
+      return true;
+    }
+    const rows = (await this.dataSource.query(`SELECT 1 FROM vpgs WHERE id = $1`, [vpgId])) as unknown[];
+    if (rows.length > 0) {
+      this.knownVpgs.add(vpgId);
+      return true;
+    }
+    return false;
+  }
+}
+
+function event<T extends DomainEventMessage['type']>(
+  vpgId: string,
+  type: T,
+  data: Extract<DomainEventMessage, { type: T }>['data'],
+): DomainEventMessage {
+  return { id: randomUUID(), version: 1, vpgId, occurredAt: new Date().toISOString(), type, data } as DomainEventMessage;
+}

@@ -1,0 +1,3 @@
+export * from './recovery-orchestrator.module';
+export * from './vpg.service';
+export * from './recovery.service';

@@ -1,0 +1,100 @@
+import { Body, Controller, Get, Param, Post, Query, Res } from '@nestjs/common';
+import { type Response } from 'express';
+import { z } from 'zod';
+import { createVpgRequestSchema, type CreateVpgRequest } from '@cdp/contracts';
+import { DomainError, volumesOf, type Checkpoint, type Vpg } from '@cdp/domain';
+import { type JournalStatus } from '@cdp/journal-store';
+import { ZodPipe, uuidParam } from '@cdp/http-edge';
+import { RecoveryService } from './recovery.service';
+import { VpgService } from './vpg.service';
+
+const isoDate = z.iso.datetime({ offset: true }).transform((s) => new Date(s));
+const checkpointQuerySchema = z.strictObject({
+  from: isoDate.optional(),
+  to: isoDate.optional(),
+  limit: z.string().regex(/^\d+$/, 'limit must be a positive integer').transform(Number).refine((n) => n >= 1 && n <= 10_000, 'limit is 1 to 10000').optional(),
+});
+
+@Controller('vpgs')
+export class VpgController {
+  constructor(
+    private readonly vpgs: VpgService,
+    private readonly recovery: RecoveryService,
+  ) {}
+
+  @Post()
+  create(@Body(new ZodPipe(createVpgRequestSchema, 'body')) body: CreateVpgRequest): Promise<Vpg> {
+    return this.vpgs.create(body);
+  }
+
+  @Get()
+  list(): Promise<Vpg[]> {
+    return this.vpgs.list();
+  }
+
+  @Get(':vpgId')
+  async get(@Param('vpgId', uuidParam('VPG id')) vpgId: string): Promise<{ vpg: Vpg; journal: JournalStatus }> {
+    const vpg = await this.vpgs.get(vpgId);
+    return { vpg, journal: await this.recovery.status(vpgId) };
+  }
+
+  @Get(':vpgId/checkpoints')
+  async checkpoints(
+    @Param('vpgId', uuidParam('VPG id')) vpgId: string,
+    @Query(new ZodPipe(checkpointQuerySchema, 'query')) query: z.infer<typeof checkpointQuerySchema>,
+  ): Promise<Checkpoint[]> {
+    await this.vpgs.get(vpgId);
+    return this.recovery.checkpoints(vpgId, { from: query.from, to: query.to, limit: query.limit ?? 1000 });
+  }
+
+  @Get(':vpgId/checkpoints/:checkpointId')
+  async checkpoint(
+    @Param('vpgId', uuidParam('VPG id')) vpgId: string,
+    @Param('checkpointId', uuidParam('checkpoint id')) checkpointId: string,
+  ): Promise<Checkpoint> {
+    await this.vpgs.get(vpgId);
+    return this.recovery.checkpoint(vpgId, checkpointId);
+  }
+
+  /** The volume's bytes at the checkpoint, streamed as application/octet-stream (save it to a file). */
+  @Get(':vpgId/checkpoints/:checkpointId/volumes/:volumeId/image')
+  async image(
+    @Param('vpgId', uuidParam('VPG id')) vpgId: string,
+    @Param('checkpointId', uuidParam('checkpoint id')) checkpointId: string,
+    @Param('volumeId', uuidParam('volume id')) volumeId: string,
+    @Res() response: Response,
+  ): Promise<void> {
+    const vpg = await this.vpgs.get(vpgId);
+    const volume = volumesOf(vpg).find((v) => v.id === volumeId);
+    if (!volume) {
+      throw new DomainError('not-found', `volume ${volumeId} is not in VPG ${vpg.name}`);
+    }
+    const checkpoint = await this.recovery.checkpoint(vpgId, checkpointId);
+    const chunks = this.recovery.image(vpgId, volume, checkpoint.cut);
+    // Read the first chunk before sending headers, so that an error found early is a proper reply.
+    const first = await chunks.next();
+    response.status(200).set({
+      'content-type': 'application/octet-stream',
+      'content-length': String(volume.sizeBytes),
+      'x-checkpoint-cut': String(checkpoint.cut),
+    });
+    if (!first.done) {
+      await writeChunk(response, first.value);
+    }
+    for await (const chunk of chunks) {
+      await writeChunk(response, chunk);
+    }
+    response.end();
+  }
+}
+
+function writeChunk(response: Response, chunk: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (response.write(chunk)) {
+      resolve();
+      return;
+    }
+    response.once('drain', resolve);
+    response.once('error', reject);
+  });
+}

@@ -1,0 +1,108 @@
+import { mkdtempSync, rmSync, truncateSync, statSync, openSync, writeSync, closeSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CorruptRecordError, decodeRecord, encodeWriteRecord, type WriteRecord } from '@cdp/contracts';
+import { SegmentLog, SegmentLogError, segmentFileName } from './segment-log';
+
+function record(seq: number, size = 100): Buffer {
+  return encodeWriteRecord({ seq, volumeIndex: 0, offset: seq * 512, capturedAtMicros: seq, flags: 0, data: Buffer.alloc(size, seq % 251) });
+}
+
+describe('SegmentLog', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'segment-log-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('appends, syncs, reopens and reads back every record in order', async () => {
+    const log = await SegmentLog.open({ dir });
+    const placed = log.append([record(1), record(2), record(3)]);
+    await log.sync();
+    expect(placed.map((p) => p.seq)).toEqual([1, 2, 3]);
+    await log.close();
+
+    const reopened = await SegmentLog.open({ dir });
+    expect(reopened.lastSeq).toBe(3);
+    const { records } = await reopened.readChunk(reopened.start, 1 << 20);
+    expect(records.map((r) => r.seq)).toEqual([1, 2, 3]);
+    const second = await reopened.read(placed[1]!);
+    expect((decodeRecord(second) as WriteRecord).data).toEqual(Buffer.alloc(100, 2));
+    await reopened.close();
+  });
+
+  it('rolls segments at the size limit, finds any seq and deletes whole segments only', async () => {
+    const log = await SegmentLog.open({ dir, segmentBytes: 1000 });
+    for (let seq = 1; seq <= 30; seq++) {
+      log.append([record(seq)]);
+    }
+    await log.sync();
+    const segments = readdirSync(dir).length;
+    expect(segments).toBeGreaterThan(3);
+    const at = await log.find(17);
+    const { records } = await log.readChunk(at!, 1);
+    expect(records[0]?.seq).toBe(17);
+    await log.deleteThrough(20);
+    expect(log.firstSeq).toBeGreaterThan(14);
+    expect(log.firstSeq).toBeLessThanOrEqual(21);
+    expect(await log.find(5)).toBeUndefined();
+    expect(log.lastSeq).toBe(30);
+    await log.deleteThrough(1000);
+    expect(readdirSync(dir)).toHaveLength(1);
+    expect(log.lastSeq).toBe(30);
+    await log.close();
+  });
+
+  it('truncates a torn tail at open and appends after the last whole record', async () => {
+    const log = await SegmentLog.open({ dir });
+    log.append([record(1), record(2)]);
+    await log.sync();
+    await log.close();
+    const file = join(dir, segmentFileName(1));
+    const size = statSync(file).size;
+    truncateSync(file, size - 10);
+
+    const reopened = await SegmentLog.open({ dir });
+    expect(reopened.lastSeq).toBe(1);
+    reopened.append([record(2)]);
+    await reopened.sync();
+    const { records } = await reopened.readChunk(reopened.start, 1 << 20);
+    expect(records.map((r) => r.seq)).toEqual([1, 2]);
+    await reopened.close();
+  });
+
+  it('truncates to the position the caller knows is durable and drops later segments', async () => {
+    const log = await SegmentLog.open({ dir, segmentBytes: 300 });
+    const placed = [1, 2, 3, 4, 5].map((seq) => log.append([record(seq)])[0]!);
+    await log.sync();
+    await log.close();
+    const keep = placed[1]!;
+    const reopened = await SegmentLog.open({ dir, tail: { segment: keep.segment, position: keep.position + keep.length } });
+    expect(reopened.lastSeq).toBe(2);
+    await reopened.close();
+  });
+
+  it('reports a damaged record as corrupt when read, never returns its bytes', async () => {
+    const log = await SegmentLog.open({ dir });
+    const [placed] = log.append([record(1, 4096)]);
+    await log.sync();
+    const fd = openSync(join(dir, segmentFileName(1)), 'r+');
+    writeSync(fd, Buffer.from([0xff]), 0, 1, placed!.position + 2000);
+    closeSync(fd);
+    await expect(log.read(placed!)).rejects.toThrow(CorruptRecordError);
+    await log.close();
+  });
+
+  it('refuses to open when a record before the tail is corrupt', async () => {
+    const log = await SegmentLog.open({ dir, segmentBytes: 200 });
+    log.append([record(1)]);
+    log.append([record(2)]);
+    log.append([record(3)]);
+    await log.sync();
+    await log.close();
+    const fd = openSync(join(dir, segmentFileName(1)), 'r+');
+    writeSync(fd, Buffer.from([0x00]), 0, 1, 60);
+    closeSync(fd);
+    await expect(SegmentLog.open({ dir })).rejects.toThrow(SegmentLogError);
+  });
+});

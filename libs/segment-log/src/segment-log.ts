@@ -1,0 +1,521 @@
+import { closeSync, constants, openSync, readSync, writevSync } from 'node:fs';
+import { mkdir, open, readdir, rm, stat, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { fdatasync as fdatasyncCb, fsync as fsyncCb } from 'node:fs';
+import { CorruptRecordError, RECORD_HEADER_BYTES, peekRecordLength, recordSeq, verifyRecord } from '@cdp/contracts';
+
+const fdatasync = promisify(fdatasyncCb);
+const fsync = promisify(fsyncCb);
+
+/**
+ * An append-only log of checksummed replication records (see record.codec.ts), cut into segment files
+ * named by a 16-digit, zero-padded, increasing number (`0000000000000001.seg`). The splitter keeps its
+ * outgoing stream in one; the journal keeps a VPG's history in one.
+ *
+ * Appends are synchronous positioned writes into the page cache, so the order of appends is the order
+ * on disk with no interleaving; `sync()` makes everything appended so far durable (fdatasync of every
+ * segment written since the last sync, and of the directory when a segment was created). A crash can
+ * leave a torn tail: `open` finds the last whole, verified record and truncates after it, or truncates
+ * to a position the caller knows to be the durable end (the journal's index says where that is).
+ */
+export interface LogPosition {
+  readonly segment: number;
+  readonly position: number;
+}
+
+export interface AppendedRecord extends LogPosition {
+  readonly length: number;
+  readonly seq: number;
+}
+
+export interface ScannedRecord extends AppendedRecord {
+  readonly record: Buffer;
+}
+
+export interface SegmentLogOptions {
+  readonly dir: string;
+  /** A segment is sealed once it reaches this size (a single record may make it larger). Default 64 MiB. */
+  readonly segmentBytes?: number;
+  /**
+   * How to treat the tail at open. 'scan' keeps every verified record and truncates a torn tail.
+   * A position truncates the log there, deleting later segments: the journal passes the end that its
+   * index recorded, dropping bytes that were appended but never indexed.
+   */
+  readonly tail?: 'scan' | LogPosition;
+}
+
+export class SegmentLogError extends Error {
+  override readonly name = 'SegmentLogError';
+  readonly retriable = false;
+}
+
+interface SegmentInfo {
+  readonly segment: number;
+  /** Seq of the first record, undefined while empty. */
+  firstSeq: number | undefined;
+  lastSeq: number | undefined;
+  size: number;
+}
+
+const SEGMENT_NAME = /^(\d{16})\.seg$/;
+const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
+const SCAN_CHUNK_BYTES = 4 * 1024 * 1024;
+
+export function segmentFileName(segment: number): string {
+  return `${String(segment).padStart(16, '0')}.seg`;
+}
+
+export class SegmentLog {
+  private readonly segments: SegmentInfo[] = [];
+  private activeFd: number | undefined;
+  /** File descriptors written since the last sync; sealed ones are closed after their sync. */
+  private readonly unsynced = new Set<number>();
+  private readonly sealedAwaitingSync = new Set<number>();
+  private dirUnsynced = false;
+  private readonly readHandles = new Map<number, Promise<FileHandle>>();
+  private syncing: Promise<void> | undefined;
+  private closed = false;
+  private failure: SegmentLogError | undefined;
+
+  private constructor(
+    readonly dir: string,
+    private readonly segmentBytes: number,
+  ) {}
+
+  static async open(options: SegmentLogOptions): Promise<SegmentLog> {
+    const log = new SegmentLog(options.dir, options.segmentBytes ?? DEFAULT_SEGMENT_BYTES);
+    await mkdir(options.dir, { recursive: true });
+    await log.load(options.tail ?? 'scan');
+    return log;
+  }
+
+  /** Seq of the last record in the log, or undefined when it holds none. */
+  get lastSeq(): number | undefined {
+    for (let i = this.segments.length - 1; i >= 0; i--) {
+      const seq = this.segments[i]?.lastSeq;
+      if (seq !== undefined) {
+        return seq;
+      }
+    }
+    return undefined;
+  }
+
+  get firstSeq(): number | undefined {
+    return this.segments.find((s) => s.firstSeq !== undefined)?.firstSeq;
+  }
+
+  /** Where the next record will be appended. */
+  get end(): LogPosition {
+    const active = this.active();
+    return { segment: active.segment, position: active.size };
+  }
+
+  get start(): LogPosition {
+    return { segment: this.segments[0]?.segment ?? 1, position: 0 };
+  }
+
+  /**
+   * Appends whole, already encoded records in one vectored write. Returns where each one landed.
+   * Not durable until `sync()` resolves.
+   */
+  append(records: readonly Buffer[]): AppendedRecord[] {
+    this.assertOpen();
+    if (records.length === 0) {
+      return [];
+    }
+    let active = this.active();
+    let bytes = records.reduce((sum, r) => sum + r.length, 0);
+    if (active.size > 0 && active.size + bytes > this.segmentBytes) {
+      active = this.roll();
+    }
+    const fd = this.ensureActiveFd();
+    const placed: AppendedRecord[] = [];
+    let position = active.size;
+    for (const record of records) {
+      const seq = recordSeq(record);
+      placed.push({ segment: active.segment, position, length: record.length, seq });
+      position += record.length;
+      active.firstSeq ??= seq;
+      active.lastSeq = seq;
+    }
+    let offset = active.size;
+    // writev may write fewer bytes than asked; loop until all of them are in.
+    let pending: Buffer[] = [...records];
+    while (bytes > 0) {
+      const written = writevSync(fd, pending, offset);
+      offset += written;
+      bytes -= written;
+      pending = dropBytes(pending, written);
+    }
+    active.size = position;
+    this.unsynced.add(fd);
+    return placed;
+  }
+
+  /**
+   * Makes every record appended before this call durable. A sync already in flight may have started
+   * before our records were appended, so wait for it and then start one of our own; callers that
+   * arrive together share that one.
+   */
+  async sync(): Promise<void> {
+    this.assertOpen();
+    while (this.syncing) {
+      await this.syncing.catch(() => undefined);
+    }
+    if (this.unsynced.size === 0 && !this.dirUnsynced) {
+      return;
+    }
+    const running = this.doSync();
+    this.syncing = running;
+    try {
+      await running;
+    } finally {
+      this.syncing = undefined;
+    }
+  }
+
+  private async doSync(): Promise<void> {
+    const fds = [...this.unsynced];
+    this.unsynced.clear();
+    const dir = this.dirUnsynced;
+    this.dirUnsynced = false;
+    try {
+      await Promise.all(fds.map((fd) => fdatasync(fd)));
+      if (dir) {
+        const dirFd = openSync(this.dir, 'r');
+        try {
+          await fsync(dirFd);
+        } finally {
+          closeSync(dirFd);
+        }
+      }
+    } catch (err) {
+      // After a failed fsync Linux may drop the dirty pages and report success to the next fsync, so
+      // a retry proves nothing. The log refuses all further work; the owner must reopen it, which
+      // rescans what is really on disk.
+      this.failure = new SegmentLogError(`fsync failed in ${this.dir}; the log must be reopened`, { cause: err });
+      throw this.failure;
+    }
+    for (const fd of fds) {
+      if (this.sealedAwaitingSync.delete(fd)) {
+        closeSync(fd);
+      }
+    }
+  }
+
+  /** Reads and verifies one record. Throws CorruptRecordError rather than return damaged bytes. */
+  async read(at: LogPosition & { readonly length: number }): Promise<Buffer> {
+    this.assertOpen();
+    const handle = await this.readHandle(at.segment);
+    const buf = Buffer.allocUnsafe(at.length);
+    const { bytesRead } = await handle.read(buf, 0, at.length, at.position);
+    if (bytesRead !== at.length) {
+      throw new CorruptRecordError(
+        `record at segment ${at.segment} byte ${at.position} is cut short (${bytesRead} of ${at.length} bytes)`,
+      );
+    }
+    verifyRecord(buf);
+    return buf;
+  }
+
+  /**
+   * Reads whole, verified records from `from` on, at most about `maxBytes` of them (at least one record
+   * if any is there), never past the current end. Returns the records and where the next read starts.
+   */
+  async readChunk(from: LogPosition, maxBytes: number): Promise<{ records: ScannedRecord[]; next: LogPosition }> {
+    this.assertOpen();
+    let cursor = this.normalise(from);
+    const info = this.segments.find((s) => s.segment === cursor.segment);
+    if (!info) {
+      throw new SegmentLogError(`segment ${cursor.segment} is not in the log (first is ${this.start.segment})`);
+    }
+    const available = info.size - cursor.position;
+    if (available <= 0) {
+      return { records: [], next: cursor };
+    }
+    const handle = await this.readHandle(cursor.segment);
+    let want = Math.min(available, Math.max(maxBytes, RECORD_HEADER_BYTES));
+    let buf = Buffer.allocUnsafe(want);
+    let { bytesRead } = await handle.read(buf, 0, want, cursor.position);
+    let firstLength = peekRecordLength(buf.subarray(0, bytesRead), 0);
+    if (firstLength !== undefined && firstLength > bytesRead) {
+      // One record larger than the chunk: read exactly that record.
+      want = firstLength;
+      buf = Buffer.allocUnsafe(want);
+      ({ bytesRead } = await handle.read(buf, 0, want, cursor.position));
+      firstLength = peekRecordLength(buf.subarray(0, bytesRead), 0);
+    }
+    const records: ScannedRecord[] = [];
+    let pos = 0;
+    while (pos < bytesRead) {
+      const length = peekRecordLength(buf.subarray(0, bytesRead), pos);
+      if (length === undefined || pos + length > bytesRead) {
+        break;
+      }
+      const record = buf.subarray(pos, pos + length);
+      verifyRecord(record);
+      records.push({ segment: cursor.segment, position: cursor.position + pos, length, seq: recordSeq(record), record });
+      pos += length;
+    }
+    cursor = { segment: cursor.segment, position: cursor.position + pos };
+    return { records, next: this.normalise(cursor) };
+  }
+
+  /** Position of the record with this seq, or undefined if the log no longer (or not yet) holds it. */
+  async find(seq: number): Promise<LogPosition | undefined> {
+    const info = this.segments.find((s) => s.firstSeq !== undefined && s.lastSeq !== undefined && s.firstSeq <= seq && seq <= s.lastSeq);
+    if (!info) {
+      return undefined;
+    }
+    let cursor: LogPosition = { segment: info.segment, position: 0 };
+    for (;;) {
+      const { records, next } = await this.readChunk(cursor, SCAN_CHUNK_BYTES);
+      const hit = records.find((r) => r.seq === seq);
+      if (hit) {
+        return { segment: hit.segment, position: hit.position };
+      }
+      if (records.length === 0 || next.segment !== info.segment) {
+        return undefined;
+      }
+      cursor = next;
+    }
+  }
+
+  /**
+   * Deletes sealed segments whose every record has seq <= `seq`. The active segment always stays, so
+   * the log always knows its last seq.
+   */
+  async deleteThrough(seq: number): Promise<number> {
+    this.assertOpen();
+    let deleted = 0;
+    while (this.segments.length > 1) {
+      const oldest = this.segments[0];
+      if (!oldest || (oldest.lastSeq !== undefined && oldest.lastSeq > seq)) {
+        break;
+      }
+      this.segments.shift();
+      await this.closeReadHandle(oldest.segment);
+      await rm(join(this.dir, segmentFileName(oldest.segment)), { force: true });
+      deleted++;
+    }
+    return deleted;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) {
+      return;
+    }
+    await this.sync();
+    this.closed = true;
+    if (this.activeFd !== undefined) {
+      closeSync(this.activeFd);
+      this.activeFd = undefined;
+    }
+    for (const segment of [...this.readHandles.keys()]) {
+      await this.closeReadHandle(segment);
+    }
+  }
+
+  private async load(tail: 'scan' | LogPosition): Promise<void> {
+    const names = (await readdir(this.dir)).flatMap((name) => {
+      const match = SEGMENT_NAME.exec(name);
+      return match?.[1] ? [Number(match[1])] : [];
+    });
+    names.sort((a, b) => a - b);
+    if (tail !== 'scan') {
+      for (const segment of names.filter((s) => s > tail.segment)) {
+        await rm(join(this.dir, segmentFileName(segment)));
+      }
+    }
+    const kept = tail === 'scan' ? names : names.filter((s) => s <= tail.segment);
+    for (const segment of kept) {
+      const path = join(this.dir, segmentFileName(segment));
+      const size = (await stat(path)).size;
+      this.segments.push({ segment, firstSeq: undefined, lastSeq: undefined, size });
+    }
+    if (tail !== 'scan') {
+      const last = this.segments[this.segments.length - 1];
+      if (last && last.segment === tail.segment) {
+        if (last.size < tail.position) {
+          throw new SegmentLogError(
+            `segment ${tail.segment} holds ${last.size} bytes but ${tail.position} were recorded as durable: the log lost data`,
+          );
+        }
+        last.size = tail.position;
+      } else if (tail.position > 0) {
+        throw new SegmentLogError(`segment ${tail.segment}, recorded as durable, is missing from ${this.dir}`);
+      }
+    }
+    // Every segment is scanned once at open: it verifies what the log holds and learns each segment's
+    // seq range (needed to trim and to find a seq). A torn tail can only be in the last segment.
+    for (let i = 0; i < this.segments.length; i++) {
+      const info = this.segments[i];
+      if (!info) {
+        continue;
+      }
+      const validEnd = await this.scanSegment(info, i === this.segments.length - 1);
+      if (validEnd < info.size) {
+        if (i !== this.segments.length - 1) {
+          throw new SegmentLogError(`segment ${info.segment} of ${this.dir} is corrupt at byte ${validEnd}, before the log's tail`);
+        }
+        info.size = validEnd;
+      }
+    }
+    const last = this.segments[this.segments.length - 1];
+    if (last) {
+      // Cut off a torn or unindexed tail for good, so the next append starts at a record boundary.
+      const handle = await open(join(this.dir, segmentFileName(last.segment)), 'r+');
+      try {
+        await handle.truncate(last.size);
+        await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+      this.activeFd = openSync(join(this.dir, segmentFileName(last.segment)), constants.O_RDWR);
+    }
+  }
+
+  /** Verifies records from the start of a segment; returns the end of the last whole, valid record. */
+  private async scanSegment(info: SegmentInfo, isLast: boolean): Promise<number> {
+    const fd = openSync(join(this.dir, segmentFileName(info.segment)), 'r');
+    try {
+      let position = 0;
+      let carry = Buffer.alloc(0);
+      let fileOffset = 0;
+      while (fileOffset < info.size) {
+        const want = Math.min(SCAN_CHUNK_BYTES, info.size - fileOffset);
+        const chunk = Buffer.allocUnsafe(want);
+        const got = readSync(fd, chunk, 0, want, fileOffset);
+        if (got === 0) {
+          break;
+        }
+        fileOffset += got;
+        let buf = carry.length > 0 ? Buffer.concat([carry, chunk.subarray(0, got)]) : chunk.subarray(0, got);
+        let pos = 0;
+        for (;;) {
+          let length: number | undefined;
+          try {
+            length = peekRecordLength(buf, pos);
+          } catch (err) {
+            if (isLast && err instanceof CorruptRecordError) {
+              return position;
+            }
+            throw err;
+          }
+          if (length === undefined || pos + length > buf.length) {
+            break;
+          }
+          const record = buf.subarray(pos, pos + length);
+          try {
+            verifyRecord(record);
+          } catch (err) {
+            if (isLast && err instanceof CorruptRecordError) {
+              return position;
+            }
+            throw new SegmentLogError(
+              `segment ${info.segment} of ${this.dir}: record at byte ${position} is corrupt (${(err as Error).message})`,
+            );
+          }
+          const seq = recordSeq(record);
+          info.firstSeq ??= seq;
+          info.lastSeq = seq;
+          pos += length;
+          position += length;
+        }
+        carry = Buffer.from(buf.subarray(pos));
+        buf = Buffer.alloc(0);
+      }
+      return position;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  private active(): SegmentInfo {
+    let last = this.segments[this.segments.length - 1];
+    if (!last) {
+      last = { segment: 1, firstSeq: undefined, lastSeq: undefined, size: 0 };
+      this.segments.push(last);
+    }
+    return last;
+  }
+
+  private ensureActiveFd(): number {
+    if (this.activeFd === undefined) {
+      const active = this.active();
+      // Not O_APPEND: positioned writes must land where we say, and on Linux O_APPEND ignores the position.
+      this.activeFd = openSync(join(this.dir, segmentFileName(active.segment)), constants.O_RDWR | constants.O_CREAT, 0o644);
+      this.dirUnsynced = true;
+    }
+    return this.activeFd;
+  }
+
+  private roll(): SegmentInfo {
+    if (this.activeFd !== undefined) {
+      if (this.unsynced.has(this.activeFd)) {
+        this.sealedAwaitingSync.add(this.activeFd);
+      } else {
+        closeSync(this.activeFd);
+      }
+      this.activeFd = undefined;
+    }
+    const next: SegmentInfo = { segment: this.active().segment + 1, firstSeq: undefined, lastSeq: undefined, size: 0 };
+    this.segments.push(next);
+    return next;
+  }
+
+  /** A position at the very end of a sealed segment is the start of the next one. */
+  private normalise(at: LogPosition): LogPosition {
+    const index = this.segments.findIndex((s) => s.segment === at.segment);
+    const info = this.segments[index];
+    const next = this.segments[index + 1];
+    if (info && next && at.position >= info.size) {
+      return { segment: next.segment, position: 0 };
+    }
+    if (!info && at.segment < this.start.segment) {
+      return this.start;
+    }
+    return at;
+  }
+
+  private readHandle(segment: number): Promise<FileHandle> {
+    let handle = this.readHandles.get(segment);
+    if (!handle) {
+      handle = open(join(this.dir, segmentFileName(segment)), 'r');
+      this.readHandles.set(segment, handle);
+    }
+    return handle;
+  }
+
+  private async closeReadHandle(segment: number): Promise<void> {
+    const handle = this.readHandles.get(segment);
+    this.readHandles.delete(segment);
+    if (handle) {
+      await (await handle).close();
+    }
+  }
+
+  private assertOpen(): void {
+    if (this.failure) {
+      throw this.failure;
+    }
+    if (this.closed) {
+      throw new SegmentLogError(`segment log ${this.dir} is closed`);
+    }
+  }
+}
+
+function dropBytes(buffers: Buffer[], count: number): Buffer[] {
+  const out: Buffer[] = [];
+  let skip = count;
+  for (const b of buffers) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
+}

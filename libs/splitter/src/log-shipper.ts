@@ -1,0 +1,143 @@
+import { Logger } from '@nestjs/common';
+import { type BusProducer } from '@cdp/bus';
+import { TOPICS, encodeRecordBatch } from '@cdp/contracts';
+import { type LogPosition, type SegmentLog } from '@cdp/segment-log';
+
+export interface ShipperOptions {
+  /** Bytes of records per bus message. */
+  readonly maxBatchBytes: number;
+  readonly retryInitialMs: number;
+  readonly retryMaxMs: number;
+}
+
+export const DEFAULT_SHIPPER_OPTIONS: ShipperOptions = { maxBatchBytes: 1024 * 1024, retryInitialMs: 50, retryMaxMs: 5_000 };
+
+/**
+ * Ships one VPG's log to the protected-writes topic in order, in batches. It always reads from the log
+ * (the page cache, in the common case), never from memory handed over by the writer: the same path
+ * serves normal shipping, catch-up after a restart and replay after the journal reports a gap, and
+ * memory stays bounded however far the bus falls behind.
+ */
+export class LogShipper {
+  private cursor: LogPosition;
+  private shipped = 0;
+  private running = false;
+  private loop: Promise<void> | undefined;
+  private wake: (() => void) | undefined;
+  private rewindTo: number | undefined;
+  private readonly waiters: { seq: number; resolve: () => void }[] = [];
+  private lastError: string | undefined;
+  private readonly logger: Logger;
+
+  constructor(
+    private readonly vpgId: string,
+    private readonly log: SegmentLog,
+    private readonly producer: BusProducer,
+    private readonly options: ShipperOptions = DEFAULT_SHIPPER_OPTIONS,
+  ) {
+    this.cursor = log.start;
+    this.logger = new Logger(`shipper ${vpgId.slice(0, 8)}`);
+  }
+
+  /** Highest seq the bus has acknowledged. */
+  get shippedSeq(): number {
+    return this.shipped;
+  }
+
+  get error(): string | undefined {
+    return this.lastError;
+  }
+
+  start(): void {
+    if (this.running) {
+      return;
+    }
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.notify();
+    await this.loop;
+    this.loop = undefined;
+  }
+
+  /** New records are in the log. */
+  notify(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  }
+
+  /** Ship again from `seq` on (the journal found a gap). */
+  rewind(seq: number): void {
+    this.rewindTo = Math.min(seq, this.rewindTo ?? seq);
+    this.notify();
+  }
+
+  /** Resolves once the bus has acknowledged every record up to `seq`. */
+  waitShipped(seq: number): Promise<void> {
+    if (this.shipped >= seq) {
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.waiters.push({ seq, resolve }));
+  }
+
+  private async run(): Promise<void> {
+    let delay = this.options.retryInitialMs;
+    while (this.running) {
+      if (this.rewindTo !== undefined) {
+        const seq = this.rewindTo;
+        this.rewindTo = undefined;
+        const at = await this.log.find(seq);
+        if (at) {
+          this.cursor = at;
+          this.logger.warn(`replaying from seq ${seq}`);
+        } else {
+          this.logger.error(`cannot replay from seq ${seq}: the log no longer holds it (first is ${String(this.log.firstSeq)})`);
+        }
+      }
+      const { records, next } = await this.log.readChunk(this.cursor, this.options.maxBatchBytes);
+      if (records.length === 0) {
+        this.cursor = next;
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+          // The log may have grown between the read and installing the waiter.
+          const end = this.log.end;
+          if (end.segment !== next.segment || end.position !== next.position) {
+            this.notify();
+          }
+        });
+        continue;
+      }
+      try {
+        await this.producer.send(TOPICS.protectedWrites, [{ key: this.vpgId, value: encodeRecordBatch(records.map((r) => r.record)) }]);
+      } catch (err) {
+        this.lastError = err instanceof Error ? err.message : String(err);
+        this.logger.warn(`bus send failed, retrying in ${delay} ms: ${this.lastError}`);
+        await new Promise((resolve) => setTimeout(resolve, delay * (0.5 + Math.random() / 2)).unref());
+        delay = Math.min(delay * 2, this.options.retryMaxMs);
+        continue;
+      }
+      delay = this.options.retryInitialMs;
+      this.lastError = undefined;
+      this.cursor = next;
+      const last = records[records.length - 1];
+      if (last && last.seq > this.shipped) {
+        this.shipped = last.seq;
+        this.releaseWaiters();
+      }
+    }
+  }
+
+  private releaseWaiters(): void {
+    for (let i = this.waiters.length - 1; i >= 0; i--) {
+      const waiter = this.waiters[i];
+      if (waiter && waiter.seq <= this.shipped) {
+        this.waiters.splice(i, 1);
+        waiter.resolve();
+      }
+    }
+  }
+}

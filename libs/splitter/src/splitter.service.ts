@@ -1,0 +1,168 @@
+import { mkdir, readFile, readdir, rename, writeFile, open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Inject, Injectable, Logger, type OnApplicationBootstrap, type BeforeApplicationShutdown } from '@nestjs/common';
+import { BUS, type Bus, type BusConsumer, type BusProducer, type MessageBatch } from '@cdp/bus';
+import { APP_CONFIG, type AppConfig } from '@cdp/config';
+import { TOPICS, domainEventSchema, journalProgressSchema, splitterCommandSchema, vpgSchema, type SplitterCommand } from '@cdp/contracts';
+import { DomainError, type Vpg } from '@cdp/domain';
+import { VpgCapture, type CaptureStatus } from './vpg-capture';
+
+/**
+ * The protected-site splitter: owns the protected volumes of every VPG it has been told about and
+ * captures their writes. It learns VPGs from `vpg.created` events and keeps its own copy of each
+ * definition on disk, because the protected site must keep capturing when the recovery site (and the
+ * bus) are away, and must know its volumes again after a restart without asking anyone.
+ *
+ * Layout under <dataDir>/splitter/<vpgId>/: vpg.json, volumes/<index>.img, log/<segment>.seg.
+ */
+@Injectable()
+export class SplitterService implements OnApplicationBootstrap, BeforeApplicationShutdown {
+  private readonly logger = new Logger('splitter');
+  private readonly captures = new Map<string, VpgCapture>();
+  private readonly opening = new Map<string, Promise<VpgCapture>>();
+  private readonly consumers: BusConsumer[] = [];
+  private producer: BusProducer;
+  private readonly root: string;
+
+  constructor(
+    @Inject(BUS) private readonly bus: Bus,
+    @Inject(APP_CONFIG) config: AppConfig,
+  ) {
+    this.producer = bus.createProducer();
+    this.root = join(config.dataDir, 'splitter');
+  }
+
+  async onApplicationBootstrap(): Promise<void> {
+    await mkdir(this.root, { recursive: true });
+    for (const entry of await readdir(this.root, { withFileTypes: true })) {
+      if (entry.isDirectory()) {
+        const definition = await this.readDefinition(entry.name);
+        if (definition) {
+          await this.activate(definition);
+        }
+      }
+    }
+    this.logger.log(`protecting ${this.captures.size} VPG(s) from ${this.root}`);
+    await this.consume('splitter-events', TOPICS.events, (batch) => this.onEvents(batch));
+    await this.consume('splitter-commands', TOPICS.commands, (batch) => this.onCommands(batch));
+    await this.consume('splitter-progress', TOPICS.journalProgress, (batch) => this.onProgress(batch));
+  }
+
+  async beforeApplicationShutdown(): Promise<void> {
+    await Promise.all(this.consumers.map((c) => c.stop()));
+    await Promise.all([...this.captures.values()].map((c) => c.close()));
+    this.captures.clear();
+  }
+
+  capture(vpgId: string): VpgCapture {
+    const capture = this.captures.get(vpgId);
+    if (!capture) {
+      throw new DomainError('not-found', `VPG ${vpgId} is not protected by this splitter`);
+    }
+    return capture;
+  }
+
+  statuses(): CaptureStatus[] {
+    return [...this.captures.values()].map((c) => c.status());
+  }
+
+  private async consume(groupId: string, topic: string, handler: (batch: MessageBatch) => Promise<void>): Promise<void> {
+    const consumer = this.bus.createConsumer({ groupId, topics: [topic], start: 'earliest' });
+    this.consumers.push(consumer);
+    await consumer.run(handler);
+  }
+
+  private async onEvents(batch: MessageBatch): Promise<void> {
+    for (const message of batch.messages) {
+      const parsed = domainEventSchema.safeParse(parseJson(message.value));
+      if (!parsed.success) {
+        this.logger.warn(`skipping an event that is not valid: ${parsed.error.message}`);
+        continue;
+      }
+      const event = parsed.data;
+      if (event.type === 'vpg.created' && !this.captures.has(event.vpgId)) {
+        await this.protect(event.data.vpg as Vpg);
+      }
+    }
+  }
+
+  private async onCommands(batch: MessageBatch): Promise<void> {
+    for (const message of batch.messages) {
+      const parsed = splitterCommandSchema.safeParse(parseJson(message.value));
+      if (!parsed.success) {
+        this.logger.warn(`skipping a command that is not valid: ${parsed.error.message}`);
+        continue;
+      }
+      this.execute(parsed.data);
+    }
+    return Promise.resolve();
+  }
+
+  private execute(command: SplitterCommand): void {
+    const capture = this.captures.get(command.vpgId);
+    if (!capture) {
+      this.logger.warn(`command ${command.type} for VPG ${command.vpgId}, which this splitter does not protect`);
+      return;
+    }
+    switch (command.type) {
+      case 'checkpoint.insert':
+        capture.insertCheckpoint({ id: command.checkpointId, kind: command.kind, name: command.name, vmId: command.vmId });
+        return;
+      case 'replication.replay':
+        capture.replayFrom(command.fromSeq);
+        return;
+    }
+  }
+
+  private async onProgress(batch: MessageBatch): Promise<void> {
+    for (const message of batch.messages) {
+      const parsed = journalProgressSchema.safeParse(parseJson(message.value));
+      if (parsed.success) {
+        await this.captures.get(parsed.data.vpgId)?.confirm(parsed.data.appliedSeq);
+      }
+    }
+  }
+
+  /** First sight of a VPG: write its definition durably, create its volumes, start capturing. */
+  private async protect(vpg: Vpg): Promise<void> {
+    const dir = join(this.root, vpg.id);
+    await mkdir(join(dir, 'volumes'), { recursive: true });
+    const tmp = join(dir, 'vpg.json.tmp');
+    await writeFile(tmp, JSON.stringify(vpg, null, 2));
+    const handle = await open(tmp, 'r');
+    await handle.sync();
+    await handle.close();
+    await rename(tmp, join(dir, 'vpg.json'));
+    await this.activate(vpg);
+    this.logger.log(`protecting VPG ${vpg.name} (${vpg.id})`);
+  }
+
+  private async activate(vpg: Vpg): Promise<void> {
+    let pending = this.opening.get(vpg.id);
+    if (!pending) {
+      pending = VpgCapture.open(vpg, join(this.root, vpg.id), this.producer);
+      this.opening.set(vpg.id, pending);
+    }
+    const capture = await pending;
+    this.captures.set(vpg.id, capture);
+    this.opening.delete(vpg.id);
+  }
+
+  private async readDefinition(vpgId: string): Promise<Vpg | undefined> {
+    try {
+      const text = await readFile(join(this.root, vpgId, 'vpg.json'), 'utf8');
+      return vpgSchema.parse(JSON.parse(text)) as Vpg;
+    } catch (err) {
+      this.logger.error(`ignoring ${join(this.root, vpgId)}: ${err instanceof Error ? err.message : String(err)}`);
+      return undefined;
+    }
+  }
+}
+
+function parseJson(value: Buffer): unknown {
+  try {
+    return JSON.parse(value.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,2 @@
+export * from './transport.module';
+export * from './transport.service';
