@@ -14,19 +14,29 @@ const depConstraints = [
     bannedExternalImports: frameworks,
   },
   { sourceTag: 'type:infra', onlyDependOnLibsWithTags: ['type:domain', 'type:contracts', 'type:infra'] },
-  { sourceTag: 'type:edge', onlyDependOnLibsWithTags: ['type:domain', 'type:contracts', 'type:infra'] },
+  { sourceTag: 'type:edge', onlyDependOnLibsWithTags: ['type:domain', 'type:contracts', 'type:infra', 'type:edge'] },
   {
     sourceTag: 'type:service',
     onlyDependOnLibsWithTags: ['type:domain', 'type:contracts', 'type:infra', 'type:edge'],
   },
   {
     sourceTag: 'type:app',
-    onlyDependOnLibsWithTags: ['type:domain', 'type:contracts', 'type:infra', 'type:edge', 'type:service', 'type:testing'],
+    onlyDependOnLibsWithTags: ['type:domain', 'type:contracts', 'type:infra', 'type:edge', 'type:service'],
   },
   {
     sourceTag: 'type:testing',
     onlyDependOnLibsWithTags: ['type:domain', 'type:contracts', 'type:infra', 'type:testing'],
   },
+];
+
+// Test files of any project may also use the test support library.
+const testDepConstraints = depConstraints.map((c) => ({
+  ...c,
+  onlyDependOnLibsWithTags: [...c.onlyDependOnLibsWithTags, 'type:testing'],
+}));
+const boundaries = (constraints) => [
+  'error',
+  { enforceBuildableLibDependency: false, allow: [], depConstraints: constraints, banTransitiveDependencies: false },
 ];
 
 export default tseslint.config(
@@ -39,10 +49,7 @@ export default tseslint.config(
     },
     plugins: { '@nx': nx },
     rules: {
-      '@nx/enforce-module-boundaries': [
-        'error',
-        { enforceBuildableLibDependency: false, allow: [], depConstraints, banTransitiveDependencies: false },
-      ],
+      '@nx/enforce-module-boundaries': boundaries(depConstraints),
       // Async safety: a dropped promise in a storage path is a lost write.
       '@typescript-eslint/no-floating-promises': 'error',
       '@typescript-eslint/no-misused-promises': 'error',
@@ -58,8 +65,9 @@ export default tseslint.config(
     },
   },
   {
-    files: ['**/*.spec.ts', '**/*.int-spec.ts', 'libs/testing/**/*.ts'],
+    files: ['**/*.spec.ts', '**/*.int-spec.ts', '**/*.test-app.ts', 'libs/testing/**/*.ts'],
     rules: {
+      '@nx/enforce-module-boundaries': boundaries(testDepConstraints),
       '@typescript-eslint/unbound-method': 'off',
       '@typescript-eslint/no-non-null-assertion': 'off',
     },

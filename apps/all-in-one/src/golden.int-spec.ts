@@ -1,10 +1,6 @@
-import { type INestApplication } from '@nestjs/common';
-import { NestFactory } from '@nestjs/core';
-import { loadConfig } from '@cdp/config';
-import { type Checkpoint, type Vpg } from '@cdp/domain';
-import { configureHttp, listen } from '@cdp/http-edge';
-import { ApiClient, ReferenceModel, createTestDatabase, randomBuffer, seededRandom, tempDir, waitFor } from '@cdp/testing';
-import { AllInOneModule } from './all-in-one.module';
+import { type Checkpoint } from '@cdp/domain';
+import { ReferenceModel, randomBuffer, seededRandom, waitFor, type ApiClient } from '@cdp/testing';
+import { createProtectedVpg, startTestApp, type TestApp } from './all-in-one.test-app';
 
 /**
  * The golden test: a VPG of three volumes on two VMs takes a seeded random workload through the
@@ -17,31 +13,21 @@ const SEED = Number(process.env['GOLDEN_SEED'] ?? 20261125);
 const KiB = 1024;
 
 describe('golden: every checkpoint recovers bit-exact', () => {
-  let app: INestApplication;
+  let testApp: TestApp;
   let api: ApiClient;
-  let dropDatabase: () => Promise<void>;
-  let cleanupDir: () => void;
 
   beforeAll(async () => {
-    const database = await createTestDatabase();
-    dropDatabase = database.drop;
-    const dir = tempDir('golden-');
-    cleanupDir = dir.cleanup;
-    const config = loadConfig({ CDP_DATA_DIR: dir.path, DATABASE_URL: database.url, CDP_HTTP_PORT: '0' });
-    app = await NestFactory.create(AllInOneModule.forRoot(config), { bodyParser: false, logger: ['error', 'warn'] });
-    configureHttp(app);
-    api = new ApiClient(await listen(app, '127.0.0.1', 0));
+    testApp = await startTestApp();
+    api = testApp.api;
   });
 
   afterAll(async () => {
-    await app?.close();
-    await dropDatabase?.();
-    cleanupDir?.();
+    await testApp?.close();
   });
 
   it(`recovers every volume at every checkpoint (seed ${SEED})`, async () => {
     const random = seededRandom(SEED);
-    const vpg = await api.ok<Vpg>('POST', '/vpgs', {
+    const vpg = await createProtectedVpg(api, {
       name: 'golden',
       vms: [
         { name: 'app-vm', volumes: [{ name: 'root', sizeBytes: 4 * 1024 * KiB, blockSize: 512 }] },
@@ -57,10 +43,6 @@ describe('golden: every checkpoint recovers bit-exact', () => {
     });
     const volumes = vpg.vms.flatMap((vm) => vm.volumes);
     expect(volumes).toHaveLength(3);
-    await waitFor(async () => (await api.json('GET', `/splitter/vpgs/${vpg.id}`)).status === 200, {
-      timeoutMs: 10_000,
-      message: 'the splitter never picked up the new VPG',
-    });
 
     const model = new ReferenceModel(new Map(volumes.map((v) => [v.id, v.sizeBytes])));
     const tagged: string[] = [];

@@ -43,7 +43,7 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
     // Subscribe first, then read the table: a VPG created in between is seen at least once.
     this.consumer = this.bus.createConsumer({ groupId: 'checkpoint-scheduler', topics: [TOPICS.events], start: 'latest' });
     await this.consumer.run((batch) => this.onEvents(batch));
-    const rows = (await this.dataSource.query(`SELECT definition FROM vpgs`)) as { definition: Vpg }[];
+    const rows = await this.dataSource.query<{ definition: Vpg }[]>(`SELECT definition FROM vpgs`);
     for (const row of rows) {
       this.schedule(row.definition);
     }
@@ -144,7 +144,9 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
           waiters?.forEach((resolve) => resolve(checkpoint));
           break;
         }
-        default:
+        case 'checkpoint.tagged-inserted':
+        case 'journal.gap-detected':
+        case 'journal.corrupt-record-rejected':
           break;
       }
     }
@@ -167,13 +169,13 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
 
   /** Requests not yet recorded as checkpoints, older than `olderThanMs`, are sent again. */
   private async resendPending(olderThanMs: number): Promise<void> {
-    const rows = (await this.dataSource.query(
+    const rows = await this.dataSource.query<{ id: string; vpg_id: string; kind: 'tagged' | 'application-consistent'; name: string | null; vm_id: string | null; requested_at: Date }[]>(
       `SELECT r.id, r.vpg_id, r.kind, r.name, r.vm_id, r.requested_at FROM checkpoint_requests r
         WHERE NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.id = r.id)
           AND r.requested_at < now() - make_interval(secs => $1::double precision / 1000)
         ORDER BY r.requested_at LIMIT 1000`,
       [olderThanMs],
-    )) as { id: string; vpg_id: string; kind: 'tagged' | 'application-consistent'; name: string | null; vm_id: string | null; requested_at: Date }[];
+    );
     for (const row of rows) {
       await this.send({
         type: 'checkpoint.insert',
@@ -191,7 +193,7 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
   }
 
   private async vpg(vpgId: string): Promise<Vpg> {
-    const rows = (await this.dataSource.query(`SELECT definition FROM vpgs WHERE id = $1`, [vpgId])) as { definition: Vpg }[];
+    const rows = await this.dataSource.query<{ definition: Vpg }[]>(`SELECT definition FROM vpgs WHERE id = $1`, [vpgId]);
     const row = rows[0];
     if (!row) {
       throw new DomainError('not-found', `VPG ${vpgId} does not exist`);

@@ -55,14 +55,14 @@ export class JournalReader {
   ) {}
 
   async status(vpgId: string): Promise<JournalStatus> {
-    const rows = (await this.dataSource.query(
+    const rows = await this.dataSource.query<{ applied_seq: string; replica_seq: string; last_captured_at: Date | null; syncing: boolean; checkpoints: string; oldest: Date | null; newest: Date | null }[]>(
       `SELECT j.applied_seq, j.replica_seq, j.last_captured_at, j.syncing,
               (SELECT count(*) FROM checkpoints c WHERE c.vpg_id = j.vpg_id) AS checkpoints,
               (SELECT min(captured_at) FROM checkpoints c WHERE c.vpg_id = j.vpg_id) AS oldest,
               (SELECT max(captured_at) FROM checkpoints c WHERE c.vpg_id = j.vpg_id) AS newest
          FROM journal_vpgs j WHERE j.vpg_id = $1`,
       [vpgId],
-    )) as { applied_seq: string; replica_seq: string; last_captured_at: Date | null; syncing: boolean; checkpoints: string; oldest: Date | null; newest: Date | null }[];
+    );
     const row = rows[0];
     if (!row) {
       return { vpgId, appliedSeq: 0, replicaSeq: 0, lastCapturedAt: null, syncing: false, checkpointCount: 0, oldestCheckpointAt: null, newestCheckpointAt: null };
@@ -81,20 +81,20 @@ export class JournalReader {
 
   /** Checkpoints in capture order, oldest first, within [from, to]. */
   async checkpoints(vpgId: string, query: CheckpointQuery): Promise<Checkpoint[]> {
-    const rows = (await this.dataSource.query(
+    const rows = await this.dataSource.query<CheckpointRow[]>(
       `SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints
         WHERE vpg_id = $1 AND captured_at >= $2 AND captured_at <= $3
         ORDER BY cut LIMIT $4`,
       [vpgId, query.from ?? new Date(0), query.to ?? new Date('9999-12-31T00:00:00Z'), query.limit],
-    )) as CheckpointRow[];
+    );
     return rows.map(toCheckpoint);
   }
 
   async checkpoint(vpgId: string, checkpointId: string): Promise<Checkpoint> {
-    const rows = (await this.dataSource.query(
+    const rows = await this.dataSource.query<CheckpointRow[]>(
       `SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints WHERE id = $1 AND vpg_id = $2`,
       [checkpointId, vpgId],
-    )) as CheckpointRow[];
+    );
     const row = rows[0];
     if (!row) {
       throw new DomainError('not-found', `checkpoint ${checkpointId} is not recorded for VPG ${vpgId}`);
@@ -109,10 +109,10 @@ export class JournalReader {
    * Every journal record is verified before a byte of it is used.
    */
   async *image(vpgId: string, volumeIndex: number, sizeBytes: number, cut: number): AsyncGenerator<Buffer> {
-    const keyRows = (await this.dataSource.query(`SELECT vpg_key, replica_seq FROM journal_vpgs WHERE vpg_id = $1`, [vpgId])) as {
+    const keyRows = await this.dataSource.query<{
       vpg_key: number;
       replica_seq: string;
-    }[];
+    }[]>(`SELECT vpg_key, replica_seq FROM journal_vpgs WHERE vpg_id = $1`, [vpgId]);
     const key = keyRows[0];
     if (!key) {
       throw new DomainError('not-found', `VPG ${vpgId} has no journal`);
@@ -120,11 +120,11 @@ export class JournalReader {
     if (cut < Number(key.replica_seq)) {
       throw new DomainError('failed-precondition', `cut ${cut} is older than the journal's history (replica is at seq ${key.replica_seq})`);
     }
-    const rows = (await this.dataSource.query(
+    const rows = await this.dataSource.query<WriteRow[]>(
       `SELECT seq, byte_offset, length, segment, position FROM journal_writes
         WHERE vpg_key = $1 AND volume_index = $2 AND seq > $3 AND seq <= $4 ORDER BY seq`,
       [key.vpg_key, volumeIndex, key.replica_seq, cut],
-    )) as WriteRow[];
+    );
     const map = new ExtentMap<WriteRow>();
     for (const row of rows) {
       map.add(Number(row.byte_offset), row.length, row);

@@ -124,7 +124,7 @@ export class JournalStore {
         if (checkpoints.length > 0) {
           // A marker shipped twice (a replay after a gap) must not record its checkpoint twice or move
           // it: the first copy in the order is the one that counts.
-          const rows = (await em.query(
+          const rows = await em.query<{ id: string }[]>(
             `INSERT INTO checkpoints (id, vpg_id, cut, kind, name, vm_id, captured_at)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::uuid[], $7::timestamptz[])
              ON CONFLICT (id) DO NOTHING
@@ -138,17 +138,17 @@ export class JournalStore {
               checkpoints.map((c) => c.vmId),
               checkpoints.map((c) => c.capturedAt),
             ],
-          )) as { id: string }[];
+          );
           const inserted = new Set(rows.map((r) => r.id));
           recorded = checkpoints.filter((c) => inserted.has(c.id));
         }
-        const updated = (await em.query(
+        const updated = await em.query<[unknown[], number]>(
           `UPDATE journal_vpgs
               SET applied_seq = $2, segment = $3, segment_end = $4,
                   last_captured_at = to_timestamp($5::double precision / 1e6), updated_at = now()
             WHERE vpg_id = $1 AND applied_seq = $6`,
           [vpgId, lastSeq, end.segment, end.position, lastCapturedMicros, journal.appliedSeq],
-        )) as [unknown[], number];
+        );
         if (updated[1] !== 1) {
           throw new JournalConflictError(`VPG ${vpgId}: applied_seq moved under this writer (another journal writer?)`);
         }
@@ -182,10 +182,10 @@ export class JournalStore {
 
   private async load(vpgId: string): Promise<VpgJournal> {
     await this.dataSource.query(`INSERT INTO journal_vpgs (vpg_id) VALUES ($1) ON CONFLICT (vpg_id) DO NOTHING`, [vpgId]);
-    const rows = (await this.dataSource.query(
+    const rows = await this.dataSource.query<{ vpg_key: number; applied_seq: string; segment: number; segment_end: string }[]>(
       `SELECT vpg_key, applied_seq, segment, segment_end FROM journal_vpgs WHERE vpg_id = $1`,
       [vpgId],
-    )) as { vpg_key: number; applied_seq: string; segment: number; segment_end: string }[];
+    );
     const row = rows[0];
     if (!row) {
       throw new Error(`journal_vpgs row for ${vpgId} vanished`);

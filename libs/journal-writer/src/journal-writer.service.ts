@@ -152,7 +152,7 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
     if (this.knownVpgs.has(vpgId)) {
       return true;
     }
-    const rows = (await this.dataSource.query(`SELECT 1 FROM vpgs WHERE id = $1`, [vpgId])) as unknown[];
+    const rows = await this.dataSource.query<unknown[]>(`SELECT 1 FROM vpgs WHERE id = $1`, [vpgId]);
     if (rows.length > 0) {
       this.knownVpgs.add(vpgId);
       return true;

@@ -42,7 +42,7 @@ export class VpgService implements OnApplicationBootstrap, BeforeApplicationShut
   }
 
   async create(request: CreateVpgRequest): Promise<Vpg> {
-    const existing = (await this.dataSource.query(`SELECT id FROM vpgs WHERE name = $1`, [request.name.trim()])) as unknown[];
+    const existing = await this.dataSource.query<unknown[]>(`SELECT id FROM vpgs WHERE name = $1`, [request.name.trim()]);
     if (existing.length > 0) {
       throw new DomainError('already-exists', `a VPG named ${request.name.trim()} already exists`);
     }
@@ -74,12 +74,12 @@ export class VpgService implements OnApplicationBootstrap, BeforeApplicationShut
   }
 
   async list(): Promise<Vpg[]> {
-    const rows = (await this.dataSource.query(`SELECT definition FROM vpgs ORDER BY created_at, id`)) as { definition: Vpg }[];
+    const rows = await this.dataSource.query<{ definition: Vpg }[]>(`SELECT definition FROM vpgs ORDER BY created_at, id`);
     return rows.map((r) => r.definition);
   }
 
   async get(vpgId: string): Promise<Vpg> {
-    const rows = (await this.dataSource.query(`SELECT definition FROM vpgs WHERE id = $1`, [vpgId])) as { definition: Vpg }[];
+    const rows = await this.dataSource.query<{ definition: Vpg }[]>(`SELECT definition FROM vpgs WHERE id = $1`, [vpgId]);
     const row = rows[0];
     if (!row) {
       throw new DomainError('not-found', `VPG ${vpgId} does not exist`);

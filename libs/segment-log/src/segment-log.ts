@@ -225,6 +225,9 @@ export class SegmentLog {
    */
   async readChunk(from: LogPosition, maxBytes: number): Promise<{ records: ScannedRecord[]; next: LogPosition }> {
     this.assertOpen();
+    if (this.segments.length === 0) {
+      return { records: [], next: from };
+    }
     let cursor = this.normalise(from);
     const info = this.segments.find((s) => s.segment === cursor.segment);
     if (!info) {
@@ -354,7 +357,7 @@ export class SegmentLog {
       if (!info) {
         continue;
       }
-      const validEnd = await this.scanSegment(info, i === this.segments.length - 1);
+      const validEnd = this.scanSegment(info, i === this.segments.length - 1);
       if (validEnd < info.size) {
         if (i !== this.segments.length - 1) {
           throw new SegmentLogError(`segment ${info.segment} of ${this.dir} is corrupt at byte ${validEnd}, before the log's tail`);
@@ -377,7 +380,7 @@ export class SegmentLog {
   }
 
   /** Verifies records from the start of a segment; returns the end of the last whole, valid record. */
-  private async scanSegment(info: SegmentInfo, isLast: boolean): Promise<number> {
+  private scanSegment(info: SegmentInfo, isLast: boolean): number {
     const fd = openSync(join(this.dir, segmentFileName(info.segment)), 'r');
     try {
       let position = 0;

@@ -27,6 +27,7 @@ export class LogShipper {
   private rewindTo: number | undefined;
   private readonly waiters: { seq: number; resolve: () => void }[] = [];
   private lastError: string | undefined;
+  private retryDelay: number;
   private readonly logger: Logger;
 
   constructor(
@@ -36,6 +37,7 @@ export class LogShipper {
     private readonly options: ShipperOptions = DEFAULT_SHIPPER_OPTIONS,
   ) {
     this.cursor = log.start;
+    this.retryDelay = options.retryInitialMs;
     this.logger = new Logger(`shipper ${vpgId.slice(0, 8)}`);
   }
 
@@ -85,22 +87,36 @@ export class LogShipper {
   }
 
   private async run(): Promise<void> {
-    let delay = this.options.retryInitialMs;
     while (this.running) {
-      if (this.rewindTo !== undefined) {
-        const seq = this.rewindTo;
-        this.rewindTo = undefined;
-        const at = await this.log.find(seq);
-        if (at) {
-          this.cursor = at;
-          this.logger.warn(`replaying from seq ${seq}`);
-        } else {
-          this.logger.error(`cannot replay from seq ${seq}: the log no longer holds it (first is ${String(this.log.firstSeq)})`);
-        }
+      try {
+        await this.shipOnce();
+      } catch (err) {
+        // Reading the log failed (a corrupt record, a missing segment): nothing can be shipped past it.
+        // Keep trying, loudly; the status shows the error until an operator resyncs the VPG.
+        this.lastError = err instanceof Error ? err.message : String(err);
+        this.logger.error(`cannot ship: ${this.lastError}`);
+        await this.pause();
       }
-      const { records, next } = await this.log.readChunk(this.cursor, this.options.maxBatchBytes);
-      if (records.length === 0) {
-        this.cursor = next;
+    }
+  }
+
+  /** Ships one chunk of records, or waits until there is more to ship. */
+  private async shipOnce(): Promise<void> {
+    if (this.rewindTo !== undefined) {
+      const seq = this.rewindTo;
+      this.rewindTo = undefined;
+      const at = await this.log.find(seq);
+      if (at) {
+        this.cursor = at;
+        this.logger.warn(`replaying from seq ${seq}`);
+      } else {
+        this.logger.error(`cannot replay from seq ${seq}: the log no longer holds it (first is ${String(this.log.firstSeq)})`);
+      }
+    }
+    const { records, next } = await this.log.readChunk(this.cursor, this.options.maxBatchBytes);
+    if (records.length === 0) {
+      this.cursor = next;
+      if (this.running) {
         await new Promise<void>((resolve) => {
           this.wake = resolve;
           // The log may have grown between the read and installing the waiter.
@@ -109,26 +125,31 @@ export class LogShipper {
             this.notify();
           }
         });
-        continue;
       }
-      try {
-        await this.producer.send(TOPICS.protectedWrites, [{ key: this.vpgId, value: encodeRecordBatch(records.map((r) => r.record)) }]);
-      } catch (err) {
-        this.lastError = err instanceof Error ? err.message : String(err);
-        this.logger.warn(`bus send failed, retrying in ${delay} ms: ${this.lastError}`);
-        await new Promise((resolve) => setTimeout(resolve, delay * (0.5 + Math.random() / 2)).unref());
-        delay = Math.min(delay * 2, this.options.retryMaxMs);
-        continue;
-      }
-      delay = this.options.retryInitialMs;
-      this.lastError = undefined;
-      this.cursor = next;
-      const last = records[records.length - 1];
-      if (last && last.seq > this.shipped) {
-        this.shipped = last.seq;
-        this.releaseWaiters();
-      }
+      return;
     }
+    try {
+      await this.producer.send(TOPICS.protectedWrites, [{ key: this.vpgId, value: encodeRecordBatch(records.map((r) => r.record)) }]);
+    } catch (err) {
+      this.lastError = err instanceof Error ? err.message : String(err);
+      this.logger.warn(`bus send failed, retrying: ${this.lastError}`);
+      await this.pause();
+      return;
+    }
+    this.retryDelay = this.options.retryInitialMs;
+    this.lastError = undefined;
+    this.cursor = next;
+    const last = records[records.length - 1];
+    if (last && last.seq > this.shipped) {
+      this.shipped = last.seq;
+      this.releaseWaiters();
+    }
+  }
+
+  private pause(): Promise<void> {
+    const ms = this.retryDelay * (0.5 + Math.random() / 2);
+    this.retryDelay = Math.min(this.retryDelay * 2, this.options.retryMaxMs);
+    return new Promise((resolve) => setTimeout(resolve, ms).unref());
   }
 
   private releaseWaiters(): void {

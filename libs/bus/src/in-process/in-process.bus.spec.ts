@@ -1,0 +1,310 @@
+import { type BatchContext, BusError, type BusMessage, type MessageBatch } from '../bus';
+import { Recorder, describeBusContract, keyForPartition, uniqueName, waitUntil } from '../bus.contract';
+import { partitionForKey } from '../murmur2';
+import { InProcessBus } from './in-process.bus';
+
+describeBusContract('in-process', () => Promise.resolve(new InProcessBus()));
+
+describe('InProcessBus', () => {
+  const deadlineMs = 2_000;
+  const waitFor = (what: string, predicate: () => boolean): Promise<void> => waitUntil(what, predicate, deadlineMs);
+  const message = (key: string, value: string): BusMessage => ({ key, value: Buffer.from(value) });
+  const text = (m: { value: Buffer }): string => m.value.toString('utf8');
+
+  let bus: InProcessBus;
+  afterEach(() => bus.close());
+
+  it('is a non-durable driver named in-process', () => {
+    bus = new InProcessBus();
+    expect(bus.durable).toBe(false);
+    expect(bus.driverName).toBe('in-process');
+  });
+
+  it('creates an unknown topic on first send, with the default partition count', async () => {
+    bus = new InProcessBus({ defaultPartitions: 3 });
+    const topic = uniqueName('auto');
+    const keys = Array.from({ length: 30 }, (_, i) => `vpg-${i}`);
+    await bus.createProducer().send(topic, keys.map((key) => message(key, key)));
+    const high = [0, 1, 2].map((p) => Number(bus.partitionOffsets(topic, p).high));
+    expect(high).toEqual([0, 1, 2].map((p) => keys.filter((key) => partitionForKey(key, 3) === p).length));
+    expect(() => bus.partitionOffsets(topic, 3)).toThrow(BusError);
+  });
+
+  it('grows a topic that gains partitions, hands the new ones out, and never shrinks one', async () => {
+    bus = new InProcessBus();
+    const topic = uniqueName('grow');
+    await bus.ensureTopics([{ topic, partitions: 2 }]);
+    const recorder = new Recorder();
+    await bus.createConsumer({ groupId: uniqueName('group'), topics: [topic] }).run(recorder.handler());
+
+    await bus.ensureTopics([{ topic, partitions: 4 }]);
+    await bus.ensureTopics([{ topic, partitions: 1 }]);
+    await bus.createProducer().send(topic, [message(keyForPartition(3, 4), 'on the new partition')]);
+    await waitFor('the message', () => recorder.messageCount() === 1);
+    expect(recorder.messages()[0]?.partition).toBe(3);
+    expect(bus.partitionOffsets(topic, 3)).toEqual({ low: '0', high: '1' });
+  });
+
+  it('rejects what Kafka would reject, with non-retriable BusErrors', async () => {
+    bus = new InProcessBus();
+    const nonRetriable = { name: 'BusError', retriable: false };
+    await expect(bus.ensureTopics([{ topic: 'bad topic', partitions: 1 }])).rejects.toMatchObject(nonRetriable);
+    await expect(bus.ensureTopics([{ topic: 'ok', partitions: 0 }])).rejects.toMatchObject(nonRetriable);
+    await expect(bus.createProducer().send('', [message('k', 'v')])).rejects.toMatchObject(nonRetriable);
+    expect(() => bus.createConsumer({ groupId: '', topics: ['t'] })).toThrow(BusError);
+    expect(() => bus.createConsumer({ groupId: 'g', topics: [] })).toThrow(BusError);
+    expect(() => bus.createConsumer({ groupId: 'g', topics: ['t'], maxBatchMessages: 0 })).toThrow(BusError);
+    expect(() => new InProcessBus({ defaultPartitions: -1 })).toThrow(BusError);
+
+    const twice = bus.createConsumer({ groupId: uniqueName('group'), topics: [uniqueName('t')] });
+    await twice.run(() => Promise.resolve());
+    await expect(twice.run(() => Promise.resolve())).rejects.toMatchObject(nonRetriable);
+
+    const idle = bus.createConsumer({ groupId: uniqueName('group'), topics: [uniqueName('t')] });
+    await bus.close();
+    await expect(bus.createProducer().send('t', [message('k', 'v')])).rejects.toMatchObject(nonRetriable);
+    await expect(bus.ensureTopics([{ topic: 't', partitions: 1 }])).rejects.toMatchObject(nonRetriable);
+    expect(() => bus.createConsumer({ groupId: 'g', topics: ['t'] })).toThrow(BusError);
+    await expect(idle.run(() => Promise.resolve())).rejects.toMatchObject(nonRetriable);
+  });
+
+  it("stores a copy of each message, so the producer's buffer may be reused", async () => {
+    bus = new InProcessBus();
+    const topic = uniqueName('copy');
+    const value = Buffer.from('original');
+    await bus.createProducer().send(topic, [{ key: 'k', value, headers: { h: '1' } }]);
+    value.write('mutated!');
+    const recorder = new Recorder();
+    await bus.createConsumer({ groupId: uniqueName('group'), topics: [topic] }).run(recorder.handler());
+    await waitFor('the message', () => recorder.messageCount() === 1);
+    expect(recorder.messages().map(text)).toEqual(['original']);
+    expect(recorder.messages()[0]?.headers).toEqual({ h: '1' });
+  });
+
+  it("delivers to 'latest' the first message sent after run() resolves", async () => {
+    bus = new InProcessBus();
+    const topic = uniqueName('latest');
+    await bus.createProducer().send(topic, [message('vpg', 'old')]);
+    const recorder = new Recorder();
+    await bus
+      .createConsumer({ groupId: uniqueName('group'), topics: [topic], start: 'latest' })
+      .run(recorder.handler());
+    await bus.createProducer().send(topic, [message('vpg', 'new')]);
+    await waitFor('the new message', () => recorder.messageCount() === 1);
+    expect(recorder.messages().map(text)).toEqual(['new']);
+  });
+
+  it('reports rejected batches to both error listeners, logs nothing, and redelivers the same offsets', async () => {
+    const busErrors: [unknown, MessageBatch][] = [];
+    const consumerErrors: unknown[] = [];
+    bus = new InProcessBus({
+      retryBackoff: { initialMs: 1, maxMs: 4 },
+      onError: (error, batch) => busErrors.push([error, batch]),
+    });
+    const spies = (['log', 'info', 'warn', 'error', 'debug'] as const).map((level) =>
+      jest.spyOn(console, level).mockImplementation(() => undefined),
+    );
+    try {
+      const topic = uniqueName('errors');
+      await bus.createProducer().send(topic, ['a', 'b', 'c'].map((v) => message('vpg', v)));
+      const failure = new Error('not yet');
+      let calls = 0;
+      const offsets: string[][] = [];
+      await bus
+        .createConsumer({
+          groupId: uniqueName('group'),
+          topics: [topic],
+          onError: (error) => {
+            consumerErrors.push(error);
+            throw new Error('a broken listener changes nothing');
+          },
+        })
+        .run((batch) => {
+          offsets.push(batch.messages.map((m) => m.offset));
+          calls++;
+          // A handler that throws synchronously is treated like one that rejects.
+          if (calls <= 3) throw failure;
+          return Promise.resolve();
+        });
+
+      await waitFor('success after three failures', () => calls === 4);
+      expect(offsets).toEqual(Array.from({ length: 4 }, () => ['0', '1', '2']));
+      expect(consumerErrors).toEqual([failure, failure, failure]);
+      expect(busErrors.map(([error]) => error)).toEqual([failure, failure, failure]);
+      expect(busErrors[0]?.[1].messages.map(text)).toEqual(['a', 'b', 'c']);
+      for (const spy of spies) expect(spy).not.toHaveBeenCalled();
+    } finally {
+      for (const spy of spies) spy.mockRestore();
+    }
+  });
+
+  it('keeps consuming other partitions while one partition is stuck', async () => {
+    bus = new InProcessBus();
+    const topic = uniqueName('stuck');
+    await bus.ensureTopics([{ topic, partitions: 2 }]);
+    const [stuckKey, freeKey] = [keyForPartition(0, 2), keyForPartition(1, 2)];
+    let release: () => void = () => undefined;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const recorder = new Recorder();
+    await bus.createConsumer({ groupId: uniqueName('group'), topics: [topic], maxBatchMessages: 1 }).run(
+      recorder.handler(async (batch) => {
+        if (batch.partition === 0) await released;
+      }),
+    );
+    const producer = bus.createProducer();
+    try {
+      await producer.send(topic, [message(stuckKey, 'stuck')]);
+      for (let n = 0; n < 5; n++) await producer.send(topic, [message(freeKey, `free${n}`)]);
+      await waitFor('the free partition', () => recorder.messageCount() === 5);
+      expect(recorder.pending().map((d) => d.partition)).toEqual([0]);
+    } finally {
+      release();
+    }
+    await waitFor('the stuck partition', () => recorder.messageCount() === 6);
+  });
+
+  it('assigns partitions round-robin in join order and gives a leaver’s partitions to the rest', async () => {
+    bus = new InProcessBus();
+    const topic = uniqueName('assign');
+    const partitions = 8;
+    await bus.ensureTopics([{ topic, partitions }]);
+    const groupId = uniqueName('group');
+    const first = new Recorder();
+    const second = new Recorder();
+    await bus.createConsumer({ groupId, topics: [topic] }).run(first.handler());
+    const leaver = bus.createConsumer({ groupId, topics: [topic] });
+    await leaver.run(second.handler());
+    const keys = Array.from({ length: partitions }, (_, p) => keyForPartition(p, partitions));
+    const producer = bus.createProducer();
+    await producer.send(topic, keys.map((key) => message(key, 'one')));
+    await waitFor('a message on every partition', () => first.messageCount() + second.messageCount() === partitions);
+    const partitionsOf = (recorder: Recorder): number[] =>
+      [...new Set(recorder.messages().map((m) => m.partition))].sort((a, b) => a - b);
+    expect(partitionsOf(first)).toEqual([0, 2, 4, 6]);
+    expect(partitionsOf(second)).toEqual([1, 3, 5, 7]);
+
+    await leaver.stop();
+    await producer.send(topic, keys.map((key) => message(key, 'two')));
+    await waitFor('the second round', () => first.messageCount() === 4 + partitions);
+    expect(first.messages().filter((m) => text(m) === 'two')).toHaveLength(partitions);
+    expect(second.messageCount()).toBe(4);
+    for (let p = 0; p < partitions; p++) expect(bus.committedOffset(groupId, topic, p)).toBe('2');
+  });
+
+  it('hands a moved partition over only after the old owner’s batch settles, with no overlap', async () => {
+    bus = new InProcessBus();
+    const topic = uniqueName('handover');
+    await bus.ensureTopics([{ topic, partitions: 2 }]);
+    const movingKey = keyForPartition(1, 2);
+    await bus.createProducer().send(topic, ['m0', 'm1', 'm2', 'm3'].map((v) => message(movingKey, v)));
+    const groupId = uniqueName('group');
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let held: BatchContext | undefined;
+    const first = new Recorder();
+    await bus.createConsumer({ groupId, topics: [topic], maxBatchMessages: 2 }).run(
+      first.handler(async (_batch, context) => {
+        held = context;
+        // Finishes its batch even once revoked, which a handler may do.
+        await gate;
+      }),
+    );
+    const second = new Recorder();
+    try {
+      await waitFor('the first batch to be in progress', () => held !== undefined);
+      await bus.createConsumer({ groupId, topics: [topic], maxBatchMessages: 2 }).run(second.handler());
+      expect(held?.isActive()).toBe(false);
+      // Let the new owner's worker run, so a missing hand-off would show as an early delivery.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      expect(second.deliveries).toEqual([]);
+    } finally {
+      open();
+    }
+    await waitFor('the new owner to finish', () => second.messageCount() === 2);
+    expect(first.messages().map(text)).toEqual(['m0', 'm1']);
+    expect(second.messages().map(text)).toEqual(['m2', 'm3']);
+  });
+
+  it('deletes records below an offset; a group behind the new start resumes at it', async () => {
+    bus = new InProcessBus();
+    const topic = uniqueName('trim');
+    await bus.ensureTopics([{ topic, partitions: 1 }]);
+    const producer = bus.createProducer();
+    await producer.send(topic, Array.from({ length: 10 }, (_, n) => message('vpg', `m${n}`)));
+    expect(bus.deleteRecordsBefore(topic, 0, '6')).toBe('6');
+    expect(bus.deleteRecordsBefore(topic, 0, 2)).toBe('6');
+    expect(bus.partitionOffsets(topic, 0)).toEqual({ low: '6', high: '10' });
+    expect(() => bus.deleteRecordsBefore(topic, 0, -1)).toThrow(BusError);
+
+    const recorder = new Recorder();
+    await bus.createConsumer({ groupId: uniqueName('group'), topics: [topic] }).run(recorder.handler());
+    await producer.send(topic, [message('vpg', 'm10')]);
+    await waitFor('the rest', () => recorder.messageCount() === 5);
+    expect(recorder.messages().map((m) => `${m.offset}:${text(m)}`)).toEqual([
+      '6:m6',
+      '7:m7',
+      '8:m8',
+      '9:m9',
+      '10:m10',
+    ]);
+    expect(bus.deleteRecordsBefore(topic, 0, 100)).toBe('11');
+    expect(bus.partitionOffsets(topic, 0)).toEqual({ low: '11', high: '11' });
+  });
+
+  it('holds no timers or immediates while idle, and none after close(), even mid-backoff', async () => {
+    const live = trackTimers();
+    try {
+      bus = new InProcessBus({ retryBackoff: { initialMs: 60_000, maxMs: 60_000 } });
+      const topic = uniqueName('idle');
+      const recorder = new Recorder();
+      await bus.createConsumer({ groupId: uniqueName('group'), topics: [topic] }).run(recorder.handler());
+      await bus.createProducer().send(topic, [message('vpg', 'hello')]);
+      await waitFor('the message', () => recorder.messageCount() === 1);
+      // The poll's own timer has fired by the time the predicate runs, so any live one is the bus's.
+      await waitFor('the bus to go idle', () => live.size === 0);
+
+      let failures = 0;
+      const failing = bus.createConsumer({ groupId: uniqueName('group'), topics: [topic] });
+      await failing.run(() => {
+        failures++;
+        return Promise.reject(new Error('always'));
+      });
+      await waitFor('a failure and its backoff timer', () => failures === 1 && live.size === 1);
+
+      const started = Date.now();
+      await bus.close();
+      expect(Date.now() - started).toBeLessThan(1_000);
+      expect(live.size).toBe(0);
+      expect(failures).toBe(1);
+    } finally {
+      jest.restoreAllMocks();
+    }
+  });
+});
+
+/** Timers and immediates created from now on that have neither run nor been cleared. */
+function trackTimers(): ReadonlySet<unknown> {
+  const live = new Set<unknown>();
+  const { setTimeout: realSetTimeout, clearTimeout: realClearTimeout, setImmediate: realSetImmediate } = global;
+  jest.spyOn(global, 'setTimeout').mockImplementation(((callback: () => void, ms?: number) => {
+    const handle = realSetTimeout(() => {
+      live.delete(handle);
+      callback();
+    }, ms);
+    live.add(handle);
+    return handle;
+  }) as unknown as typeof setTimeout);
+  jest.spyOn(global, 'clearTimeout').mockImplementation((handle) => {
+    live.delete(handle);
+    realClearTimeout(handle);
+  });
+  jest.spyOn(global, 'setImmediate').mockImplementation(((callback: () => void) => {
+    const handle = realSetImmediate(() => {
+      live.delete(handle);
+      callback();
+    });
+    live.add(handle);
+    return handle;
+  }) as unknown as typeof setImmediate);
+  return live;
+}
