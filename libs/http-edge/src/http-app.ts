@@ -14,7 +14,6 @@ export function configureHttp(app: INestApplication): void {
   app.use(parseOrReject(raw({ type: 'application/octet-stream', limit: MAX_WRITE_BYTES })));
   app.setGlobalPrefix('api', { exclude: [{ path: '/', method: RequestMethod.GET }] });
   app.useGlobalFilters(new ErrorResponseFilter());
-  app.enableShutdownHooks();
 }
 
 /**

@@ -1,2 +1,3 @@
 export * from './infrastructure.module';
 export * from './run-service';
+export * from './quiet.logger';

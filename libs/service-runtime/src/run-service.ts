@@ -2,6 +2,7 @@ import { type DynamicModule, type INestApplication, Logger } from '@nestjs/commo
 import { NestFactory } from '@nestjs/core';
 import { ConfigError, loadConfig, type AppConfig } from '@cdp/config';
 import { configureHttp, listen } from '@cdp/http-edge';
+import { QuietNestLogger } from './quiet.logger';
 
 export interface RunningService {
   readonly app: INestApplication;
@@ -25,9 +26,24 @@ export async function runService(name: string, compose: (config: AppConfig) => D
     }
     throw err;
   }
-  const app = await NestFactory.create(compose(config), { bodyParser: false, logger: ['log', 'warn', 'error'] });
+  const app = await NestFactory.create(compose(config), { bodyParser: false, logger: new QuietNestLogger() });
   configureHttp(app);
+  const logger = new Logger(name);
+  // A signal closes the application (services stop, then bus, database and embedded PostgreSQL) and
+  // exits 0; a second signal during that ends the process at once.
+  const shutdown = (signal: NodeJS.Signals): void => {
+    logger.log(`${signal}: shutting down`);
+    app.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error(`shutdown failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', shutdown);
+  process.once('SIGINT', shutdown);
   const url = await listen(app, config.http.host, config.http.port);
-  new Logger(name).log(`data dir ${config.dataDir}`);
+  logger.log(`data dir ${config.dataDir}`);
   return { app, url, config };
 }

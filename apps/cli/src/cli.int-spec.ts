@@ -1,0 +1,78 @@
+import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type Checkpoint, type Vpg } from '@cdp/domain';
+import { ApiClient, createTestDatabase, startAllInOne, tempDir, waitFor, type AllInOneProcess, type TempDir } from '@cdp/testing';
+
+const ROOT = join(__dirname, '..', '..', '..');
+
+/** The command line as an operator uses it, against a running all-in-one process. */
+describe('continuum CLI', () => {
+  let system: AllInOneProcess;
+  let database: { url: string; drop(): Promise<void> };
+  let dir: TempDir;
+
+  const cli = (...args: string[]): { status: number | null; stdout: string; stderr: string } => {
+    const result = spawnSync(process.execPath, ['-r', join(ROOT, 'tools', 'register.cjs'), join(ROOT, 'apps', 'cli', 'src', 'main.ts'), ...args], {
+      env: { ...process.env, CDP_API_URL: system.url },
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+  };
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    dir = await tempDir('cli-');
+    system = await startAllInOne({ CDP_DATA_DIR: join(dir.path, 'data'), DATABASE_URL: database.url });
+  });
+
+  afterAll(async () => {
+    await system?.stop();
+    await database?.drop();
+    await dir?.cleanup();
+  });
+
+  it('creates a VPG, tags a checkpoint, lists it and writes a volume image to a file', async () => {
+    const spec = join(dir.path, 'vpg.json');
+    writeFileSync(spec, JSON.stringify({ name: 'cli-vpg', vms: [{ name: 'vm1', volumes: [{ name: 'disk', sizeBytes: 65536 }] }] }));
+    const created = cli('vpg', 'create', spec);
+    expect(created.stderr).toBe('');
+    expect(created.status).toBe(0);
+    const vpg = JSON.parse(created.stdout) as Vpg;
+    expect(cli('vpg', 'list').stdout).toContain('cli-vpg');
+
+    const api = new ApiClient(system.url);
+    await waitFor(async () => (await api.json('GET', `/splitter/vpgs/${vpg.id}`)).status === 200, { timeoutMs: 10_000, message: 'splitter never protected the VPG' });
+    const data = Buffer.alloc(4096, 0xab);
+    await api.write(vpg.id, vpg.vms[0]!.volumes[0]!.id, 1000, data);
+
+    const tagged = cli('checkpoint', 'tag', 'cli-vpg', 'from the cli');
+    expect(tagged.status).toBe(0);
+    const result = JSON.parse(tagged.stdout) as { status: string; checkpoint: Checkpoint };
+    expect(result.status).toBe('recorded');
+    expect(cli('checkpoint', 'list', 'cli-vpg').stdout).toContain('from the cli');
+
+    const out = join(dir.path, 'disk.img');
+    const image = cli('image', 'cli-vpg', result.checkpoint.id, 'vm1/disk', '-o', out);
+    expect(image.status).toBe(0);
+    const expected = Buffer.alloc(65536);
+    data.copy(expected, 1000);
+    expect(readFileSync(out).equals(expected)).toBe(true);
+  });
+
+  it('says what is wrong and exits non-zero on bad usage', () => {
+    const unknown = cli('checkpoint', 'tag', 'no-such-vpg', 'x');
+    expect(unknown.status).toBe(1);
+    expect(unknown.stderr).toContain('no VPG with id or name no-such-vpg');
+    const empty = cli('checkpoint', 'tag', 'cli-vpg', '');
+    expect(empty.status).toBe(1);
+    expect(empty.stderr).toContain('must not be empty');
+    const badLimit = cli('checkpoint', 'list', 'cli-vpg', '--limit', 'many');
+    expect(badLimit.status).not.toBe(0);
+    expect(badLimit.stderr).toContain('must be a positive integer');
+    const unreachable = spawnSync(process.execPath, ['-r', join(ROOT, 'tools', 'register.cjs'), join(ROOT, 'apps', 'cli', 'src', 'main.ts'), '--api', 'http://127.0.0.1:1', 'vpg', 'list'], { encoding: 'utf8' });
+    expect(unreachable.status).toBe(2);
+    expect(unreachable.stderr).toContain('cannot reach');
+  });
+});

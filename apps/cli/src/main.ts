@@ -1,0 +1,163 @@
+import { createWriteStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { Command, InvalidArgumentError } from 'commander';
+import { type Checkpoint, type Vpg } from '@cdp/domain';
+
+/**
+ * `continuum`: the operator's command line, over the HTTP API. VPGs, VMs and volumes can be named by
+ * id or by name. Exit codes: 0 done, 1 the server refused (its message is printed), 2 bad usage or the
+ * server cannot be reached.
+ */
+class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
+    super(message);
+  }
+}
+
+const program = new Command()
+  .name('continuum')
+  .description('Continuous data protection: VPGs, checkpoints and point-in-time images')
+  .option('--api <url>', 'where the system is reachable', process.env['CDP_API_URL'] ?? 'http://127.0.0.1:8080')
+  .showHelpAfterError();
+
+const api = (): string => `${(program.opts<{ api: string }>().api).replace(/\/$/, '')}/api`;
+
+async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  let response: Response;
+  try {
+    response = await fetch(`${api()}${path}`, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (err) {
+    throw new CliError(`cannot reach ${api()}: ${err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err)}`, 2);
+  }
+  const text = await response.text();
+  const parsed: unknown = text ? JSON.parse(text) : undefined;
+  if (!response.ok) {
+    const message = (parsed as { message?: string } | undefined)?.message ?? response.statusText;
+    throw new CliError(`${response.status}: ${message}`, 1);
+  }
+  return parsed as T;
+}
+
+async function findVpg(idOrName: string): Promise<Vpg> {
+  const vpgs = await request<Vpg[]>('GET', '/vpgs');
+  const vpg = vpgs.find((v) => v.id === idOrName) ?? vpgs.find((v) => v.name === idOrName);
+  if (!vpg) {
+    throw new CliError(`no VPG with id or name ${idOrName}`, 1);
+  }
+  return vpg;
+}
+
+function print(value: unknown): void {
+  console.log(JSON.stringify(value, null, 2));
+}
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) {
+    throw new InvalidArgumentError('must be a positive integer');
+  }
+  return n;
+}
+
+const vpg = program.command('vpg').description('protection groups');
+vpg
+  .command('list')
+  .description('list VPGs')
+  .action(async () => {
+    const vpgs = await request<Vpg[]>('GET', '/vpgs');
+    for (const v of vpgs) {
+      const volumes = v.vms.flatMap((vm) => vm.volumes.map((vol) => `${vm.name}/${vol.name}`));
+      console.log(`${v.id}  ${v.name}  (${volumes.join(', ')})`);
+    }
+  });
+vpg
+  .command('show <vpg>')
+  .description('a VPG and its journal status')
+  .action(async (idOrName: string) => print(await request('GET', `/vpgs/${(await findVpg(idOrName)).id}`)));
+vpg
+  .command('create <spec.json>')
+  .description('create a VPG from a JSON file: {"name", "vms": [{"name", "volumes": [{"name", "sizeBytes", "blockSize"}]}], "settings"}')
+  .action(async (file: string) => {
+    let spec: unknown;
+    try {
+      spec = JSON.parse(await readFile(file, 'utf8'));
+    } catch (err) {
+      throw new CliError(`cannot read ${file}: ${err instanceof Error ? err.message : String(err)}`, 2);
+    }
+    print(await request('POST', '/vpgs', spec));
+  });
+
+const checkpoint = program.command('checkpoint').description('checkpoints');
+checkpoint
+  .command('list <vpg>')
+  .description('recorded checkpoints, oldest first')
+  .option('--from <iso-time>', 'only from this time')
+  .option('--to <iso-time>', 'only up to this time')
+  .option('--limit <n>', 'at most this many', positiveInt, 1000)
+  .action(async (idOrName: string, options: { from?: string; to?: string; limit: number }) => {
+    const target = await findVpg(idOrName);
+    const query = new URLSearchParams({ limit: String(options.limit) });
+    if (options.from) query.set('from', options.from);
+    if (options.to) query.set('to', options.to);
+    const list = await request<Checkpoint[]>('GET', `/vpgs/${target.id}/checkpoints?${query.toString()}`);
+    for (const c of list) {
+      console.log(`${c.capturedAt}  ${c.kind.padEnd(22)}  cut ${String(c.cut).padStart(10)}  ${c.id}  ${c.name ?? ''}`);
+    }
+  });
+checkpoint
+  .command('tag <vpg> <name>')
+  .description('insert a tagged checkpoint and wait until it is recorded')
+  .action(async (idOrName: string, name: string) => {
+    const target = await findVpg(idOrName);
+    print(await request('POST', `/vpgs/${target.id}/checkpoints`, { name }));
+  });
+checkpoint
+  .command('app <vpg> <vm> <name>')
+  .description('insert an application-consistent checkpoint on behalf of a VM (after its application is quiesced)')
+  .action(async (idOrName: string, vmIdOrName: string, name: string) => {
+    const target = await findVpg(idOrName);
+    const vm = target.vms.find((v) => v.id === vmIdOrName || v.name === vmIdOrName);
+    if (!vm) {
+      throw new CliError(`VPG ${target.name} has no VM ${vmIdOrName}`, 1);
+    }
+    print(await request('POST', `/vpgs/${target.id}/application-checkpoints`, { name, vmId: vm.id }));
+  });
+
+program
+  .command('image <vpg> <checkpoint> <volume>')
+  .description('write the image of a volume at a checkpoint to a file; volume as id or vm/volume')
+  .requiredOption('-o, --out <file>', 'the file to write')
+  .action(async (idOrName: string, checkpointId: string, volumeRef: string, options: { out: string }) => {
+    const target = await findVpg(idOrName);
+    const volume = target.vms
+      .flatMap((vm) => vm.volumes.map((v) => ({ ...v, ref: `${vm.name}/${v.name}` })))
+      .find((v) => v.id === volumeRef || v.ref === volumeRef);
+    if (!volume) {
+      throw new CliError(`VPG ${target.name} has no volume ${volumeRef}`, 1);
+    }
+    const response = await fetch(`${api()}/vpgs/${target.id}/checkpoints/${checkpointId}/volumes/${volume.id}/image`);
+    if (!response.ok || !response.body) {
+      const body = (await response.json().catch(() => ({}))) as { message?: string };
+      throw new CliError(`${response.status}: ${body.message ?? response.statusText}`, 1);
+    }
+    await pipeline(Readable.fromWeb(response.body), createWriteStream(options.out));
+    console.log(`wrote ${volume.sizeBytes} bytes of ${volume.ref} at checkpoint ${checkpointId} to ${options.out}`);
+  });
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  if (err instanceof CliError) {
+    console.error(`continuum: ${err.message}`);
+    process.exit(err.exitCode);
+  }
+  console.error(err instanceof Error ? (err.stack ?? err.message) : err);
+  process.exit(1);
+});
