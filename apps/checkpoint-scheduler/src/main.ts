@@ -1,21 +1,5 @@
 import 'reflect-metadata';
-import { Module } from '@nestjs/common';
-import { HealthController } from '@cdp/http-edge';
 import { CheckpointSchedulerModule } from '@cdp/checkpoint-scheduler';
-import { InfrastructureModule, runService } from '@cdp/service-runtime';
+import { runStandaloneService } from '@cdp/service-runtime';
 
-/**
- * The checkpoint-scheduler as a process of its own. Until the Kafka bus driver lands, a separate process runs on the
- * in-process bus and so only talks to itself; the all-in-one app composes all five services.
- */
-@Module({})
-class ServiceModule {}
-
-runService('checkpoint-scheduler', (config) => ({
-  module: ServiceModule,
-  imports: [InfrastructureModule.forRoot(config, { database: true }), CheckpointSchedulerModule],
-  controllers: [HealthController],
-})).catch((err: unknown) => {
-  console.error(err instanceof Error ? (err.stack ?? err.message) : err);
-  process.exit(1);
-});
+runStandaloneService('checkpoint-scheduler', CheckpointSchedulerModule, { database: true });

@@ -1,21 +1,5 @@
 import 'reflect-metadata';
-import { Module } from '@nestjs/common';
-import { HealthController } from '@cdp/http-edge';
 import { RecoveryOrchestratorModule } from '@cdp/recovery-orchestrator';
-import { InfrastructureModule, runService } from '@cdp/service-runtime';
+import { runStandaloneService } from '@cdp/service-runtime';
 
-/**
- * The recovery-orchestrator as a process of its own. Until the Kafka bus driver lands, a separate process runs on the
- * in-process bus and so only talks to itself; the all-in-one app composes all five services.
- */
-@Module({})
-class ServiceModule {}
-
-runService('recovery-orchestrator', (config) => ({
-  module: ServiceModule,
-  imports: [InfrastructureModule.forRoot(config, { database: true }), RecoveryOrchestratorModule],
-  controllers: [HealthController],
-})).catch((err: unknown) => {
-  console.error(err instanceof Error ? (err.stack ?? err.message) : err);
-  process.exit(1);
-});
+runStandaloneService('recovery-orchestrator', RecoveryOrchestratorModule, { database: true });

@@ -1,7 +1,8 @@
-import { type DynamicModule, type INestApplication, Logger } from '@nestjs/common';
+import { type DynamicModule, type INestApplication, Logger, Module, type Type } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { ConfigError, loadConfig, type AppConfig } from '@cdp/config';
-import { configureHttp, listen } from '@cdp/http-edge';
+import { HealthController, configureHttp, listen } from '@cdp/http-edge';
+import { InfrastructureModule } from './infrastructure.module';
 import { QuietNestLogger } from './quiet.logger';
 
 export interface RunningService {
@@ -46,4 +47,23 @@ export async function runService(name: string, compose: (config: AppConfig) => D
   const url = await listen(app, config.http.host, config.http.port);
   logger.log(`data dir ${config.dataDir}`);
   return { app, url, config };
+}
+
+/**
+ * One of the five services as a process of its own: its module, the infrastructure it needs, and the
+ * health endpoint. Until the Kafka bus driver lands, such a process runs on the in-process bus and so
+ * only talks to itself; the all-in-one app composes all five.
+ */
+export function runStandaloneService(name: string, service: Type<unknown>, options: { readonly database: boolean }): void {
+  @Module({})
+  class StandaloneServiceModule {}
+
+  runService(name, (config) => ({
+    module: StandaloneServiceModule,
+    imports: [InfrastructureModule.forRoot(config, { database: options.database }), service],
+    controllers: [HealthController],
+  })).catch((err: unknown) => {
+    process.stderr.write(`${name}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  });
 }
