@@ -1,4 +1,5 @@
 import { type DynamicModule, Module } from '@nestjs/common';
+import { type Bus } from '@cdp/bus';
 import { CheckpointSchedulerModule } from '@cdp/checkpoint-scheduler';
 import { type AppConfig } from '@cdp/config';
 import { HealthController } from '@cdp/http-edge';
@@ -13,11 +14,12 @@ import { WebPageController } from './web-page.controller';
 /** The five services in one process over the in-process bus, with an embedded or external Postgres. */
 @Module({})
 export class AllInOneModule {
-  static forRoot(config: AppConfig): DynamicModule {
+  /** `bus` replaces the in-process bus (tests inject faults through it). */
+  static forRoot(config: AppConfig, options: { readonly bus?: Bus } = {}): DynamicModule {
     return {
       module: AllInOneModule,
       imports: [
-        InfrastructureModule.forRoot(config, { database: true }),
+        InfrastructureModule.forRoot(config, { database: true, ...(options.bus ? { bus: options.bus } : {}) }),
         SplitterModule,
         TransportModule,
         JournalWriterModule,

@@ -1,5 +1,6 @@
 import { type INestApplication } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
+import { type Bus } from '@cdp/bus';
 import { loadConfig } from '@cdp/config';
 import { type Vpg } from '@cdp/domain';
 import { configureHttp, listen } from '@cdp/http-edge';
@@ -15,11 +16,11 @@ export interface TestApp {
 }
 
 /** The all-in-one application inside the test process, on a fresh database and data directory. */
-export async function startTestApp(): Promise<TestApp> {
+export async function startTestApp(options: { readonly bus?: Bus } = {}): Promise<TestApp> {
   const database = await createTestDatabase();
   const dir = await tempDir('all-in-one-');
   const config = loadConfig({ CDP_DATA_DIR: dir.path, DATABASE_URL: database.url, CDP_HTTP_PORT: '0' });
-  const app = await NestFactory.create(AllInOneModule.forRoot(config), { bodyParser: false, logger: ['error', 'warn'] });
+  const app = await NestFactory.create(AllInOneModule.forRoot(config, options), { bodyParser: false, logger: ['error', 'warn'] });
   configureHttp(app);
   const api = new ApiClient(await listen(app, '127.0.0.1', 0));
   return {

@@ -4,6 +4,7 @@ import {
   ApiClient,
   ReferenceModel,
   createTestDatabase,
+  expectCheckpointsRecoverBitExact,
   randomBuffer,
   seededRandom,
   startAllInOne,
@@ -161,15 +162,6 @@ describe('crash: SIGKILL mid-workload loses and doubles nothing', () => {
       expect(ids.has(before.id)).toBe(true);
       expect(checkpoints.find((c) => c.id === before.id)?.cut).toBe(before.cut);
     }
-    const expected = model.imagesAt(checkpoints.map((c) => c.cut));
-    for (const checkpoint of checkpoints) {
-      for (const volume of volumes) {
-        const { status, data } = await api.bytes(`/vpgs/${vpg.id}/checkpoints/${checkpoint.id}/volumes/${volume.id}/image`);
-        expect(status).toBe(200);
-        if (!data.equals(expected.get(checkpoint.cut)!.get(volume.id)!)) {
-          throw new Error(`checkpoint ${checkpoint.name ?? checkpoint.kind} at cut ${checkpoint.cut}, volume ${volume.name}: image differs`);
-        }
-      }
-    }
+    await expectCheckpointsRecoverBitExact(api, vpg.id, volumes, checkpoints, model);
   });
 });

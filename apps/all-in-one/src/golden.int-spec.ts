@@ -1,5 +1,5 @@
 import { type Checkpoint } from '@cdp/domain';
-import { ReferenceModel, randomBuffer, seededRandom, waitFor, type ApiClient } from '@cdp/testing';
+import { ReferenceModel, expectCheckpointsRecoverBitExact, randomBuffer, seededRandom, waitFor, type ApiClient } from '@cdp/testing';
 import { createProtectedVpg, startTestApp, type TestApp } from './all-in-one.test-app';
 
 /**
@@ -89,30 +89,7 @@ describe('golden: every checkpoint recovers bit-exact', () => {
     // Every acknowledged write is inside the final checkpoint.
     expect(Math.max(...model.all().map((w) => w.seq))).toBeLessThan(final.checkpoint.cut);
 
-    const expected = model.imagesAt(checkpoints.map((c) => c.cut));
-    let compared = 0;
-    for (const checkpoint of checkpoints) {
-      for (const volume of volumes) {
-        const { status, data } = await api.bytes(`/vpgs/${vpg.id}/checkpoints/${checkpoint.id}/volumes/${volume.id}/image`);
-        expect(status).toBe(200);
-        const want = expected.get(checkpoint.cut)!.get(volume.id)!;
-        if (!data.equals(want)) {
-          const at = firstDifference(data, want);
-          throw new Error(`checkpoint ${checkpoint.name ?? checkpoint.kind} (cut ${checkpoint.cut}), volume ${volume.name}: first difference at byte ${at}`);
-        }
-        compared++;
-      }
-    }
+    const compared = await expectCheckpointsRecoverBitExact(api, vpg.id, volumes, checkpoints, model);
     expect(compared).toBe(checkpoints.length * volumes.length);
   });
 });
-
-function firstDifference(a: Buffer, b: Buffer): number {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) {
-    if (a[i] !== b[i]) {
-      return i;
-    }
-  }
-  return n;
-}

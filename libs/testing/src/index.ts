@@ -6,3 +6,5 @@ export * from './reference-model';
 export * from './http-client';
 export * from './service.process';
 export * from './service-lifecycle';
+export * from './fault-injecting.bus';
+export * from './checkpoint-verification';
