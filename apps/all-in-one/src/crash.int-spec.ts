@@ -100,7 +100,7 @@ describe('crash: SIGKILL mid-workload loses and doubles nothing', () => {
     processUnderTest = await startAllInOne(env);
     api = new ApiClient(processUnderTest.url);
     // The splitter saw that the last run did not end cleanly and re-applied its log to the volumes.
-    expect(processUnderTest.output()).toMatch(/unclean shutdown: re-applied \d+ logged writes/);
+    expect(processUnderTest.output()).toMatch(/unclean shutdown \(process-crash\): re-applied \d+ logged writes/);
 
     // The restarted splitter ships what its log holds; wait until the journal has all of it.
     await waitFor(

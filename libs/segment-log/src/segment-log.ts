@@ -77,6 +77,8 @@ export class SegmentLog {
   private syncing: Promise<void> | undefined;
   private closed = false;
   private failure: SegmentLogError | undefined;
+  /** Everything before this position has been fdatasynced. */
+  private durable: LogPosition = { segment: 1, position: 0 };
 
   private constructor(
     readonly dir: string,
@@ -109,6 +111,14 @@ export class SegmentLog {
   get end(): LogPosition {
     const active = this.active();
     return { segment: active.segment, position: active.size };
+  }
+
+  /**
+   * Everything before this position is durable (fdatasynced). A shipper that never reads past it can
+   * never put a record on the wire that a power loss could take back from this log.
+   */
+  get durableEnd(): LogPosition {
+    return this.durable;
   }
 
   get start(): LogPosition {
@@ -176,6 +186,7 @@ export class SegmentLog {
   }
 
   private async doSync(): Promise<void> {
+    const target = this.segments.length > 0 ? this.end : this.durable;
     const fds = [...this.unsynced];
     this.unsynced.clear();
     const dir = this.dirUnsynced;
@@ -202,6 +213,9 @@ export class SegmentLog {
         closeSync(fd);
       }
     }
+    if (comparePositions(target, this.durable) > 0) {
+      this.durable = target;
+    }
   }
 
   /** Reads and verifies one record. Throws CorruptRecordError rather than return damaged bytes. */
@@ -223,7 +237,7 @@ export class SegmentLog {
    * Reads whole, verified records from `from` on, at most about `maxBytes` of them (at least one record
    * if any is there), never past the current end. Returns the records and where the next read starts.
    */
-  async readChunk(from: LogPosition, maxBytes: number): Promise<{ records: ScannedRecord[]; next: LogPosition }> {
+  async readChunk(from: LogPosition, maxBytes: number, upTo?: LogPosition): Promise<{ records: ScannedRecord[]; next: LogPosition }> {
     this.assertOpen();
     if (this.segments.length === 0) {
       return { records: [], next: from };
@@ -233,7 +247,8 @@ export class SegmentLog {
     if (!info) {
       throw new SegmentLogError(`segment ${cursor.segment} is not in the log (first is ${this.start.segment})`);
     }
-    const available = info.size - cursor.position;
+    const limit = upTo === undefined || upTo.segment > cursor.segment ? info.size : upTo.segment === cursor.segment ? Math.min(upTo.position, info.size) : 0;
+    const available = limit - cursor.position;
     if (available <= 0) {
       return { records: [], next: cursor };
     }
@@ -376,6 +391,23 @@ export class SegmentLog {
         await handle.close();
       }
       this.activeFd = openSync(join(this.dir, segmentFileName(last.segment)), constants.O_RDWR);
+      // A process crash leaves written but unsynced pages behind; make them durable now, so that what
+      // this log holds at open is what it will hold after a power loss too.
+      for (const info of this.segments.slice(0, -1)) {
+        const handle = await open(join(this.dir, segmentFileName(info.segment)), 'r');
+        try {
+          await handle.datasync();
+        } finally {
+          await handle.close();
+        }
+      }
+      const dirFd = openSync(this.dir, 'r');
+      try {
+        await fsync(dirFd);
+      } finally {
+        closeSync(dirFd);
+      }
+      this.durable = { segment: last.segment, position: last.size };
     }
   }
 
@@ -521,4 +553,9 @@ function dropBytes(buffers: Buffer[], count: number): Buffer[] {
     skip = 0;
   }
   return out;
+}
+
+/** Orders two log positions: negative if a is before b, 0 if equal, positive if after. */
+export function comparePositions(a: LogPosition, b: LogPosition): number {
+  return a.segment !== b.segment ? a.segment - b.segment : a.position - b.position;
 }

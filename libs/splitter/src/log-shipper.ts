@@ -1,7 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { type BusProducer } from '@cdp/bus';
 import { TOPICS, encodeRecordBatch } from '@cdp/contracts';
-import { type LogPosition, type SegmentLog } from '@cdp/segment-log';
+import { comparePositions, type LogPosition, type SegmentLog } from '@cdp/segment-log';
 
 export interface ShipperOptions {
   /** Bytes of records per bus message. */
@@ -13,7 +13,8 @@ export interface ShipperOptions {
 export const DEFAULT_SHIPPER_OPTIONS: ShipperOptions = { maxBatchBytes: 1024 * 1024, retryInitialMs: 50, retryMaxMs: 5_000 };
 
 /**
- * Ships one VPG's log to the protected-writes topic in order, in batches. It always reads from the log
+ * Ships one VPG's log to the protected-writes topic in order, in batches, never past what the log has
+ * made durable. It always reads from the log
  * (the page cache, in the common case), never from memory handed over by the writer: the same path
  * serves normal shipping, catch-up after a restart and replay after the journal reports a gap, and
  * memory stays bounded however far the bus falls behind.
@@ -113,7 +114,14 @@ export class LogShipper {
         this.logger.error(`cannot replay from seq ${seq}: the log no longer holds it (first is ${String(this.log.firstSeq)})`);
       }
     }
-    const { records, next } = await this.log.readChunk(this.cursor, this.options.maxBatchBytes);
+    // Only records that are durable in the log are shipped: the recovery site must never hold a record
+    // that a power loss here could take back (the restarted splitter would reuse its seq for other
+    // data). The shipper itself drives the fsync, so one fdatasync covers everything appended since
+    // the last round (group commit).
+    if (comparePositions(this.cursor, this.log.durableEnd) >= 0 && comparePositions(this.cursor, this.log.end) < 0) {
+      await this.log.sync();
+    }
+    const { records, next } = await this.log.readChunk(this.cursor, this.options.maxBatchBytes, this.log.durableEnd);
     if (records.length === 0) {
       this.cursor = next;
       if (this.running) {

@@ -1,4 +1,5 @@
-import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
+import { mkdir, open, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Logger } from '@nestjs/common';
 import { type BusProducer } from '@cdp/bus';
@@ -12,7 +13,8 @@ import {
 } from '@cdp/contracts';
 import { DomainError, validateWriteRange, volumesOf, type Vpg } from '@cdp/domain';
 import { SegmentLog } from '@cdp/segment-log';
-import { DEFAULT_SHIPPER_OPTIONS, LogShipper, type ShipperOptions } from './log-shipper';
+import { ActivityLog, REGION_BYTES, currentBootId, regionKeys } from './activity-log';
+import { LogShipper, type ShipperOptions } from './log-shipper';
 import { ProtectedVolume } from './protected-volume';
 
 export interface CaptureStatus {
@@ -21,8 +23,20 @@ export interface CaptureStatus {
   readonly shippedSeq: number;
   readonly confirmedSeq: number;
   readonly logFirstSeq: number | null;
+  readonly activeRegions: number;
   readonly shipError: string | null;
 }
+
+export interface CaptureOptions {
+  readonly shipper?: ShipperOptions;
+  /** The id of this boot; read from the kernel when not given (tests simulate a reboot with it). */
+  readonly bootId?: string;
+  /** Most regions in the activity log, i.e. the bound on a resync after a power loss. Default 256 (1 GiB). */
+  readonly activityLogRegions?: number;
+}
+
+/** How the previous run of this VPG's capture ended, as found at open. */
+export type PreviousEnd = 'none' | 'clean' | 'process-crash' | 'host-crash';
 
 const CLEAN_MARKER = 'clean-shutdown';
 
@@ -38,15 +52,24 @@ export function nowMicros(): number {
  * - `flush()` (and a FUA write) completes only when everything acknowledged before it is durable in
  *   the log and on the volume (fdatasync) and the bus has acknowledged it.
  *
- * Everything happens synchronously from seq assignment to volume write, so one VPG's writes reach log
- * and volume in exactly seq order with no interleaving. The log is a write-ahead log: a record is in
- * the log before its bytes reach the volume. After a process crash, every record still in the log is
- * applied again to the volumes (redo), so volume and stream agree even if the crash fell between the
- * two writes. Records stay in the log until the journal reports them durable and indexed.
+ * From seq assignment to the volume write everything is synchronous, so one VPG's writes reach log and
+ * volume in exactly seq order with no interleaving. The log is a write-ahead log: a record is in the log
+ * before its bytes reach the volume. Records stay in the log until the journal reports them durable
+ * and indexed, and only durable records are shipped.
+ *
+ * Crashes, told apart at open: after a process crash (same boot), every record still in the log is
+ * applied to the volumes again (redo), so a crash between the two writes cannot leave the volume behind
+ * the stream. After a host crash (the boot id changed), redo as well, then every region of the activity
+ * log is read back from the volume and captured as writes: those are the only regions where volume and
+ * log can disagree, and after the resync both sites hold the volume as it is. The resync happens before
+ * any command is taken, so no checkpoint falls inside it.
  */
 export class VpgCapture {
   private nextSeq: number;
   private confirmed = 0;
+  /** Flush epochs: writes are tagged with `epoch`; every write tagged below `flushedEpoch` is durable. */
+  private epoch = 0;
+  private flushedEpoch = 0;
   private readonly logger: Logger;
 
   private constructor(
@@ -55,24 +78,47 @@ export class VpgCapture {
     private readonly log: SegmentLog,
     private readonly volumes: ReadonlyMap<number, ProtectedVolume>,
     private readonly shipper: LogShipper,
+    private readonly activity: ActivityLog,
+    readonly previousEnd: PreviousEnd,
   ) {
     this.nextSeq = (log.lastSeq ?? 0) + 1;
     this.logger = new Logger(`capture ${vpg.name}`);
   }
 
-  static async open(vpg: Vpg, dir: string, producer: BusProducer, shipperOptions: ShipperOptions = DEFAULT_SHIPPER_OPTIONS): Promise<VpgCapture> {
+  static async open(vpg: Vpg, dir: string, producer: BusProducer, options: CaptureOptions = {}): Promise<VpgCapture> {
+    await mkdir(join(dir, 'volumes'), { recursive: true });
     const log = await SegmentLog.open({ dir: join(dir, 'log'), tail: 'scan' });
     const volumes = new Map<number, ProtectedVolume>();
     for (const volume of volumesOf(vpg)) {
       volumes.set(volume.index, ProtectedVolume.open(volume, join(dir, 'volumes', `${volume.index}.img`)));
     }
-    const capture = new VpgCapture(vpg, dir, log, volumes, new LogShipper(vpg.id, log, producer, shipperOptions));
-    const clean = join(dir, CLEAN_MARKER);
-    if (existsSync(clean)) {
-      rmSync(clean);
-    } else if (log.lastSeq !== undefined) {
+    const bootId = options.bootId ?? currentBootId();
+    const { log: activity, previous } = await ActivityLog.open(
+      join(dir, 'activity-log.json'),
+      bootId ?? 'unknown',
+      options.activityLogRegions ?? 256,
+    );
+    const cleanMarker = join(dir, CLEAN_MARKER);
+    let previousEnd: PreviousEnd;
+    if (existsSync(cleanMarker)) {
+      previousEnd = 'clean';
+      await rm(cleanMarker);
+      await syncDir(dir);
+    } else if (log.lastSeq === undefined && !previous) {
+      previousEnd = 'none';
+    } else {
+      // Without a boot id to compare, assume the worst: a host crash costs a bounded resync, a missed
+      // one costs correctness.
+      previousEnd = previous && bootId !== undefined && previous.bootId === bootId ? 'process-crash' : 'host-crash';
+    }
+    const capture = new VpgCapture(vpg, dir, log, volumes, new LogShipper(vpg.id, log, producer, options.shipper), activity, previousEnd);
+    if (previousEnd === 'process-crash' || previousEnd === 'host-crash') {
       await capture.redo();
     }
+    if (previousEnd === 'host-crash') {
+      await capture.resyncActiveRegions();
+    }
+    await activity.save();
     capture.shipper.start();
     return capture;
   }
@@ -88,6 +134,7 @@ export class VpgCapture {
       shippedSeq: this.shipper.shippedSeq,
       confirmedSeq: this.confirmed,
       logFirstSeq: this.log.firstSeq ?? null,
+      activeRegions: this.activity.regions().length,
       shipError: this.shipper.error ?? null,
     };
   }
@@ -105,18 +152,13 @@ export class VpgCapture {
   async write(volumeId: string, offset: number, data: Buffer, fua = false): Promise<number> {
     const target = this.volumeById(volumeId);
     validateWriteRange(target.volume, offset, data.length);
-    const seq = this.nextSeq++;
-    const record = encodeWriteRecord({
-      seq,
-      volumeIndex: target.volume.index,
-      offset,
-      capturedAtMicros: nowMicros(),
-      flags: fua ? RECORD_FLAG_FUA : 0,
-      data,
-    });
-    this.log.append([record]);
-    target.write(offset, data);
-    this.shipper.notify();
+    const keys = regionKeys(target.volume.index, offset, data.length);
+    // The regions must be in the durable activity log before the write touches the volume. The check
+    // and the capture below run without a pause in between, so no eviction can slip in.
+    while (!this.activity.touch(keys, this.epoch)) {
+      await this.activity.activate(keys, this.epoch, () => this.flushedEpoch, () => this.syncLocal());
+    }
+    const seq = this.capture(target, offset, data, fua);
     if (fua) {
       await this.flush();
     }
@@ -134,7 +176,7 @@ export class VpgCapture {
   /** Everything acknowledged before this call becomes durable locally and in the replication stream. */
   async flush(): Promise<void> {
     const target = this.lastSeq;
-    await Promise.all([this.log.sync(), ...[...this.volumes.values()].map((v) => v.sync())]);
+    await this.syncLocal();
     await this.shipper.waitShipped(target);
   }
 
@@ -154,12 +196,36 @@ export class VpgCapture {
 
   async close(): Promise<void> {
     await this.shipper.stop();
+    await this.syncLocal();
     await this.log.close();
-    await Promise.all([...this.volumes.values()].map((v) => v.sync()));
     for (const volume of this.volumes.values()) {
       volume.close();
     }
-    writeFileSync(join(this.dir, CLEAN_MARKER), new Date().toISOString());
+    await writeFile(join(this.dir, CLEAN_MARKER), new Date().toISOString());
+    await syncDir(this.dir);
+  }
+
+  private capture(target: ProtectedVolume, offset: number, data: Buffer, fua: boolean): number {
+    const seq = this.nextSeq++;
+    const record = encodeWriteRecord({
+      seq,
+      volumeIndex: target.volume.index,
+      offset,
+      capturedAtMicros: nowMicros(),
+      flags: fua ? RECORD_FLAG_FUA : 0,
+      data,
+    });
+    this.log.append([record]);
+    target.write(offset, data);
+    this.shipper.notify();
+    return seq;
+  }
+
+  /** Log and volumes durable for every write made before the call; their regions become evictable. */
+  private async syncLocal(): Promise<void> {
+    const epoch = ++this.epoch;
+    await Promise.all([this.log.sync(), ...[...this.volumes.values()].map((v) => v.sync())]);
+    this.flushedEpoch = Math.max(this.flushedEpoch, epoch);
   }
 
   /** Applies every write still in the log to its volume again, in seq order (see the class comment). */
@@ -181,6 +247,36 @@ export class VpgCapture {
       cursor = next;
     }
     await Promise.all([...this.volumes.values()].map((v) => v.sync()));
-    this.logger.warn(`unclean shutdown: re-applied ${applied} logged writes to the volumes (last seq ${this.lastSeq})`);
+    this.logger.warn(`unclean shutdown (${this.previousEnd}): re-applied ${applied} logged writes to the volumes (last seq ${this.lastSeq})`);
+  }
+
+  /** After a host crash: every region of the activity log, read from the volume, captured as writes. */
+  private async resyncActiveRegions(): Promise<void> {
+    const regions = this.activity.regions();
+    let bytes = 0;
+    for (const region of regions) {
+      const volume = this.volumes.get(region.volumeIndex);
+      if (!volume) {
+        continue;
+      }
+      const start = region.regionIndex * REGION_BYTES;
+      const length = Math.min(REGION_BYTES, volume.volume.sizeBytes - start);
+      if (length <= 0) {
+        continue;
+      }
+      this.capture(volume, start, volume.read(start, length), false);
+      bytes += length;
+    }
+    await this.syncLocal();
+    this.logger.warn(`host crash: resynchronised ${regions.length} active region(s), ${bytes} bytes, through seq ${this.lastSeq}`);
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
