@@ -1,0 +1,117 @@
+import { DomainError } from './domain.error';
+import { DEFAULT_VPG_SETTINGS } from './vpg.model';
+import { decideVpg, evolveVpg, initialVpgState, type VpgCommand, type VpgEvent, type VpgState } from './vpg.decider';
+
+/** Given events, when a command, then events (or an error): the decider is pure, so that is all. */
+function given(events: readonly VpgEvent[]): { when(command: VpgCommand): { then(expected: VpgEvent[]): void; thenError(code: DomainError['code'], message?: RegExp): void } } {
+  const state = events.reduce<VpgState>(evolveVpg, initialVpgState);
+  return {
+    when: (command) => ({
+      then: (expected) => expect(decideVpg(command, state)).toEqual(expected),
+      thenError: (code, message) => {
+        let error: unknown;
+        try {
+          decideVpg(command, state);
+        } catch (err) {
+          error = err;
+        }
+        expect(error).toBeInstanceOf(DomainError);
+        expect((error as DomainError).code).toBe(code);
+        if (message) {
+          expect((error as DomainError).message).toMatch(message);
+        }
+      },
+    }),
+  };
+}
+
+const now = '2026-11-25T00:00:00.000Z';
+const vpgId = '11111111-1111-4111-8111-111111111111';
+const create = (overrides: Partial<Extract<VpgCommand, { type: 'CreateVpg' }>> = {}): VpgCommand => ({
+  type: 'CreateVpg',
+  vpgId,
+  name: ' erp ',
+  vms: [
+    { id: 'vm-1', name: 'app', volumes: [{ id: 'vol-1', name: 'root', sizeBytes: 1 << 20, blockSize: 512 }] },
+    { id: 'vm-2', name: 'db', volumes: [{ id: 'vol-2', name: 'data', sizeBytes: 1 << 22, blockSize: 4096 }, { id: 'vol-3', name: 'log', sizeBytes: 1 << 20, blockSize: 512 }] },
+  ],
+  settings: {},
+  now,
+  ...overrides,
+});
+const created = (): VpgEvent => decideVpg(create(), initialVpgState)[0]!;
+
+describe('VPG decider', () => {
+  it('creates a VPG with default settings, trimmed names and volume indexes in order across VMs', () => {
+    given([])
+      .when(create())
+      .then([
+        {
+          type: 'VpgCreated',
+          vpg: {
+            id: vpgId,
+            name: 'erp',
+            createdAt: now,
+            settings: DEFAULT_VPG_SETTINGS,
+            vms: [
+              { id: 'vm-1', name: 'app', volumes: [{ id: 'vol-1', name: 'root', index: 0, sizeBytes: 1 << 20, blockSize: 512 }] },
+              {
+                id: 'vm-2',
+                name: 'db',
+                volumes: [
+                  { id: 'vol-2', name: 'data', index: 1, sizeBytes: 1 << 22, blockSize: 4096 },
+                  { id: 'vol-3', name: 'log', index: 2, sizeBytes: 1 << 20, blockSize: 512 },
+                ],
+              },
+            ],
+          },
+        },
+      ]);
+  });
+
+  it('defaults to 4 h of journal history and a checkpoint every 5 s, as the article does', () => {
+    expect(DEFAULT_VPG_SETTINGS.journalHistorySeconds).toBe(4 * 3600);
+    expect(DEFAULT_VPG_SETTINGS.checkpointIntervalSeconds).toBe(5);
+    expect(DEFAULT_VPG_SETTINGS.historyWarningSeconds).toBe(3 * 3600);
+    expect(DEFAULT_VPG_SETTINGS.historyAlertSeconds).toBe(3600);
+  });
+
+  it('refuses to create a VPG twice', () => {
+    given([created()]).when(create()).thenError('already-exists');
+  });
+
+  it.each([
+    ['no VM', { vms: [] }, /at least one VM/],
+    ['a VM without volumes', { vms: [{ id: 'v', name: 'x', volumes: [] }] }, /at least one volume/],
+    ['an empty name', { name: '  ' }, /VPG name/],
+    ['a name of 129 characters', { name: 'n'.repeat(129) }, /at most 128/],
+    ['a size that is not a multiple of the block size', { vms: [{ id: 'v', name: 'x', volumes: [{ id: 'd', name: 'd', sizeBytes: 1000, blockSize: 512 as const }] }] }, /multiple of its block size/],
+    ['a zero size', { vms: [{ id: 'v', name: 'x', volumes: [{ id: 'd', name: 'd', sizeBytes: 0, blockSize: 512 as const }] }] }, /positive integer/],
+    ['two VMs with one name', { vms: [{ id: 'a', name: 'x', volumes: [{ id: 'd1', name: 'd', sizeBytes: 512, blockSize: 512 as const }] }, { id: 'b', name: 'x', volumes: [{ id: 'd2', name: 'd', sizeBytes: 512, blockSize: 512 as const }] }] }, /used twice/],
+    ['one id twice', { vms: [{ id: 'a', name: 'x', volumes: [{ id: 'a', name: 'd', sizeBytes: 512, blockSize: 512 as const }] }] }, /used twice/],
+    ['a 0 s checkpoint interval', { settings: { checkpointIntervalSeconds: 0 } }, /checkpointIntervalSeconds/],
+    ['a 61 s checkpoint interval', { settings: { checkpointIntervalSeconds: 61 } }, /checkpointIntervalSeconds/],
+    ['a warning threshold above the history', { settings: { journalHistorySeconds: 3600, historyWarningSeconds: 7200 } }, /historyWarningSeconds/],
+    ['an alert threshold above the warning', { settings: { historyWarningSeconds: 600, historyAlertSeconds: 1200 } }, /historyAlertSeconds/],
+  ])('rejects %s', (_what, overrides, message) => {
+    given([]).when(create(overrides as Partial<Extract<VpgCommand, { type: 'CreateVpg' }>>)).thenError('invalid-argument', message);
+  });
+
+  it('changes settings of an existing VPG, keeping the ones not named', () => {
+    given([created()])
+      .when({ type: 'ChangeVpgSettings', vpgId, settings: { checkpointIntervalSeconds: 1 }, now })
+      .then([{ type: 'VpgSettingsChanged', vpgId, settings: { ...DEFAULT_VPG_SETTINGS, checkpointIntervalSeconds: 1 }, changedAt: now }]);
+  });
+
+  it('refuses settings changes for a VPG that does not exist', () => {
+    given([]).when({ type: 'ChangeVpgSettings', vpgId, settings: {}, now }).thenError('not-found');
+  });
+
+  it('rebuilds the same state from the same events', () => {
+    const events = [created(), ...decideVpg({ type: 'ChangeVpgSettings', vpgId, settings: { checkpointIntervalSeconds: 2 }, now }, evolveVpg(initialVpgState, created()))];
+    const once = events.reduce<VpgState>(evolveVpg, initialVpgState);
+    const twice = events.reduce<VpgState>(evolveVpg, initialVpgState);
+    expect(once).toEqual(twice);
+    expect(once.status === 'active' && once.vpg.settings.checkpointIntervalSeconds).toBe(2);
+  });
+});
