@@ -60,7 +60,7 @@ function timeline(checkpoints) {
     if (x < 0) return '';
     const color = c.kind === 'tagged' ? '#b35900' : c.kind === 'application-consistent' ? '#0a7b3e' : '#2f6fb1';
     const h = c.kind === 'automatic' ? 24 : 44;
-    return '<line x1="' + x + '%" x2="' + x + '%" y1="' + (50 - h) + '" y2="50" stroke="' + color + '" stroke-width="' + (c.kind === 'automatic' ? 1 : 2) + '"><title>' + esc((c.name || c.kind) + ' ' + fmtTime(c.capturedAt)) + '</title></line>';
+    return '<line x1="' + x + '%" x2="' + x + '%" y1="' + (50 - h) + '" y2="50" stroke="' + color + '" stroke-width="' + (c.kind === 'automatic' ? 1 : 3) + '" vector-effect="non-scaling-stroke"><title>' + esc((c.name || c.kind) + ' ' + fmtTime(c.capturedAt)) + '</title></line>';
   });
   return '<svg viewBox="0 0 100 56" preserveAspectRatio="none">' + ticks.join('') + '</svg><div class="muted">last hour: older on the left, now on the right</div>';
 }

@@ -1,3 +1,4 @@
 export * from './infrastructure.module';
 export * from './run-service';
 export * from './quiet.logger';
+export * from './data-dir.lock';

@@ -2,6 +2,7 @@ import { type DynamicModule, type INestApplication, Logger, Module, type Type } 
 import { NestFactory } from '@nestjs/core';
 import { ConfigError, loadConfig, type AppConfig } from '@cdp/config';
 import { HealthController, configureHttp, listen } from '@cdp/http-edge';
+import { DataDirInUseError, DataDirLock } from './data-dir.lock';
 import { InfrastructureModule } from './infrastructure.module';
 import { QuietNestLogger } from './quiet.logger';
 
@@ -13,28 +14,44 @@ export interface RunningService {
 
 /**
  * Starts one service process: configuration validated once (every bad variable named, exit code 2),
- * the Nest application composed by `compose`, HTTP on the configured address, graceful shutdown on
- * SIGINT/SIGTERM.
+ * the data directory locked to this process (exit code 2 if another one holds it), the Nest
+ * application composed by `compose`, HTTP on the configured address, and a graceful shutdown on
+ * SIGINT/SIGTERM that exits 0.
  */
 export async function runService(name: string, compose: (config: AppConfig) => DynamicModule): Promise<RunningService> {
   let config: AppConfig;
+  let lock: DataDirLock;
   try {
     config = loadConfig(process.env);
+    lock = DataDirLock.acquire(config.dataDir);
   } catch (err) {
-    if (err instanceof ConfigError) {
+    if (err instanceof ConfigError || err instanceof DataDirInUseError) {
       process.stderr.write(`${name}: ${err.message}\n`);
       process.exit(2);
     }
     throw err;
   }
-  const app = await NestFactory.create(compose(config), { bodyParser: false, logger: new QuietNestLogger() });
-  configureHttp(app);
   const logger = new Logger(name);
+  let app: INestApplication;
+  try {
+    app = await NestFactory.create(compose(config), { bodyParser: false, logger: new QuietNestLogger() });
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+  configureHttp(app);
+  const close = async (): Promise<void> => {
+    try {
+      await app.close();
+    } finally {
+      lock.release();
+    }
+  };
   // A signal closes the application (services stop, then bus, database and embedded PostgreSQL) and
   // exits 0; a second signal during that ends the process at once.
   const shutdown = (signal: NodeJS.Signals): void => {
     logger.log(`${signal}: shutting down`);
-    app.close().then(
+    close().then(
       () => process.exit(0),
       (err: unknown) => {
         logger.error(`shutdown failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
@@ -44,7 +61,18 @@ export async function runService(name: string, compose: (config: AppConfig) => D
   };
   process.once('SIGTERM', shutdown);
   process.once('SIGINT', shutdown);
-  const url = await listen(app, config.http.host, config.http.port);
+  let url: string;
+  try {
+    url = await listen(app, config.http.host, config.http.port);
+  } catch (err) {
+    // Everything has started by now (services, embedded PostgreSQL): stop it all cleanly before failing.
+    await close();
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      process.stderr.write(`${name}: ${config.http.host}:${config.http.port} is already in use; set CDP_HTTP_PORT to a free port\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
   logger.log(`data dir ${config.dataDir}`);
   return { app, url, config };
 }

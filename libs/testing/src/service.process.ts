@@ -21,11 +21,8 @@ export type AllInOneProcess = ServiceProcess;
  * apps/<app>/src/main.ts`) on an ephemeral loopback port, and resolves once it says where it listens.
  */
 export function startService(app: string, env: Record<string, string>, timeoutMs = 60_000): Promise<ServiceProcess> {
-  const child = spawn(process.execPath, ['-r', join(ROOT, 'tools', 'register.cjs'), join(ROOT, 'apps', app, 'src', 'main.ts')], {
-    cwd: ROOT,
-    env: { ...process.env, CDP_HTTP_HOST: '127.0.0.1', CDP_HTTP_PORT: '0', CDP_DEMO: 'false', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const { command, args, options } = serviceCommand(app, env);
+  const child = spawn(command, args, { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   return new Promise((resolve, reject) => {
@@ -50,6 +47,18 @@ export function startService(app: string, env: Record<string, string>, timeoutMs
     child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
     child.once('exit', onExit);
   });
+}
+
+/** How a user starts apps/<app>: the command, its arguments, and the environment (loopback, ephemeral port). */
+export function serviceCommand(
+  app: string,
+  env: Record<string, string>,
+): { command: string; args: string[]; options: { cwd: string; env: NodeJS.ProcessEnv } } {
+  return {
+    command: process.execPath,
+    args: ['-r', join(ROOT, 'tools', 'register.cjs'), join(ROOT, 'apps', app, 'src', 'main.ts')],
+    options: { cwd: ROOT, env: { ...process.env, CDP_HTTP_HOST: '127.0.0.1', CDP_HTTP_PORT: '0', CDP_DEMO: 'false', ...env } },
+  };
 }
 
 /** The all-in-one application; see startService. */
