@@ -16,6 +16,11 @@ export interface AppConfig {
   /** Create a demo VPG and drive a workload into it (the quick start). */
   readonly demo: boolean;
   readonly busPartitions: number;
+  /**
+   * How often the journal writer promotes writes older than each VPG's journal history into its
+   * replica (CDP_PROMOTION_INTERVAL_SECONDS, default 30, at least 1).
+   */
+  readonly promotionIntervalSeconds: number;
 }
 
 const bool = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes');
@@ -32,6 +37,7 @@ const envSchema = z.object({
   CDP_HTTP_PORT: port.default(8080),
   CDP_DEMO: bool.default(false),
   CDP_BUS_PARTITIONS: z.coerce.number().int().min(1).max(1024).default(8),
+  CDP_PROMOTION_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(86_400).default(30),
 });
 
 export const CONFIG_VARIABLES = Object.keys(envSchema.shape);
@@ -58,6 +64,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     http: { host: e.CDP_HTTP_HOST, port: e.CDP_HTTP_PORT },
     demo: e.CDP_DEMO,
     busPartitions: e.CDP_BUS_PARTITIONS,
+    promotionIntervalSeconds: e.CDP_PROMOTION_INTERVAL_SECONDS,
     ...overrides,
   };
 }

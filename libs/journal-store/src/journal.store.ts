@@ -48,8 +48,15 @@ export class JournalStore {
   constructor(
     private readonly dataSource: DataSource,
     readonly rootDir: string,
+    /** segmentBytes: where segments roll (SegmentLog's default when unset); tests make it small. */
+    private readonly options: { readonly segmentBytes?: number } = {},
   ) {}
 
+  /**
+   * The VPG's journal directory. Its segment files (`<16 digits>.seg`) are the journal; the `replica`
+   * subdirectory holds the replica (see replica.ts). SegmentLog only lists names matching its segment
+   * pattern, so the subdirectory is invisible to it.
+   */
   static segmentDir(rootDir: string, vpgId: string): string {
     return join(rootDir, vpgId);
   }
@@ -164,6 +171,17 @@ export class JournalStore {
     return { appliedSeq: lastSeq, checkpoints: recorded };
   }
 
+  /**
+   * Deletes the VPG's sealed journal segments whose records all have seq <= `seq` (see
+   * SegmentLog.deleteThrough; the active segment always stays). For promotion: call it only after the
+   * index rows of those records are gone, so no index row ever points into a deleted segment. It goes
+   * through the same SegmentLog instance the writer appends to, so both agree on which segments exist.
+   */
+  async deleteSegmentsThrough(vpgId: string, seq: number): Promise<number> {
+    const journal = await this.journal(vpgId);
+    return journal.log.deleteThrough(seq);
+  }
+
   async close(): Promise<void> {
     const journals = [...this.vpgs.values()];
     this.vpgs.clear();
@@ -193,6 +211,7 @@ export class JournalStore {
     const log = await SegmentLog.open({
       dir: JournalStore.segmentDir(this.rootDir, vpgId),
       tail: { segment: row.segment, position: Number(row.segment_end) },
+      segmentBytes: this.options.segmentBytes,
     });
     return { vpgKey: row.vpg_key, appliedSeq: Number(row.applied_seq), log };
   }

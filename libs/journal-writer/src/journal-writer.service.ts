@@ -12,7 +12,7 @@ import {
   type JournalProgress,
   type SplitterCommand,
 } from '@cdp/contracts';
-import { JournalStore } from '@cdp/journal-store';
+import { JournalPromoter, JournalStore, PromotionPostponedError, type PromotionResult } from '@cdp/journal-store';
 import { planApply } from './apply-plan';
 
 export interface JournalWriterStatus {
@@ -32,6 +32,11 @@ const REPLAY_RETRY_MS = 5_000;
  * JournalStore, and only after the commit report progress and newly recoverable checkpoints. The bus
  * offset is committed after all of that (the handler resolves), so a crash anywhere redelivers and
  * the duplicates are dropped by seq.
+ *
+ * It also drives promotion (see JournalPromoter): every promotionIntervalSeconds, one round promotes
+ * every VPG that has a journal, one VPG at a time. Rounds never overlap (a tick that finds one running
+ * is skipped). A failed promotion is logged and simply tried again next round: promotion shares the
+ * JournalStore with journaling but never holds up or fails a commit.
  */
 @Injectable()
 export class JournalWriterService implements OnApplicationBootstrap, BeforeApplicationShutdown {
@@ -42,6 +47,11 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
   private readonly knownVpgs = new Set<string>();
   private readonly replayRequested = new Map<string, { fromSeq: number; at: number }>();
   private readonly counters = { appliedRecords: 0, duplicateRecords: 0, gaps: 0, corruptMessages: 0 };
+  private readonly promoter: JournalPromoter;
+  private readonly promotionIntervalMs: number;
+  private promotionTimer: NodeJS.Timeout | undefined;
+  private promotionRound: Promise<PromotionResult[]> | undefined;
+  private stopped = false;
 
   constructor(
     @Inject(BUS) private readonly bus: Bus,
@@ -50,21 +60,93 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
   ) {
     this.producer = bus.createProducer();
     this.store = new JournalStore(dataSource, join(config.dataDir, 'journal'));
+    this.promoter = new JournalPromoter(dataSource, this.store);
+    this.promotionIntervalMs = config.promotionIntervalSeconds * 1000;
   }
 
   async onApplicationBootstrap(): Promise<void> {
     this.consumer = this.bus.createConsumer({ groupId: 'journal-writer', topics: [TOPICS.recoveryWrites], start: 'earliest' });
     await this.consumer.run((batch) => this.onBatch(batch));
+    this.promotionTimer = setInterval(() => {
+      if (this.promotionRound) {
+        return;
+      }
+      this.promoteAll().catch((err: unknown) => {
+        // Each VPG's failure was logged inside the round; anything else stopped the round itself.
+        if (!(err instanceof AggregateError)) {
+          this.logger.error(`promotion round failed, will retry: ${err instanceof Error ? err.message : String(err)}`);
+        }
+      });
+    }, this.promotionIntervalMs).unref();
     this.logger.log(`journaling ${TOPICS.recoveryWrites} into ${this.store.rootDir}`);
   }
 
   async beforeApplicationShutdown(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.promotionTimer);
+    await this.promotionRound?.catch(() => undefined);
     await this.consumer?.stop();
     await this.store.close();
   }
 
+  /**
+   * One promotion round over every VPG with a journal, as of `now` (default: the current time; tests
+   * pass a later time to make history old). Waits for a round already running, so rounds never
+   * overlap. Each VPG's failure is logged and the round goes on; the round then rejects with all of
+   * them, and the next round tries those VPGs again. A VPG postponed because image readers held its
+   * replica lock is only warned about and left out of the results.
+   */
+  async promoteAll(now?: Date): Promise<PromotionResult[]> {
+    while (this.promotionRound) {
+      await this.promotionRound.catch(() => undefined);
+    }
+    if (this.stopped) {
+      throw new Error('the journal writer is shutting down');
+    }
+    const round = this.runPromotionRound(now);
+    this.promotionRound = round;
+    try {
+      return await round;
+    } finally {
+      this.promotionRound = undefined;
+    }
+  }
+
   status(): JournalWriterStatus {
     return { ...this.counters };
+  }
+
+  private async runPromotionRound(now: Date | undefined): Promise<PromotionResult[]> {
+    const results: PromotionResult[] = [];
+    const failures: unknown[] = [];
+    for (const vpgId of await this.promoter.vpgsWithJournal()) {
+      if (this.stopped) {
+        break;
+      }
+      try {
+        const result = await this.promoter.promote(vpgId, now);
+        results.push(result);
+        if (result.promoted) {
+          const oldest = result.oldestCheckpoint;
+          this.logger.log(
+            `VPG ${vpgId}: promoted ${result.writes} writes (${result.bytes} bytes) into the replica, replica seq ${result.fromSeq} -> ${result.replicaSeq}; ` +
+              `removed ${result.checkpointsRemoved} checkpoints and ${result.segmentsDeleted} segments; ` +
+              `oldest checkpoint kept: ${oldest ? `${oldest.id} (cut ${oldest.cut}, captured ${oldest.capturedAt})` : 'none'}`,
+          );
+        }
+      } catch (err) {
+        if (err instanceof PromotionPostponedError) {
+          this.logger.warn(err.message);
+          continue;
+        }
+        failures.push(err);
+        this.logger.error(`VPG ${vpgId}: promotion failed, will retry next round: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+    if (failures.length > 0) {
+      throw new AggregateError(failures, `promotion failed for ${failures.length} VPG(s)`);
+    }
+    return results;
   }
 
   private async onBatch(batch: MessageBatch): Promise<void> {

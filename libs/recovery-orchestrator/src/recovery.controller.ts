@@ -71,30 +71,56 @@ export class VpgController {
     }
     const checkpoint = await this.recovery.checkpoint(vpgId, checkpointId);
     const chunks = this.recovery.image(vpgId, volume, checkpoint.cut);
-    // Read the first chunk before sending headers, so that an error found early is a proper reply.
-    const first = await chunks.next();
-    response.status(200).set({
-      'content-type': 'application/octet-stream',
-      'content-length': String(volume.sizeBytes),
-      'x-checkpoint-cut': String(checkpoint.cut),
-    });
-    if (!first.done) {
-      await writeChunk(response, first.value);
+    try {
+      // Read the first chunk before sending headers, so that an error found early is a proper reply.
+      let next = await chunks.next();
+      response.status(200).set({
+        'content-type': 'application/octet-stream',
+        'content-length': String(volume.sizeBytes),
+        'x-checkpoint-cut': String(checkpoint.cut),
+      });
+      while (!next.done) {
+        await writeChunk(response, next.value);
+        next = await chunks.next();
+      }
+      response.end();
+    } finally {
+      // However the stream ends (done, failed, or the client went away), the reader's lock and
+      // connection are released now, not when a timeout notices.
+      await chunks.return(undefined);
     }
-    for await (const chunk of chunks) {
-      await writeChunk(response, chunk);
-    }
-    response.end();
   }
 }
 
+class ClientGoneError extends Error {
+  override readonly name = 'ClientGoneError';
+}
+
+/** Writes with back-pressure; rejects as soon as the client has gone (Node then emits neither 'drain' nor 'error'). */
 function writeChunk(response: Response, chunk: Buffer): Promise<void> {
+  if (response.destroyed || response.writableEnded) {
+    return Promise.reject(new ClientGoneError('the client went away'));
+  }
   return new Promise((resolve, reject) => {
     if (response.write(chunk)) {
       resolve();
       return;
     }
-    response.once('drain', resolve);
-    response.once('error', reject);
+    const cleanup = (): void => {
+      response.off('drain', onDrain);
+      response.off('close', onGone);
+      response.off('error', onGone);
+    };
+    const onDrain = (): void => {
+      cleanup();
+      resolve();
+    };
+    const onGone = (): void => {
+      cleanup();
+      reject(new ClientGoneError('the client went away'));
+    };
+    response.on('drain', onDrain);
+    response.on('close', onGone);
+    response.on('error', onGone);
   });
 }

@@ -1,0 +1,335 @@
+import { constants } from 'node:fs';
+import { mkdir, open, type FileHandle } from 'node:fs/promises';
+import { type DataSource, type QueryRunner } from 'typeorm';
+import { RECORD_HEADER_BYTES, RecordKind, decodeRecord, vpgSchema } from '@cdp/contracts';
+import { SegmentReader } from '@cdp/segment-log';
+import { JournalConflictError, JournalStore } from './journal.store';
+import {
+  REPLICA_LOCK_CLASS,
+  clearPromotionIntent,
+  fsyncDir,
+  readPromotionIntent,
+  replicaDir,
+  replicaFile,
+  writePromotionIntent,
+} from './replica';
+
+export interface JournalPromoterOptions {
+  /** The clock that decides which checkpoints are older than the history window. */
+  readonly now?: () => Date;
+  /**
+   * How long a promotion waits for image readers of the VPG to finish (they hold the replica lock
+   * shared) before it gives up until the next round. While it waits, new readers queue behind it, so
+   * this also bounds how long a reader can be held up by one stuck reader. Default 10 s.
+   */
+  readonly lockTimeoutMs?: number;
+  /** Test hooks. */
+  readonly hooks?: {
+    /** Runs after the replica files are written and synced, before the Postgres commit (step 2). */
+    readonly afterReplicaSynced?: (vpgId: string, toSeq: number) => void | Promise<void>;
+  };
+}
+
+export interface RetainedCheckpoint {
+  readonly id: string;
+  readonly cut: number;
+  readonly capturedAt: string;
+}
+
+export interface PromotionResult {
+  readonly vpgId: string;
+  /** False when nothing was old enough to promote; the segment clean-up (step 3) still ran. */
+  readonly promoted: boolean;
+  /** replica_seq before and after. */
+  readonly fromSeq: number;
+  readonly replicaSeq: number;
+  /** Writes (and their payload bytes) applied to the replica. */
+  readonly writes: number;
+  readonly bytes: number;
+  readonly checkpointsRemoved: number;
+  readonly segmentsDeleted: number;
+  /** The oldest checkpoint left: its image is exactly the replica. Null when none is left. */
+  readonly oldestCheckpoint: RetainedCheckpoint | null;
+}
+
+interface WriteRow {
+  seq: string;
+  volume_index: number;
+  byte_offset: string;
+  length: number;
+  segment: number;
+  position: string;
+}
+
+/**
+ * The VPG's image readers held the replica lock for longer than lockTimeoutMs; nothing changed, and
+ * the next round tries again. Expected while a long image is being read, so not an error.
+ */
+export class PromotionPostponedError extends Error {
+  override readonly name = 'PromotionPostponedError';
+  readonly retriable = true;
+}
+
+/** Index rows read per query in step 1, so a large backlog never sits in memory at once. */
+const PAGE_ROWS = 2_000;
+const DEFAULT_LOCK_TIMEOUT_MS = 10_000;
+
+/**
+ * Promotion: keeps each VPG's journal to its history window (the VPG setting journalHistorySeconds)
+ * by moving older writes into the replica, which then holds every volume as of the journal's oldest
+ * retained point.
+ *
+ * The boundary is always a checkpoint. K is the newest checkpoint such that it and every checkpoint
+ * before it (by cut) was captured at or before now - journalHistorySeconds. The target is
+ * P = K.cut - 1: every write before K goes into the replica, the checkpoints before K go, and K
+ * stays, its image now being exactly the replica. Every remaining checkpoint stays recoverable
+ * bit-exact, and the journal always reaches back at least the history window.
+ *
+ * One promotion of a VPG, all under the exclusive replica lock (see replica.ts), taken inside one
+ * Postgres transaction (pg_advisory_xact_lock, so commit, rollback or a lost connection always
+ * release it):
+ *   0. read replica_seq and the intent of an interrupted promotion; choose P (at least that intent's
+ *      toSeq: the replica may already hold writes up to it); write the intent {replica_seq, P}
+ *      durably. From here until replica_seq = P, readers refuse cuts <= P. The lock alone would not
+ *      do: after a crash in step 1 the lock is gone but the replica is already past those cuts, and
+ *      the retry comes only with the next round, or the writer's next start, while readers, possibly
+ *      in another process, go on.
+ *   1. apply the journal writes in (replica_seq, P], in seq order, each record read from its segment
+ *      and verified, as positioned writes into the replica files; fdatasync them. Applying the same
+ *      writes again in the same order gives the same bytes, so a crash here only means doing it again.
+ *   2. in the same transaction: delete the index rows with seq <= P, the checkpoints with cut <= P
+ *      (and their checkpoint_requests: the scheduler sends a request again while no checkpoint with
+ *      its id exists, which would bring a removed checkpoint back at a new cut), and move replica_seq
+ *      to P, guarded by the replica_seq we started from; commit. The intent is now finished (toSeq =
+ *      replica_seq); the next promotion replaces or removes it under the lock.
+ *   3. after the commit, without the lock: delete the journal segments whose records are all <= P,
+ *      through the JournalStore that owns the VPG's SegmentLog. No index row points into them any more
+ *      and no reader can want them (readers only read seq > replica_seq). Run on every call, so a crash
+ *      between 2 and 3 is cleaned up next time.
+ */
+export class JournalPromoter {
+  private readonly now: () => Date;
+  private readonly lockTimeoutMs: number;
+
+  constructor(
+    private readonly dataSource: DataSource,
+    private readonly store: JournalStore,
+    private readonly options: JournalPromoterOptions = {},
+  ) {
+    this.now = options.now ?? (() => new Date());
+    this.lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS;
+  }
+
+  /** VPGs that have a journal, in a stable order. */
+  async vpgsWithJournal(): Promise<string[]> {
+    const rows = await this.dataSource.query<{ vpg_id: string }[]>(`SELECT vpg_id FROM journal_vpgs ORDER BY vpg_key`);
+    return rows.map((r) => r.vpg_id);
+  }
+
+  /** Promotes one VPG as of `now` (default: the promoter's clock). */
+  async promote(vpgId: string, now: Date = this.now()): Promise<PromotionResult> {
+    const runner = this.dataSource.createQueryRunner();
+    let outcome: Omit<PromotionResult, 'segmentsDeleted' | 'oldestCheckpoint'>;
+    try {
+      await runner.connect();
+      const keys = await runner.manager.query<{ vpg_key: number }[]>(`SELECT vpg_key FROM journal_vpgs WHERE vpg_id = $1`, [vpgId]);
+      const vpgKey = keys[0]?.vpg_key;
+      if (vpgKey === undefined) {
+        throw new Error(`VPG ${vpgId} has no journal`);
+      }
+      await runner.startTransaction();
+      try {
+        outcome = await this.promoteLocked(runner, vpgId, vpgKey, now);
+        await runner.commitTransaction();
+      } catch (err) {
+        await runner.rollbackTransaction().catch(() => undefined);
+        throw err;
+      }
+    } finally {
+      await runner.release();
+    }
+    // The intent file stays: with toSeq = replica_seq it is finished and ignored. Removing it here,
+    // outside the lock, could remove the intent of a promotion another process has just started.
+    const segmentsDeleted = await this.store.deleteSegmentsThrough(vpgId, outcome.replicaSeq);
+    const oldest = await this.dataSource.query<{ id: string; cut: string; captured_at: Date }[]>(
+      `SELECT id, cut, captured_at FROM checkpoints WHERE vpg_id = $1 ORDER BY cut LIMIT 1`,
+      [vpgId],
+    );
+    const first = oldest[0];
+    return {
+      ...outcome,
+      segmentsDeleted,
+      oldestCheckpoint: first ? { id: first.id, cut: Number(first.cut), capturedAt: first.captured_at.toISOString() } : null,
+    };
+  }
+
+  /** Steps 0 to 2 inside the caller's transaction; the caller commits. */
+  private async promoteLocked(
+    runner: QueryRunner,
+    vpgId: string,
+    vpgKey: number,
+    now: Date,
+  ): Promise<Omit<PromotionResult, 'segmentsDeleted' | 'oldestCheckpoint'>> {
+    const rootDir = this.store.rootDir;
+    // The timeout applies to taking the lock only (SET LOCAL ends with the transaction, and is put back
+    // right after): a reader that never finishes must not stop promotion for good.
+    await runner.manager.query(`SELECT set_config('lock_timeout', $1, true)`, [`${this.lockTimeoutMs}ms`]);
+    try {
+      await runner.manager.query(`SELECT pg_advisory_xact_lock($1, $2)`, [REPLICA_LOCK_CLASS, vpgKey]);
+    } catch (err) {
+      if (postgresCode(err) === LOCK_NOT_AVAILABLE) {
+        throw new PromotionPostponedError(
+          `VPG ${vpgId}: image readers held the replica lock for more than ${this.lockTimeoutMs} ms; promotion postponed`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+    await runner.manager.query(`SET LOCAL lock_timeout TO DEFAULT`);
+
+    const state = await runner.manager.query<{ replica_seq: string }[]>(`SELECT replica_seq FROM journal_vpgs WHERE vpg_id = $1`, [vpgId]);
+    const fromSeq = Number(state[0]?.replica_seq ?? 0);
+    const nothing = { vpgId, promoted: false, fromSeq, replicaSeq: fromSeq, writes: 0, bytes: 0, checkpointsRemoved: 0 };
+    const intent = await readPromotionIntent(rootDir, vpgId);
+    const pending = intent && intent.toSeq > fromSeq ? intent.toSeq : 0;
+
+    const definitions = await runner.manager.query<{ definition: unknown }[]>(`SELECT definition FROM vpgs WHERE id = $1`, [vpgId]);
+    const definition = definitions[0];
+    if (!definition && pending === 0) {
+      // No definition, so no history setting and no volume sizes: keep the journal as it is.
+      return nothing;
+    }
+    const parsed = vpgSchema.safeParse(definition?.definition);
+    if (!parsed.success) {
+      // Without the volume sizes the replica cannot be laid out. An unfinished promotion stays
+      // unfinished (readers keep refusing the cuts it covers) until the definition is readable.
+      throw new Error(definition ? `the definition of VPG ${vpgId} is not valid: ${parsed.error.message}` : `VPG ${vpgId} has an unfinished promotion but no definition`);
+    }
+    const vpg = parsed.data;
+    const threshold = new Date(now.getTime() - vpg.settings.journalHistorySeconds * 1000);
+    // K: the newest checkpoint such that no checkpoint up to it was captured after the threshold. Cut
+    // order and capture order agree unless the source's clock stepped back; then this never removes a
+    // checkpoint that is still inside the window.
+    const boundary = await runner.manager.query<{ cut: string }[]>(
+      `SELECT cut FROM checkpoints
+        WHERE vpg_id = $1 AND captured_at <= $2
+          AND cut < coalesce((SELECT min(cut) FROM checkpoints WHERE vpg_id = $1 AND captured_at > $2), 9223372036854775807)
+        ORDER BY cut DESC LIMIT 1`,
+      [vpgId, threshold],
+    );
+    const kCut = boundary[0] ? Number(boundary[0].cut) : 0;
+    const toSeq = Math.max(kCut - 1, pending);
+    if (toSeq <= fromSeq) {
+      if (intent) {
+        // The finished intent of an earlier promotion (toSeq = replica_seq); tidy it away under the lock.
+        await clearPromotionIntent(rootDir, vpgId);
+      }
+      return nothing;
+    }
+
+    // Step 0.
+    await mkdir(replicaDir(rootDir, vpgId), { recursive: true });
+    await fsyncDir(JournalStore.segmentDir(rootDir, vpgId));
+    await writePromotionIntent(rootDir, vpgId, { fromSeq, toSeq });
+
+    // Step 1.
+    const sizes = new Map<number, number>(vpg.vms.flatMap((vm) => vm.volumes.map((v) => [v.index, v.sizeBytes] as const)));
+    const files = new Map<number, FileHandle>();
+    const segments = new SegmentReader(JournalStore.segmentDir(rootDir, vpgId));
+    let writes = 0;
+    let bytes = 0;
+    try {
+      const replica = async (volumeIndex: number, seq: number): Promise<{ handle: FileHandle; size: number }> => {
+        const size = sizes.get(volumeIndex);
+        if (size === undefined) {
+          throw new Error(`VPG ${vpgId}: journal write seq ${seq} is for volume index ${volumeIndex}, which the VPG does not define`);
+        }
+        let handle = files.get(volumeIndex);
+        if (!handle) {
+          handle = await open(replicaFile(rootDir, vpgId, volumeIndex), constants.O_RDWR | constants.O_CREAT, 0o644);
+          files.set(volumeIndex, handle);
+          if ((await handle.stat()).size < size) {
+            // Sparse: untouched ranges read as zeros and take no space.
+            await handle.truncate(size);
+          }
+        }
+        return { handle, size };
+      };
+      let after = fromSeq;
+      for (;;) {
+        const rows = await runner.manager.query<WriteRow[]>(
+          `SELECT seq, volume_index, byte_offset, length, segment, position FROM journal_writes
+            WHERE vpg_key = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4`,
+          [vpgKey, after, toSeq, PAGE_ROWS],
+        );
+        for (const row of rows) {
+          const seq = Number(row.seq);
+          const offset = Number(row.byte_offset);
+          const record = await segments.read({ segment: row.segment, position: Number(row.position), length: RECORD_HEADER_BYTES + row.length });
+          const decoded = decodeRecord(record);
+          if (decoded.kind !== RecordKind.Write || decoded.seq !== seq || decoded.volumeIndex !== row.volume_index || decoded.offset !== offset || decoded.data.length !== row.length) {
+            throw new Error(`journal index of VPG ${vpgId} points seq ${seq} at the wrong record`);
+          }
+          const { handle, size } = await replica(row.volume_index, seq);
+          if (offset + row.length > size) {
+            throw new Error(`VPG ${vpgId}: journal write seq ${seq} ends at byte ${offset + row.length}, past volume index ${row.volume_index} (${size} bytes)`);
+          }
+          await writeFully(handle, decoded.data, offset);
+          writes++;
+          bytes += row.length;
+        }
+        const last = rows[rows.length - 1];
+        if (!last || rows.length < PAGE_ROWS) {
+          break;
+        }
+        after = Number(last.seq);
+      }
+      for (const handle of files.values()) {
+        await handle.datasync();
+      }
+      // New replica files must still be there after a power loss once replica_seq says they hold data.
+      await fsyncDir(replicaDir(rootDir, vpgId));
+    } finally {
+      await Promise.all([...files.values()].map((h) => h.close()));
+      await segments.close();
+    }
+    await this.options.hooks?.afterReplicaSynced?.(vpgId, toSeq);
+
+    // Step 2 (committed by the caller).
+    await runner.manager.query(`DELETE FROM journal_writes WHERE vpg_key = $1 AND seq <= $2`, [vpgKey, toSeq]);
+    // A data-modifying WITH runs to completion whether or not the outer query reads it.
+    const removed = await runner.manager.query<{ checkpoints: string }[]>(
+      `WITH gone AS (DELETE FROM checkpoints WHERE vpg_id = $1 AND cut <= $2 RETURNING id),
+            satisfied AS (DELETE FROM checkpoint_requests WHERE id IN (SELECT id FROM gone))
+       SELECT count(*) AS checkpoints FROM gone`,
+      [vpgId, toSeq],
+    );
+    const updated = await runner.manager.query<[unknown[], number]>(
+      `UPDATE journal_vpgs SET replica_seq = $2, updated_at = now() WHERE vpg_id = $1 AND replica_seq = $3`,
+      [vpgId, toSeq, fromSeq],
+    );
+    if (updated[1] !== 1) {
+      throw new JournalConflictError(`VPG ${vpgId}: replica_seq moved from ${fromSeq} under this promotion`);
+    }
+    return { ...nothing, promoted: true, replicaSeq: toSeq, writes, bytes, checkpointsRemoved: Number(removed[0]?.checkpoints ?? 0) };
+  }
+}
+
+/** PostgreSQL's SQLSTATE for a lock wait that ran into lock_timeout. */
+const LOCK_NOT_AVAILABLE = '55P03';
+
+/** The SQLSTATE of a failed query (TypeORM copies the driver error's fields onto QueryFailedError). */
+function postgresCode(err: unknown): string | undefined {
+  if (typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string') {
+    return err.code;
+  }
+  return undefined;
+}
+
+async function writeFully(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
+    done += bytesWritten;
+  }
+}
