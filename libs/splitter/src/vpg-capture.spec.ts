@@ -108,7 +108,10 @@ describe('VpgCapture after crashes', () => {
     expect(third.previousEnd).toBe('process-crash');
     const fourth = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-2' });
     expect(fourth.previousEnd).toBe('host-crash');
-    await fourth.close();
+    // The abandoned instances are closed only now, when what they write no longer matters.
+    for (const capture of [fourth, third, second]) {
+      await capture.close();
+    }
   });
 
   it('after a power loss, resyncs only the active regions and both sites agree byte for byte', async () => {
@@ -176,5 +179,7 @@ describe('VpgCapture after crashes', () => {
       expect(decoded.kind === RecordKind.Write && decoded.offset % REGION_BYTES === 0).toBe(true);
     }
     await after.close();
+    // The crashed instance is closed only now, when what it writes no longer matters.
+    await before.close();
   });
 });
