@@ -109,12 +109,25 @@ export class JournalReader {
   }
 
   /** Checkpoints in capture order, oldest first, within [from, to]. */
+  /**
+   * Checkpoints within [from, to], oldest first. With `from`, the first `limit` from there on (page
+   * forward by passing the last one's time); without it, the newest `limit` (what an operator who
+   * asks "what can I recover to" wants).
+   */
   async checkpoints(vpgId: string, query: CheckpointQuery): Promise<Checkpoint[]> {
+    const from = query.from ?? new Date(0);
+    const to = query.to ?? new Date('9999-12-31T00:00:00Z');
     const rows = await this.dataSource.query<CheckpointRow[]>(
-      `SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints
-        WHERE vpg_id = $1 AND captured_at >= $2 AND captured_at <= $3
-        ORDER BY cut LIMIT $4`,
-      [vpgId, query.from ?? new Date(0), query.to ?? new Date('9999-12-31T00:00:00Z'), query.limit],
+      query.from
+        ? `SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints
+            WHERE vpg_id = $1 AND captured_at >= $2 AND captured_at <= $3
+            ORDER BY cut LIMIT $4`
+        : `SELECT * FROM (
+             SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints
+              WHERE vpg_id = $1 AND captured_at >= $2 AND captured_at <= $3
+              ORDER BY cut DESC LIMIT $4) newest
+            ORDER BY cut`,
+      [vpgId, from, to, query.limit],
     );
     return rows.map(toCheckpoint);
   }
