@@ -9,8 +9,9 @@ const DEMO_VPG = 'demo';
 const MiB = 1024 * 1024;
 
 /**
- * The quick start's demo: a VPG of two VMs and three volumes that takes a steady random workload,
- * with automatic checkpoints every 5 s and a tagged one every 30 s, and a status line every 5 s.
+ * The quick start's demo: a VPG of two VMs and three volumes that takes a steady random workload (ten
+ * writes a second), with automatic checkpoints every 5 s, a tagged one every 30 s, one hour of journal
+ * history, and a status line every 5 s.
  */
 @Injectable()
 export class DemoService implements OnApplicationBootstrap, BeforeApplicationShutdown {
@@ -36,7 +37,7 @@ export class DemoService implements OnApplicationBootstrap, BeforeApplicationShu
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
     this.logger.log(`demo VPG ${vpg.name} (${vpg.id}) is taking writes`);
-    this.timers.push(setInterval(() => this.write(vpg), 50));
+    this.timers.push(setInterval(() => this.write(vpg), 100));
     this.timers.push(setInterval(() => void this.tag(vpg), 30_000));
     this.timers.push(setInterval(() => void this.report(vpg), 5_000));
   }
@@ -59,7 +60,8 @@ export class DemoService implements OnApplicationBootstrap, BeforeApplicationShu
           ],
         },
       ],
-      settings: {},
+      // One hour of history keeps the demo's journal to a few hundred MiB on a laptop.
+      settings: { journalHistorySeconds: 3600, historyWarningSeconds: 2700, historyAlertSeconds: 900 },
     });
   }
 
@@ -72,7 +74,7 @@ export class DemoService implements OnApplicationBootstrap, BeforeApplicationShu
     if (!volume) {
       return;
     }
-    const length = volume.blockSize * (1 + Math.floor(Math.random() * 16));
+    const length = volume.blockSize * (1 + Math.floor(Math.random() * 8));
     const offset = volume.blockSize * Math.floor(Math.random() * ((volume.sizeBytes - length) / volume.blockSize));
     this.splitter
       .capture(vpg.id)
