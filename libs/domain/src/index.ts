@@ -3,3 +3,5 @@ export * from './vpg.model';
 export * from './checkpoint.model';
 export * from './write.model';
 export * from './vpg.decider';
+export * from './checkpoint-timeline';
+export * from './history-status';
