@@ -1,0 +1,96 @@
+import { type NbdErrno } from './protocol';
+
+/**
+ * What an export can do beyond reading and writing. Each one is advertised to clients as a
+ * transmission flag, so a capability must only be claimed when it is really there.
+ */
+export interface DeviceCapabilities {
+  /**
+   * The device has a volatile cache: `flush()` makes completed writes durable and `write(…, fua)`
+   * makes that one write durable before resolving. Advertised as NBD_FLAG_SEND_FLUSH and
+   * NBD_FLAG_SEND_FUA. Without it clients send neither, and the device must make each write
+   * durable (or not need durability, like a scratch overlay) on its own.
+   */
+  readonly flush?: boolean;
+  /** `trim` is implemented (NBD_FLAG_SEND_TRIM). */
+  readonly trim?: boolean;
+  /** `writeZeroes` is implemented (NBD_FLAG_SEND_WRITE_ZEROES). */
+  readonly writeZeroes?: boolean;
+  /**
+   * Every connection that resolves this export reaches the same state, and a flush (or FUA) by any
+   * of them makes every write completed by all of them durable before it resolves. The server
+   * itself keeps no cache, so this is the only condition for NBD_FLAG_CAN_MULTI_CONN; only the
+   * backend knows it. A per-connection overlay must not claim it.
+   */
+  readonly multiConn?: boolean;
+}
+
+/**
+ * The backend of an export. The server validates every request before calling it: offsets and
+ * lengths are whole multiples of `blockSize` (the length may instead end exactly at `size`), ranges
+ * lie within `size`, lengths are nonzero, and nothing that writes is called on a read-only device.
+ * Requests may overlap in time (a client pipelines them); the NBD client, not the server, is
+ * responsible for not overlapping ranges in flight.
+ *
+ * A method that throws or rejects fails its request with NBD_EIO (and is logged) unless the error
+ * carries an `nbdErrno` (see NbdError); host ENOSPC, EDQUOT and EFBIG become NBD_ENOSPC.
+ */
+export interface BlockDevice {
+  /** Size of the export in bytes. A safe integer. */
+  readonly size: number;
+  /** Minimum and preferred block size: the alignment every request must have. */
+  readonly blockSize: 512 | 4096;
+  readonly readOnly: boolean;
+  readonly capabilities?: DeviceCapabilities;
+  /**
+   * Resolves with exactly `length` bytes. The server only sends the buffer; the device must not change
+   * it afterwards, since it may still be queued on the socket (return a copy of a live cache page).
+   */
+  read(offset: number, length: number): Promise<Buffer>;
+  /** `data` belongs to the device once called (the server never reuses it). */
+  write(offset: number, data: Buffer, fua: boolean): Promise<void>;
+  /**
+   * Makes every write that had resolved before this call durable. A device without a volatile cache
+   * resolves at once.
+   */
+  flush(): Promise<void>;
+  /** May discard the range; later reads of it may return anything until it is written again. */
+  trim?(offset: number, length: number): Promise<void>;
+  /**
+   * The range reads back as zeroes and stays allocated (never a hole), which is what
+   * NBD_CMD_FLAG_NO_HOLE asks for, so the server accepts that flag and needs no other variant.
+   */
+  writeZeroes?(offset: number, length: number, fua: boolean): Promise<void>;
+}
+
+/** A backend error that says which NBD error the client should see. */
+export class NbdError extends Error {
+  override readonly name = 'NbdError';
+
+  constructor(
+    readonly nbdErrno: NbdErrno,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+/** What `resolve` returns for an export name. */
+export interface ExportEntry {
+  readonly device: BlockDevice;
+  /** Shown to clients by NBD_OPT_LIST and NBD_INFO_DESCRIPTION. */
+  readonly description?: string;
+  /**
+   * Called exactly once when the server is done with this entry: right after answering an
+   * NBD_OPT_INFO (or a failed NBD_OPT_GO), or, for the export a connection went into transmission
+   * with, once that connection has closed and every request it had started on the device has
+   * settled. A per-connection overlay can be discarded here safely.
+   */
+  readonly onClose?: () => void;
+}
+
+export interface ExportListing {
+  readonly name: string;
+  readonly description?: string;
+}

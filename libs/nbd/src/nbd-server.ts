@@ -1,0 +1,128 @@
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { type ExportEntry, type ExportListing } from './block-device';
+import { type ConnectionContext, NbdConnection, type NbdLogger } from './nbd-connection';
+import { DEFAULT_MAX_PAYLOAD_BYTES } from './protocol';
+
+export interface NbdServerOptions {
+  /** The export a client asks for by name ('' is the default export), or undefined if there is none. */
+  readonly resolve: (exportName: string) => ExportEntry | undefined;
+  /** Answers NBD_OPT_LIST; without it the option is refused with NBD_REP_ERR_POLICY. */
+  readonly list?: () => readonly ExportListing[];
+  /**
+   * Largest READ or WRITE payload accepted, advertised as the maximum payload in NBD_INFO_BLOCK_SIZE.
+   * Default 32 MiB, the size the spec says no server should treat as abusive.
+   */
+  readonly maxRequestBytes?: number;
+  /**
+   * Per connection: once this many payload bytes are held for unanswered requests (writes received,
+   * reads under way, replies not yet taken by the kernel), no further request is read until some are
+   * answered. TCP flow control then slows the client down. Default 64 MiB.
+   */
+  readonly maxInFlightBytes?: number;
+  /** Per connection, the same for the number of unanswered requests. Default 1024. */
+  readonly maxInFlightRequests?: number;
+  /** A client that has not chosen an export by then is disconnected. Default 30 s. */
+  readonly handshakeTimeoutMs?: number;
+  /** How long `close()` lets in-flight requests finish before dropping connections. Default 10 s. */
+  readonly closeGraceMs?: number;
+  readonly logger?: NbdLogger;
+}
+
+export interface NbdServerStats {
+  /** Connections open now, in the handshake or in transmission. */
+  readonly open: number;
+  /** Of those, the ones in the transmission phase. */
+  readonly transmitting: number;
+  /** Connections accepted since the server started. */
+  readonly accepted: number;
+}
+
+const silent: NbdLogger = { log: () => undefined, warn: () => undefined, error: () => undefined };
+
+/**
+ * A Network Block Device server (fixed newstyle negotiation, simple replies) over TCP. Exports are
+ * looked up by name on every NBD_OPT_GO, NBD_OPT_INFO and NBD_OPT_EXPORT_NAME, so the set can change
+ * while the server runs.
+ */
+export class NbdServer {
+  private readonly server: Server;
+  private readonly connections = new Set<NbdConnection>();
+  private readonly ctx: ConnectionContext;
+  private readonly closeGraceMs: number;
+  private accepted = 0;
+  private closing: Promise<void> | undefined;
+
+  constructor(options: NbdServerOptions) {
+    const maxRequestBytes = options.maxRequestBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+    // The maximum payload is a u32 on the wire and must be at least the largest preferred block size.
+    if (!Number.isInteger(maxRequestBytes) || maxRequestBytes < 4096 || maxRequestBytes > 0xffff_ffff) {
+      throw new RangeError(`maxRequestBytes must be an integer from 4096 to 2^32-1, not ${maxRequestBytes}`);
+    }
+    this.ctx = {
+      resolve: options.resolve,
+      list: options.list,
+      maxRequestBytes,
+      maxInFlightBytes: options.maxInFlightBytes ?? 64 * 1024 * 1024,
+      maxInFlightRequests: options.maxInFlightRequests ?? 1024,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? 30_000,
+      logger: options.logger ?? silent,
+      shuttingDown: () => this.closing !== undefined,
+    };
+    this.closeGraceMs = options.closeGraceMs ?? 10_000;
+    // Half-open: a client that shuts down its sending side between requests still gets its replies.
+    this.server = createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
+    this.server.on('error', (err) => this.ctx.logger.error(`nbd server: ${err.message}`));
+  }
+
+  /** Starts listening; port 0 picks a free one. Loopback unless told otherwise. */
+  listen(port: number, host = '127.0.0.1'): Promise<{ port: number }> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(err);
+      this.server.once('error', onError);
+      this.server.listen(port, host, () => {
+        this.server.off('error', onError);
+        resolve({ port: (this.server.address() as AddressInfo).port });
+      });
+    });
+  }
+
+  get stats(): NbdServerStats {
+    let transmitting = 0;
+    for (const connection of this.connections) {
+      if (connection.transmitting) {
+        transmitting++;
+      }
+    }
+    return { open: this.connections.size, transmitting, accepted: this.accepted };
+  }
+
+  /**
+   * Stops accepting, drops connections still in the handshake, lets those in transmission answer what
+   * is in flight (at most `closeGraceMs`), and resolves once every socket and the listener are closed.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    const listenerClosed = this.server.listening
+      ? new Promise<void>((resolve) => this.server.close(() => resolve()))
+      : Promise.resolve();
+    for (const connection of this.connections) {
+      connection.shutdown(this.closeGraceMs);
+    }
+    await Promise.all([listenerClosed, ...[...this.connections].map((c) => c.done)]);
+  }
+
+  private accept(socket: Socket): void {
+    if (this.closing !== undefined) {
+      socket.destroy();
+      return;
+    }
+    this.accepted++;
+    const connection = new NbdConnection(socket, this.ctx, this.accepted);
+    this.connections.add(connection);
+    void connection.done.then(() => this.connections.delete(connection));
+  }
+}
