@@ -91,5 +91,15 @@ describe('golden: every checkpoint recovers bit-exact', () => {
 
     const compared = await expectCheckpointsRecoverBitExact(api, vpg.id, volumes, checkpoints, model);
     expect(compared).toBe(checkpoints.length * volumes.length);
+
+    // The slider: every tagged checkpoint, marked, in time order, never more than 180.
+    const slider = await api.ok<{ checkpoints: (Checkpoint & { marked: boolean })[] }>('GET', `/vpgs/${vpg.id}/timeline`);
+    expect(slider.checkpoints.length).toBeLessThanOrEqual(180);
+    expect(slider.checkpoints.filter((c) => c.marked).map((c) => c.name).sort()).toEqual([...tagged].sort());
+    const times = slider.checkpoints.map((c) => Date.parse(c.capturedAt));
+    expect(times).toEqual([...times].sort((a, b) => a - b));
+    // A VPG younger than its configured history is still filling it, not in alert.
+    const shown = await api.ok<{ history: { status: string; configuredSeconds: number } }>('GET', `/vpgs/${vpg.id}`);
+    expect(shown.history).toMatchObject({ status: 'filling', configuredSeconds: 4 * 3600 });
   });
 });

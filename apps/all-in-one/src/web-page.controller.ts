@@ -37,6 +37,7 @@ const PAGE = `<!doctype html>
   button { padding: 4px 12px; border-radius: 4px; border: 1px solid #2f6fb1; background: #2f6fb1; color: #fff; cursor: pointer; }
   .error { color: #b00020; }
   .muted { color: #6b7785; }
+  .history-ok { color: #0a7b3e; } .history-warning { color: #b35900; } .history-alert { color: #b00020; } .history-filling { color: #2f6fb1; }
 </style>
 </head>
 <body>
@@ -44,6 +45,7 @@ const PAGE = `<!doctype html>
 <div id="vpgs"><p class="muted">Loading…</p></div>
 <script>
 const fmtTime = (iso) => new Date(iso).toLocaleTimeString();
+const fmtDuration = (s) => s >= 3600 ? (s / 3600).toFixed(1) + ' h' : s >= 60 ? Math.floor(s / 60) + ' min' : s + ' s';
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 
 async function api(path, init) {
@@ -53,16 +55,20 @@ async function api(path, init) {
   return body;
 }
 
-function timeline(checkpoints) {
-  const now = Date.now(), span = 3600 * 1000;
-  const ticks = checkpoints.map((c) => {
-    const x = 100 - ((now - Date.parse(c.capturedAt)) / span) * 100;
-    if (x < 0) return '';
+function timeline(slider) {
+  // A recovery slider, as the article shows it: at most 180 checkpoints of the last 24 hours, evenly
+  // spaced by position (denser toward now by selection, not by drawing), tagged and
+  // application-consistent ones taller and coloured.
+  const points = slider.checkpoints;
+  if (points.length === 0) return '<p class="muted">No checkpoint recorded yet.</p>';
+  const ticks = points.map((c, i) => {
+    const x = points.length === 1 ? 50 : (i / (points.length - 1)) * 98 + 1;
     const color = c.kind === 'tagged' ? '#b35900' : c.kind === 'application-consistent' ? '#0a7b3e' : '#2f6fb1';
-    const h = c.kind === 'automatic' ? 24 : 44;
-    return '<line x1="' + x + '%" x2="' + x + '%" y1="' + (50 - h) + '" y2="50" stroke="' + color + '" stroke-width="' + (c.kind === 'automatic' ? 1 : 3) + '" vector-effect="non-scaling-stroke"><title>' + esc((c.name || c.kind) + ' ' + fmtTime(c.capturedAt)) + '</title></line>';
+    const h = c.marked ? 44 : 24;
+    return '<line x1="' + x + '%" x2="' + x + '%" y1="' + (50 - h) + '" y2="50" stroke="' + color + '" stroke-width="' + (c.marked ? 3 : 1) + '" vector-effect="non-scaling-stroke"><title>' + esc((c.name || c.kind) + ' ' + fmtTime(c.capturedAt) + ' (cut ' + c.cut + ')') + '</title></line>';
   });
-  return '<svg viewBox="0 0 100 56" preserveAspectRatio="none">' + ticks.join('') + '</svg><div class="muted">last hour: older on the left, now on the right</div>';
+  return '<svg viewBox="0 0 100 56" preserveAspectRatio="none">' + ticks.join('') + '</svg>' +
+    '<div class="muted">' + points.length + ' checkpoints from ' + fmtTime(points[0].capturedAt) + ' to ' + fmtTime(points[points.length - 1].capturedAt) + ' (the slider shows at most 180 of the last 24 h; tagged ones always)</div>';
 }
 
 async function render() {
@@ -70,16 +76,16 @@ async function render() {
   try {
     const vpgs = await api('/vpgs');
     if (vpgs.length === 0) { root.innerHTML = '<p class="muted">No VPG yet. Create one with POST /api/vpgs.</p>'; return; }
-    const from = new Date(Date.now() - 3600 * 1000).toISOString();
     const parts = await Promise.all(vpgs.map(async (vpg) => {
-      const [{ journal }, checkpoints] = await Promise.all([api('/vpgs/' + vpg.id), api('/vpgs/' + vpg.id + '/checkpoints?limit=10000&from=' + encodeURIComponent(from))]);
-      const newest = checkpoints.slice(-12).reverse();
+      const [{ journal, history }, slider, latest] = await Promise.all([api('/vpgs/' + vpg.id), api('/vpgs/' + vpg.id + '/timeline'), api('/vpgs/' + vpg.id + '/checkpoints?limit=12')]);
+      const newest = latest.slice().reverse();
       const rpo = journal.lastCapturedAt ? ((Date.now() - Date.parse(journal.lastCapturedAt)) / 1000).toFixed(1) + ' s' : 'n/a';
       return '<div class="vpg"><h2>' + esc(vpg.name) + ' <span class="muted">' + esc(vpg.id) + '</span></h2>' +
         '<div class="muted">' + vpg.vms.map((vm) => esc(vm.name) + ': ' + vm.volumes.map((v) => esc(v.name) + ' (' + (v.sizeBytes / 1048576) + ' MiB)').join(', ')).join(' · ') + '</div>' +
         '<div class="stats"><div class="stat"><b>' + journal.appliedSeq + '</b>journaled seq</div><div class="stat"><b>' + journal.checkpointCount + '</b>checkpoints</div>' +
-        '<div class="stat"><b>' + rpo + '</b>since newest journaled write</div><div class="stat"><b>' + vpg.settings.checkpointIntervalSeconds + ' s</b>checkpoint interval</div></div>' +
-        timeline(checkpoints) +
+        '<div class="stat"><b>' + rpo + '</b>since newest journaled write</div><div class="stat"><b>' + vpg.settings.checkpointIntervalSeconds + ' s</b>checkpoint interval</div>' +
+        '<div class="stat"><b class="history-' + history.status + '">' + history.status + '</b>history ' + fmtDuration(history.actualSeconds) + ' of ' + fmtDuration(history.configuredSeconds) + '</div></div>' +
+        timeline(slider) +
         '<table><tr><th>time</th><th>kind</th><th>name</th><th>cut (seq)</th></tr>' + newest.map((c) => '<tr><td>' + fmtTime(c.capturedAt) + '</td><td class="' + c.kind + '">' + c.kind + '</td><td>' + esc(c.name) + '</td><td>' + c.cut + '</td></tr>').join('') + '</table>' +
         '<form data-vpg="' + vpg.id + '"><input name="name" placeholder="checkpoint name" maxlength="128" required><button>Tag checkpoint</button><span class="result"></span></form></div>';
     }));

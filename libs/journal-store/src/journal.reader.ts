@@ -132,6 +132,17 @@ export class JournalReader {
     return rows.map(toCheckpoint);
   }
 
+  /** Every checkpoint captured in (from, to], in time order: the slider's input. */
+  async checkpointsWithin(vpgId: string, from: Date, to: Date): Promise<Checkpoint[]> {
+    const rows = await this.dataSource.query<CheckpointRow[]>(
+      `SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints
+        WHERE vpg_id = $1 AND captured_at > $2 AND captured_at <= $3
+        ORDER BY captured_at, id`,
+      [vpgId, from, to],
+    );
+    return rows.map(toCheckpoint);
+  }
+
   async checkpoint(vpgId: string, checkpointId: string): Promise<Checkpoint> {
     const rows = await this.dataSource.query<CheckpointRow[]>(
       `SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints WHERE id = $1 AND vpg_id = $2`,

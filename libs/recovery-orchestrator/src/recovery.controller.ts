@@ -2,7 +2,7 @@ import { Body, Controller, Get, Param, Post, Query, Res } from '@nestjs/common';
 import { type Response } from 'express';
 import { z } from 'zod';
 import { createVpgRequestSchema, type CreateVpgRequest } from '@cdp/contracts';
-import { DomainError, volumesOf, type Checkpoint, type Vpg } from '@cdp/domain';
+import { DomainError, volumesOf, type Checkpoint, type HistoryStatus, type Vpg } from '@cdp/domain';
 import { type JournalStatus } from '@cdp/journal-store';
 import { ZodPipe, uuidParam } from '@cdp/http-edge';
 import { RecoveryService } from './recovery.service';
@@ -33,9 +33,17 @@ export class VpgController {
   }
 
   @Get(':vpgId')
-  async get(@Param('vpgId', uuidParam('VPG id')) vpgId: string): Promise<{ vpg: Vpg; journal: JournalStatus }> {
+  async get(@Param('vpgId', uuidParam('VPG id')) vpgId: string): Promise<{ vpg: Vpg; journal: JournalStatus; history: HistoryStatus }> {
     const vpg = await this.vpgs.get(vpgId);
-    return { vpg, journal: await this.recovery.status(vpgId) };
+    const journal = await this.recovery.status(vpgId);
+    return { vpg, journal, history: this.recovery.history(vpg, journal, new Date()) };
+  }
+
+  /** The recovery slider: at most 180 checkpoints over the last 24 hours, tagged ones marked. */
+  @Get(':vpgId/timeline')
+  async timeline(@Param('vpgId', uuidParam('VPG id')) vpgId: string): Promise<{ from: string; to: string; checkpoints: (Checkpoint & { marked: boolean })[] }> {
+    await this.vpgs.get(vpgId);
+    return this.recovery.timeline(vpgId, new Date());
   }
 
   @Get(':vpgId/checkpoints')

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Inject, Injectable, type BeforeApplicationShutdown } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
-import { type Checkpoint, type Volume } from '@cdp/domain';
+import { TIMELINE_DEFAULTS, historyStatus, selectTimeline, type Checkpoint, type HistoryStatus, type Volume, type Vpg } from '@cdp/domain';
 import { JournalReader, type CheckpointQuery, type JournalStatus } from '@cdp/journal-store';
 
 /** Recovery: checkpoints and point-in-time images, read from the journal index and segments. */
@@ -29,6 +29,39 @@ export class RecoveryService implements BeforeApplicationShutdown {
 
   checkpoint(vpgId: string, checkpointId: string): Promise<Checkpoint> {
     return this.reader.checkpoint(vpgId, checkpointId);
+  }
+
+  /**
+   * The recovery slider: at most 180 checkpoints of the last 24 hours, tagged and
+   * application-consistent ones always included and marked (see checkpoint-timeline.ts for the rule).
+   */
+  async timeline(vpgId: string, now: Date): Promise<{ from: string; to: string; checkpoints: (Checkpoint & { marked: boolean })[] }> {
+    const from = new Date(now.getTime() - TIMELINE_DEFAULTS.windowHours * 3600_000);
+    const checkpoints = await this.reader.checkpointsWithin(vpgId, from, now);
+    const byId = new Map(checkpoints.map((c) => [c.id, c]));
+    const selected = selectTimeline(
+      checkpoints.map((c) => ({ id: c.id, capturedAt: Date.parse(c.capturedAt), kind: c.kind, name: c.name })),
+      now,
+    );
+    return {
+      from: from.toISOString(),
+      to: now.toISOString(),
+      checkpoints: selected.flatMap((entry) => {
+        const checkpoint = byId.get(entry.id);
+        return checkpoint ? [{ ...checkpoint, marked: entry.marked }] : [];
+      }),
+    };
+  }
+
+  /** Actual journal history against the VPG's configured history, with its status. */
+  history(vpg: Vpg, journal: JournalStatus, now: Date): HistoryStatus {
+    return historyStatus({
+      oldestCheckpointAt: journal.oldestCheckpointAt ? new Date(journal.oldestCheckpointAt) : null,
+      newestAt: journal.newestCheckpointAt ? new Date(journal.newestCheckpointAt) : null,
+      now,
+      settings: vpg.settings,
+      protectedSince: new Date(vpg.createdAt),
+    });
   }
 
   image(vpgId: string, volume: Volume, cut: number): AsyncGenerator<Buffer> {
