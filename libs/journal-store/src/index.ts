@@ -4,3 +4,4 @@ export * from './journal.reader';
 export * from './extent-map';
 export * from './journal.promoter';
 export * from './replica';
+export * from './pit-view';

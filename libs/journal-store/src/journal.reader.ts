@@ -1,11 +1,6 @@
-import { type FileHandle } from 'node:fs/promises';
 import { type DataSource } from 'typeorm';
-import { RECORD_HEADER_BYTES, RecordKind, decodeRecord } from '@cdp/contracts';
 import { DomainError, type Checkpoint, type CheckpointKind } from '@cdp/domain';
-import { SegmentReader } from '@cdp/segment-log';
-import { ExtentMap } from './extent-map';
-import { JournalStore } from './journal.store';
-import { REPLICA_LOCK_CLASS, openReplicaForReading, readPromotionIntent } from './replica';
+import { PitView } from './pit-view';
 
 export interface JournalStatus {
   readonly vpgId: string;
@@ -22,14 +17,6 @@ export interface CheckpointQuery {
   readonly from?: Date;
   readonly to?: Date;
   readonly limit: number;
-}
-
-interface WriteRow {
-  seq: string;
-  byte_offset: string;
-  length: number;
-  segment: number;
-  position: string;
 }
 
 interface CheckpointRow {
@@ -108,7 +95,6 @@ export class JournalReader {
     };
   }
 
-  /** Checkpoints in capture order, oldest first, within [from, to]. */
   /**
    * Checkpoints within [from, to], oldest first. With `from`, the first `limit` from there on (page
    * forward by passing the last one's time); without it, the newest `limit` (what an operator who
@@ -156,123 +142,30 @@ export class JournalReader {
   }
 
   /**
-   * The image of one volume at a cut, in order, as chunks of at most 1 MiB. Bytes come from the newest
-   * journal write before the cut that covers them; bytes no journaled write covers come from the
-   * replica, which holds the volume as of replica_seq (all zeros until promotion has moved writes in).
-   * Every journal record is verified before a byte of it is used.
-   *
-   * The image holds the VPG's replica lock shared (see replica.ts) from before it checks the cut
-   * until the generator finishes, fails, is closed early (return() from a consumer that stops
-   * iterating runs the finally below) or is abandoned (idleImageTimeoutMs without a next()). The lock
-   * is on a connection of its own, which also runs all the image's queries, so an image never needs a
-   * second connection while it holds one. While the lock is held a promotion cannot change the
-   * replica, or delete this cut's index rows and segments. That matters for cuts at or before the
-   * promotion's target, which must be read whole before it or refused after it. Cuts after the target
-   * would even be safe without the lock: the replica only changes bytes that the writes in
-   * (old replica_seq, target] cover, and those writes are in this cut's extent map, laid over the
-   * replica; holding the lock for every image keeps the rule simple.
+   * A volume at a cut, readable at any offset (see PitView), for as long as the caller keeps it open.
+   * Counts against the same limit as images: each view holds a connection and the replica lock.
+   */
+  async openView(vpgId: string, volumeIndex: number, sizeBytes: number, cut: number): Promise<PitView> {
+    await this.acquireImageSlot();
+    return PitView.open(this.dataSource, this.rootDir, { vpgId, volumeIndex, sizeBytes, cut }, () => this.releaseImageSlot());
+  }
+
+  /**
+   * The image of one volume at a cut, in order, as chunks of at most 1 MiB: a sequential reader over a
+   * PitView. Bytes come from the newest journal write at or before the cut that covers them, the rest
+   * from the replica (zeros where nothing was ever promoted). Every journal record is verified before
+   * a byte of it is used. A consumer that stops early must call return() (for-await does), which
+   * closes the view at once; one that goes silent is cut off after the idle timeout.
    */
   async *image(vpgId: string, volumeIndex: number, sizeBytes: number, cut: number): AsyncGenerator<Buffer> {
-    await this.acquireImageSlot();
-    const runner = this.dataSource.createQueryRunner();
-    // Segment files are opened per image, not cached for the reader's life: promotion deletes old
-    // segments, and an open descriptor would keep a deleted file's space allocated.
-    const segments = new SegmentReader(JournalStore.segmentDir(this.rootDir, vpgId));
-    let lockKey: number | undefined;
-    let replica: FileHandle | undefined;
-    // Runs once, from the finally below or from the idle timer, whichever comes first.
-    let released: Promise<void> | undefined;
-    const release = (): Promise<void> =>
-      (released ??= (async () => {
-        await replica?.close().catch(() => undefined);
-        await segments.close().catch(() => undefined);
-        if (lockKey !== undefined) {
-          // If this fails the connection is almost certainly gone, and the lock with it.
-          await runner.manager.query(`SELECT pg_advisory_unlock_shared($1, $2)`, [REPLICA_LOCK_CLASS, lockKey]).catch(() => undefined);
-        }
-        await runner.release().catch(() => undefined);
-        this.releaseImageSlot();
-      })());
+    const view = await this.openView(vpgId, volumeIndex, sizeBytes, cut);
     let abandoned = false;
     try {
-      await runner.connect();
-      const keyRows = await runner.manager.query<{ vpg_key: number }[]>(`SELECT vpg_key FROM journal_vpgs WHERE vpg_id = $1`, [vpgId]);
-      const key = keyRows[0];
-      if (!key) {
-        throw new DomainError('not-found', `VPG ${vpgId} has no journal`);
-      }
-      await runner.manager.query(`SELECT pg_advisory_lock_shared($1, $2)`, [REPLICA_LOCK_CLASS, key.vpg_key]);
-      lockKey = key.vpg_key;
-
-      // Under the lock: the replica holds writes up to replica_seq, or up to the intent's toSeq if a
-      // promotion was interrupted. The image at `cut` is the replica plus the writes in
-      // (replica_seq, cut), which is right only if the replica holds nothing at or after the cut.
-      const state = await runner.manager.query<{ replica_seq: string }[]>(`SELECT replica_seq FROM journal_vpgs WHERE vpg_id = $1`, [vpgId]);
-      const replicaSeq = Number(state[0]?.replica_seq ?? 0);
-      const intent = await readPromotionIntent(this.rootDir, vpgId);
-      if (cut <= replicaSeq || (intent !== undefined && cut <= intent.toSeq)) {
-        const replicaAt = Math.max(replicaSeq, intent?.toSeq ?? 0);
-        throw new DomainError(
-          'failed-precondition',
-          `the checkpoint at cut ${cut} is no longer inside the journal's history of VPG ${vpgId}: the replica already holds writes through seq ${replicaAt}; recover from a newer checkpoint`,
-          { cut, replicaSeq: replicaAt },
-        );
-      }
-      const rows = await runner.manager.query<WriteRow[]>(
-        `SELECT seq, byte_offset, length, segment, position FROM journal_writes
-          WHERE vpg_key = $1 AND volume_index = $2 AND seq > $3 AND seq <= $4 ORDER BY seq`,
-        [key.vpg_key, volumeIndex, replicaSeq, cut],
-      );
-      // Opened once, under the lock: a replica file that appears later was not there for this image.
-      replica = await openReplicaForReading(this.rootDir, vpgId, volumeIndex);
-
-      const map = new ExtentMap<WriteRow>();
-      for (const row of rows) {
-        map.add(Number(row.byte_offset), row.length, row);
-      }
-      let cached: { row: WriteRow; data: Buffer } | undefined;
-      const payload = async (row: WriteRow): Promise<Buffer> => {
-        if (cached?.row !== row) {
-          const record = await segments.read({ segment: row.segment, position: Number(row.position), length: RECORD_HEADER_BYTES + row.length });
-          const decoded = decodeRecord(record);
-          if (decoded.kind !== RecordKind.Write || decoded.seq !== Number(row.seq) || decoded.volumeIndex !== volumeIndex) {
-            throw new DomainError('failed-precondition', `journal index of VPG ${vpgId} points seq ${row.seq} at the wrong record`);
-          }
-          cached = { row, data: decoded.data };
-        }
-        return cached.data;
-      };
-
-      const extents = map.list();
-      let next = 0;
       for (let chunkStart = 0; chunkStart < sizeBytes; chunkStart += IMAGE_CHUNK_BYTES) {
-        const chunkEnd = Math.min(sizeBytes, chunkStart + IMAGE_CHUNK_BYTES);
-        const chunk = Buffer.alloc(chunkEnd - chunkStart);
-        if (replica) {
-          await readFully(replica, chunk, chunkStart);
-          // A session-level lock lasts only as long as its session. A round trip that succeeds after
-          // the read proves the session, and so the lock, was alive for the whole read; if the server
-          // ended the session (a terminated backend, idle_session_timeout, a broken link) a promotion
-          // may have changed the replica under us, and the image must fail rather than mix states.
-          await runner.manager.query('SELECT 1');
-        }
-        while (next < extents.length && (extents[next]?.end ?? 0) <= chunkStart) {
-          next++;
-        }
-        for (let i = next; i < extents.length; i++) {
-          const extent = extents[i];
-          if (!extent || extent.start >= chunkEnd) {
-            break;
-          }
-          const from = Math.max(extent.start, chunkStart);
-          const to = Math.min(extent.end, chunkEnd);
-          const data = await payload(extent.source);
-          const sourceStart = extent.sourceOffset + (from - extent.start);
-          data.copy(chunk, from - chunkStart, sourceStart, sourceStart + (to - from));
-        }
+        const chunk = await view.read(chunkStart, Math.min(IMAGE_CHUNK_BYTES, sizeBytes - chunkStart));
         const idle = setTimeout(() => {
           abandoned = true;
-          void release();
+          void view.close();
         }, this.idleImageTimeoutMs).unref();
         try {
           yield chunk;
@@ -284,7 +177,7 @@ export class JournalReader {
         }
       }
     } finally {
-      await release();
+      await view.close();
     }
   }
 
@@ -309,18 +202,6 @@ export class JournalReader {
     } else {
       this.activeImages--;
     }
-  }
-}
-
-/** Reads `buf.length` bytes at `position`; what lies past the end of the file stays zero. */
-async function readFully(handle: FileHandle, buf: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const { bytesRead } = await handle.read(buf, done, buf.length - done, position + done);
-    if (bytesRead === 0) {
-      return;
-    }
-    done += bytesRead;
   }
 }
 
