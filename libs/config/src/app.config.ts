@@ -13,6 +13,10 @@ export interface AppConfig {
   /** Port for the embedded PostgreSQL server; 0 picks a free one. */
   readonly embeddedPostgresPort: number;
   readonly http: { readonly host: string; readonly port: number };
+  /** Where the splitter serves protected volumes over NBD (port 0 picks a free one). */
+  readonly nbd: { readonly host: string; readonly port: number };
+  /** Where the recovery orchestrator serves point-in-time exports over NBD (port 0 picks a free one). */
+  readonly recoveryNbd: { readonly host: string; readonly port: number };
   /** Create a demo VPG and drive a workload into it (the quick start). */
   readonly demo: boolean;
   readonly busPartitions: number;
@@ -35,6 +39,11 @@ const envSchema = z.object({
   CDP_EMBEDDED_PG_PORT: port.default(0),
   CDP_HTTP_HOST: z.string().min(1).default('127.0.0.1'),
   CDP_HTTP_PORT: port.default(8080),
+  CDP_NBD_HOST: z.string().min(1).default('127.0.0.1'),
+  // 10809 is the IANA port for NBD, which clients assume when a URI names none.
+  CDP_NBD_PORT: port.default(10809),
+  CDP_RECOVERY_NBD_HOST: z.string().min(1).default('127.0.0.1'),
+  CDP_RECOVERY_NBD_PORT: port.default(10810),
   CDP_DEMO: bool.default(false),
   CDP_BUS_PARTITIONS: z.coerce.number().int().min(1).max(1024).default(8),
   CDP_PROMOTION_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(86_400).default(30),
@@ -62,6 +71,8 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     databaseUrl: e.DATABASE_URL ?? null,
     embeddedPostgresPort: e.CDP_EMBEDDED_PG_PORT,
     http: { host: e.CDP_HTTP_HOST, port: e.CDP_HTTP_PORT },
+    nbd: { host: e.CDP_NBD_HOST, port: e.CDP_NBD_PORT },
+    recoveryNbd: { host: e.CDP_RECOVERY_NBD_HOST, port: e.CDP_RECOVERY_NBD_PORT },
     demo: e.CDP_DEMO,
     busPartitions: e.CDP_BUS_PARTITIONS,
     promotionIntervalSeconds: e.CDP_PROMOTION_INTERVAL_SECONDS,

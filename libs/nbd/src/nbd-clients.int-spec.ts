@@ -5,7 +5,7 @@ import { type TempDir, tempDir } from '@cdp/testing';
 import { type BlockDevice } from './block-device';
 import { MemoryBlockDevice } from './memory-block-device';
 import { NbdServer } from './nbd-server';
-import { itWithTools, runToolOk } from './testing/external-tools';
+import { itWithTools, runToolOk } from '@cdp/testing';
 
 /**
  * Real NBD clients (QEMU, libnbd's tools, fio) against this server on loopback, each with its own

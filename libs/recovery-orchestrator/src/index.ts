@@ -1,3 +1,5 @@
 export * from './recovery-orchestrator.module';
 export * from './vpg.service';
 export * from './recovery.service';
+export * from './pit-exports.service';
+export * from './pit-export.device';

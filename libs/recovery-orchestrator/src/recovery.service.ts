@@ -4,7 +4,7 @@ import { Inject, Injectable, type BeforeApplicationShutdown } from '@nestjs/comm
 import { DataSource } from 'typeorm';
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
 import { TIMELINE_DEFAULTS, historyStatus, selectTimeline, type Checkpoint, type HistoryStatus, type Volume, type Vpg } from '@cdp/domain';
-import { JournalReader, type CheckpointQuery, type JournalStatus } from '@cdp/journal-store';
+import { JournalReader, type CheckpointQuery, type JournalStatus, type PitView } from '@cdp/journal-store';
 
 /** Recovery: checkpoints and point-in-time images, read from the journal index and segments. */
 @Injectable()
@@ -62,6 +62,11 @@ export class RecoveryService implements BeforeApplicationShutdown {
       settings: vpg.settings,
       protectedSince: new Date(vpg.createdAt),
     });
+  }
+
+  /** The volume at the cut, readable at any offset, until closed (it holds the VPG's history there). */
+  openView(vpgId: string, volume: Volume, cut: number): Promise<PitView> {
+    return this.reader.openView(vpgId, volume.index, volume.sizeBytes, cut);
   }
 
   image(vpgId: string, volume: Volume, cut: number): AsyncGenerator<Buffer> {

@@ -8,3 +8,4 @@ export * from './service.process';
 export * from './service-lifecycle';
 export * from './fault-injecting.bus';
 export * from './checkpoint-verification';
+export * from './external-tools';

@@ -57,7 +57,7 @@ export function serviceCommand(
   return {
     command: process.execPath,
     args: ['-r', join(ROOT, 'tools', 'register.cjs'), join(ROOT, 'apps', app, 'src', 'main.ts')],
-    options: { cwd: ROOT, env: { ...process.env, CDP_HTTP_HOST: '127.0.0.1', CDP_HTTP_PORT: '0', CDP_DEMO: 'false', ...env } },
+    options: { cwd: ROOT, env: { ...process.env, CDP_HTTP_HOST: '127.0.0.1', CDP_HTTP_PORT: '0', CDP_NBD_PORT: '0', CDP_RECOVERY_NBD_PORT: '0', CDP_DEMO: 'false', ...env } },
   };
 }
 

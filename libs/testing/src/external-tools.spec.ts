@@ -1,4 +1,4 @@
-import { findTool, runTool, runToolOk } from './testing/external-tools';
+import { findTool, runTool, runToolOk } from './external-tools';
 
 describe('external tool helpers', () => {
   it('finds programs on PATH and not others', () => {

@@ -1,0 +1,119 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type Checkpoint, type Vpg } from '@cdp/domain';
+import { type PitExport } from '@cdp/recovery-orchestrator';
+import { ReferenceModel, itWithTools, randomBuffer, runTool, runToolOk, seededRandom, type ApiClient } from '@cdp/testing';
+import { createProtectedVpg, startTestApp, type TestApp } from './all-in-one.test-app';
+
+/**
+ * Point-in-time exports over NBD, with real clients: a read-only export of a checkpoint equals the
+ * volume at that checkpoint; a writable export takes writes into a scratch overlay that never touches
+ * the journal or the replica, while replication goes on, and is gone when the export closes.
+ */
+const MiB = 1024 * 1024;
+
+describe('point-in-time exports over NBD', () => {
+  let testApp: TestApp;
+  let api: ApiClient;
+  let vpg: Vpg;
+  let model: ReferenceModel;
+  const random = seededRandom(808);
+
+  const workload = async (count: number): Promise<void> => {
+    const volumes = vpg.vms.flatMap((vm) => vm.volumes);
+    for (let i = 0; i < count; i++) {
+      const volume = volumes[i % volumes.length]!;
+      const length = 1 + Math.floor(random() * 64 * 1024);
+      const offset = Math.floor(random() * (volume.sizeBytes - length + 1));
+      const data = randomBuffer(random, length);
+      model.record({ seq: await api.write(vpg.id, volume.id, offset, data), volumeId: volume.id, offset, data });
+    }
+  };
+  const tag = async (name: string): Promise<Checkpoint> =>
+    (await api.ok<{ checkpoint: Checkpoint }>('POST', `/vpgs/${vpg.id}/checkpoints?waitMs=30000`, { name })).checkpoint;
+  const expected = (checkpoint: Checkpoint, volumeId: string): Buffer => model.imagesAt([checkpoint.cut]).get(checkpoint.cut)!.get(volumeId)!;
+  const copyOut = async (url: string, name: string): Promise<Buffer> => {
+    const out = join(testApp.dataDir, `${name}.img`);
+    await runToolOk('nbdcopy', [url, out]);
+    return readFileSync(out);
+  };
+
+  beforeAll(async () => {
+    testApp = await startTestApp();
+    api = testApp.api;
+    vpg = await createProtectedVpg(api, {
+      name: 'exports',
+      vms: [{ name: 'vm', volumes: [{ name: 'root', sizeBytes: 8 * MiB, blockSize: 512 }, { name: 'data', sizeBytes: 4 * MiB, blockSize: 4096 }] }],
+    });
+    model = new ReferenceModel(new Map(vpg.vms.flatMap((vm) => vm.volumes).map((v) => [v.id, v.sizeBytes])));
+  });
+
+  afterAll(async () => {
+    await testApp?.close();
+  });
+
+  itWithTools(['nbdinfo', 'nbdcopy'], 'serves a read-only checkpoint image that equals the volume at that checkpoint', async () => {
+    await workload(120);
+    const first = await tag('first');
+    await workload(120);
+    const second = await tag('second');
+    for (const checkpoint of [first, second]) {
+      for (const volume of vpg.vms[0]!.volumes) {
+        const opened = await api.ok<PitExport>('POST', `/vpgs/${vpg.id}/checkpoints/${checkpoint.id}/exports`, { volumeId: volume.id });
+        expect(opened.writable).toBe(false);
+        const info = JSON.parse((await runToolOk('nbdinfo', ['--json', opened.url])).stdout) as { exports: { 'export-size': number; is_read_only: boolean }[] };
+        expect(info.exports[0]).toMatchObject({ 'export-size': volume.sizeBytes, is_read_only: true });
+        expect((await copyOut(opened.url, `ro-${opened.id}`)).equals(expected(checkpoint, volume.id))).toBe(true);
+        expect((await api.json('DELETE', `/exports/${opened.id}`)).status).toBe(204);
+      }
+    }
+  });
+
+  itWithTools(['qemu-io', 'nbdcopy', 'nbdinfo'], 'takes test-failover writes into an overlay that never reaches the journal, and forgets them on close', async () => {
+    await workload(60);
+    const checkpoint = await tag('before failover test');
+    const volume = vpg.vms[0]!.volumes[0]!;
+    const opened = await api.ok<PitExport>('POST', `/vpgs/${vpg.id}/checkpoints/${checkpoint.id}/exports`, { volumeId: volume.id, writable: true });
+    expect(opened.writable).toBe(true);
+    await runToolOk('qemu-io', ['-f', 'raw', opened.url, '-c', 'write -P 0x5a 1048576 65536', '-c', 'read -P 0x5a 1048576 65536']);
+
+    // Replication goes on meanwhile, and a new checkpoint recovers exactly, with none of the test's writes.
+    await workload(60);
+    const later = await tag('during failover test');
+    const laterImage = await api.bytes(`/vpgs/${vpg.id}/checkpoints/${later.id}/volumes/${volume.id}/image`);
+    expect(laterImage.data.equals(expected(later, volume.id))).toBe(true);
+
+    // The export shows the checkpoint with the test's writes on top.
+    const want = Buffer.from(expected(checkpoint, volume.id));
+    want.fill(0x5a, MiB, MiB + 65536);
+    expect((await copyOut(opened.url, `rw-${opened.id}`)).equals(want)).toBe(true);
+    expect((await api.ok<PitExport>('GET', `/exports/${opened.id}`)).overlayBytes).toBe(65536);
+    // The checkpoint itself is untouched.
+    const original = await api.bytes(`/vpgs/${vpg.id}/checkpoints/${checkpoint.id}/volumes/${volume.id}/image`);
+    expect(original.data.equals(expected(checkpoint, volume.id))).toBe(true);
+
+    const overlay = join(testApp.dataDir, 'recovery', 'overlays', `${opened.id}.img`);
+    expect(existsSync(overlay)).toBe(true);
+    expect((await api.json('DELETE', `/exports/${opened.id}`)).status).toBe(204);
+    expect(existsSync(overlay)).toBe(false);
+    const gone = await runTool('nbdinfo', [opened.url]);
+    expect(gone.code).not.toBe(0);
+  });
+
+  it('rejects bad export requests and changes nothing', async () => {
+    const checkpoint = (await api.ok<Checkpoint[]>('GET', `/vpgs/${vpg.id}/checkpoints?limit=1`))[0]!;
+    const volumeId = vpg.vms[0]!.volumes[0]!.id;
+    const cases: [string, unknown, number][] = [
+      [`/vpgs/${vpg.id}/checkpoints/${checkpoint.id}/exports`, { volumeId: '00000000-0000-4000-8000-000000000000' }, 404],
+      [`/vpgs/${vpg.id}/checkpoints/${checkpoint.id}/exports`, { volumeId, writable: 'yes' }, 400],
+      [`/vpgs/${vpg.id}/checkpoints/${checkpoint.id}/exports`, { volumeId, extra: 1 }, 400],
+      [`/vpgs/${vpg.id}/checkpoints/00000000-0000-4000-8000-000000000000/exports`, { volumeId }, 404],
+      [`/vpgs/${vpg.id}/checkpoints/not-a-uuid/exports`, { volumeId }, 400],
+    ];
+    for (const [path, body, status] of cases) {
+      expect({ path, status: (await api.json('POST', path, body)).status }).toEqual({ path, status });
+    }
+    expect((await api.json('DELETE', '/exports/00000000-0000-4000-8000-000000000000')).status).toBe(404);
+    expect((await api.ok<{ exports: PitExport[] }>('GET', '/exports')).exports).toEqual([]);
+  });
+});

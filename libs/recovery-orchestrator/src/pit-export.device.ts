@@ -1,0 +1,159 @@
+import { constants } from 'node:fs';
+import { open, rm, type FileHandle } from 'node:fs/promises';
+import { type BlockDevice, type DeviceCapabilities } from '@cdp/nbd';
+import { type PitView } from '@cdp/journal-store';
+
+/** Overlay bookkeeping is kept per 1 MiB region, so a large, mostly untouched volume costs nothing. */
+const REGION_BYTES = 1024 * 1024;
+
+/**
+ * A point-in-time view of a volume as an NBD block device. Read-only, or writable through a scratch
+ * overlay: a sparse file that takes every write, with a bitmap of the blocks written. Reads take
+ * written blocks from the overlay and everything else from the view. The journal and the replica are
+ * never written, so a test failover can use the volume while replication goes on; the overlay is
+ * deleted when the export closes.
+ *
+ * The overlay is not durable (nothing asks it to be: a test failover's writes are thrown away), so the
+ * device advertises no flush; it is shared by every connection to the export and has no cache, so
+ * several connections see one state.
+ */
+export class PitExportDevice implements BlockDevice {
+  readonly size: number;
+  readonly blockSize: 512 | 4096;
+  readonly readOnly: boolean;
+  readonly capabilities: DeviceCapabilities;
+  private readonly written = new Map<number, Uint8Array>();
+
+  private constructor(
+    private readonly view: PitView,
+    blockSize: 512 | 4096,
+    private readonly overlay: { readonly path: string; readonly handle: FileHandle } | undefined,
+  ) {
+    this.size = view.sizeBytes;
+    this.blockSize = blockSize;
+    this.readOnly = overlay === undefined;
+    this.capabilities = overlay ? { writeZeroes: true, trim: true, multiConn: true } : { multiConn: true };
+  }
+
+  /** `overlayPath` makes the device writable; the file is created (it must not exist) and removed on close. */
+  static async open(view: PitView, blockSize: 512 | 4096, overlayPath?: string): Promise<PitExportDevice> {
+    if (!overlayPath) {
+      return new PitExportDevice(view, blockSize, undefined);
+    }
+    const handle = await open(overlayPath, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600);
+    await handle.truncate(view.sizeBytes);
+    return new PitExportDevice(view, blockSize, { path: overlayPath, handle });
+  }
+
+  get overlayBytes(): number {
+    let blocks = 0;
+    for (const bits of this.written.values()) {
+      for (const byte of bits) {
+        blocks += popcount(byte);
+      }
+    }
+    return blocks * this.blockSize;
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    const buf = await this.view.read(offset, length);
+    if (this.overlay && this.written.size > 0) {
+      // Runs of written blocks are read from the overlay in one go each.
+      let block = offset / this.blockSize;
+      const end = (offset + length) / this.blockSize;
+      while (block < end) {
+        if (!this.isWritten(block)) {
+          block++;
+          continue;
+        }
+        let runEnd = block + 1;
+        while (runEnd < end && this.isWritten(runEnd)) {
+          runEnd++;
+        }
+        const from = block * this.blockSize;
+        const bytes = Math.min((runEnd - block) * this.blockSize, offset + length - from);
+        await this.overlay.handle.read(buf, from - offset, bytes, from);
+        block = runEnd;
+      }
+    }
+    return buf;
+  }
+
+  async write(offset: number, data: Buffer): Promise<void> {
+    const overlay = this.writable();
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await overlay.handle.write(data, done, data.length - done, offset + done);
+      done += bytesWritten;
+    }
+    this.mark(offset, data.length);
+  }
+
+  flush(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    const zeros = Buffer.alloc(Math.min(length, REGION_BYTES));
+    for (let at = offset; at < offset + length; at += zeros.length) {
+      await this.write(at, zeros.subarray(0, Math.min(zeros.length, offset + length - at)));
+    }
+  }
+
+  /** Trimmed blocks read as zeros: allowed (trimmed data is unspecified) and predictable. */
+  trim(offset: number, length: number): Promise<void> {
+    return this.writeZeroes(offset, length);
+  }
+
+  /** Closes the view and deletes the overlay. */
+  async close(): Promise<void> {
+    await this.view.close();
+    if (this.overlay) {
+      await this.overlay.handle.close().catch(() => undefined);
+      await rm(this.overlay.path, { force: true });
+    }
+  }
+
+  private writable(): { readonly path: string; readonly handle: FileHandle } {
+    if (!this.overlay) {
+      throw new Error('the export is read-only');
+    }
+    return this.overlay;
+  }
+
+  private mark(offset: number, length: number): void {
+    const blocksPerRegion = REGION_BYTES / this.blockSize;
+    // The NBD server only passes whole blocks (or a tail ending at the volume's end).
+    const last = Math.ceil((offset + length) / this.blockSize);
+    for (let block = Math.floor(offset / this.blockSize); block < last; block++) {
+      const region = Math.floor(block / blocksPerRegion);
+      let bits = this.written.get(region);
+      if (!bits) {
+        bits = new Uint8Array(blocksPerRegion / 8);
+        this.written.set(region, bits);
+      }
+      const index = block % blocksPerRegion;
+      bits[index >> 3] = (bits[index >> 3] ?? 0) | (1 << (index & 7));
+    }
+  }
+
+  private isWritten(block: number): boolean {
+    const blocksPerRegion = REGION_BYTES / this.blockSize;
+    const bits = this.written.get(Math.floor(block / blocksPerRegion));
+    if (!bits) {
+      return false;
+    }
+    const index = block % blocksPerRegion;
+    return ((bits[index >> 3] ?? 0) & (1 << (index & 7))) !== 0;
+  }
+}
+
+function popcount(byte: number): number {
+  let n = byte;
+  let count = 0;
+  while (n !== 0) {
+    n &= n - 1;
+    count++;
+  }
+  return count;
+}

@@ -1,0 +1,43 @@
+import { Body, Controller, Delete, Get, HttpCode, Param, Post } from '@nestjs/common';
+import { z } from 'zod';
+import { ZodPipe, uuidParam } from '@cdp/http-edge';
+import { PitExportsService, type PitExport } from './pit-exports.service';
+
+const openExportSchema = z.strictObject({
+  volumeId: z.uuid(),
+  writable: z.boolean().default(false),
+});
+
+/**
+ * Point-in-time exports over NBD: open the image of a volume at a checkpoint as a block device
+ * (read-only, or writable into a scratch overlay for a test failover), list them, close them.
+ */
+@Controller()
+export class PitExportsController {
+  constructor(private readonly exports: PitExportsService) {}
+
+  @Post('vpgs/:vpgId/checkpoints/:checkpointId/exports')
+  open(
+    @Param('vpgId', uuidParam('VPG id')) vpgId: string,
+    @Param('checkpointId', uuidParam('checkpoint id')) checkpointId: string,
+    @Body(new ZodPipe(openExportSchema, 'body')) body: z.infer<typeof openExportSchema>,
+  ): Promise<PitExport> {
+    return this.exports.open(vpgId, checkpointId, body.volumeId, body.writable);
+  }
+
+  @Get('exports')
+  list(): { server: { host: string; port: number }; exports: PitExport[] } {
+    return { server: this.exports.endpoint(), exports: this.exports.list() };
+  }
+
+  @Get('exports/:exportId')
+  get(@Param('exportId', uuidParam('export id')) exportId: string): PitExport {
+    return this.exports.get(exportId);
+  }
+
+  @Delete('exports/:exportId')
+  @HttpCode(204)
+  async close(@Param('exportId', uuidParam('export id')) exportId: string): Promise<void> {
+    await this.exports.close(exportId);
+  }
+}

@@ -1,0 +1,155 @@
+import { randomUUID } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Inject, Injectable, Logger, type BeforeApplicationShutdown, type OnApplicationBootstrap } from '@nestjs/common';
+import { APP_CONFIG, type AppConfig } from '@cdp/config';
+import { DomainError, volumesOf } from '@cdp/domain';
+import { NbdServer, type ExportEntry } from '@cdp/nbd';
+import { PitExportDevice } from './pit-export.device';
+import { RecoveryService } from './recovery.service';
+import { VpgService } from './vpg.service';
+
+export interface PitExport {
+  readonly id: string;
+  /** The NBD export name clients ask for. */
+  readonly name: string;
+  readonly url: string;
+  readonly vpgId: string;
+  readonly checkpointId: string;
+  readonly cut: number;
+  readonly volumeId: string;
+  readonly sizeBytes: number;
+  readonly writable: boolean;
+  readonly createdAt: string;
+  /** Bytes written to the scratch overlay (writable exports). */
+  readonly overlayBytes: number;
+}
+
+interface OpenExport {
+  readonly info: Omit<PitExport, 'overlayBytes'>;
+  readonly device: PitExportDevice;
+}
+
+/**
+ * Point-in-time exports: the image of a volume at a checkpoint, served over NBD without copying it
+ * first (a PitView answers reads from the journal and the replica). Read-only, or writable through a
+ * scratch overlay that is deleted when the export closes (test failover). Exports live until closed
+ * through the API, or until the process stops; an open export holds its VPG's history at the
+ * checkpoint, so promotion of that VPG waits while it is open.
+ *
+ * Export names: `pit/<export id>`; `GET /api/exports` lists them with their nbd:// URLs.
+ */
+@Injectable()
+export class PitExportsService implements OnApplicationBootstrap, BeforeApplicationShutdown {
+  private readonly logger = new Logger('pit-exports');
+  private readonly exports = new Map<string, OpenExport>();
+  private readonly server: NbdServer;
+  private readonly overlayDir: string;
+  private address: { host: string; port: number } | undefined;
+
+  constructor(
+    @Inject(APP_CONFIG) private readonly config: AppConfig,
+    private readonly vpgs: VpgService,
+    private readonly recovery: RecoveryService,
+  ) {
+    this.overlayDir = join(config.dataDir, 'recovery', 'overlays');
+    this.server = new NbdServer({
+      resolve: (name) => this.resolve(name),
+      list: () => [...this.exports.values()].map((e) => ({ name: e.info.name, description: describe(e.info) })),
+      logger: this.logger,
+    });
+  }
+
+  async onApplicationBootstrap(): Promise<void> {
+    // Overlays are scratch: whatever a previous run left behind belongs to exports that no longer exist.
+    await rm(this.overlayDir, { recursive: true, force: true });
+    await mkdir(this.overlayDir, { recursive: true });
+    const { host, port } = this.config.recoveryNbd;
+    const listening = await this.server.listen(port, host);
+    this.address = { host, port: listening.port };
+    this.logger.log(`serving point-in-time exports over NBD on nbd://${host}:${listening.port}`);
+  }
+
+  async beforeApplicationShutdown(): Promise<void> {
+    await this.server.close();
+    for (const id of [...this.exports.keys()]) {
+      await this.close(id);
+    }
+  }
+
+  /** Where clients connect. */
+  endpoint(): { host: string; port: number } {
+    if (!this.address) {
+      throw new DomainError('failed-precondition', 'the point-in-time NBD server is not listening yet');
+    }
+    return this.address;
+  }
+
+  async open(vpgId: string, checkpointId: string, volumeId: string, writable: boolean): Promise<PitExport> {
+    const vpg = await this.vpgs.get(vpgId);
+    const volume = volumesOf(vpg).find((v) => v.id === volumeId);
+    if (!volume) {
+      throw new DomainError('not-found', `volume ${volumeId} is not in VPG ${vpg.name}`);
+    }
+    const checkpoint = await this.recovery.checkpoint(vpgId, checkpointId);
+    const view = await this.recovery.openView(vpgId, volume, checkpoint.cut);
+    const id = randomUUID();
+    let device: PitExportDevice;
+    try {
+      device = await PitExportDevice.open(view, volume.blockSize, writable ? join(this.overlayDir, `${id}.img`) : undefined);
+    } catch (err) {
+      await view.close();
+      throw err;
+    }
+    const { host, port } = this.endpoint();
+    const name = `pit/${id}`;
+    const info = {
+      id,
+      name,
+      url: `nbd://${host}:${port}/${name}`,
+      vpgId,
+      checkpointId,
+      cut: checkpoint.cut,
+      volumeId,
+      sizeBytes: volume.sizeBytes,
+      writable,
+      createdAt: new Date().toISOString(),
+    };
+    this.exports.set(id, { info, device });
+    this.logger.log(`opened ${writable ? 'writable' : 'read-only'} export ${name}: VPG ${vpg.name}, volume ${volume.name}, checkpoint ${checkpoint.name ?? checkpoint.kind} at cut ${checkpoint.cut}`);
+    return { ...info, overlayBytes: 0 };
+  }
+
+  list(): PitExport[] {
+    return [...this.exports.values()].map((e) => ({ ...e.info, overlayBytes: e.device.overlayBytes }));
+  }
+
+  get(id: string): PitExport {
+    const entry = this.exports.get(id);
+    if (!entry) {
+      throw new DomainError('not-found', `export ${id} is not open`);
+    }
+    return { ...entry.info, overlayBytes: entry.device.overlayBytes };
+  }
+
+  /** Closes the export: its view and lock are released, its overlay deleted. Connected clients get errors. */
+  async close(id: string): Promise<void> {
+    const entry = this.exports.get(id);
+    if (!entry) {
+      throw new DomainError('not-found', `export ${id} is not open`);
+    }
+    this.exports.delete(id);
+    await entry.device.close();
+    this.logger.log(`closed export ${entry.info.name}`);
+  }
+
+  private resolve(name: string): ExportEntry | undefined {
+    const id = name.startsWith('pit/') ? name.slice(4) : name;
+    const entry = this.exports.get(id);
+    return entry ? { device: entry.device, description: describe(entry.info) } : undefined;
+  }
+}
+
+function describe(info: Omit<PitExport, 'overlayBytes'>): string {
+  return `VPG ${info.vpgId} volume ${info.volumeId} at checkpoint ${info.checkpointId} (cut ${info.cut})${info.writable ? ', writable overlay' : ''}`;
+}
