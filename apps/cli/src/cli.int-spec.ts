@@ -59,6 +59,17 @@ describe('continuum CLI', () => {
     const expected = Buffer.alloc(65536);
     data.copy(expected, 1000);
     expect(readFileSync(out).equals(expected)).toBe(true);
+
+    // The same checkpoint as a block device: open, list, close.
+    const opened = cli('export', 'open', 'cli-vpg', result.checkpoint.id, 'vm1/disk');
+    expect(opened.status).toBe(0);
+    const url = /^(nbd:\/\/\S+)/.exec(opened.stdout)?.[1];
+    expect(url).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/pit\//);
+    const exportId = /export close (\S+)\)/.exec(opened.stdout)?.[1];
+    expect(cli('export', 'list').stdout).toContain(url);
+    expect(cli('export', 'close', exportId!).status).toBe(0);
+    expect(cli('export', 'list').stdout).not.toContain(url);
+    expect(cli('export', 'close', exportId!).status).toBe(1);
   });
 
   it('says what is wrong and exits non-zero on bad usage', () => {

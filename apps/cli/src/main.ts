@@ -132,18 +132,63 @@ checkpoint
     print(await request('POST', `/vpgs/${target.id}/application-checkpoints`, { name, vmId: vm.id }));
   });
 
+function findVolume(target: Vpg, volumeRef: string): Vpg['vms'][number]['volumes'][number] & { ref: string } {
+  const volume = target.vms
+    .flatMap((vm) => vm.volumes.map((v) => ({ ...v, ref: `${vm.name}/${v.name}` })))
+    .find((v) => v.id === volumeRef || v.ref === volumeRef);
+  if (!volume) {
+    throw new CliError(`VPG ${target.name} has no volume ${volumeRef}`, 1);
+  }
+  return volume;
+}
+
+interface PitExportInfo {
+  id: string;
+  url: string;
+  writable: boolean;
+  cut: number;
+  sizeBytes: number;
+  overlayBytes: number;
+}
+
+const exportsCommand = program.command('export').description('point-in-time exports over NBD');
+exportsCommand
+  .command('open <vpg> <checkpoint> <volume>')
+  .description('serve a volume as it was at a checkpoint over NBD; volume as id or vm/volume')
+  .option('--writable', 'writes go to a scratch overlay that is discarded when the export closes (test failover)')
+  .action(async (idOrName: string, checkpointId: string, volumeRef: string, options: { writable?: boolean }) => {
+    const target = await findVpg(idOrName);
+    const volume = findVolume(target, volumeRef);
+    const opened = await request<PitExportInfo>('POST', `/vpgs/${target.id}/checkpoints/${checkpointId}/exports`, {
+      volumeId: volume.id,
+      writable: options.writable === true,
+    });
+    console.log(`${opened.url}   (${volume.ref} at cut ${opened.cut}, ${opened.writable ? 'writable overlay' : 'read-only'}; close with: continuum export close ${opened.id})`);
+  });
+exportsCommand
+  .command('list')
+  .description('open point-in-time exports')
+  .action(async () => {
+    const { exports } = await request<{ exports: PitExportInfo[] }>('GET', '/exports');
+    for (const e of exports) {
+      console.log(`${e.id}  ${e.url}  cut ${e.cut}  ${e.writable ? `writable (${e.overlayBytes} bytes in overlay)` : 'read-only'}`);
+    }
+  });
+exportsCommand
+  .command('close <export-id>')
+  .description('close an export; a writable export\'s overlay is discarded')
+  .action(async (exportId: string) => {
+    await request('DELETE', `/exports/${exportId}`);
+    console.log(`closed ${exportId}`);
+  });
+
 program
   .command('image <vpg> <checkpoint> <volume>')
   .description('write the image of a volume at a checkpoint to a file; volume as id or vm/volume')
   .requiredOption('-o, --out <file>', 'the file to write')
   .action(async (idOrName: string, checkpointId: string, volumeRef: string, options: { out: string }) => {
     const target = await findVpg(idOrName);
-    const volume = target.vms
-      .flatMap((vm) => vm.volumes.map((v) => ({ ...v, ref: `${vm.name}/${v.name}` })))
-      .find((v) => v.id === volumeRef || v.ref === volumeRef);
-    if (!volume) {
-      throw new CliError(`VPG ${target.name} has no volume ${volumeRef}`, 1);
-    }
+    const volume = findVolume(target, volumeRef);
     const response = await fetch(`${api()}/vpgs/${target.id}/checkpoints/${checkpointId}/volumes/${volume.id}/image`);
     if (!response.ok || !response.body) {
       const body = (await response.json().catch(() => ({}))) as { message?: string };
