@@ -105,4 +105,28 @@ describe('SegmentLog', () => {
     closeSync(fd);
     await expect(SegmentLog.open({ dir })).rejects.toThrow(SegmentLogError);
   });
+
+  it('rolls segments while syncs are in flight without closing a descriptor under them', async () => {
+    // Many small segments and syncs that are not awaited: rolls keep happening while an fdatasync of
+    // the segment being sealed is in flight. Closing its descriptor then would make the sync fail
+    // (EBADF) or, worse, sync whatever file reused the number.
+    const log = await SegmentLog.open({ dir, segmentBytes: 400 });
+    const syncs: Promise<void>[] = [];
+    for (let seq = 1; seq <= 3000; seq++) {
+      log.append([record(seq, 200)]);
+      if (seq % 3 === 0) {
+        syncs.push(log.sync());
+      }
+      if (seq % 50 === 0) {
+        await Promise.resolve();
+      }
+    }
+    await Promise.all(syncs);
+    await log.sync();
+    await log.close();
+    const reopened = await SegmentLog.open({ dir });
+    expect(reopened.lastSeq).toBe(3000);
+    expect(reopened.durableEnd).toEqual(reopened.end);
+    await reopened.close();
+  });
 });

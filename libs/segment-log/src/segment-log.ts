@@ -71,7 +71,10 @@ export class SegmentLog {
   private activeFd: number | undefined;
   /** File descriptors written since the last sync; sealed ones are closed after their sync. */
   private readonly unsynced = new Set<number>();
+  /** Sealed segments' descriptors that a sync still has to cover (or is covering) before they close. */
   private readonly sealedAwaitingSync = new Set<number>();
+  /** Descriptors the sync in flight is fdatasyncing: they must not be closed (or reused) under it. */
+  private readonly syncingFds = new Set<number>();
   private dirUnsynced = false;
   private readonly readHandles = new Map<number, Promise<FileHandle>>();
   private syncing: Promise<void> | undefined;
@@ -189,6 +192,7 @@ export class SegmentLog {
     const target = this.segments.length > 0 ? this.end : this.durable;
     const fds = [...this.unsynced];
     this.unsynced.clear();
+    fds.forEach((fd) => this.syncingFds.add(fd));
     const dir = this.dirUnsynced;
     this.dirUnsynced = false;
     try {
@@ -208,8 +212,11 @@ export class SegmentLog {
       this.failure = new SegmentLogError(`fsync failed in ${this.dir}; the log must be reopened`, { cause: err });
       throw this.failure;
     }
+    this.syncingFds.clear();
     for (const fd of fds) {
-      if (this.sealedAwaitingSync.delete(fd)) {
+      // A sealed segment written again after this sync began waits for the sync that covers that write.
+      if (this.sealedAwaitingSync.has(fd) && !this.unsynced.has(fd)) {
+        this.sealedAwaitingSync.delete(fd);
         closeSync(fd);
       }
     }
@@ -488,7 +495,7 @@ export class SegmentLog {
 
   private roll(): SegmentInfo {
     if (this.activeFd !== undefined) {
-      if (this.unsynced.has(this.activeFd)) {
+      if (this.unsynced.has(this.activeFd) || this.syncingFds.has(this.activeFd)) {
         this.sealedAwaitingSync.add(this.activeFd);
       } else {
         closeSync(this.activeFd);
