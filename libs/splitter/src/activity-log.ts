@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { open, readFile, rename } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { open, type FileHandle } from 'node:fs/promises';
+import { crc32c } from '@node-rs/crc32';
 
 /**
  * The activity log, after DRBD's: the set of volume regions that may hold writes not yet durable on
@@ -10,17 +10,31 @@ import { dirname } from 'node:path';
  * lost (or the other way round); only regions in this log can differ, so re-reading them from the
  * volume and shipping them brings both sites back to agreement without a full copy.
  *
- * File format (JSON, replaced atomically: write a temporary file, fdatasync, rename, fsync the
- * directory): { "version": 1, "bootId": string, "regionBytes": number, "regions": [[volumeIndex, regionIndex], …] }
+ * On disk: two slots of SLOT_BYTES each, written alternately in place, one fdatasync per update (a
+ * torn write can only damage the slot being written; the other still holds the previous state).
+ * A slot, little-endian:
+ *
+ *   off size field
+ *    0   4   magic        0x4c414443 ("CDAL")
+ *    4   4   crc32c       of bytes [8, 24 + bootIdLength + 6 * count)
+ *    8   8   generation   increases by one per update; the valid slot with the highest one wins
+ *   16   4   regionBytes  REGION_BYTES, so a build with other regions refuses the file
+ *   20   2   count        regions listed
+ *   22   2   bootIdLength
+ *   24   …   bootId (UTF-8), then `count` entries of (volume index u16, region index u32)
  */
 export const REGION_BYTES = 4 * 1024 * 1024;
 /** Region keys pack (volume index, region index) into one safe integer: volume < 2^16, region < 2^24. */
 const VOLUME_FACTOR = 2 ** 24;
+const MAGIC = 0x4c414443;
+const HEADER_BYTES = 24;
+const MAX_BOOT_ID_BYTES = 64;
+/** Enough for 4096 regions (16 GiB of hot area). */
+export const MAX_ACTIVITY_LOG_REGIONS = 4096;
+const SLOT_BYTES = HEADER_BYTES + MAX_BOOT_ID_BYTES + 6 * MAX_ACTIVITY_LOG_REGIONS + 4096 - ((HEADER_BYTES + MAX_BOOT_ID_BYTES + 6 * MAX_ACTIVITY_LOG_REGIONS) % 4096);
 
 export interface ActivityRecord {
-  readonly version: 1;
   readonly bootId: string;
-  readonly regionBytes: number;
   readonly regions: readonly (readonly [number, number])[];
 }
 
@@ -55,14 +69,20 @@ export function currentBootId(): string | undefined {
 export class ActivityLog {
   /** Region key -> flush epoch of its latest write. Map order is least recently written first. */
   private readonly active = new Map<number, number>();
-  private persisting: Promise<void> = Promise.resolve();
+  private generation: bigint;
+  /** The update being written, and the one queued behind it that every new caller shares. */
+  private writing: Promise<void> | undefined;
+  private queued: Promise<void> | undefined;
   private writes = 0;
 
   private constructor(
-    private readonly path: string,
+    private readonly file: FileHandle,
     private readonly bootId: string,
     readonly capacity: number,
-  ) {}
+    generation: bigint,
+  ) {
+    this.generation = generation;
+  }
 
   /**
    * Opens the log for this boot. `previous` is what the file held (undefined for a new VPG): after an
@@ -70,24 +90,25 @@ export class ActivityLog {
    * until a flush covers them.
    */
   static async open(path: string, bootId: string, capacity: number): Promise<{ log: ActivityLog; previous: ActivityRecord | undefined }> {
-    let previous: ActivityRecord | undefined;
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_ACTIVITY_LOG_REGIONS) {
+      throw new Error(`activity log capacity must be 1 to ${MAX_ACTIVITY_LOG_REGIONS} regions, got ${capacity}`);
+    }
+    const file = await open(path, 'a+');
+    await file.close();
+    const handle = await open(path, 'r+');
     try {
-      previous = JSON.parse(await readFile(path, 'utf8')) as ActivityRecord;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-        throw new Error(`activity log ${path} is unreadable; the VPG needs a full resync: ${(err as Error).message}`);
+      const { record, generation } = await readNewestSlot(handle, path);
+      const log = new ActivityLog(handle, bootId.slice(0, MAX_BOOT_ID_BYTES), capacity, generation);
+      for (const [volume, region] of record?.regions ?? []) {
+        log.active.set(volume * VOLUME_FACTOR + region, -1);
       }
+      // Not saved yet: the file keeps the previous boot's id until the owner has finished recovering
+      // (save()), so a crash during the recovery is recognised again at the next start.
+      return { log, previous: record };
+    } catch (err) {
+      await handle.close();
+      throw err;
     }
-    if (previous && previous.regionBytes !== REGION_BYTES) {
-      throw new Error(`activity log ${path} uses ${previous.regionBytes}-byte regions, this build ${REGION_BYTES}`);
-    }
-    const log = new ActivityLog(path, bootId, capacity);
-    for (const [volume, region] of previous?.regions ?? []) {
-      log.active.set(volume * VOLUME_FACTOR + region, -1);
-    }
-    // Not saved yet: the file keeps the previous boot's id until the owner has finished recovering
-    // (save()), so a crash during the recovery is recognised again at the next start.
-    return { log, previous };
   }
 
   get persistedWrites(): number {
@@ -117,7 +138,7 @@ export class ActivityLog {
   /**
    * Adds regions and makes the log durable. To stay within capacity it evicts the least recently
    * written regions whose writes are all covered by a completed flush (epoch < cleanBefore()); if that
-   * is not enough it asks for a flush first.
+   * is not enough it asks for a flush first. Concurrent callers share one write of the file.
    */
   async activate(keys: readonly number[], epoch: number, cleanBefore: () => number, flush: () => Promise<void>): Promise<void> {
     const missing = keys.filter((key) => !this.active.has(key));
@@ -134,6 +155,17 @@ export class ActivityLog {
     await this.persist();
   }
 
+  /** Records the current set (and this boot's id) durably. */
+  save(): Promise<void> {
+    return this.persist();
+  }
+
+  async close(): Promise<void> {
+    await this.queued?.catch(() => undefined);
+    await this.writing?.catch(() => undefined);
+    await this.file.close();
+  }
+
   private evict(count: number, cleanBefore: number): boolean {
     let evicted = 0;
     for (const [key, epoch] of this.active) {
@@ -148,43 +180,88 @@ export class ActivityLog {
     return evicted >= count;
   }
 
-  /** Records the current set (and this boot's id) durably. */
-  save(): Promise<void> {
-    return this.persist();
-  }
-
-  /** Writes are serialised; each persists the set as it is when it starts, which includes its caller's. */
+  /**
+   * Group commit: while one update is being written, every caller shares the next one, which starts
+   * when the current one is done and records the set as it is then (so it includes all of them).
+   */
   private persist(): Promise<void> {
-    const run = this.persisting.then(() => this.write());
-    this.persisting = run.catch(() => undefined);
-    return run;
+    if (this.queued) {
+      return this.queued;
+    }
+    const previous = this.writing ?? Promise.resolve();
+    const next = previous
+      .catch(() => undefined)
+      .then(() => {
+        this.queued = undefined;
+        this.writing = next;
+        return this.write();
+      })
+      .finally(() => {
+        if (this.writing === next) {
+          this.writing = undefined;
+        }
+      });
+    this.queued = next;
+    return next;
   }
 
   private async write(): Promise<void> {
-    const record: ActivityRecord = {
-      version: 1,
-      bootId: this.bootId,
-      regionBytes: REGION_BYTES,
-      regions: [...this.active.keys()].map((key) => {
-        const r = regionOf(key);
-        return [r.volumeIndex, r.regionIndex] as const;
-      }),
-    };
-    const tmp = `${this.path}.tmp`;
-    const file = await open(tmp, 'w', 0o600);
-    try {
-      await file.writeFile(JSON.stringify(record));
-      await file.datasync();
-    } finally {
-      await file.close();
+    const regions = [...this.active.keys()].map(regionOf);
+    const bootId = Buffer.from(this.bootId, 'utf8');
+    const length = HEADER_BYTES + bootId.length + 6 * regions.length;
+    const slot = Buffer.alloc(length);
+    const generation = this.generation + 1n;
+    slot.writeUInt32LE(MAGIC, 0);
+    slot.writeBigUInt64LE(generation, 8);
+    slot.writeUInt32LE(REGION_BYTES, 16);
+    slot.writeUInt16LE(regions.length, 20);
+    slot.writeUInt16LE(bootId.length, 22);
+    bootId.copy(slot, HEADER_BYTES);
+    let at = HEADER_BYTES + bootId.length;
+    for (const region of regions) {
+      slot.writeUInt16LE(region.volumeIndex, at);
+      slot.writeUInt32LE(region.regionIndex, at + 2);
+      at += 6;
     }
-    await rename(tmp, this.path);
-    const dir = await open(dirname(this.path), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+    slot.writeUInt32LE(crc32c(slot.subarray(8)), 4);
+    await this.file.write(slot, 0, slot.length, Number(generation % 2n) * SLOT_BYTES);
+    await this.file.datasync();
+    this.generation = generation;
     this.writes++;
   }
+}
+
+async function readNewestSlot(handle: FileHandle, path: string): Promise<{ record: ActivityRecord | undefined; generation: bigint }> {
+  let best: { record: ActivityRecord; generation: bigint } | undefined;
+  let damaged = 0;
+  for (let slot = 0; slot < 2; slot++) {
+    const buf = Buffer.alloc(SLOT_BYTES);
+    const { bytesRead } = await handle.read(buf, 0, SLOT_BYTES, slot * SLOT_BYTES);
+    if (bytesRead < HEADER_BYTES || buf.readUInt32LE(0) !== MAGIC) {
+      continue;
+    }
+    const count = buf.readUInt16LE(20);
+    const bootIdLength = buf.readUInt16LE(22);
+    const end = HEADER_BYTES + bootIdLength + 6 * count;
+    if (end > bytesRead || crc32c(buf.subarray(8, end)) !== buf.readUInt32LE(4)) {
+      damaged++;
+      continue;
+    }
+    if (buf.readUInt32LE(16) !== REGION_BYTES) {
+      throw new Error(`activity log ${path} uses ${buf.readUInt32LE(16)}-byte regions, this build ${REGION_BYTES}`);
+    }
+    const generation = buf.readBigUInt64LE(8);
+    const regions: (readonly [number, number])[] = [];
+    for (let at = HEADER_BYTES + bootIdLength; at < end; at += 6) {
+      regions.push([buf.readUInt16LE(at), buf.readUInt32LE(at + 2)]);
+    }
+    if (!best || generation > best.generation) {
+      best = { record: { bootId: buf.toString('utf8', HEADER_BYTES, HEADER_BYTES + bootIdLength), regions }, generation };
+    }
+  }
+  if (!best && damaged > 0) {
+    // Both slots damaged: nothing says which regions may differ. Refuse rather than guess.
+    throw new Error(`activity log ${path} is damaged in both slots; the VPG needs a full resync`);
+  }
+  return { record: best?.record, generation: best?.generation ?? 0n };
 }
