@@ -2,3 +2,6 @@ export * from './splitter.module';
 export * from './splitter.service';
 export * from './vpg-capture';
 export * from './protected-volume';
+export * from './splitter-nbd.service';
+export * from './protected-volume.device';
+export * from './nbd-exports';

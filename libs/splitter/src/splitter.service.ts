@@ -8,6 +8,17 @@ import { DomainError, type Vpg } from '@cdp/domain';
 import { VpgCapture, type CaptureStatus } from './vpg-capture';
 
 /**
+ * Something that takes writes into the captures from outside (the NBD server). The splitter starts it
+ * once the captures found on disk are open (so a client never misses a volume that exists) and stops
+ * it before the captures close (so no write arrives at a closed capture, and in-flight writes and
+ * flushes finish first). Nest runs one module's shutdown hooks concurrently, hence this explicit order.
+ */
+export interface SplitterFrontEnd {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/**
  * The protected-site splitter: owns the protected volumes of every VPG it has been told about and
  * captures their writes. It learns VPGs from `vpg.created` events and keeps its own copy of each
  * definition on disk, because the protected site must keep capturing when the recovery site (and the
@@ -21,6 +32,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
   private readonly captures = new Map<string, VpgCapture>();
   private readonly opening = new Map<string, Promise<VpgCapture>>();
   private readonly consumers: BusConsumer[] = [];
+  private readonly frontEnds: SplitterFrontEnd[] = [];
   private producer: BusProducer;
   private readonly root: string;
 
@@ -46,12 +58,26 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
     await this.consume('splitter-events', TOPICS.events, (batch) => this.onEvents(batch));
     await this.consume('splitter-commands', TOPICS.commands, (batch) => this.onCommands(batch));
     await this.consume('splitter-progress', TOPICS.journalProgress, (batch) => this.onProgress(batch));
+    for (const frontEnd of this.frontEnds) {
+      await frontEnd.start();
+    }
   }
 
   async beforeApplicationShutdown(): Promise<void> {
+    await Promise.all(this.frontEnds.map((f) => f.stop()));
     await Promise.all(this.consumers.map((c) => c.stop()));
     await Promise.all([...this.captures.values()].map((c) => c.close()));
     this.captures.clear();
+  }
+
+  /** Registers a front end; call before the application bootstraps (from a provider's constructor). */
+  attachFrontEnd(frontEnd: SplitterFrontEnd): void {
+    this.frontEnds.push(frontEnd);
+  }
+
+  /** Every VPG this splitter captures now. */
+  allCaptures(): VpgCapture[] {
+    return [...this.captures.values()];
   }
 
   capture(vpgId: string): VpgCapture {

@@ -1,0 +1,143 @@
+import { InProcessBus, type BusConsumer } from '@cdp/bus';
+import { RECORD_FLAG_FUA, RecordKind, TOPICS, decodeRecord, splitRecordBatch, type WriteRecord } from '@cdp/contracts';
+import { type Vpg } from '@cdp/domain';
+import { NBD_ENOSPC, NbdError } from '@cdp/nbd';
+import { tempDir, waitFor, type TempDir } from '@cdp/testing';
+import { nbdExportCatalog } from './nbd-exports';
+import { ProtectedVolumeDevice, ZERO_CHUNK_BYTES } from './protected-volume.device';
+import { VpgCapture } from './vpg-capture';
+
+const MiB = 1024 * 1024;
+
+const vpg: Vpg = {
+  id: '6f1d2c3b-4a59-4e8f-9a7b-1c2d3e4f5a6c',
+  name: 'device-test',
+  createdAt: new Date(0).toISOString(),
+  settings: { journalHistorySeconds: 3600, checkpointIntervalSeconds: 5, historyWarningSeconds: 1800, historyAlertSeconds: 600 },
+  vms: [
+    {
+      id: '0a1b2c3d-0000-4000-8000-000000000101',
+      name: 'vm',
+      volumes: [
+        { id: '0a1b2c3d-0000-4000-8000-000000000111', name: 'a', index: 0, sizeBytes: 8 * MiB, blockSize: 512 },
+        { id: '0a1b2c3d-0000-4000-8000-000000000112', name: 'b', index: 1, sizeBytes: 4 * MiB, blockSize: 4096 },
+      ],
+    },
+  ],
+};
+const [volumeA, volumeB] = vpg.vms[0]!.volumes;
+
+describe('ProtectedVolumeDevice', () => {
+  let dir: TempDir;
+  let bus: InProcessBus;
+  let capture: VpgCapture;
+  let consumer: BusConsumer;
+  const shipped: WriteRecord[] = [];
+
+  beforeEach(async () => {
+    shipped.length = 0;
+    dir = await tempDir('device-');
+    bus = new InProcessBus();
+    consumer = bus.createConsumer({ groupId: 'test', topics: [TOPICS.protectedWrites] });
+    await consumer.run((batch) => {
+      for (const message of batch.messages) {
+        for (const record of splitRecordBatch(message.value)) {
+          const decoded = decodeRecord(record);
+          if (decoded.kind === RecordKind.Write) {
+            shipped.push({ ...decoded, data: Buffer.from(decoded.data) });
+          }
+        }
+      }
+      return Promise.resolve();
+    });
+    capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot' });
+  });
+
+  afterEach(async () => {
+    await capture.close();
+    await consumer.stop();
+    await bus.close();
+    await dir.cleanup();
+  });
+
+  it('takes size and block size from the volume and claims flush, trim, zeroes and multi-conn', () => {
+    const device = new ProtectedVolumeDevice(capture, volumeB!.id);
+    expect(device.size).toBe(4 * MiB);
+    expect(device.blockSize).toBe(4096);
+    expect(device.readOnly).toBe(false);
+    expect(device.capabilities).toEqual({ flush: true, trim: true, writeZeroes: true, multiConn: true });
+  });
+
+  it('captures writes and reads them back from the protected volume', async () => {
+    const device = new ProtectedVolumeDevice(capture, volumeA!.id);
+    await device.write(4096, Buffer.alloc(8192, 0x5a), false);
+    await device.write(MiB, Buffer.alloc(512, 0x33), true);
+    expect((await device.read(4096, 8192)).equals(Buffer.alloc(8192, 0x5a))).toBe(true);
+    // FUA: the record was acknowledged by the bus before the write resolved.
+    expect(shipped.map((r) => [r.offset, r.data.length, r.flags & RECORD_FLAG_FUA])).toEqual([
+      [4096, 8192, 0],
+      [MiB, 512, RECORD_FLAG_FUA],
+    ]);
+  });
+
+  it('captures zeroing and trimming as writes of zeros of at most 1 MiB, FUA only on the last', async () => {
+    const device = new ProtectedVolumeDevice(capture, volumeA!.id);
+    await device.write(0, Buffer.alloc(4 * MiB, 0xff), false);
+    const before = capture.lastSeq;
+    await device.writeZeroes(512, 2 * MiB + 1024, true);
+    expect(capture.lastSeq).toBe(before + 3);
+    await device.trim(3 * MiB, 4096);
+    await device.flush();
+    await waitFor(() => shipped.length === 5, { timeoutMs: 5_000, message: 'the zero writes were never shipped' });
+    const zeroes = shipped.slice(1);
+    expect(zeroes.map((r) => [r.offset, r.data.length, r.flags & RECORD_FLAG_FUA])).toEqual([
+      [512, ZERO_CHUNK_BYTES, 0],
+      [512 + MiB, ZERO_CHUNK_BYTES, 0],
+      [512 + 2 * MiB, 1024, RECORD_FLAG_FUA],
+      [3 * MiB, 4096, 0],
+    ]);
+    expect(zeroes.every((r) => r.data.every((b) => b === 0))).toBe(true);
+    const volume = await device.read(0, 4 * MiB);
+    expect(volume.subarray(0, 512).every((b) => b === 0xff)).toBe(true);
+    expect(volume.subarray(512, 512 + 2 * MiB + 1024).every((b) => b === 0)).toBe(true);
+    expect(volume.subarray(512 + 2 * MiB + 1024, 3 * MiB).every((b) => b === 0xff)).toBe(true);
+    expect(volume.subarray(3 * MiB, 3 * MiB + 4096).every((b) => b === 0)).toBe(true);
+  });
+
+  it('answers a write past the end with NBD_ENOSPC and captures nothing', async () => {
+    const device = new ProtectedVolumeDevice(capture, volumeB!.id);
+    const before = capture.lastSeq;
+    const failure = device.write(4 * MiB - 4096, Buffer.alloc(8192), false);
+    await expect(failure).rejects.toBeInstanceOf(NbdError);
+    await expect(failure).rejects.toMatchObject({ nbdErrno: NBD_ENOSPC });
+    expect(capture.lastSeq).toBe(before);
+  });
+});
+
+describe('nbdExportCatalog', () => {
+  const captureOf = (v: Vpg): VpgCapture => ({ vpg: v }) as VpgCapture;
+
+  it('names exports <vpg>/<vm>/<volume> and finds them by name or volume UUID', () => {
+    const catalog = nbdExportCatalog([captureOf(vpg)]);
+    expect(catalog.exports.map((e) => e.name)).toEqual(['device-test/vm/a', 'device-test/vm/b']);
+    expect(catalog.exports[1]!.description).toBe('VPG device-test, VM vm, volume b: 4 MiB, 4096-byte blocks');
+    expect(catalog.find('device-test/vm/b')?.volumeId).toBe(volumeB!.id);
+    expect(catalog.find(volumeA!.id)?.name).toBe('device-test/vm/a');
+    expect(catalog.find('device-test/vm')).toBeUndefined();
+    expect(catalog.find('')).toBeUndefined();
+  });
+
+  it('leaves a name two volumes spell alike to neither, and lists them by UUID', () => {
+    const slashed: Vpg = {
+      ...vpg,
+      id: '6f1d2c3b-4a59-4e8f-9a7b-1c2d3e4f5a6d',
+      name: 'device-test/vm',
+      vms: [{ id: '0a1b2c3d-0000-4000-8000-000000000201', name: 'a', volumes: [{ ...volumeA!, id: '0a1b2c3d-0000-4000-8000-000000000211', name: 'x' }] }],
+    };
+    const plain: Vpg = { ...vpg, vms: [{ ...vpg.vms[0]!, name: 'vm/a', volumes: [{ ...volumeA!, name: 'x' }] }] };
+    const catalog = nbdExportCatalog([captureOf(slashed), captureOf(plain)]);
+    expect(catalog.find('device-test/vm/a/x')).toBeUndefined();
+    expect(catalog.exports.map((e) => e.name)).toEqual(['0a1b2c3d-0000-4000-8000-000000000211', volumeA!.id]);
+    expect(catalog.find('0a1b2c3d-0000-4000-8000-000000000211')?.vpgId).toBe(slashed.id);
+  });
+});

@@ -1,0 +1,113 @@
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import { APP_CONFIG, type AppConfig } from '@cdp/config';
+import { type ExportEntry, type ExportListing, NbdServer } from '@cdp/nbd';
+import { nbdExportCatalog, type NbdExportCatalog } from './nbd-exports';
+import { ProtectedVolumeDevice } from './protected-volume.device';
+import { type SplitterFrontEnd, SplitterService } from './splitter.service';
+
+export interface NbdStatus {
+  readonly host: string;
+  /** The port actually listened on (CDP_NBD_PORT=0 picks one); null until started or after stopping. */
+  readonly port: number | null;
+  readonly exports: readonly {
+    readonly name: string;
+    readonly vpgId: string;
+    readonly vmId: string;
+    readonly volumeId: string;
+    readonly sizeBytes: number;
+    readonly blockSize: number;
+  }[];
+}
+
+/**
+ * Serves every protected volume over NBD (CDP_NBD_HOST:CDP_NBD_PORT), so hypervisors and libnbd
+ * tools use protected volumes as disks; every write goes through the VPG's capture. Export names are
+ * `<vpg name>/<vm name>/<volume name>` or the volume's UUID, looked up on every connection, so a VPG
+ * created while the server runs is reachable at once.
+ *
+ * The SplitterService starts it after the captures on disk are open and stops it before they close
+ * (see SplitterFrontEnd).
+ */
+@Injectable()
+export class SplitterNbdService implements SplitterFrontEnd {
+  private readonly logger = new Logger('nbd');
+  private readonly host: string;
+  private readonly configuredPort: number;
+  private server: NbdServer | undefined;
+  private port: number | null = null;
+
+  constructor(
+    private readonly splitter: SplitterService,
+    @Inject(APP_CONFIG) config: AppConfig,
+  ) {
+    this.host = config.nbd.host;
+    this.configuredPort = config.nbd.port;
+    splitter.attachFrontEnd(this);
+  }
+
+  async start(): Promise<void> {
+    const server = new NbdServer({
+      resolve: (name) => this.resolve(name),
+      list: () => this.list(),
+      logger: this.logger,
+    });
+    try {
+      ({ port: this.port } = await server.listen(this.configuredPort, this.host));
+    } catch (err) {
+      await server.close();
+      // Not the HTTP port: say which setting to change, since a taken 10809 is the likely cause.
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new Error(
+        `cannot serve NBD on ${this.host}:${this.configuredPort} (${code ?? (err instanceof Error ? err.message : String(err))}); ` +
+          'set CDP_NBD_PORT to a free port (0 picks one) or CDP_NBD_HOST',
+        { cause: err },
+      );
+    }
+    this.server = server;
+    this.logger.log(`serving protected volumes over NBD on nbd://${this.host}:${this.port}`);
+  }
+
+  /** Stops accepting; connections finish what is in flight (bounded by the server's grace period). */
+  async stop(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    this.port = null;
+    await server?.close();
+  }
+
+  /** Where clients connect, with the actual port; null before start. */
+  address(): { host: string; port: number } | null {
+    return this.port === null ? null : { host: this.host, port: this.port };
+  }
+
+  status(): NbdStatus {
+    return {
+      host: this.host,
+      port: this.port,
+      exports: this.catalog().exports.map((e) => ({
+        name: e.name,
+        vpgId: e.vpgId,
+        vmId: e.vmId,
+        volumeId: e.volumeId,
+        sizeBytes: e.sizeBytes,
+        blockSize: e.blockSize,
+      })),
+    };
+  }
+
+  private catalog(): NbdExportCatalog {
+    return nbdExportCatalog(this.splitter.allCaptures());
+  }
+
+  private resolve(exportName: string): ExportEntry | undefined {
+    const entry = this.catalog().find(exportName);
+    if (entry === undefined) {
+      return undefined;
+    }
+    return { device: new ProtectedVolumeDevice(entry.capture, entry.volumeId), description: entry.description };
+  }
+
+  private list(): ExportListing[] {
+    return this.catalog().exports.map((e) => ({ name: e.name, description: e.description }));
+  }
+}
