@@ -5,5 +5,17 @@ export {
   type InProcessBusOptions,
   type InProcessConsumerOptions,
 } from './in-process/in-process.bus';
+export {
+  type BusHealth,
+  KafkaBus,
+  type KafkaBatchErrorListener,
+  type KafkaBusLogEntry,
+  type KafkaBusLogger,
+  type KafkaBusLogLevel,
+  type KafkaBusOptions,
+  type KafkaConsumerOptions,
+  type KafkaConsumerSettings,
+  type KafkaProducerOptions,
+} from './kafka/kafka.bus';
 export { murmur2, partitionForKey, toPositive } from './murmur2';
 export * from './bus.token';
