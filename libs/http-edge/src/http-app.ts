@@ -43,8 +43,13 @@ function parseOrReject(parser: RequestHandler): RequestHandler {
 }
 
 export async function listen(app: INestApplication, host: string, port: number): Promise<string> {
+  const server = app.getHttpServer() as Server;
+  // Idle keep-alive connections outlive a load balancer's usual 60 s idle timeout, so the server is
+  // never the side that closes a connection a client is about to reuse ("other side closed").
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
   await app.listen(port, host);
-  const address = (app.getHttpServer() as Server).address();
+  const address = server.address();
   const actualPort = typeof address === 'object' && address !== null ? address.port : port;
   const url = `http://${host}:${actualPort}`;
   new Logger('http').log(`listening on ${url}/api`);
