@@ -27,7 +27,8 @@ export class InfrastructureModule {
   static forRoot(config: AppConfig, options: { readonly database: boolean; readonly bus?: Bus }): DynamicModule {
     const providers: Provider[] = [
       { provide: APP_CONFIG, useValue: config },
-      { provide: BUS, useValue: options.bus ?? new InProcessBus({ defaultPartitions: config.busPartitions }) },
+      // A long-running process must not keep every message it ever carried: retain only what a group still needs.
+      { provide: BUS, useValue: options.bus ?? new InProcessBus({ defaultPartitions: config.busPartitions, retention: 'consumed' }) },
       InfrastructureLifecycle,
     ];
     if (options.database) {

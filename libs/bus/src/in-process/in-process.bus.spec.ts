@@ -308,3 +308,44 @@ function trackTimers(): ReadonlySet<unknown> {
   }) as unknown as typeof setImmediate);
   return live;
 }
+
+describe('InProcessBus retention', () => {
+  const deadlineMs = 5_000;
+
+  it("with 'consumed', drops what every subscribed group has committed, and nothing a group still needs", async () => {
+    const bus = new InProcessBus({ defaultPartitions: 1, retention: 'consumed' });
+    const topic = uniqueName('retained');
+    const fast = new Recorder();
+    await bus.createConsumer({ groupId: uniqueName('fast'), topics: [topic] }).run(fast.handler());
+    let release: (() => void) | undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let slowSeen = 0;
+    const slow = bus.createConsumer({ groupId: uniqueName('slow'), topics: [topic], maxBatchMessages: 5000 });
+    await slow.run(async (batch) => {
+      await gate;
+      slowSeen += batch.messages.length;
+    });
+    const producer = bus.createProducer();
+    const messages: BusMessage[] = Array.from({ length: 3000 }, (_, i) => ({ key: 'k', value: Buffer.from(String(i)) }));
+    await producer.send(topic, messages);
+    await waitUntil('the fast group to consume everything', () => fast.messageCount() === 3000, deadlineMs);
+    // The slow group has committed nothing yet: everything is kept for it.
+    expect(bus.partitionOffsets(topic, 0)).toEqual({ low: '0', high: '3000' });
+    release?.();
+    await waitUntil('the slow group to consume everything, and the partition to drop it', () => slowSeen === 3000 && bus.partitionOffsets(topic, 0).low === '3000', deadlineMs);
+    await producer.send(topic, [{ key: 'k', value: Buffer.from('last') }]);
+    await waitUntil('both groups past the last message, and it dropped', () => fast.messageCount() === 3001 && slowSeen === 3001 && bus.partitionOffsets(topic, 0).low === '3001', deadlineMs);
+    await bus.close();
+  });
+
+  it("by default keeps everything, so a group that subscribes later still reads from the start", async () => {
+    const bus = new InProcessBus({ defaultPartitions: 1 });
+    const topic = uniqueName('kept');
+    const first = new Recorder();
+    await bus.createConsumer({ groupId: uniqueName('first'), topics: [topic] }).run(first.handler());
+    await bus.createProducer().send(topic, Array.from({ length: 2000 }, (_, i) => ({ key: 'k', value: Buffer.from(String(i)) })));
+    await waitUntil('the first group to consume everything', () => first.messageCount() === 2000, deadlineMs);
+    expect(bus.partitionOffsets(topic, 0).low).toBe('0');
+    await bus.close();
+  });
+});

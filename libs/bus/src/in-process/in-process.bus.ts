@@ -22,6 +22,14 @@ export interface InProcessBusOptions {
   /** Delay before a rejected batch is redelivered: doubles per failure from initialMs up to maxMs, with jitter. */
   readonly retryBackoff?: { readonly initialMs?: number; readonly maxMs?: number };
   readonly onError?: BatchErrorListener;
+  /**
+   * 'all' (default) keeps every message, as a topic with unlimited retention would. 'consumed' drops a
+   * partition's messages once every group subscribed to its topic has committed past them (and none
+   * while a subscribed group has not committed yet): what a long-running single-process deployment
+   * needs, since nothing else would ever free them. A group that subscribes later with 'earliest'
+   * then starts at the oldest message still kept.
+   */
+  readonly retention?: 'all' | 'consumed';
 }
 
 export interface InProcessConsumerOptions extends ConsumerOptions {
@@ -108,6 +116,7 @@ class Broker {
   readonly retryInitialMs: number;
   readonly retryMaxMs: number;
   readonly onError: BatchErrorListener | undefined;
+  readonly retainConsumedOnly: boolean;
   private readonly defaultPartitions: number;
   private readonly topics = new Map<string, Topic>();
   private readonly groups = new Map<string, ConsumerGroup>();
@@ -120,6 +129,21 @@ class Broker {
     this.retryInitialMs = Math.max(0, options.retryBackoff?.initialMs ?? DEFAULT_RETRY_INITIAL_MS);
     this.retryMaxMs = Math.max(this.retryInitialMs, options.retryBackoff?.maxMs ?? DEFAULT_RETRY_MAX_MS);
     this.onError = options.onError;
+    this.retainConsumedOnly = options.retention === 'consumed';
+  }
+
+  /** With 'consumed' retention: drops what every group subscribed to the log's topic has committed past. */
+  trimConsumed(log: PartitionLog): void {
+    if (!this.retainConsumedOnly) return;
+    const topic = new Set([log.topic]);
+    let lowest = Number.POSITIVE_INFINITY;
+    for (const group of this.groups.values()) {
+      if (!group.subscribes(topic)) continue;
+      const committed = group.peekCommitted(log.topic, log.partition);
+      if (committed === undefined) return;
+      lowest = Math.min(lowest, committed);
+    }
+    if (Number.isFinite(lowest)) log.trimConsumed(lowest);
   }
 
   ensureTopics(specs: readonly TopicSpec[]): void {
@@ -414,6 +438,7 @@ class PartitionWorker {
       if (await this.handle(batch)) {
         position += batch.messages.length;
         this.state.committed = position;
+        this.broker.trimConsumed(this.log);
         failures = 0;
         // Let timers and I/O run between batches, as a network fetch would.
         await new Promise<void>((resolve) => setImmediate(resolve));
@@ -490,6 +515,11 @@ class ConsumerGroup {
     return state;
   }
 
+  /** The committed offset without creating state for a partition the group never touched. */
+  peekCommitted(topic: string, partition: number): number | undefined {
+    return this.partitions.get(partitionKey(topic, partition))?.committed;
+  }
+
   subscribes(topics: ReadonlySet<string>): boolean {
     return this.members.some((member) => member.options.topics.some((topic) => topics.has(topic)));
   }
@@ -543,6 +573,17 @@ class PartitionLog {
   read(from: number, max: number): ConsumedMessage[] {
     const index = from - this.startOffset;
     return this.messages.slice(index, index + max);
+  }
+
+  /**
+   * Drops messages below `offset` when that frees enough to be worth copying the rest (a quarter of
+   * what is kept, or 1024 messages), so trimming after every batch stays amortised O(1) per message.
+   */
+  trimConsumed(offset: number): void {
+    const drop = Math.min(offset, this.end) - this.startOffset;
+    if (drop >= 1024 || (drop > 0 && drop * 4 >= this.messages.length)) {
+      this.trimBefore(offset);
+    }
   }
 
   trimBefore(offset: number): number {
