@@ -1,5 +1,6 @@
 import {
   CorruptRecordError,
+  RECORD_HEADER_BYTES,
   RecordKind,
   decodeRecord,
   encodeCheckpointRecord,
@@ -14,6 +15,18 @@ describe('record codec', () => {
   it('round-trips a write record', () => {
     const decoded = decodeRecord(encodeWriteRecord(write));
     expect(decoded).toEqual({ kind: RecordKind.Write, ...write });
+  });
+
+  it('encodes in place into reserved headroom: the same bytes, sharing the payload memory', () => {
+    const backing = Buffer.alloc(RECORD_HEADER_BYTES + write.data.length, 0xee);
+    const data = backing.subarray(RECORD_HEADER_BYTES);
+    write.data.copy(data);
+    const record = encodeWriteRecord({ ...write, data }, { inPlace: true });
+    expect(record).toEqual(encodeWriteRecord(write));
+    expect(record.buffer).toBe(backing.buffer);
+    expect(record.byteOffset).toBe(backing.byteOffset);
+    // A buffer of its own (not a slice of the shared pool) starts at byte 0: there is nothing in front of it.
+    expect(() => encodeWriteRecord({ ...write, data: Buffer.alloc(16) }, { inPlace: true })).toThrow(RangeError);
   });
 
   it('round-trips a checkpoint marker', () => {

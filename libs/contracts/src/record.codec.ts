@@ -95,10 +95,24 @@ function seal(buf: Buffer): Buffer {
   return buf;
 }
 
-export function encodeWriteRecord(write: Omit<WriteRecord, 'kind'>): Buffer {
-  const buf = Buffer.allocUnsafe(RECORD_HEADER_BYTES + write.data.length);
-  writeHeader(buf, RecordKind.Write, write.volumeIndex, write.seq, write.capturedAtMicros, write.offset, write.data.length, write.flags);
-  write.data.copy(buf, RECORD_HEADER_BYTES);
+/**
+ * Encodes a write record. With `inPlace`, the caller promises that the RECORD_HEADER_BYTES in front of
+ * `data` in its ArrayBuffer are its own to overwrite (reserved headroom): the header is written there
+ * and the record shares the payload's memory instead of copying it.
+ */
+export function encodeWriteRecord(write: Omit<WriteRecord, 'kind'>, options: { readonly inPlace?: boolean } = {}): Buffer {
+  const { data } = write;
+  let buf: Buffer;
+  if (options.inPlace) {
+    if (data.byteOffset < RECORD_HEADER_BYTES) {
+      throw new RangeError(`no room for a record header in front of the payload (byteOffset ${data.byteOffset})`);
+    }
+    buf = Buffer.from(data.buffer, data.byteOffset - RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + data.length);
+  } else {
+    buf = Buffer.allocUnsafe(RECORD_HEADER_BYTES + data.length);
+    data.copy(buf, RECORD_HEADER_BYTES);
+  }
+  writeHeader(buf, RecordKind.Write, write.volumeIndex, write.seq, write.capturedAtMicros, write.offset, data.length, write.flags);
   return seal(buf);
 }
 

@@ -47,7 +47,13 @@ export interface BlockDevice {
    * it afterwards, since it may still be queued on the socket (return a copy of a live cache page).
    */
   read(offset: number, length: number): Promise<Buffer>;
-  /** `data` belongs to the device once called (the server never reuses it). */
+  /**
+   * Bytes the server reserves in front of every write's payload, in the same allocation, for the device
+   * to use (`Buffer.from(data.buffer, data.byteOffset - writeHeadroom, ...)`): a device that frames
+   * each write with a header of its own can then build the frame without copying the payload.
+   */
+  readonly writeHeadroom?: number;
+  /** `data` belongs to the device once called (the server never reuses it), headroom included. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   /**
    * Makes every write that had resolved before this call durable. A device without a volatile cache

@@ -529,7 +529,8 @@ export class NbdConnection {
         }
         return;
       }
-      this.payload = Buffer.allocUnsafe(length);
+      const headroom = this.device?.writeHeadroom ?? 0;
+      this.payload = Buffer.allocUnsafe(headroom + length).subarray(headroom);
       this.payloadFilled = 0;
       this.payloadOffset = offset;
       this.payloadFua = (commandFlags & NBD_CMD_FLAG_FUA) !== 0;

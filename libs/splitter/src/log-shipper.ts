@@ -1,7 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { type BusProducer } from '@cdp/bus';
 import { TOPICS, encodeRecordBatch } from '@cdp/contracts';
-import { comparePositions, type LogPosition, type SegmentLog } from '@cdp/segment-log';
+import { type AppendedRecord, comparePositions, type LogPosition, type SegmentLog } from '@cdp/segment-log';
 
 export interface ShipperOptions {
   /** Bytes of records per bus message. */
@@ -12,12 +12,23 @@ export interface ShipperOptions {
 
 export const DEFAULT_SHIPPER_OPTIONS: ShipperOptions = { maxBatchBytes: 1024 * 1024, retryInitialMs: 50, retryMaxMs: 5_000 };
 
+/** Most bytes of just-appended records the shipper keeps in memory; past it, it reads the log back. */
+const RECENT_WINDOW_BYTES = 16 * 1024 * 1024;
+
+interface RecentRecord extends AppendedRecord {
+  readonly record: Buffer;
+}
+
 /**
  * Ships one VPG's log to the protected-writes topic in order, in batches, never past what the log has
- * made durable. It always reads from the log
- * (the page cache, in the common case), never from memory handed over by the writer: the same path
- * serves normal shipping, catch-up after a restart and replay after the journal reports a gap, and
- * memory stays bounded however far the bus falls behind.
+ * made durable.
+ *
+ * The log is the source of truth: the shipper reads from it for catch-up after a restart, for replay
+ * after the journal reports a gap, and whenever it has fallen behind. In the steady state it ships the
+ * records the capture has just appended from a bounded window of them in memory (`offer`), which saves
+ * reading every byte back and checksumming it again. A window record is used only when it sits exactly
+ * at the shipper's position in the log, so both paths ship the same bytes in the same order; anything
+ * else (a rewind, a window dropped for size, a segment roll) falls back to the log.
  */
 export class LogShipper {
   private cursor: LogPosition;
@@ -28,6 +39,9 @@ export class LogShipper {
   private rewindTo: number | undefined;
   private readonly waiters: { seq: number; resolve: () => void }[] = [];
   private lastError: string | undefined;
+  private recent: RecentRecord[] = [];
+  private recentHead = 0;
+  private recentBytes = 0;
   private retryDelay: number;
   private readonly logger: Logger;
 
@@ -64,6 +78,26 @@ export class LogShipper {
     this.notify();
     await this.loop;
     this.loop = undefined;
+  }
+
+  /**
+   * Records just appended to the log, with where they landed (in order, after every record offered
+   * before). They stay in memory until shipped or until the window is full.
+   */
+  offer(placed: readonly AppendedRecord[], records: readonly Buffer[]): void {
+    for (let i = 0; i < placed.length; i++) {
+      const at = placed[i] as AppendedRecord;
+      const record = records[i] as Buffer;
+      if (this.recentBytes + record.length > RECENT_WINDOW_BYTES) {
+        // Far behind: forget the window and read the log until it catches up with what comes next.
+        this.recent = [];
+        this.recentHead = 0;
+        this.recentBytes = 0;
+      }
+      this.recent.push({ ...at, record });
+      this.recentBytes += record.length;
+    }
+    this.notify();
   }
 
   /** New records are in the log. */
@@ -121,7 +155,7 @@ export class LogShipper {
     if (comparePositions(this.cursor, this.log.durableEnd) >= 0 && comparePositions(this.cursor, this.log.end) < 0) {
       await this.log.sync();
     }
-    const { records, next } = await this.log.readChunk(this.cursor, this.options.maxBatchBytes, this.log.durableEnd);
+    const { records, next } = this.takeRecent() ?? (await this.log.readChunk(this.cursor, this.options.maxBatchBytes, this.log.durableEnd));
     if (records.length === 0) {
       this.cursor = next;
       if (this.running) {
@@ -152,6 +186,47 @@ export class LogShipper {
       this.shipped = last.seq;
       this.releaseWaiters();
     }
+  }
+
+  /**
+   * The durable records from the window that start exactly at the cursor, up to a batch; undefined
+   * when the window does not hold the record at the cursor (then the log is read).
+   */
+  private takeRecent(): { records: RecentRecord[]; next: LogPosition } | undefined {
+    // Records behind the cursor have been shipped (or skipped by a rewind's target): drop them.
+    while (this.recentHead < this.recent.length && comparePositions(this.recent[this.recentHead] as RecentRecord, this.cursor) < 0) {
+      this.recentBytes -= (this.recent[this.recentHead] as RecentRecord).record.length;
+      this.recentHead++;
+    }
+    if (this.recentHead > 1024 && this.recentHead * 2 > this.recent.length) {
+      this.recent = this.recent.slice(this.recentHead);
+      this.recentHead = 0;
+    }
+    const first = this.recent[this.recentHead];
+    if (!first || comparePositions(first, this.cursor) !== 0) {
+      return undefined;
+    }
+    const durable = this.log.durableEnd;
+    const records: RecentRecord[] = [];
+    let bytes = 0;
+    let i = this.recentHead;
+    for (; i < this.recent.length; i++) {
+      const r = this.recent[i] as RecentRecord;
+      const end = { segment: r.segment, position: r.position + r.length };
+      if (comparePositions(end, durable) > 0 || (records.length > 0 && bytes + r.length > this.options.maxBatchBytes)) {
+        break;
+      }
+      records.push(r);
+      bytes += r.length;
+    }
+    if (records.length === 0) {
+      return undefined;
+    }
+    const last = records[records.length - 1] as RecentRecord;
+    // The next record's own position, so a segment roll between the two is followed without the log.
+    const following = this.recent[i];
+    const next = following ?? { segment: last.segment, position: last.position + last.length };
+    return { records, next: { segment: next.segment, position: next.position } };
   }
 
   private pause(): Promise<void> {

@@ -1,3 +1,4 @@
+import { RECORD_HEADER_BYTES } from '@cdp/contracts';
 import { InProcessBus, type BusConsumer } from '@cdp/bus';
 import { RECORD_FLAG_FUA, RecordKind, TOPICS, decodeRecord, splitRecordBatch, type WriteRecord } from '@cdp/contracts';
 import { type Vpg } from '@cdp/domain';
@@ -26,6 +27,12 @@ const vpg: Vpg = {
   ],
 };
 const [volumeA, volumeB] = vpg.vms[0]!.volumes;
+
+
+/** A payload as the NBD server hands it over: with the device's headroom reserved in front of it. */
+function payload(length: number, fill = 0): Buffer {
+  return Buffer.alloc(RECORD_HEADER_BYTES + length, fill).subarray(RECORD_HEADER_BYTES);
+}
 
 describe('ProtectedVolumeDevice', () => {
   let dir: TempDir;
@@ -70,8 +77,8 @@ describe('ProtectedVolumeDevice', () => {
 
   it('captures writes and reads them back from the protected volume', async () => {
     const device = new ProtectedVolumeDevice(capture, volumeA!.id);
-    await device.write(4096, Buffer.alloc(8192, 0x5a), false);
-    await device.write(MiB, Buffer.alloc(512, 0x33), true);
+    await device.write(4096, payload(8192, 0x5a), false);
+    await device.write(MiB, payload(512, 0x33), true);
     expect((await device.read(4096, 8192)).equals(Buffer.alloc(8192, 0x5a))).toBe(true);
     // FUA: the record was acknowledged by the bus before the write resolved.
     expect(shipped.map((r) => [r.offset, r.data.length, r.flags & RECORD_FLAG_FUA])).toEqual([
@@ -82,7 +89,7 @@ describe('ProtectedVolumeDevice', () => {
 
   it('captures zeroing and trimming as writes of zeros of at most 1 MiB, FUA only on the last', async () => {
     const device = new ProtectedVolumeDevice(capture, volumeA!.id);
-    await device.write(0, Buffer.alloc(4 * MiB, 0xff), false);
+    await device.write(0, payload(4 * MiB, 0xff), false);
     const before = capture.lastSeq;
     await device.writeZeroes(512, 2 * MiB + 1024, true);
     expect(capture.lastSeq).toBe(before + 3);
@@ -107,7 +114,7 @@ describe('ProtectedVolumeDevice', () => {
   it('answers a write past the end with NBD_ENOSPC and captures nothing', async () => {
     const device = new ProtectedVolumeDevice(capture, volumeB!.id);
     const before = capture.lastSeq;
-    const failure = device.write(4 * MiB - 4096, Buffer.alloc(8192), false);
+    const failure = device.write(4 * MiB - 4096, payload(8192), false);
     await expect(failure).rejects.toBeInstanceOf(NbdError);
     await expect(failure).rejects.toMatchObject({ nbdErrno: NBD_ENOSPC });
     expect(capture.lastSeq).toBe(before);

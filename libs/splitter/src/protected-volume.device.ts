@@ -1,3 +1,4 @@
+import { RECORD_HEADER_BYTES } from '@cdp/contracts';
 import { DomainError } from '@cdp/domain';
 import { type BlockDevice, type DeviceCapabilities, NBD_EINVAL, NBD_ENOSPC, NbdError } from '@cdp/nbd';
 import { type ProtectedVolume } from './protected-volume';
@@ -24,6 +25,8 @@ export class ProtectedVolumeDevice implements BlockDevice {
   readonly blockSize: 512 | 4096;
   readonly readOnly = false;
   readonly capabilities: DeviceCapabilities = { flush: true, trim: true, writeZeroes: true, multiConn: true };
+  /** The server leaves room for the record header in front of each payload: the capture frames it without a copy. */
+  readonly writeHeadroom = RECORD_HEADER_BYTES;
   private readonly volume: ProtectedVolume;
 
   constructor(
@@ -42,7 +45,7 @@ export class ProtectedVolumeDevice implements BlockDevice {
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.captured(() => this.capture.write(this.volumeId, offset, data, fua));
+    await this.captured(() => this.capture.write(this.volumeId, offset, data, fua, { inPlace: true }));
   }
 
   flush(): Promise<void> {

@@ -1,4 +1,4 @@
-import { closeSync, constants, fdatasync as fdatasyncCb, ftruncateSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants, fdatasync as fdatasyncCb, ftruncateSync, fstatSync, openSync, readSync, writeSync, writevSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { type Volume } from '@cdp/domain';
 
@@ -33,6 +33,28 @@ export class ProtectedVolume {
     let done = 0;
     while (done < data.length) {
       done += writeSync(this.fd, data, done, data.length - done, offset + done);
+    }
+    this.dirty = true;
+  }
+
+  /** Writes `buffers` back to back from `offset`, in one vectored write where the kernel takes it whole. */
+  writeVector(offset: number, buffers: readonly Buffer[]): void {
+    let pending = buffers.filter((b) => b.length > 0);
+    let at = offset;
+    while (pending.length > 0) {
+      let written = writevSync(this.fd, pending, at);
+      at += written;
+      // writev may stop short: drop what went in and go on from there.
+      while (written > 0 && pending.length > 0) {
+        const head = pending[0] as Buffer;
+        if (written >= head.length) {
+          written -= head.length;
+          pending = pending.slice(1);
+        } else {
+          pending = [head.subarray(written), ...pending.slice(1)];
+          written = 0;
+        }
+      }
     }
     this.dirty = true;
   }
