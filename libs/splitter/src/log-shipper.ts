@@ -161,9 +161,10 @@ export class LogShipper {
       if (this.running) {
         await new Promise<void>((resolve) => {
           this.wake = resolve;
-          // The log may have grown between the read and installing the waiter.
+          // The log may have grown, or a rewind may have come, while the read was in flight: their
+          // notify() found no waiter to wake.
           const end = this.log.end;
-          if (end.segment !== next.segment || end.position !== next.position) {
+          if (end.segment !== next.segment || end.position !== next.position || this.rewindTo !== undefined) {
             this.notify();
           }
         });
