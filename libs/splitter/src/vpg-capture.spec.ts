@@ -237,6 +237,11 @@ describe('VpgCapture batching and shipping', () => {
         .forEach((w) => w.data.copy(models[w.index]!, w.offset));
     }
     await capture.flush();
+    const stall = capture.status().checkpointStall;
+    expect(stall.count).toBe(20);
+    expect(stall.p50Micros!).toBeGreaterThan(0);
+    expect(stall.p50Micros!).toBeLessThanOrEqual(stall.p99Micros!);
+    expect(stall.p99Micros!).toBeLessThanOrEqual(stall.maxMicros!);
     await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 5_000, message: 'the writes never arrived' });
     for (const volume of volumes) {
       expect(capture.volumeById(volume.id).read(0, 128 * 1024).equals(models[volume.index]!.subarray(0, 128 * 1024))).toBe(true);
