@@ -81,6 +81,17 @@ describe('InProcessBus', () => {
     expect(recorder.messages()[0]?.headers).toEqual({ h: '1' });
   });
 
+  it("with 'hand-over' values, delivers the sender's own buffer without copying it", async () => {
+    bus = new InProcessBus({ values: 'hand-over' });
+    const topic = uniqueName('hand-over');
+    const value = Buffer.from('handed over');
+    await bus.createProducer().send(topic, [{ key: 'k', value }]);
+    const recorder = new Recorder();
+    await bus.createConsumer({ groupId: uniqueName('group'), topics: [topic] }).run(recorder.handler());
+    await waitFor('the message', () => recorder.messageCount() === 1);
+    expect(recorder.messages()[0]?.value).toBe(value);
+  });
+
   it("delivers to 'latest' the first message sent after run() resolves", async () => {
     bus = new InProcessBus();
     const topic = uniqueName('latest');
