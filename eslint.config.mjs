@@ -65,7 +65,7 @@ export default tseslint.config(
     },
   },
   {
-    files: ['**/*.spec.ts', '**/*.int-spec.ts', '**/*.test-app.ts', 'libs/testing/**/*.ts'],
+    files: ['**/*.spec.ts', '**/*.int-spec.ts', '**/*.container-spec.ts', '**/*.test-app.ts', 'libs/testing/**/*.ts'],
     rules: {
       '@nx/enforce-module-boundaries': boundaries(testDepConstraints),
       '@typescript-eslint/unbound-method': 'off',

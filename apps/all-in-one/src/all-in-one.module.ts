@@ -11,7 +11,7 @@ import { TransportModule } from '@cdp/transport';
 import { DemoService } from './demo.service';
 import { WebPageController } from './web-page.controller';
 
-/** The five services in one process over the in-process bus, with an embedded or external Postgres. */
+/** The five services in one process over the configured bus (in-process by default), with an embedded or external Postgres. */
 @Module({})
 export class AllInOneModule {
   /** `bus` replaces the in-process bus (tests inject faults through it). */
@@ -19,7 +19,7 @@ export class AllInOneModule {
     return {
       module: AllInOneModule,
       imports: [
-        InfrastructureModule.forRoot(config, { database: true, ...(options.bus ? { bus: options.bus } : {}) }),
+        InfrastructureModule.forRoot(config, { service: 'all-in-one', database: true, ...(options.bus ? { bus: options.bus } : {}) }),
         SplitterModule,
         TransportModule,
         JournalWriterModule,

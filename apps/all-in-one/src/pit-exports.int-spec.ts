@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Checkpoint, type Vpg } from '@cdp/domain';
 import { type PitExport } from '@cdp/recovery-orchestrator';
-import { ReferenceModel, itWithTools, randomBuffer, runTool, runToolOk, seededRandom, type ApiClient } from '@cdp/testing';
+import { ReferenceModel, itWithTools, randomBuffer, runTool, runToolOk, seededRandom, waitFor, type ApiClient } from '@cdp/testing';
 import { createProtectedVpg, startTestApp, type TestApp } from './all-in-one.test-app';
 
 /**
@@ -98,6 +98,41 @@ describe('point-in-time exports over NBD', () => {
     expect(existsSync(overlay)).toBe(false);
     const gone = await runTool('nbdinfo', [opened.url]);
     expect(gone.code).not.toBe(0);
+  });
+
+  itWithTools(['nbdcopy'], 'opens an export at a time between two workloads: everything acknowledged before it, nothing after', async () => {
+    const volume = vpg.vms[0]!.volumes[0]!;
+    await workload(80);
+    const lastBefore = model.all()[model.count - 1]!.seq;
+    // Capture happens before acknowledgement, on this machine's clock: wait for the clock to pass the
+    // last acknowledgement, take T, and let it pass T before the next workload starts.
+    const acknowledged = Date.now();
+    await waitFor(() => Date.now() > acknowledged + 2, { timeoutMs: 1000, message: 'the clock did not move' });
+    const at = new Date(Date.now() - 1);
+    await waitFor(() => Date.now() > at.getTime() + 2, { timeoutMs: 1000, message: 'the clock did not move' });
+    await workload(40);
+    const firstAfter = model.all().find((w) => w.seq > lastBefore)!.seq;
+
+    const opened = await api.ok<PitExport>('POST', `/vpgs/${vpg.id}/exports`, { volumeId: volume.id, at: at.toISOString() });
+    expect(opened).toMatchObject({ checkpointId: null, at: at.toISOString(), writable: false });
+    // Markers of automatic checkpoints may sit between the workloads; no write does.
+    expect(opened.cut).toBeGreaterThanOrEqual(lastBefore);
+    expect(opened.cut).toBeLessThan(firstAfter);
+    expect(Date.parse(opened.capturedAt!)).toBeLessThanOrEqual(at.getTime());
+    const want = model.imagesAt([lastBefore + 1]).get(lastBefore + 1)!.get(volume.id)!;
+    expect((await copyOut(opened.url, `at-${opened.id}`)).equals(want)).toBe(true);
+    expect((await api.json('DELETE', `/exports/${opened.id}`)).status).toBe(204);
+
+    const early = await api.json<{ message: string }>('POST', `/vpgs/${vpg.id}/exports`, { volumeId: volume.id, at: '2000-01-01T00:00:00Z' });
+    expect(early.status).toBeGreaterThanOrEqual(400);
+    expect(early.body.message).toMatch(/before the journal's history/);
+    const late = await api.json<{ message: string }>('POST', `/vpgs/${vpg.id}/exports`, { volumeId: volume.id, at: new Date(Date.now() + 3_600_000).toISOString() });
+    expect(late.status).toBeGreaterThanOrEqual(400);
+    expect(late.body.message).toMatch(/after the latest journaled write/);
+    for (const body of [{ volumeId: volume.id, at: 'yesterday' }, { volumeId: volume.id }, { volumeId: volume.id, at: '2026-01-01T00:00:00' }]) {
+      expect((await api.json('POST', `/vpgs/${vpg.id}/exports`, body)).status).toBe(400);
+    }
+    expect((await api.ok<{ exports: PitExport[] }>('GET', '/exports')).exports).toEqual([]);
   });
 
   it('rejects bad export requests and changes nothing', async () => {

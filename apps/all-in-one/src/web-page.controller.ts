@@ -77,7 +77,7 @@ async function render() {
     const vpgs = await api('/vpgs');
     if (vpgs.length === 0) { root.innerHTML = '<p class="muted">No VPG yet. Create one with POST /api/vpgs.</p>'; return; }
     const parts = await Promise.all(vpgs.map(async (vpg) => {
-      const [{ journal, history }, slider, latest] = await Promise.all([api('/vpgs/' + vpg.id), api('/vpgs/' + vpg.id + '/timeline'), api('/vpgs/' + vpg.id + '/checkpoints?limit=12')]);
+      const [{ journal, history, alerts }, slider, latest] = await Promise.all([api('/vpgs/' + vpg.id), api('/vpgs/' + vpg.id + '/timeline'), api('/vpgs/' + vpg.id + '/checkpoints?limit=12')]);
       const newest = latest.slice().reverse();
       const rpo = journal.lastCapturedAt ? ((Date.now() - Date.parse(journal.lastCapturedAt)) / 1000).toFixed(1) + ' s' : 'n/a';
       return '<div class="vpg"><h2>' + esc(vpg.name) + ' <span class="muted">' + esc(vpg.id) + '</span></h2>' +
@@ -85,6 +85,7 @@ async function render() {
         '<div class="stats"><div class="stat"><b>' + journal.appliedSeq + '</b>journaled seq</div><div class="stat"><b>' + journal.checkpointCount + '</b>checkpoints</div>' +
         '<div class="stat"><b>' + rpo + '</b>since newest journaled write</div><div class="stat"><b>' + vpg.settings.checkpointIntervalSeconds + ' s</b>checkpoint interval</div>' +
         '<div class="stat"><b class="history-' + history.status + '">' + history.status + '</b>history ' + fmtDuration(history.actualSeconds) + ' of ' + fmtDuration(history.configuredSeconds) + '</div></div>' +
+        (alerts || []).map((a) => '<p class="error">alert since ' + fmtTime(a.raisedAt) + ': ' + esc(a.message) + '</p>').join('') +
         timeline(slider) +
         '<table><tr><th>time</th><th>kind</th><th>name</th><th>cut (seq)</th></tr>' + newest.map((c) => '<tr><td>' + fmtTime(c.capturedAt) + '</td><td class="' + c.kind + '">' + c.kind + '</td><td>' + esc(c.name) + '</td><td>' + c.cut + '</td></tr>').join('') + '</table>' +
         '<form data-vpg="' + vpg.id + '"><input name="name" placeholder="checkpoint name" maxlength="128" required><button>Tag checkpoint</button><span class="result"></span></form></div>';

@@ -52,6 +52,35 @@ describe('continuum CLI', () => {
     const result = JSON.parse(tagged.stdout) as { status: string; checkpoint: Checkpoint };
     expect(result.status).toBe('recorded');
     expect(cli('checkpoint', 'list', 'cli-vpg').stdout).toContain('from the cli');
+    const stats = cli('checkpoint', 'stats', 'cli-vpg');
+    expect(stats.status).toBe(0);
+    const counted = JSON.parse(stats.stdout) as { count: number; byKind: Record<string, number>; latest: Checkpoint | null };
+    expect(counted.byKind).toMatchObject({ tagged: 1, 'application-consistent': 0 });
+    expect(counted.count).toBeGreaterThanOrEqual(1);
+    expect(counted.latest).not.toBeNull();
+    // Every checkpoint up to the tagged one, a page of one at a time.
+    const paged = cli('checkpoint', 'list', 'cli-vpg', '--from', '2000-01-01T00:00:00Z', '--to', result.checkpoint.capturedAt, '--limit', '1', '--all');
+    expect(paged.status).toBe(0);
+    const lines = paged.stdout.trim().split('\n');
+    expect(lines[lines.length - 1]).toContain('from the cli');
+    const onePage = cli('checkpoint', 'list', 'cli-vpg', '--from', '2000-01-01T00:00:00Z', '--limit', '1');
+    expect(onePage.stdout.trim().split('\n')).toHaveLength(1);
+    if (lines.length > 1) {
+      expect(onePage.stderr).toMatch(/more: --cursor \S+/);
+    }
+    const badCursor = cli('checkpoint', 'list', 'cli-vpg', '--cursor', 'nonsense');
+    expect(badCursor.status).toBe(1);
+    expect(badCursor.stderr).toContain('cursor');
+    // An in-guest agent's request, from the command line: the whole VPG, marked with the VM that asked.
+    const app = cli('checkpoint', 'app', 'cli-vpg', 'vm1', 'quiesced');
+    expect(app.status).toBe(0);
+    const appResult = JSON.parse(app.stdout) as { status: string; checkpoint: Checkpoint };
+    expect(appResult.status).toBe('recorded');
+    expect(appResult.checkpoint).toMatchObject({ kind: 'application-consistent', name: 'quiesced', vmId: vpg.vms[0]!.id });
+    expect(cli('checkpoint', 'app', 'cli-vpg', 'no-such-vm', 'x').status).toBe(1);
+    const alerts = cli('vpg', 'alerts');
+    expect(alerts.status).toBe(0);
+    expect(JSON.parse(alerts.stdout)).toEqual([]);
 
     const out = join(dir.path, 'disk.img');
     const image = cli('image', 'cli-vpg', result.checkpoint.id, 'vm1/disk', '-o', out);

@@ -28,6 +28,10 @@ const program = new Command()
 const api = (): string => `${(program.opts<{ api: string }>().api).replace(/\/$/, '')}/api`;
 
 async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  return (await requestWithHeaders<T>(method, path, body)).body;
+}
+
+async function requestWithHeaders<T>(method: string, path: string, body?: unknown): Promise<{ body: T; headers: Headers }> {
   let response: Response;
   try {
     response = await fetch(`${api()}${path}`, {
@@ -44,7 +48,7 @@ async function request<T>(method: string, path: string, body?: unknown): Promise
     const message = (parsed as { message?: string } | undefined)?.message ?? response.statusText;
     throw new CliError(`${response.status}: ${message}`, 1);
   }
-  return parsed as T;
+  return { body: parsed as T, headers: response.headers };
 }
 
 async function findVpg(idOrName: string): Promise<Vpg> {
@@ -84,6 +88,16 @@ vpg
   .description('a VPG and its journal status')
   .action(async (idOrName: string) => print(await request('GET', `/vpgs/${(await findVpg(idOrName)).id}`)));
 vpg
+  .command('alerts [vpg]')
+  .description('open alerts (journal history below its alert threshold), of one VPG or of all')
+  .action(async (idOrName?: string) => {
+    if (idOrName === undefined) {
+      print(await request('GET', '/alerts'));
+      return;
+    }
+    print((await request<{ alerts: unknown[] }>('GET', `/vpgs/${(await findVpg(idOrName)).id}`)).alerts);
+  });
+vpg
   .command('create <spec.json>')
   .description('create a VPG from a JSON file: {"name", "vms": [{"name", "volumes": [{"name", "sizeBytes", "blockSize"}]}], "settings"}')
   .action(async (file: string) => {
@@ -99,20 +113,39 @@ vpg
 const checkpoint = program.command('checkpoint').description('checkpoints');
 checkpoint
   .command('list <vpg>')
-  .description('recorded checkpoints, oldest first')
-  .option('--from <iso-time>', 'only from this time')
+  .description('recorded checkpoints, oldest first: the newest ones, or with --from/--cursor every one in a range, a page at a time')
+  .option('--from <iso-time>', 'only from this time (pages forward from it)')
   .option('--to <iso-time>', 'only up to this time')
-  .option('--limit <n>', 'at most this many', positiveInt, 1000)
-  .action(async (idOrName: string, options: { from?: string; to?: string; limit: number }) => {
+  .option('--cursor <cursor>', 'continue after the page that printed this cursor')
+  .option('--all', 'follow the pages to the end of the range')
+  .option('--limit <n>', 'at most this many per page', positiveInt, 1000)
+  .action(async (idOrName: string, options: { from?: string; to?: string; cursor?: string; all?: boolean; limit: number }) => {
     const target = await findVpg(idOrName);
-    const query = new URLSearchParams({ limit: String(options.limit) });
-    if (options.from) query.set('from', options.from);
-    if (options.to) query.set('to', options.to);
-    const list = await request<Checkpoint[]>('GET', `/vpgs/${target.id}/checkpoints?${query.toString()}`);
-    for (const c of list) {
-      console.log(`${c.capturedAt}  ${c.kind.padEnd(22)}  cut ${String(c.cut).padStart(10)}  ${c.id}  ${c.name ?? ''}`);
+    let cursor = options.cursor;
+    for (;;) {
+      const query = new URLSearchParams({ limit: String(options.limit) });
+      if (options.from) query.set('from', options.from);
+      if (options.to) query.set('to', options.to);
+      if (cursor) query.set('cursor', cursor);
+      const { body: list, headers } = await requestWithHeaders<Checkpoint[]>('GET', `/vpgs/${target.id}/checkpoints?${query.toString()}`);
+      for (const c of list) {
+        console.log(`${c.capturedAt}  ${c.kind.padEnd(22)}  cut ${String(c.cut).padStart(10)}  ${c.id}  ${c.name ?? ''}`);
+      }
+      const next = headers.get('x-next-cursor');
+      if (!next) {
+        break;
+      }
+      if (!options.all) {
+        console.error(`more: --cursor ${next}`);
+        break;
+      }
+      cursor = next;
     }
   });
+checkpoint
+  .command('stats <vpg>')
+  .description('earliest and latest checkpoint, how many, and how many of each kind')
+  .action(async (idOrName: string) => print(await request('GET', `/vpgs/${(await findVpg(idOrName)).id}/checkpoints/stats`)));
 checkpoint
   .command('tag <vpg> <name>')
   .description('insert a tagged checkpoint and wait until it is recorded')
@@ -147,6 +180,7 @@ interface PitExportInfo {
   url: string;
   writable: boolean;
   cut: number;
+  capturedAt: string | null;
   sizeBytes: number;
   overlayBytes: number;
 }
@@ -164,6 +198,26 @@ exportsCommand
       writable: options.writable === true,
     });
     console.log(`${opened.url}   (${volume.ref} at cut ${opened.cut}, ${opened.writable ? 'writable overlay' : 'read-only'}; close with: continuum export close ${opened.id})`);
+  });
+exportsCommand
+  .command('at <vpg> <iso-time> <volume>')
+  .description('serve a volume as it was at any time inside the journal (after the last write captured at or before it) over NBD')
+  .option('--writable', 'writes go to a scratch overlay that is discarded when the export closes (test failover)')
+  .action(async (idOrName: string, at: string, volumeRef: string, options: { writable?: boolean }) => {
+    // The server checks the format too; this only turns an obvious typo into a usage error.
+    if (Number.isNaN(Date.parse(at))) {
+      throw new CliError(`${at} is not an ISO-8601 time (for example 2026-11-25T03:00:00Z)`, 2);
+    }
+    const target = await findVpg(idOrName);
+    const volume = findVolume(target, volumeRef);
+    const opened = await request<PitExportInfo>('POST', `/vpgs/${target.id}/exports`, {
+      volumeId: volume.id,
+      at,
+      writable: options.writable === true,
+    });
+    console.log(
+      `${opened.url}   (${volume.ref} at cut ${opened.cut}, last write captured ${opened.capturedAt ?? '?'}, ${opened.writable ? 'writable overlay' : 'read-only'}; close with: continuum export close ${opened.id})`,
+    );
   });
 exportsCommand
   .command('list')

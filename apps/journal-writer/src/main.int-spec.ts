@@ -1,7 +1,7 @@
-import { expectServiceProcessLifecycle } from '@cdp/testing';
+import { expectServiceHealthEndpoints } from '@cdp/testing';
 
 describe('journal-writer process', () => {
-  it('starts on its own, answers health, and stops cleanly on SIGTERM', async () => {
-    await expectServiceProcessLifecycle('journal-writer', { database: true });
+  it('starts on its own, answers its liveness and readiness checks, and stops cleanly on SIGTERM', async () => {
+    await expectServiceHealthEndpoints('journal-writer', { database: true });
   });
 });

@@ -1,7 +1,7 @@
-import { expectServiceProcessLifecycle } from '@cdp/testing';
+import { expectServiceHealthEndpoints } from '@cdp/testing';
 
 describe('recovery-orchestrator process', () => {
-  it('starts on its own, answers health, and stops cleanly on SIGTERM', async () => {
-    await expectServiceProcessLifecycle('recovery-orchestrator', { database: true });
+  it('starts on its own, answers its liveness and readiness checks, and stops cleanly on SIGTERM', async () => {
+    await expectServiceHealthEndpoints('recovery-orchestrator', { database: true });
   });
 });

@@ -1,7 +1,7 @@
-import { expectServiceProcessLifecycle } from '@cdp/testing';
+import { expectServiceHealthEndpoints } from '@cdp/testing';
 
 describe('splitter process', () => {
-  it('starts on its own, answers health, and stops cleanly on SIGTERM', async () => {
-    await expectServiceProcessLifecycle('splitter', { database: false });
+  it('starts on its own, answers its liveness and readiness checks, and stops cleanly on SIGTERM', async () => {
+    await expectServiceHealthEndpoints('splitter', { database: false });
   });
 });

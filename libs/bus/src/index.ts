@@ -19,3 +19,5 @@ export {
 } from './kafka/kafka.bus';
 export { murmur2, partitionForKey, toPositive } from './murmur2';
 export * from './bus.token';
+// librdkafka's mock cluster for tests and benches of the Kafka driver where no real Kafka can run.
+export { kcatAvailable, type MockCluster, startMockCluster } from './kafka/kcat-mock-cluster';

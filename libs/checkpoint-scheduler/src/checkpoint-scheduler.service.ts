@@ -1,9 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import { Inject, Injectable, Logger, type OnApplicationBootstrap, type BeforeApplicationShutdown } from '@nestjs/common';
+import { Inject, Injectable, Logger, Optional, type OnApplicationBootstrap, type BeforeApplicationShutdown } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { BUS, type Bus, type BusConsumer, type BusProducer, type MessageBatch } from '@cdp/bus';
 import { TOPICS, domainEventSchema, type SplitterCommand } from '@cdp/contracts';
 import { DomainError, validateCheckpointName, volumesOf, type Checkpoint, type CheckpointKind, type Vpg } from '@cdp/domain';
+import { AutomaticCheckpointTimer, firstDueAt, systemSchedulerClock, type SchedulerClock } from './automatic-checkpoint.timer';
+
+/** Replaces the scheduler's clock and timeouts (tests drive time by hand). */
+export const SCHEDULER_CLOCK = Symbol('SCHEDULER_CLOCK');
 
 export interface CheckpointRequestResult {
   readonly checkpointId: string;
@@ -21,13 +25,16 @@ const RESEND_AFTER_MS = 30_000;
  * Tagged and application-consistent requests are written to checkpoint_requests before they are sent,
  * so a request that a crash (or a volatile bus) swallowed is sent again; the splitter may then insert
  * two markers with the same id, and the journal keeps the first. Automatic checkpoints are not
- * persisted: a lost one is replaced by the next tick.
+ * persisted: a lost one is replaced by the next tick. After a restart the first automatic checkpoint
+ * of a VPG is due one interval after its newest recorded checkpoint, or at once if that has passed
+ * (firstDueAt): no gap beyond the downtime, and no burst to make up for it.
  */
 @Injectable()
 export class CheckpointSchedulerService implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger('checkpoint-scheduler');
   private readonly producer: BusProducer;
-  private readonly timers = new Map<string, { interval: number; timer: NodeJS.Timeout }>();
+  private readonly timers = new Map<string, AutomaticCheckpointTimer>();
+  private readonly clock: SchedulerClock;
   private readonly waiters = new Map<string, ((checkpoint: Checkpoint) => void)[]>();
   private consumer: BusConsumer | undefined;
   private resendTimer: NodeJS.Timeout | undefined;
@@ -35,8 +42,10 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
   constructor(
     @Inject(BUS) private readonly bus: Bus,
     private readonly dataSource: DataSource,
+    @Optional() @Inject(SCHEDULER_CLOCK) clock: SchedulerClock | null = null,
   ) {
     this.producer = bus.createProducer();
+    this.clock = clock ?? systemSchedulerClock;
   }
 
   async onApplicationBootstrap(): Promise<void> {
@@ -45,7 +54,7 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
     await this.consumer.run((batch) => this.onEvents(batch));
     const rows = await this.dataSource.query<{ definition: Vpg }[]>(`SELECT definition FROM vpgs`);
     for (const row of rows) {
-      this.schedule(row.definition);
+      await this.schedule(row.definition);
     }
     await this.resendPending(0);
     this.resendTimer = setInterval(() => {
@@ -55,8 +64,8 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
   }
 
   async beforeApplicationShutdown(): Promise<void> {
-    for (const { timer } of this.timers.values()) {
-      clearInterval(timer);
+    for (const timer of this.timers.values()) {
+      timer.stop();
     }
     this.timers.clear();
     clearInterval(this.resendTimer);
@@ -87,19 +96,23 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
     return { checkpointId, status: checkpoint ? 'recorded' : 'requested', checkpoint };
   }
 
-  private schedule(vpg: Vpg): void {
+  /** Whether an automatic timer runs for the VPG, and at which interval (for tests and status). */
+  automaticIntervalMs(vpgId: string): number | null {
+    return this.timers.get(vpgId)?.intervalMs ?? null;
+  }
+
+  private async schedule(vpg: Vpg): Promise<void> {
     const interval = vpg.settings.checkpointIntervalSeconds * 1000;
     const existing = this.timers.get(vpg.id);
-    if (existing?.interval === interval) {
+    if (existing?.intervalMs === interval) {
       return;
     }
-    if (existing) {
-      clearInterval(existing.timer);
-    }
+    existing?.stop();
+    this.timers.delete(vpg.id);
     if (volumesOf(vpg).length === 0) {
       return;
     }
-    const timer = setInterval(() => {
+    const timer = new AutomaticCheckpointTimer(interval, this.clock, () => {
       this.send({
         type: 'checkpoint.insert',
         vpgId: vpg.id,
@@ -107,10 +120,18 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
         kind: 'automatic',
         name: null,
         vmId: null,
-        requestedAt: new Date().toISOString(),
+        requestedAt: new Date(this.clock.now()).toISOString(),
       }).catch((err: unknown) => this.logger.warn(`automatic checkpoint for ${vpg.name} not sent: ${String(err)}`));
-    }, interval).unref();
-    this.timers.set(vpg.id, { interval, timer });
+    });
+    this.timers.set(vpg.id, timer);
+    // The newest checkpoint of any kind: each is a cut of everything before it.
+    const newest = await this.dataSource.query<{ captured_at: Date }[]>(
+      `SELECT captured_at FROM checkpoints WHERE vpg_id = $1 ORDER BY captured_at DESC, id DESC LIMIT 1`,
+      [vpg.id],
+    );
+    if (this.timers.get(vpg.id) === timer) {
+      timer.start(firstDueAt(newest[0]?.captured_at.getTime() ?? null, interval, this.clock.now()));
+    }
   }
 
   private async send(command: SplitterCommand): Promise<void> {
@@ -132,10 +153,10 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
       const event = parsed.data;
       switch (event.type) {
         case 'vpg.created':
-          this.schedule(event.data.vpg as Vpg);
+          await this.schedule(event.data.vpg as Vpg);
           break;
         case 'vpg.settings-changed':
-          this.schedule(await this.vpg(event.vpgId));
+          await this.schedule(await this.vpg(event.vpgId));
           break;
         case 'checkpoint.recorded': {
           const checkpoint = event.data.checkpoint as Checkpoint;
@@ -147,6 +168,9 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
         case 'checkpoint.tagged-inserted':
         case 'journal.gap-detected':
         case 'journal.corrupt-record-rejected':
+        case 'history.status-changed':
+        case 'history.alert-raised':
+        case 'history.alert-cleared':
           break;
       }
     }

@@ -22,3 +22,77 @@ describe('loadConfig', () => {
     }
   });
 });
+
+describe('loadConfig: bus and journal', () => {
+  it('defaults to the in-process bus and the journal under the data directory', () => {
+    const config = loadConfig({ CDP_DATA_DIR: '/srv/cdp' });
+    expect(config.bus).toEqual({ driver: 'in-process' });
+    expect(config.journalDir).toBe('/srv/cdp/journal');
+  });
+
+  it('reads the Kafka settings, with their defaults', () => {
+    const config = loadConfig({ CDP_BUS: 'kafka', CDP_KAFKA_BROKERS: 'kafka-0:9092, 10.0.0.2:9093,[::1]:9094', CDP_JOURNAL_DIR: '/shared/journal' });
+    expect(config.bus).toEqual({
+      driver: 'kafka',
+      brokers: ['kafka-0:9092', '10.0.0.2:9093', '[::1]:9094'],
+      clientId: null,
+      replicationFactor: null,
+      topicCreation: 'create',
+      compression: 'none',
+      idempotent: true,
+      sessionTimeoutMs: 30_000,
+      maxWaitMs: 1_000,
+    });
+    expect(config.journalDir).toBe('/shared/journal');
+  });
+
+  it('takes every Kafka setting', () => {
+    const config = loadConfig({
+      CDP_BUS: 'kafka',
+      CDP_KAFKA_BROKERS: '127.0.0.1:9092',
+      CDP_KAFKA_CLIENT_ID: 'site-a.splitter',
+      CDP_KAFKA_REPLICATION_FACTOR: '3',
+      CDP_KAFKA_TOPIC_CREATION: 'broker-auto-creates',
+      CDP_KAFKA_COMPRESSION: 'gzip',
+      CDP_KAFKA_IDEMPOTENT: 'false',
+      CDP_KAFKA_SESSION_TIMEOUT_MS: '6000',
+      CDP_KAFKA_MAX_WAIT_MS: '100',
+    });
+    expect(config.bus).toMatchObject({
+      clientId: 'site-a.splitter',
+      replicationFactor: 3,
+      topicCreation: 'broker-auto-creates',
+      compression: 'gzip',
+      idempotent: false,
+      sessionTimeoutMs: 6_000,
+      maxWaitMs: 100,
+    });
+  });
+
+  it('names every bad Kafka variable, and the missing brokers, in one error', () => {
+    let error: unknown;
+    try {
+      loadConfig({
+        CDP_BUS: 'kafka',
+        CDP_KAFKA_REPLICATION_FACTOR: '0',
+        CDP_KAFKA_TOPIC_CREATION: 'sometimes',
+        CDP_KAFKA_COMPRESSION: 'zstd',
+        CDP_KAFKA_CLIENT_ID: 'a b',
+        CDP_HTTP_PORT: 'eighty',
+      });
+    } catch (err) {
+      error = err;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    const problems = (error as ConfigError).problems.join('\n');
+    for (const name of ['CDP_KAFKA_BROKERS', 'CDP_KAFKA_REPLICATION_FACTOR', 'CDP_KAFKA_TOPIC_CREATION', 'CDP_KAFKA_COMPRESSION', 'CDP_KAFKA_CLIENT_ID', 'CDP_HTTP_PORT']) {
+      expect(problems).toContain(name);
+    }
+  });
+
+  it('refuses an unknown driver and brokers that are not host:port', () => {
+    expect(() => loadConfig({ CDP_BUS: 'rabbitmq' })).toThrow(/CDP_BUS/);
+    expect(() => loadConfig({ CDP_BUS: 'kafka', CDP_KAFKA_BROKERS: 'kafka-0' })).toThrow(/CDP_KAFKA_BROKERS: must be/);
+    expect(() => loadConfig({ CDP_BUS: 'kafka', CDP_KAFKA_BROKERS: ' , ' })).toThrow(/CDP_KAFKA_BROKERS/);
+  });
+});

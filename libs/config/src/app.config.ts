@@ -1,4 +1,4 @@
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
 
 /**
@@ -25,10 +25,48 @@ export interface AppConfig {
    * replica (CDP_PROMOTION_INTERVAL_SECONDS, default 30, at least 1).
    */
   readonly promotionIntervalSeconds: number;
+  /**
+   * Where the journal lives (CDP_JOURNAL_DIR, default <dataDir>/journal): the journal writer writes it,
+   * the recovery orchestrator reads it. Separate processes with separate data directories share it.
+   */
+  readonly journalDir: string;
+  readonly bus: BusConfig;
+}
+
+/** Which bus driver connects this process to the others (CDP_BUS). */
+export type BusConfig = InProcessBusConfig | KafkaBusConfig;
+
+/** Everything in one process: the all-in-one, or a standalone service that only talks to itself. */
+export interface InProcessBusConfig {
+  readonly driver: 'in-process';
+}
+
+export interface KafkaBusConfig {
+  readonly driver: 'kafka';
+  /** host:port of the brokers to bootstrap from (CDP_KAFKA_BROKERS, comma-separated). */
+  readonly brokers: readonly string[];
+  /** CDP_KAFKA_CLIENT_ID, default continuum-<service>. */
+  readonly clientId: string | null;
+  /** Replication factor of topics this process creates; null: the broker's default. */
+  readonly replicationFactor: number | null;
+  /** 'create': CreateTopics at start; 'broker-auto-creates': the broker makes them (with its own partition count). */
+  readonly topicCreation: 'create' | 'broker-auto-creates';
+  readonly compression: 'none' | 'gzip';
+  /** The idempotent producer (CDP_KAFKA_IDEMPOTENT, default true); brokers without InitProducerId need false. */
+  readonly idempotent: boolean;
+  /**
+   * Consumer group session timeout (CDP_KAFKA_SESSION_TIMEOUT_MS, default 30000): how long a member that
+   * died without leaving (kill -9) holds its partitions before the group rebalances without it.
+   */
+  readonly sessionTimeoutMs: number;
+  /** Longest a fetch waits for new data (CDP_KAFKA_MAX_WAIT_MS, default 1000): bounds each hop's idle latency. */
+  readonly maxWaitMs: number;
 }
 
 const bool = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes');
 const port = z.coerce.number().int().min(0).max(65_535);
+// host:port, the host a name, an IPv4 address or a bracketed IPv6 address.
+const BROKER = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([1-9]\d{0,4})$/;
 
 const envSchema = z.object({
   CDP_DATA_DIR: z.string().min(1).default('./data'),
@@ -47,6 +85,20 @@ const envSchema = z.object({
   CDP_DEMO: bool.default(false),
   CDP_BUS_PARTITIONS: z.coerce.number().int().min(1).max(1024).default(8),
   CDP_PROMOTION_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(86_400).default(30),
+  CDP_JOURNAL_DIR: z.string().min(1).optional(),
+  CDP_BUS: z.enum(['in-process', 'kafka']).default('in-process'),
+  CDP_KAFKA_BROKERS: z
+    .string()
+    .transform((v) => v.split(',').map((b) => b.trim()).filter((b) => b.length > 0))
+    .refine((list) => list.length > 0 && list.every((b) => BROKER.test(b)), 'must be a comma-separated list of host:port')
+    .optional(),
+  CDP_KAFKA_CLIENT_ID: z.string().regex(/^[A-Za-z0-9._-]{1,255}$/, 'must be letters, digits, dot, underscore or dash').optional(),
+  CDP_KAFKA_REPLICATION_FACTOR: z.coerce.number().int().min(1).max(32).optional(),
+  CDP_KAFKA_TOPIC_CREATION: z.enum(['create', 'broker-auto-creates']).default('create'),
+  CDP_KAFKA_COMPRESSION: z.enum(['none', 'gzip']).default('none'),
+  CDP_KAFKA_IDEMPOTENT: bool.default(true),
+  CDP_KAFKA_SESSION_TIMEOUT_MS: z.coerce.number().int().min(1_000).max(3_600_000).default(30_000),
+  CDP_KAFKA_MAX_WAIT_MS: z.coerce.number().int().min(1).max(60_000).default(1_000),
 });
 
 export const CONFIG_VARIABLES = Object.keys(envSchema.shape);
@@ -62,12 +114,17 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
   // An empty variable means "not set", as in most deployment tools.
   const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
   const parsed = envSchema.safeParse(present);
-  if (!parsed.success) {
-    throw new ConfigError(parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`));
+  const problems = parsed.success ? [] : parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`);
+  if (present['CDP_BUS'] === 'kafka' && present['CDP_KAFKA_BROKERS'] === undefined) {
+    problems.push('CDP_KAFKA_BROKERS: required when CDP_BUS=kafka');
+  }
+  if (!parsed.success || problems.length > 0) {
+    throw new ConfigError(problems);
   }
   const e = parsed.data;
+  const dataDir = resolve(e.CDP_DATA_DIR);
   return {
-    dataDir: resolve(e.CDP_DATA_DIR),
+    dataDir,
     databaseUrl: e.DATABASE_URL ?? null,
     embeddedPostgresPort: e.CDP_EMBEDDED_PG_PORT,
     http: { host: e.CDP_HTTP_HOST, port: e.CDP_HTTP_PORT },
@@ -76,6 +133,21 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     demo: e.CDP_DEMO,
     busPartitions: e.CDP_BUS_PARTITIONS,
     promotionIntervalSeconds: e.CDP_PROMOTION_INTERVAL_SECONDS,
+    journalDir: e.CDP_JOURNAL_DIR === undefined ? join(dataDir, 'journal') : resolve(e.CDP_JOURNAL_DIR),
+    bus:
+      e.CDP_BUS === 'kafka'
+        ? {
+            driver: 'kafka',
+            brokers: e.CDP_KAFKA_BROKERS ?? [],
+            clientId: e.CDP_KAFKA_CLIENT_ID ?? null,
+            replicationFactor: e.CDP_KAFKA_REPLICATION_FACTOR ?? null,
+            topicCreation: e.CDP_KAFKA_TOPIC_CREATION,
+            compression: e.CDP_KAFKA_COMPRESSION,
+            idempotent: e.CDP_KAFKA_IDEMPOTENT,
+            sessionTimeoutMs: e.CDP_KAFKA_SESSION_TIMEOUT_MS,
+            maxWaitMs: e.CDP_KAFKA_MAX_WAIT_MS,
+          }
+        : { driver: 'in-process' },
     ...overrides,
   };
 }

@@ -44,3 +44,14 @@ export const writeQuerySchema = z.strictObject({
     .refine((n) => Number.isSafeInteger(n), 'offset is too large'),
   fua: z.enum(['0', '1', 'true', 'false']).optional().transform((v) => v === '1' || v === 'true'),
 });
+
+/**
+ * Opening a point-in-time export at a time rather than a checkpoint: the volume as it was after the
+ * last write captured at or before `at` (an ISO-8601 time with a zone or offset).
+ */
+export const pitExportAtRequestSchema = z.strictObject({
+  volumeId: z.uuid(),
+  at: z.iso.datetime({ offset: true }),
+  writable: z.boolean().default(false),
+});
+export type PitExportAtRequest = z.infer<typeof pitExportAtRequestSchema>;

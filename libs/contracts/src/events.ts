@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { checkpointSchema, uuidSchema, vpgSchema, vpgSettingsSchema } from './schemas';
+import { checkpointSchema, historyLevelSchema, historyMeasureSchema, uuidSchema, vpgSchema, vpgSettingsSchema } from './schemas';
 
 /**
  * Domain events on TOPICS.events, JSON, keyed by VPG id. The envelope is versioned: consumers accept
@@ -29,6 +29,16 @@ export const domainEventSchema = z.discriminatedUnion('type', [
     type: z.literal('journal.corrupt-record-rejected'),
     data: z.object({ reason: z.string() }),
   }),
+  // Journal history status (history-status.ts): every change of level; `from` is null on a VPG's first evaluation.
+  z.object({
+    ...envelope,
+    type: z.literal('history.status-changed'),
+    data: historyMeasureSchema.extend({ from: historyLevelSchema.nullable(), to: historyLevelSchema }),
+  }),
+  // The history fell to the alert threshold; stays raised until a 'history.alert-cleared' for the VPG.
+  z.object({ ...envelope, type: z.literal('history.alert-raised'), data: historyMeasureSchema }),
+  // The history recovered (or a new filling period began): the alert clears itself.
+  z.object({ ...envelope, type: z.literal('history.alert-cleared'), data: historyMeasureSchema.extend({ to: historyLevelSchema }) }),
 ]);
 
 export type DomainEventMessage = z.infer<typeof domainEventSchema>;

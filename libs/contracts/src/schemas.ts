@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { CHECKPOINT_KINDS, MAX_NAME_LENGTH, SETTINGS_LIMITS } from '@cdp/domain';
+import { CHECKPOINT_KINDS, HISTORY_LEVELS, MAX_NAME_LENGTH, SETTINGS_LIMITS } from '@cdp/domain';
 
 export const uuidSchema = z.uuid();
 export const nameSchema = z.string().trim().min(1).max(MAX_NAME_LENGTH);
@@ -43,4 +43,12 @@ export const checkpointSchema = z.object({
   name: z.string().nullable(),
   vmId: z.string().nullable(),
   capturedAt: z.iso.datetime(),
+});
+
+export const historyLevelSchema = z.enum(HISTORY_LEVELS);
+
+/** Journal history as judged at one moment: actual against configured, in seconds. */
+export const historyMeasureSchema = z.object({
+  actualSeconds: z.number().int().min(0),
+  configuredSeconds: z.number().int().min(0),
 });

@@ -4,6 +4,9 @@ import { type DataSource } from 'typeorm';
 import { createDataSource, runMigrations } from './data-source';
 import { DatabaseError } from './database.error';
 import { migrations } from './migrations';
+import { CompactJournalIndex1795737600000 } from './migrations/1795737600000-compact-journal-index';
+
+const MIGRATION_NAMES = migrations.map((m) => new m().name);
 
 /** The schema other services code against: table -> column -> "type, NULL|NOT NULL[, default]". */
 const EXPECTED_COLUMNS: Record<string, Record<string, string>> = {
@@ -35,14 +38,31 @@ const EXPECTED_COLUMNS: Record<string, Record<string, string>> = {
     syncing: 'bool NOT NULL default',
     updated_at: 'timestamptz NOT NULL default',
   },
-  journal_writes: {
+  journal_batches: {
     vpg_key: 'int4 NOT NULL',
-    seq: 'int8 NOT NULL',
-    volume_index: 'int2 NOT NULL',
-    byte_offset: 'int8 NOT NULL',
-    length: 'int4 NOT NULL',
+    first_seq: 'int8 NOT NULL',
+    last_seq: 'int8 NOT NULL',
     segment: 'int4 NOT NULL',
     position: 'int8 NOT NULL',
+    bytes: 'int4 NOT NULL',
+    captured_upto: 'int8 NOT NULL',
+  },
+  journal_extents: {
+    vpg_key: 'int4 NOT NULL',
+    volume_index: 'int2 NOT NULL',
+    region: 'int4 NOT NULL',
+    first_seq: 'int8 NOT NULL',
+    last_seq: 'int8 NOT NULL',
+    segment: 'int4 NOT NULL',
+    position: 'int8 NOT NULL',
+    entries: 'bytea NOT NULL',
+  },
+  journal_outbox: {
+    position: 'int8 NOT NULL default',
+    topic: 'text NOT NULL',
+    key: 'text NOT NULL',
+    value: 'bytea NOT NULL',
+    created_at: 'timestamptz NOT NULL default',
   },
   checkpoints: {
     id: 'uuid NOT NULL',
@@ -53,6 +73,22 @@ const EXPECTED_COLUMNS: Record<string, Record<string, string>> = {
     vm_id: 'uuid NULL',
     captured_at: 'timestamptz NOT NULL',
     recorded_at: 'timestamptz NOT NULL default',
+  },
+  checkpoint_stats: {
+    vpg_id: 'uuid NOT NULL',
+    automatic: 'int8 NOT NULL default',
+    tagged: 'int8 NOT NULL default',
+    application_consistent: 'int8 NOT NULL default',
+    removals: 'int8 NOT NULL default',
+  },
+  vpg_history_status: {
+    vpg_id: 'uuid NOT NULL',
+    status: 'text NOT NULL',
+    actual_seconds: 'int8 NOT NULL',
+    configured_seconds: 'int8 NOT NULL',
+    evaluated_at: 'timestamptz NOT NULL',
+    changed_at: 'timestamptz NOT NULL',
+    alert_raised_at: 'timestamptz NULL',
   },
   checkpoint_requests: {
     id: 'uuid NOT NULL',
@@ -90,7 +126,7 @@ describe('migrations', () => {
 
   it('creates the schema on an empty database, and a second run does nothing', async () => {
     const ds = dataSource();
-    expect(await runMigrations(ds)).toEqual(['InitialSchema1795564800000']);
+    expect(await runMigrations(ds)).toEqual(MIGRATION_NAMES);
 
     const columns = await ds.query<{ table_name: string; column_name: string; udt_name: string; is_nullable: string; column_default: string | null }[]>(
       `SELECT table_name, column_name, udt_name, is_nullable, column_default
@@ -113,7 +149,9 @@ describe('migrations', () => {
       vpg_events_stream_id_version_key: 'UNIQUE (stream_id, version)',
       vpgs_name_key: 'UNIQUE (name)',
       journal_vpgs_vpg_key_key: 'UNIQUE (vpg_key)',
-      journal_writes_pkey: 'PRIMARY KEY (vpg_key, seq)',
+      journal_batches_pkey: 'PRIMARY KEY (vpg_key, first_seq)',
+      journal_extents_pkey: 'PRIMARY KEY (vpg_key, volume_index, region, first_seq)',
+      journal_outbox_pkey: 'PRIMARY KEY ("position")',
     });
     expect(byName['checkpoints_kind_check']).toContain("'application-consistent'");
 
@@ -121,8 +159,10 @@ describe('migrations', () => {
       "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'checkpoints' ORDER BY indexname",
     );
     expect(indexes.map((i) => i.indexdef.replace(/^.* USING btree /, ''))).toEqual(
-      expect.arrayContaining(['(vpg_id, captured_at)', '(vpg_id, cut)']),
+      expect.arrayContaining(['(vpg_id, captured_at, id) INCLUDE (kind)', '(vpg_id, cut)']),
     );
+    const journalIndexes = await ds.query<{ indexdef: string }[]>("SELECT indexdef FROM pg_indexes WHERE tablename = 'journal_batches'");
+    expect(journalIndexes.map((i) => i.indexdef.replace(/^.* USING btree /, ''))).toEqual(expect.arrayContaining(['(vpg_key, captured_upto)']));
 
     const comment = await ds.query<{ comment: string | null }[]>("SELECT obj_description('vpg_events'::regclass) AS comment");
     expect(comment[0]?.comment).toMatch(/append-only/);
@@ -130,6 +170,21 @@ describe('migrations', () => {
     // Idempotent: nothing pending, nothing run, schema untouched.
     expect(await runMigrations(ds)).toEqual([]);
     expect(await runMigrations(dataSource())).toEqual([]);
+  });
+
+  it('refuses to drop a pre-release journal_writes index that holds writes, and changes nothing', async () => {
+    const before = migrations.slice(0, migrations.indexOf(CompactJournalIndex1795737600000));
+    const old = createDataSource({ url: db.url, entities: [], migrations: before, applicationName: 'migrations-test' });
+    sources.push(old);
+    await runMigrations(old);
+    await old.query(`INSERT INTO journal_writes (vpg_key, seq, volume_index, byte_offset, length, segment, position) VALUES (1, 1, 0, 0, 512, 1, 0)`);
+    await expect(runMigrations(dataSource())).rejects.toThrow(/journal_writes holds journaled writes from a pre-release version/);
+    expect(await old.query(`SELECT seq FROM journal_writes`)).toEqual([{ seq: '1' }]);
+    expect(await old.query(`SELECT to_regclass('journal_batches') AS t`)).toEqual([{ t: null }]);
+
+    await old.query(`DELETE FROM journal_writes`);
+    expect(await runMigrations(dataSource())).toEqual(['CompactJournalIndex1795737600000', 'JournalOutbox1795824000000']);
+    expect(await old.query(`SELECT to_regclass('journal_writes') AS t`)).toEqual([{ t: null }]);
   });
 
   it('enforces the checkpoint kinds', async () => {
@@ -146,7 +201,7 @@ describe('migrations', () => {
 
   it('lets processes that start together run the migrations once', async () => {
     const results = await Promise.all([runMigrations(dataSource()), runMigrations(dataSource()), runMigrations(dataSource(1))]);
-    expect(results.flat()).toEqual(['InitialSchema1795564800000']);
+    expect(results.flat()).toEqual(MIGRATION_NAMES);
   });
 
   it('reports an unreachable server as a retriable DatabaseError', async () => {

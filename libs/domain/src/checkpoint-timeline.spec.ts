@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import {
   compareTimelineCheckpoints,
   selectTimeline,
+  selectTimelineSorted,
   type TimelineCheckpoint,
   type TimelineEntry,
 } from './checkpoint-timeline';
@@ -296,6 +297,31 @@ describe('selectTimeline', () => {
     );
   });
 
+  it('keeps every rule over random sets of up to 30 days at 5 s with random marked ones', () => {
+    const longScenario: fc.Arbitrary<Scenario> = fc.record({
+      endOffsetMs: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 30 * HOUR })),
+      spanMs: fc.integer({ min: 0, max: 30 * 24 * HOUR }),
+      intervalSeconds: fc.constant(5),
+      gaps: fc.array(
+        fc.tuple(fc.double({ min: 0, max: 1, noNaN: true }), fc.double({ min: 0, max: 0.05, noNaN: true })).map(
+          ([start, length]) => [start, start + length] as const,
+        ),
+        { maxLength: 4 },
+      ),
+      // Tagged ones anywhere in the 30 days (most fall outside the window), and some near now.
+      marked: fc.array(fc.tuple(fc.integer({ min: -HOUR, max: 30 * 24 * HOUR }), markedKind), { maxLength: 300 }),
+      shuffleSeed: fc.constant(null),
+    });
+    fc.assert(
+      fc.property(longScenario, (scenario) => {
+        const input = build(scenario);
+        checkRules(input, selectTimeline(input, NOW));
+      }),
+      // Each run builds up to 518,400 checkpoints: few runs, the large sizes are what they are for.
+      { numRuns: 6 },
+    );
+  });
+
   it('keeps the cap, the marked ones and the endpoints with a small cap too', () => {
     fc.assert(
       fc.property(scenarioArb, fc.integer({ min: 1, max: 60 }), (scenario, maxPoints) => {
@@ -304,5 +330,30 @@ describe('selectTimeline', () => {
       }),
       { numRuns: 60 },
     );
+  });
+});
+
+describe('selectTimelineSorted', () => {
+  it('picks what selectTimeline picks, from sorted columns of times and marks', () => {
+    fc.assert(
+      fc.property(scenarioArb, fc.option(fc.integer({ min: 1, max: 200 }), { nil: undefined }), (scenario, maxPoints) => {
+        const sorted = build({ ...scenario, shuffleSeed: null });
+        const times = Float64Array.from(sorted, (c) => c.capturedAt);
+        const marks = Uint8Array.from(sorted, (c) => (c.kind === 'automatic' ? 0 : 1));
+        const expected = selectTimeline(sorted, NOW, { maxPoints });
+        const { positions, marked } = selectTimelineSorted(times, marks, NOW, { maxPoints });
+        expect(positions.map((p) => sorted[p]!.id)).toEqual(expected.map((e) => e.id));
+        expect(marked).toEqual(expected.map((e) => e.marked));
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  it('rejects unsorted or mismatched columns and bad options', () => {
+    expect(selectTimelineSorted([], [], NOW)).toEqual({ positions: [], marked: [] });
+    expect(() => selectTimelineSorted([NOW_MS - 2, NOW_MS - 3], [0, 0], NOW)).toThrow(/not sorted/);
+    expect(() => selectTimelineSorted([NOW_MS - 2], [0, 0], NOW)).toThrow(/differ in length/);
+    expect(() => selectTimelineSorted([NOW_MS], [0], NOW, { maxPoints: 0 })).toThrow(DomainError);
+    expect(() => selectTimelineSorted([NOW_MS], [0], new Date(Number.NaN))).toThrow(DomainError);
   });
 });

@@ -138,38 +138,121 @@ export function selectTimeline(
     order.sort((a, b) => compareTimelineCheckpoints(checkpoints[a]!, checkpoints[b]!));
   }
   const length = order === null ? last - first + 1 : count;
-  const at = (p: number): TimelineCheckpoint | null => {
-    const c = checkpoints[order === null ? first + p : order[p]!]!;
-    return order === null && !inWindow(c.capturedAt) ? null : c;
+  const at = (p: number): TimelineCheckpoint => checkpoints[order === null ? first + p : order[p]!]!;
+  const view: WindowView = {
+    length,
+    // Out-of-window ones between first and last exist only on the in-order path.
+    time: (p) => {
+      const t = at(p).capturedAt;
+      return order === null && !inWindow(t) ? Number.NaN : t;
+    },
+    marked: (p) => isMarkedCheckpoint(at(p).kind),
   };
+  return pickPositions(view, maxPoints, windowHours).map((p) => {
+    const c = at(p);
+    return entry(c, isMarkedCheckpoint(c.kind));
+  });
+}
+
+/**
+ * The same rule over a day given as sorted columns, for a caller that holds capture times and marks
+ * rather than objects (the checkpoint catalog keeps a day of them per VPG). `times[i]` is epoch
+ * milliseconds (fractions allowed) and `marked[i]` is 1 for tagged or application-consistent; the
+ * columns must be sorted by capture time and, among equal times, in the caller's tie order (the
+ * result is then what selectTimeline gives for objects whose ids sort in that order). Returns the
+ * picked indexes into the columns, ascending, with their marks.
+ */
+export function selectTimelineSorted(
+  times: ArrayLike<number>,
+  marked: ArrayLike<number>,
+  now: Date,
+  options: TimelineOptions = {},
+): { readonly positions: number[]; readonly marked: boolean[] } {
+  const maxPoints = positiveInteger(options.maxPoints ?? TIMELINE_DEFAULTS.maxPoints, 'maxPoints');
+  const windowHours = positiveInteger(options.windowHours ?? TIMELINE_DEFAULTS.windowHours, 'windowHours');
+  const nowMs = now.getTime();
+  if (!Number.isFinite(nowMs)) {
+    throw new DomainError('invalid-argument', 'now must be a valid date');
+  }
+  if (marked.length !== times.length) {
+    throw new DomainError('invalid-argument', `times and marks differ in length (${times.length} and ${marked.length})`);
+  }
+  const startMs = nowMs - windowHours * HOUR_MS;
+  // Sorted, so the window is one run: the first time after startMs up to the last at or before now.
+  const first = upperBound(times, startMs);
+  const end = upperBound(times, nowMs);
+  if (end <= first) {
+    return { positions: [], marked: [] };
+  }
+  for (let i = first + 1; i < end; i++) {
+    if (!(times[i - 1]! <= times[i]!)) {
+      throw new DomainError('invalid-argument', `times are not sorted at index ${i}`);
+    }
+  }
+  const picked = pickPositions(
+    { length: end - first, time: (p) => times[first + p]!, marked: (p) => marked[first + p] === 1 },
+    maxPoints,
+    windowHours,
+  );
+  return { positions: picked.map((p) => first + p), marked: picked.map((p) => marked[first + p] === 1) };
+}
+
+/** The first index whose time is greater than `t` (times sorted ascending). */
+function upperBound(times: ArrayLike<number>, t: number): number {
+  let lo = 0;
+  let hi = times.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (times[mid]! <= t) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+/**
+ * The window in time order: positions 0..length-1, each a checkpoint's time (NaN: a position to skip,
+ * not in the window) and whether it is marked. The first and the last position are in the window.
+ */
+interface WindowView {
+  readonly length: number;
+  time(p: number): number;
+  marked(p: number): boolean;
+}
+
+/** Rules 3 to 7 over the window: the picked positions, ascending. */
+function pickPositions(view: WindowView, maxPoints: number, windowHours: number): number[] {
+  const { length } = view;
+  const skip = (p: number): boolean => Number.isNaN(view.time(p));
 
   // Pass 2: hours. Positions are sorted by time, so each hour is one run of positions, newest hour last.
-  const anchorMs = at(length - 1)!.capturedAt;
+  const anchorMs = view.time(length - 1);
   const hourStart = new Int32Array(windowHours).fill(-1);
   const hourEnd = new Int32Array(windowHours).fill(-1);
   const hourCount = new Int32Array(windowHours);
   const hourMarked = new Int32Array(windowHours);
   let totalMarked = 0;
   for (let p = 0; p < length; p++) {
-    const c = at(p);
-    if (c === null) {
+    if (skip(p)) {
       continue;
     }
-    // 0 <= anchor - capturedAt < windowHours h, because both are inside the window.
-    const k = Math.floor((anchorMs - c.capturedAt) / HOUR_MS);
+    // 0 <= anchor - time < windowHours h, because both are inside the window.
+    const k = Math.floor((anchorMs - view.time(p)) / HOUR_MS);
     if (hourStart[k] === -1) {
       hourStart[k] = p;
     }
     hourEnd[k] = p;
     hourCount[k]!++;
-    if (isMarkedCheckpoint(c.kind)) {
+    if (view.marked(p)) {
       hourMarked[k]!++;
       totalMarked++;
     }
   }
 
   if (totalMarked > maxPoints) {
-    return newestMarked(at, length, maxPoints);
+    return newestMarked(view, maxPoints);
   }
 
   // Rule 4: the endpoints, newest hour first, as long as there is room.
@@ -183,12 +266,12 @@ export function selectTimeline(
     }
     const lastP = hourEnd[k]!;
     const firstP = hourStart[k]!;
-    if (!isMarkedCheckpoint(at(lastP)!.kind)) {
+    if (!view.marked(lastP)) {
       lastShown[k] = 1;
       mandatory[k]!++;
       budget--;
     }
-    if (budget > 0 && firstP !== lastP && !isMarkedCheckpoint(at(firstP)!.kind)) {
+    if (budget > 0 && firstP !== lastP && !view.marked(firstP)) {
       firstShown[k] = 1;
       mandatory[k]!++;
       budget--;
@@ -209,7 +292,7 @@ export function selectTimeline(
   extra[0] = headExtra;
 
   // Pass 3: pick, oldest hour first so that the output comes out sorted.
-  const out: TimelineEntry[] = [];
+  const out: number[] = [];
   for (let k = windowHours - 1; k >= 0; k--) {
     if (hourCount[k] === 0) {
       continue;
@@ -224,12 +307,10 @@ export function selectTimeline(
     let j = 1;
     let nextRank = rankOf(j);
     for (let p = startP; p <= endP; p++) {
-      const c = at(p);
-      if (c === null) {
+      if (skip(p)) {
         continue;
       }
-      const marked = isMarkedCheckpoint(c.kind);
-      let take = marked || (p === endP && lastShown[k] === 1) || (p === startP && firstShown[k] === 1);
+      let take = view.marked(p) || (p === endP && lastShown[k] === 1) || (p === startP && firstShown[k] === 1);
       if (!take) {
         if (rank === nextRank) {
           take = true;
@@ -238,7 +319,7 @@ export function selectTimeline(
         rank++;
       }
       if (take) {
-        out.push(entry(c, marked));
+        out.push(p);
       }
     }
   }
@@ -316,17 +397,12 @@ function distributeByAge(pool: number, spare: Int32Array, extra: Int32Array): nu
   return pool;
 }
 
-/** Rule 3's overflow: the newest `maxPoints` marked checkpoints, in order. */
-function newestMarked(
-  at: (p: number) => TimelineCheckpoint | null,
-  length: number,
-  maxPoints: number,
-): TimelineEntry[] {
-  const out: TimelineEntry[] = [];
-  for (let p = length - 1; p >= 0 && out.length < maxPoints; p--) {
-    const c = at(p);
-    if (c !== null && isMarkedCheckpoint(c.kind)) {
-      out.push(entry(c, true));
+/** Rule 3's overflow: the newest `maxPoints` marked positions, in order. */
+function newestMarked(view: WindowView, maxPoints: number): number[] {
+  const out: number[] = [];
+  for (let p = view.length - 1; p >= 0 && out.length < maxPoints; p--) {
+    if (!Number.isNaN(view.time(p)) && view.marked(p)) {
+      out.push(p);
     }
   }
   return out.reverse();

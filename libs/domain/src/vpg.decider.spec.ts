@@ -103,6 +103,28 @@ describe('VPG decider', () => {
       .then([{ type: 'VpgSettingsChanged', vpgId, settings: { ...DEFAULT_VPG_SETTINGS, checkpointIntervalSeconds: 1 }, changedAt: now }]);
   });
 
+  it('scales the thresholds left out to a shorter history (3/4 and 1/4 of it), keeping the ones given', () => {
+    const settingsOf = (events: VpgEvent[]): unknown => (events[0]?.type === 'VpgCreated' ? events[0].vpg.settings : undefined);
+    expect(settingsOf(decideVpg(create({ settings: { journalHistorySeconds: 3600 } }), initialVpgState))).toMatchObject({
+      historyWarningSeconds: 2700,
+      historyAlertSeconds: 900,
+    });
+    expect(settingsOf(decideVpg(create({ settings: { journalHistorySeconds: 3600, historyAlertSeconds: 60 } }), initialVpgState))).toMatchObject({
+      historyWarningSeconds: 2700,
+      historyAlertSeconds: 60,
+    });
+    given([created()])
+      .when({ type: 'ChangeVpgSettings', vpgId, settings: { journalHistorySeconds: 7200 }, now })
+      .then([
+        {
+          type: 'VpgSettingsChanged',
+          vpgId,
+          settings: { ...DEFAULT_VPG_SETTINGS, journalHistorySeconds: 7200, historyWarningSeconds: 5400, historyAlertSeconds: 1800 },
+          changedAt: now,
+        },
+      ]);
+  });
+
   it('refuses settings changes for a VPG that does not exist', () => {
     given([]).when({ type: 'ChangeVpgSettings', vpgId, settings: {}, now }).thenError('not-found');
   });

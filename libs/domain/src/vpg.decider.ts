@@ -1,6 +1,8 @@
 import { DomainError } from './domain.error';
 import {
   DEFAULT_VPG_SETTINGS,
+  HISTORY_ALERT_FRACTION,
+  HISTORY_WARNING_FRACTION,
   MAX_NAME_LENGTH,
   MAX_VOLUME_BYTES,
   MAX_VOLUMES_PER_VPG,
@@ -57,14 +59,14 @@ export function decideVpg(command: VpgCommand, state: VpgState): VpgEvent[] {
       }
       const name = validateName(command.name, 'VPG name');
       const vms = validateVms(command.vms);
-      const settings = validateSettings({ ...DEFAULT_VPG_SETTINGS, ...command.settings });
+      const settings = validateSettings(withHistoryThresholds({ ...DEFAULT_VPG_SETTINGS, ...command.settings }, command.settings));
       return [{ type: 'VpgCreated', vpg: { id: command.vpgId, name, vms, settings, createdAt: command.now } }];
     }
     case 'ChangeVpgSettings': {
       if (state.status !== 'active') {
         throw new DomainError('not-found', `VPG ${command.vpgId} does not exist`);
       }
-      const settings = validateSettings({ ...state.vpg.settings, ...command.settings });
+      const settings = validateSettings(withHistoryThresholds({ ...state.vpg.settings, ...command.settings }, command.settings));
       return [{ type: 'VpgSettingsChanged', vpgId: command.vpgId, settings, changedAt: command.now }];
     }
   }
@@ -136,6 +138,24 @@ function validateVms(specs: readonly VmSpec[]): Vm[] {
     throw new DomainError('invalid-argument', `a VPG holds at most ${MAX_VOLUMES_PER_VPG} volumes`);
   }
   return vms;
+}
+
+/**
+ * Thresholds the caller left out follow the configured history in the article's proportions (3 h and
+ * 1 h of 4 h: three quarters and one quarter) whenever the inherited ones would not fit it; so a VPG
+ * with one hour of history warns at 45 min and alerts at 15 min instead of being refused.
+ */
+function withHistoryThresholds(settings: VpgSettings, given: Partial<VpgSettings>): VpgSettings {
+  const history = settings.journalHistorySeconds;
+  let { historyWarningSeconds, historyAlertSeconds } = settings;
+  const rescaled = given.historyWarningSeconds === undefined && historyWarningSeconds > history;
+  if (rescaled) {
+    historyWarningSeconds = Math.floor((history * HISTORY_WARNING_FRACTION.numerator) / HISTORY_WARNING_FRACTION.denominator);
+  }
+  if (given.historyAlertSeconds === undefined && (rescaled || historyAlertSeconds > historyWarningSeconds)) {
+    historyAlertSeconds = Math.min(historyWarningSeconds, Math.floor((history * HISTORY_ALERT_FRACTION.numerator) / HISTORY_ALERT_FRACTION.denominator));
+  }
+  return { ...settings, historyWarningSeconds, historyAlertSeconds };
 }
 
 function validateSettings(settings: VpgSettings): VpgSettings {

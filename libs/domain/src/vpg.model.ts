@@ -33,6 +33,10 @@ export const DEFAULT_VPG_SETTINGS: VpgSettings = {
   historyAlertSeconds: 1 * 3600,
 };
 
+/** Default thresholds as fractions of the configured history, when it is not the default 4 h. */
+export const HISTORY_WARNING_FRACTION = { numerator: 3, denominator: 4 } as const;
+export const HISTORY_ALERT_FRACTION = { numerator: 1, denominator: 4 } as const;
+
 export const SETTINGS_LIMITS = {
   checkpointIntervalSeconds: { min: 1, max: 60 },
   journalHistorySeconds: { min: 60, max: 30 * 24 * 3600 },

@@ -42,3 +42,50 @@ describe('ExtentMap', () => {
     );
   });
 });
+
+describe('ExtentMap with clipped writes', () => {
+  it('reproduces the bytes of a window, writes clipped to it, against a byte-array model', () => {
+    const size = 512;
+    const write = fc.record({ offset: fc.integer({ min: 0, max: size - 1 }), length: fc.integer({ min: 1, max: 200 }), fill: fc.integer({ min: 1, max: 255 }) });
+    fc.assert(
+      fc.property(fc.array(write, { maxLength: 80 }), fc.integer({ min: 0, max: size - 1 }), fc.integer({ min: 1, max: size }), (writes, from, span) => {
+        const to = Math.min(size, from + span);
+        const model = new Uint8Array(size);
+        const payloads = writes.map((w) => {
+          const length = Math.min(w.length, size - w.offset);
+          // Each payload byte differs, so a wrong sourceOffset shows.
+          const data = Uint8Array.from({ length }, (_, k) => (w.fill + k) % 256);
+          model.set(data, w.offset);
+          return { offset: w.offset, data };
+        });
+        const map = new ExtentMap<{ offset: number; data: Uint8Array }>();
+        for (const p of payloads) {
+          const start = Math.max(p.offset, from);
+          const end = Math.min(p.offset + p.data.length, to);
+          map.add(start, end - start, p, start - p.offset);
+        }
+        const actual = new Uint8Array(size);
+        for (const e of map.list()) {
+          expect(e.start).toBeGreaterThanOrEqual(from);
+          expect(e.end).toBeLessThanOrEqual(to);
+          actual.set(e.source.data.subarray(e.sourceOffset, e.sourceOffset + (e.end - e.start)), e.start);
+        }
+        expect(Array.from(actual.subarray(from, to))).toEqual(Array.from(model.subarray(from, to)));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('merges the two runs of one write that a newer one ended inside and nothing else split', () => {
+    const map = new ExtentMap<string>();
+    map.add(0, 100, 'a');
+    map.add(10, 10, 'b');
+    map.add(0, 10, 'c');
+    map.add(5, 50, 'd');
+    expect(map.list()).toEqual([
+      { start: 0, end: 5, source: 'c', sourceOffset: 0 },
+      { start: 5, end: 55, source: 'd', sourceOffset: 0 },
+      { start: 55, end: 100, source: 'a', sourceOffset: 55 },
+    ]);
+  });
+});

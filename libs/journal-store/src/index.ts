@@ -5,3 +5,6 @@ export * from './extent-map';
 export * from './journal.promoter';
 export * from './replica';
 export * from './pit-view';
+export * from './journal-index.codec';
+export * from './point-in-time';
+export * from './checkpoint-catalog';

@@ -9,7 +9,7 @@ export class JournalVpgEntity {
   @PrimaryColumn('uuid', { name: 'vpg_id' })
   vpgId!: string;
 
-  /** Compact key used in journal_writes instead of the 16-byte UUID. */
+  /** Compact key used in the journal index tables instead of the 16-byte UUID. */
   @Column('int', { name: 'vpg_key', generated: 'increment' })
   vpgKey!: number;
 
@@ -37,29 +37,58 @@ export class JournalVpgEntity {
   updatedAt!: Date;
 }
 
-@Entity({ name: 'journal_writes' })
-export class JournalWriteEntity {
+/** One committed batch: records first_seq..last_seq back to back in one segment (see journal-index.codec.ts). */
+@Entity({ name: 'journal_batches' })
+export class JournalBatchEntity {
   @PrimaryColumn('int', { name: 'vpg_key' })
   vpgKey!: number;
 
-  @PrimaryColumn('bigint')
-  seq!: string;
+  @PrimaryColumn('bigint', { name: 'first_seq' })
+  firstSeq!: string;
 
-  @Column('smallint', { name: 'volume_index' })
-  volumeIndex!: number;
-
-  @Column('bigint', { name: 'byte_offset' })
-  byteOffset!: string;
-
-  /** Payload bytes; the record on disk is RECORD_HEADER_BYTES longer. */
-  @Column('int')
-  length!: number;
+  @Column('bigint', { name: 'last_seq' })
+  lastSeq!: string;
 
   @Column('int')
   segment!: number;
 
   @Column('bigint')
   position!: string;
+
+  @Column('int')
+  bytes!: number;
+
+  /** Newest capture time (µs) of any record up to this batch; never decreases with seq. */
+  @Column('bigint', { name: 'captured_upto' })
+  capturedUpto!: string;
+}
+
+/** The writes of one batch to one 64 MiB region of one volume, packed (see journal-index.codec.ts). */
+@Entity({ name: 'journal_extents' })
+export class JournalExtentEntity {
+  @PrimaryColumn('int', { name: 'vpg_key' })
+  vpgKey!: number;
+
+  @PrimaryColumn('smallint', { name: 'volume_index' })
+  volumeIndex!: number;
+
+  @PrimaryColumn('int')
+  region!: number;
+
+  @PrimaryColumn('bigint', { name: 'first_seq' })
+  firstSeq!: string;
+
+  @Column('bigint', { name: 'last_seq' })
+  lastSeq!: string;
+
+  @Column('int')
+  segment!: number;
+
+  @Column('bigint')
+  position!: string;
+
+  @Column('bytea')
+  entries!: Buffer;
 }
 
 @Entity({ name: 'checkpoints' })
@@ -89,4 +118,4 @@ export class CheckpointEntity {
   recordedAt!: Date;
 }
 
-export const journalEntities = [JournalVpgEntity, JournalWriteEntity, CheckpointEntity];
+export const journalEntities = [JournalVpgEntity, JournalBatchEntity, JournalExtentEntity, CheckpointEntity];

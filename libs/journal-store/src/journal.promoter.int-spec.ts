@@ -14,6 +14,7 @@ import {
   type TempDir,
   type TestDatabase,
 } from '@cdp/testing';
+import { unpackRow } from './journal-index.codec';
 import { journalEntities } from './journal.entities';
 import { JournalPromoter, PromotionPostponedError } from './journal.promoter';
 import { JournalReader } from './journal.reader';
@@ -166,11 +167,16 @@ describe('JournalPromoter', () => {
   }
 
   async function journalState(): Promise<{ replicaSeq: number; minWriteSeq: number | null }> {
-    const rows = await ds.query<{ replica_seq: string; min_seq: string | null }[]>(
-      `SELECT j.replica_seq, (SELECT min(seq) FROM journal_writes w WHERE w.vpg_key = j.vpg_key) AS min_seq FROM journal_vpgs j WHERE vpg_id = $1`,
-      [vpgId],
+    const rows = await ds.query<{ replica_seq: string }[]>(`SELECT replica_seq FROM journal_vpgs WHERE vpg_id = $1`, [vpgId]);
+    // Every write the index still lists, unpacked from its extent rows.
+    const extents = await ds.query<{ volume_index: number; region: number; first_seq: string; segment: number; position: string; entries: Buffer }[]>(
+      `SELECT volume_index, region, first_seq, segment, position, entries FROM journal_extents WHERE vpg_key = $1`,
+      [vpgKey],
     );
-    return { replicaSeq: Number(rows[0]!.replica_seq), minWriteSeq: rows[0]!.min_seq === null ? null : Number(rows[0]!.min_seq) };
+    const seqs = extents.flatMap((e) =>
+      unpackRow({ volumeIndex: e.volume_index, region: e.region, firstSeq: Number(e.first_seq), segment: e.segment, position: Number(e.position), entries: e.entries }).map((w) => w.seq),
+    );
+    return { replicaSeq: Number(rows[0]!.replica_seq), minWriteSeq: seqs.length === 0 ? null : Math.min(...seqs) };
   }
 
   /** Seq range of every segment file on disk, by segment number. */

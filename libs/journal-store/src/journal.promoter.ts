@@ -1,8 +1,9 @@
 import { constants } from 'node:fs';
 import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import { type DataSource, type QueryRunner } from 'typeorm';
-import { RECORD_HEADER_BYTES, RecordKind, decodeRecord, vpgSchema } from '@cdp/contracts';
+import { RecordKind, decodeRecord, peekRecordLength, vpgSchema } from '@cdp/contracts';
 import { SegmentReader } from '@cdp/segment-log';
+import { regionOf, trimRow } from './journal-index.codec';
 import { JournalConflictError, JournalStore } from './journal.store';
 import {
   REPLICA_LOCK_CLASS,
@@ -52,13 +53,12 @@ export interface PromotionResult {
   readonly oldestCheckpoint: RetainedCheckpoint | null;
 }
 
-interface WriteRow {
-  seq: string;
-  volume_index: number;
-  byte_offset: string;
-  length: number;
+interface BatchRow {
+  first_seq: string;
+  last_seq: string;
   segment: number;
   position: string;
+  bytes: number;
 }
 
 /**
@@ -70,8 +70,8 @@ export class PromotionPostponedError extends Error {
   readonly retriable = true;
 }
 
-/** Index rows read per query in step 1, so a large backlog never sits in memory at once. */
-const PAGE_ROWS = 2_000;
+/** Batch rows read per query in step 1, so a large backlog never sits in memory at once. */
+const PAGE_BATCHES = 200;
 const DEFAULT_LOCK_TIMEOUT_MS = 10_000;
 
 /**
@@ -94,10 +94,11 @@ const DEFAULT_LOCK_TIMEOUT_MS = 10_000;
  *      do: after a crash in step 1 the lock is gone but the replica is already past those cuts, and
  *      the retry comes only with the next round, or the writer's next start, while readers, possibly
  *      in another process, go on.
- *   1. apply the journal writes in (replica_seq, P], in seq order, each record read from its segment
- *      and verified, as positioned writes into the replica files; fdatasync them. Applying the same
+ *   1. apply the journal writes in (replica_seq, P], in seq order, batch by batch (one read per
+ *      batch from its segment, every record verified), as positioned writes into the replica files; fdatasync them. Applying the same
  *      writes again in the same order gives the same bytes, so a crash here only means doing it again.
- *   2. in the same transaction: delete the index rows with seq <= P, the checkpoints with cut <= P
+ *   2. in the same transaction: delete the index entries of writes with seq <= P (batch and extent
+ *      rows wholly at or before P; the extent rows of the batch straddling P repacked without them), the checkpoints with cut <= P
  *      (and their checkpoint_requests: the scheduler sends a request again while no checkpoint with
  *      its id exists, which would bring a removed checkpoint back at a new cut), and move replica_seq
  *      to P, guarded by the replica_seq we started from; commit. The intent is now finished (toSeq =
@@ -161,6 +162,43 @@ export class JournalPromoter {
       segmentsDeleted,
       oldestCheckpoint: first ? { id: first.id, cut: Number(first.cut), capturedAt: first.captured_at.toISOString() } : null,
     };
+  }
+
+  /**
+   * Removes every index entry of a write with seq <= toSeq: batch rows wholly at or before it, extent
+   * rows likewise, and the extent rows of the one batch that straddles it repacked without those
+   * writes, so the index holds exactly the writes after replica_seq.
+   */
+  private async dropIndexThrough(runner: QueryRunner, vpgKey: number, toSeq: number, touched: readonly { volumeIndex: number; region: number }[]): Promise<void> {
+    await runner.manager.query(`DELETE FROM journal_batches WHERE vpg_key = $1 AND last_seq <= $2`, [vpgKey, toSeq]);
+    if (touched.length === 0) {
+      return;
+    }
+    const pairs = [touched.map((t) => t.volumeIndex), touched.map((t) => t.region)];
+    await runner.manager.query(
+      `DELETE FROM journal_extents e USING unnest($3::smallint[], $4::int[]) AS t(v, r)
+        WHERE e.vpg_key = $1 AND e.volume_index = t.v AND e.region = t.r AND e.first_seq <= $2 AND e.last_seq <= $2`,
+      [vpgKey, toSeq, ...pairs],
+    );
+    const straddling = await runner.manager.query<{ volume_index: number; region: number; first_seq: string; last_seq: string; segment: number; position: string; entries: Buffer }[]>(
+      `SELECT e.volume_index, e.region, e.first_seq, e.last_seq, e.segment, e.position, e.entries
+         FROM journal_extents e JOIN unnest($3::smallint[], $4::int[]) AS t(v, r) ON e.volume_index = t.v AND e.region = t.r
+        WHERE e.vpg_key = $1 AND e.first_seq <= $2 AND e.last_seq > $2`,
+      [vpgKey, toSeq, ...pairs],
+    );
+    for (const row of straddling) {
+      const trimmed = trimRow(
+        { volumeIndex: row.volume_index, region: row.region, firstSeq: Number(row.first_seq), lastSeq: Number(row.last_seq), segment: row.segment, position: Number(row.position), entries: row.entries },
+        toSeq,
+      );
+      if (!trimmed) {
+        throw new Error(`extent row ${row.first_seq} of VPG key ${vpgKey} ends after seq ${toSeq} but holds no write after it`);
+      }
+      await runner.manager.query(
+        `UPDATE journal_extents SET entries = $5 WHERE vpg_key = $1 AND volume_index = $2 AND region = $3 AND first_seq = $4`,
+        [vpgKey, row.volume_index, row.region, row.first_seq, trimmed.entries],
+      );
+    }
   }
 
   /** Steps 0 to 2 inside the caller's transaction; the caller commits. */
@@ -236,6 +274,8 @@ export class JournalPromoter {
     const sizes = new Map<number, number>(vpg.vms.flatMap((vm) => vm.volumes.map((v) => [v.index, v.sizeBytes] as const)));
     const files = new Map<number, FileHandle>();
     const segments = new SegmentReader(JournalStore.segmentDir(rootDir, vpgId));
+    /** (volume, region) pairs the promoted writes touch: the only extent rows step 2 changes. */
+    const touched = new Map<string, { volumeIndex: number; region: number }>();
     let writes = 0;
     let bytes = 0;
     try {
@@ -255,34 +295,60 @@ export class JournalPromoter {
         }
         return { handle, size };
       };
-      let after = fromSeq;
+      // Batch by batch in seq order: each batch is one run of records in one segment, read with one
+      // call, every record verified; only the writes in (fromSeq, toSeq] are applied.
+      let expected = fromSeq + 1;
+      let afterFirst = -1;
       for (;;) {
-        const rows = await runner.manager.query<WriteRow[]>(
-          `SELECT seq, volume_index, byte_offset, length, segment, position FROM journal_writes
-            WHERE vpg_key = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4`,
-          [vpgKey, after, toSeq, PAGE_ROWS],
+        const batches = await runner.manager.query<BatchRow[]>(
+          `SELECT first_seq, last_seq, segment, position, bytes FROM journal_batches
+            WHERE vpg_key = $1 AND first_seq > $2 AND first_seq <= $3 AND last_seq > $4 ORDER BY first_seq LIMIT $5`,
+          [vpgKey, afterFirst, toSeq, fromSeq, PAGE_BATCHES],
         );
-        for (const row of rows) {
-          const seq = Number(row.seq);
-          const offset = Number(row.byte_offset);
-          const record = await segments.read({ segment: row.segment, position: Number(row.position), length: RECORD_HEADER_BYTES + row.length });
-          const decoded = decodeRecord(record);
-          if (decoded.kind !== RecordKind.Write || decoded.seq !== seq || decoded.volumeIndex !== row.volume_index || decoded.offset !== offset || decoded.data.length !== row.length) {
-            throw new Error(`journal index of VPG ${vpgId} points seq ${seq} at the wrong record`);
+        for (const batch of batches) {
+          const firstSeq = Number(batch.first_seq);
+          if (firstSeq > expected) {
+            throw new Error(`journal index of VPG ${vpgId} has no batch holding seq ${expected} (the next starts at ${firstSeq})`);
           }
-          const { handle, size } = await replica(row.volume_index, seq);
-          if (offset + row.length > size) {
-            throw new Error(`VPG ${vpgId}: journal write seq ${seq} ends at byte ${offset + row.length}, past volume index ${row.volume_index} (${size} bytes)`);
+          const run = await segments.readRange({ segment: batch.segment, position: Number(batch.position), length: batch.bytes });
+          let seq = firstSeq;
+          for (let pos = 0; pos < run.length; seq++) {
+            const length = peekRecordLength(run, pos);
+            if (length === undefined || pos + length > run.length) {
+              throw new Error(`journal batch ${firstSeq} of VPG ${vpgId} is cut short in segment ${batch.segment}`);
+            }
+            const decoded = decodeRecord(run.subarray(pos, pos + length));
+            pos += length;
+            if (decoded.seq !== seq) {
+              throw new Error(`journal index of VPG ${vpgId} points seq ${seq} at the wrong record (seq ${decoded.seq})`);
+            }
+            if (decoded.kind !== RecordKind.Write || seq <= fromSeq || seq > toSeq) {
+              continue;
+            }
+            const { handle, size } = await replica(decoded.volumeIndex, seq);
+            if (decoded.offset + decoded.data.length > size) {
+              throw new Error(`VPG ${vpgId}: journal write seq ${seq} ends at byte ${decoded.offset + decoded.data.length}, past volume index ${decoded.volumeIndex} (${size} bytes)`);
+            }
+            await writeFully(handle, decoded.data, decoded.offset);
+            for (let region = regionOf(decoded.offset); region <= regionOf(decoded.offset + decoded.data.length - 1); region++) {
+              touched.set(`${decoded.volumeIndex}:${region}`, { volumeIndex: decoded.volumeIndex, region });
+            }
+            writes++;
+            bytes += decoded.data.length;
           }
-          await writeFully(handle, decoded.data, offset);
-          writes++;
-          bytes += row.length;
+          if (seq - 1 !== Number(batch.last_seq)) {
+            throw new Error(`journal batch ${firstSeq} of VPG ${vpgId} ends at seq ${seq - 1}, not ${batch.last_seq}`);
+          }
+          expected = seq;
         }
-        const last = rows[rows.length - 1];
-        if (!last || rows.length < PAGE_ROWS) {
+        const last = batches[batches.length - 1];
+        if (!last || batches.length < PAGE_BATCHES) {
           break;
         }
-        after = Number(last.seq);
+        afterFirst = Number(last.first_seq);
+      }
+      if (expected <= toSeq) {
+        throw new Error(`journal index of VPG ${vpgId} ends at seq ${expected - 1}, before the promotion target ${toSeq}`);
       }
       for (const handle of files.values()) {
         await handle.datasync();
@@ -296,7 +362,7 @@ export class JournalPromoter {
     await this.options.hooks?.afterReplicaSynced?.(vpgId, toSeq);
 
     // Step 2 (committed by the caller).
-    await runner.manager.query(`DELETE FROM journal_writes WHERE vpg_key = $1 AND seq <= $2`, [vpgKey, toSeq]);
+    await this.dropIndexThrough(runner, vpgKey, toSeq, [...touched.values()]);
     // A data-modifying WITH runs to completion whether or not the outer query reads it.
     const removed = await runner.manager.query<{ checkpoints: string }[]>(
       `WITH gone AS (DELETE FROM checkpoints WHERE vpg_id = $1 AND cut <= $2 RETURNING id),

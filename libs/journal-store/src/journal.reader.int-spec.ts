@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { type DataSource } from 'typeorm';
 import { decodeRecord, encodeCheckpointRecord } from '@cdp/contracts';
-import { createDataSource, migrations, runMigrations } from '@cdp/database';
-import { createTestDatabase, tempDir, type TempDir } from '@cdp/testing';
+import { createMigratedDatabase, tempDir, type TempDir } from '@cdp/testing';
 import { journalEntities } from './journal.entities';
 import { JournalReader } from './journal.reader';
 import { JournalStore } from './journal.store';
@@ -18,10 +17,7 @@ describe('JournalReader.checkpoints', () => {
   const start = Date.parse('2026-11-25T00:00:00Z');
 
   beforeAll(async () => {
-    const database = await createTestDatabase();
-    dropDatabase = database.drop;
-    dataSource = createDataSource({ url: database.url, entities: journalEntities, migrations });
-    await runMigrations(dataSource);
+    ({ dataSource, drop: dropDatabase } = await createMigratedDatabase(journalEntities));
     dir = await tempDir('reader-');
     store = new JournalStore(dataSource, dir.path);
     reader = new JournalReader(dataSource, dir.path);

@@ -1,5 +1,6 @@
 import { type DataSource } from 'typeorm';
-import { DomainError, type Checkpoint, type CheckpointKind } from '@cdp/domain';
+import { type Checkpoint, type TimelineOptions } from '@cdp/domain';
+import { CheckpointCatalog, type CheckpointPage, type CheckpointPageQuery, type CheckpointStats, type TimelineResult } from './checkpoint-catalog';
 import { PitView } from './pit-view';
 
 export interface JournalStatus {
@@ -17,16 +18,6 @@ export interface CheckpointQuery {
   readonly from?: Date;
   readonly to?: Date;
   readonly limit: number;
-}
-
-interface CheckpointRow {
-  id: string;
-  vpg_id: string;
-  cut: string;
-  kind: CheckpointKind;
-  name: string | null;
-  vm_id: string | null;
-  captured_at: Date;
 }
 
 const IMAGE_CHUNK_BYTES = 1024 * 1024;
@@ -58,6 +49,7 @@ const DEFAULT_IDLE_IMAGE_TIMEOUT_MS = 120_000;
 export class JournalReader {
   private readonly maxConcurrentImages: number;
   private readonly idleImageTimeoutMs: number;
+  private readonly catalog: CheckpointCatalog;
   private activeImages = 0;
   private readonly waitingImages: (() => void)[] = [];
 
@@ -68,20 +60,22 @@ export class JournalReader {
   ) {
     this.maxConcurrentImages = options.maxConcurrentImages ?? DEFAULT_MAX_CONCURRENT_IMAGES;
     this.idleImageTimeoutMs = options.idleImageTimeoutMs ?? DEFAULT_IDLE_IMAGE_TIMEOUT_MS;
+    this.catalog = new CheckpointCatalog(dataSource);
   }
 
   async status(vpgId: string): Promise<JournalStatus> {
-    const rows = await this.dataSource.query<{ applied_seq: string; replica_seq: string; last_captured_at: Date | null; syncing: boolean; checkpoints: string; oldest: Date | null; newest: Date | null }[]>(
-      `SELECT j.applied_seq, j.replica_seq, j.last_captured_at, j.syncing,
-              (SELECT count(*) FROM checkpoints c WHERE c.vpg_id = j.vpg_id) AS checkpoints,
-              (SELECT min(captured_at) FROM checkpoints c WHERE c.vpg_id = j.vpg_id) AS oldest,
-              (SELECT max(captured_at) FROM checkpoints c WHERE c.vpg_id = j.vpg_id) AS newest
-         FROM journal_vpgs j WHERE j.vpg_id = $1`,
-      [vpgId],
-    );
+    const [rows, stats] = await Promise.all([
+      this.dataSource.query<{ applied_seq: string; replica_seq: string; last_captured_at: Date | null; syncing: boolean }[]>(
+        `SELECT applied_seq, replica_seq, last_captured_at, syncing FROM journal_vpgs WHERE vpg_id = $1`,
+        [vpgId],
+      ),
+      this.catalog.stats(vpgId),
+    ]);
     const row = rows[0];
+    // Counted from the catalog's per-VPG summary, never by count(*) over the checkpoints.
+    const checkpoints = { checkpointCount: stats.count, oldestCheckpointAt: stats.earliest?.capturedAt ?? null, newestCheckpointAt: stats.latest?.capturedAt ?? null };
     if (!row) {
-      return { vpgId, appliedSeq: 0, replicaSeq: 0, lastCapturedAt: null, syncing: false, checkpointCount: 0, oldestCheckpointAt: null, newestCheckpointAt: null };
+      return { vpgId, appliedSeq: 0, replicaSeq: 0, lastCapturedAt: null, syncing: false, ...checkpoints };
     }
     return {
       vpgId,
@@ -89,56 +83,44 @@ export class JournalReader {
       replicaSeq: Number(row.replica_seq),
       lastCapturedAt: row.last_captured_at?.toISOString() ?? null,
       syncing: row.syncing,
-      checkpointCount: Number(row.checkpoints),
-      oldestCheckpointAt: row.oldest?.toISOString() ?? null,
-      newestCheckpointAt: row.newest?.toISOString() ?? null,
+      ...checkpoints,
     };
   }
 
   /**
-   * Checkpoints within [from, to], oldest first. With `from`, the first `limit` from there on (page
-   * forward by passing the last one's time); without it, the newest `limit` (what an operator who
-   * asks "what can I recover to" wants).
+   * Checkpoints within [from, to], oldest first. With `from`, the first `limit` from there on; without
+   * it, the newest `limit` (what an operator who asks "what can I recover to" wants). Paging with a
+   * stable cursor: checkpointPage.
    */
   async checkpoints(vpgId: string, query: CheckpointQuery): Promise<Checkpoint[]> {
-    const from = query.from ?? new Date(0);
-    const to = query.to ?? new Date('9999-12-31T00:00:00Z');
-    const rows = await this.dataSource.query<CheckpointRow[]>(
-      query.from
-        ? `SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints
-            WHERE vpg_id = $1 AND captured_at >= $2 AND captured_at <= $3
-            ORDER BY cut LIMIT $4`
-        : `SELECT * FROM (
-             SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints
-              WHERE vpg_id = $1 AND captured_at >= $2 AND captured_at <= $3
-              ORDER BY cut DESC LIMIT $4) newest
-            ORDER BY cut`,
-      [vpgId, from, to, query.limit],
-    );
-    return rows.map(toCheckpoint);
-  }
-
-  /** Every checkpoint captured in (from, to], in time order: the slider's input. */
-  async checkpointsWithin(vpgId: string, from: Date, to: Date): Promise<Checkpoint[]> {
-    const rows = await this.dataSource.query<CheckpointRow[]>(
-      `SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints
-        WHERE vpg_id = $1 AND captured_at > $2 AND captured_at <= $3
-        ORDER BY captured_at, id`,
-      [vpgId, from, to],
-    );
-    return rows.map(toCheckpoint);
-  }
-
-  async checkpoint(vpgId: string, checkpointId: string): Promise<Checkpoint> {
-    const rows = await this.dataSource.query<CheckpointRow[]>(
-      `SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints WHERE id = $1 AND vpg_id = $2`,
-      [checkpointId, vpgId],
-    );
-    const row = rows[0];
-    if (!row) {
-      throw new DomainError('not-found', `checkpoint ${checkpointId} is not recorded for VPG ${vpgId}`);
+    if (query.from) {
+      return (await this.catalog.page(vpgId, query)).checkpoints;
     }
-    return toCheckpoint(row);
+    return this.catalog.newest(vpgId, query);
+  }
+
+  /** The manual list, a page at a time (see CheckpointCatalog.page). */
+  checkpointPage(vpgId: string, query: CheckpointPageQuery): Promise<CheckpointPage> {
+    return this.catalog.page(vpgId, query);
+  }
+
+  /** Every checkpoint captured in (from, to], in time order. */
+  checkpointsWithin(vpgId: string, from: Date, to: Date): Promise<Checkpoint[]> {
+    return this.catalog.within(vpgId, from, to);
+  }
+
+  checkpoint(vpgId: string, checkpointId: string): Promise<Checkpoint> {
+    return this.catalog.get(vpgId, checkpointId);
+  }
+
+  /** Earliest, latest, count and count per kind. */
+  checkpointStats(vpgId: string): Promise<CheckpointStats> {
+    return this.catalog.stats(vpgId);
+  }
+
+  /** The recovery slider at `now` (the rule: selectTimeline). */
+  timeline(vpgId: string, now: Date, options?: TimelineOptions): Promise<TimelineResult> {
+    return this.catalog.timeline(vpgId, now, options);
   }
 
   /**
@@ -148,6 +130,17 @@ export class JournalReader {
   async openView(vpgId: string, volumeIndex: number, sizeBytes: number, cut: number): Promise<PitView> {
     await this.acquireImageSlot();
     return PitView.open(this.dataSource, this.rootDir, { vpgId, volumeIndex, sizeBytes, cut }, () => this.releaseImageSlot());
+  }
+
+  /**
+   * A volume at any point in time inside the journal, not only at a checkpoint: the longest prefix of
+   * the VPG's write order captured at or before `at` (see point-in-time.ts). The view's `cut` and
+   * `capturedAt` say what it resolved to. A time before the journal's history or after its latest
+   * write is refused with a DomainError saying which.
+   */
+  async openViewAt(vpgId: string, volumeIndex: number, sizeBytes: number, at: Date): Promise<PitView> {
+    await this.acquireImageSlot();
+    return PitView.open(this.dataSource, this.rootDir, { vpgId, volumeIndex, sizeBytes, at }, () => this.releaseImageSlot());
   }
 
   /**
@@ -203,16 +196,4 @@ export class JournalReader {
       this.activeImages--;
     }
   }
-}
-
-function toCheckpoint(row: CheckpointRow): Checkpoint {
-  return {
-    id: row.id,
-    vpgId: row.vpg_id,
-    cut: Number(row.cut),
-    kind: row.kind,
-    name: row.name,
-    vmId: row.vm_id,
-    capturedAt: row.captured_at.toISOString(),
-  };
 }

@@ -3,6 +3,7 @@ import { type DataSource } from 'typeorm';
 import { RecordKind, type DecodedRecord } from '@cdp/contracts';
 import { type Checkpoint } from '@cdp/domain';
 import { SegmentLog } from '@cdp/segment-log';
+import { packBatch, type IndexedWrite } from './journal-index.codec';
 
 export interface VerifiedRecord {
   /** The record's bytes exactly as captured (header, checksum, body). */
@@ -21,22 +22,37 @@ export class JournalConflictError extends Error {
   readonly retriable = true;
 }
 
+/** A message for the bus, kept in journal_outbox until published. */
+export interface OutboxMessage {
+  readonly topic: string;
+  readonly key: string;
+  readonly value: Buffer;
+}
+
+export interface CommitOptions {
+  readonly outbox?: (recorded: readonly Checkpoint[]) => readonly OutboxMessage[];
+}
+
 interface VpgJournal {
   readonly vpgKey: number;
   appliedSeq: number;
+  /** journal_batches.captured_upto of the newest batch (0 when there is none). */
+  capturedUpto: number;
   readonly log: SegmentLog;
 }
 
 /**
  * The recovery site's journal, writer side. For each VPG: an append-only segment log of the records
- * exactly as captured, and in Postgres an index row per write (where its bytes are), the checkpoints,
- * and the VPG's applied seq.
+ * exactly as captured, and in Postgres the compact index of where each write's bytes are (a row per
+ * committed batch, and a row of packed entries per batch, volume and 64 MiB region: see
+ * journal-index.codec.ts), the checkpoints, and the VPG's applied seq.
  *
  * Commit order is what makes checkpoints honest and the journal exactly-once:
  *   1. append the records to the VPG's segment log and fdatasync it;
- *   2. in one Postgres transaction: the index rows (one multi-row INSERT from arrays), the checkpoints
- *      whose markers are in the batch, and applied_seq/segment_end moved forward, guarded by the
- *      applied_seq we started from;
+ *   2. in one Postgres transaction: the batch row and its extent rows (one INSERT from arrays), the
+ *      checkpoints whose markers are in the batch, and applied_seq/segment_end moved forward, guarded
+ *      by the applied_seq we started from. Its inserts overlap the fdatasync of step 1; it waits for
+ *      that before applied_seq moves, so nothing commits before the records are durable;
  *   3. only then is anything reported (checkpoint events, progress to the splitter).
  * A crash after 1 and before 2 leaves bytes after segment_end; the next open truncates the log there,
  * and the records arrive again from the splitter. A checkpoint row exists only if every record up to
@@ -70,7 +86,12 @@ export class JournalStore {
    * each next one the following seq. The caller (the journal writer) drops duplicates and stops at
    * gaps before calling.
    */
-  async commit(vpgId: string, records: readonly VerifiedRecord[]): Promise<CommitResult> {
+  /**
+   * `options.outbox` names the messages this commit gives rise to, from the checkpoints it recorded;
+   * they are written to journal_outbox in the commit's transaction (see OutboxRelay in the journal
+   * writer), so they exist if and only if the commit does.
+   */
+  async commit(vpgId: string, records: readonly VerifiedRecord[], options: CommitOptions = {}): Promise<CommitResult> {
     const journal = await this.journal(vpgId);
     if (records.length === 0) {
       return { appliedSeq: journal.appliedSeq, checkpoints: [] };
@@ -83,27 +104,24 @@ export class JournalStore {
       expected++;
     }
     const placed = journal.log.append(records.map((r) => r.bytes));
-    await journal.log.sync();
+    // The index rows travel to Postgres while the segment is being made durable; the transaction
+    // waits for the fdatasync before it touches applied_seq and commits.
+    const synced = journal.log.sync();
+    synced.catch(() => undefined);
     const end = journal.log.end;
 
-    const seqs: number[] = [];
-    const volumes: number[] = [];
-    const offsets: number[] = [];
-    const lengths: number[] = [];
-    const segments: number[] = [];
-    const positions: number[] = [];
+    const writes: IndexedWrite[] = [];
     const checkpoints: Checkpoint[] = [];
     let lastCapturedMicros = 0;
     records.forEach(({ decoded }, i) => {
       const at = placed[i] as (typeof placed)[number];
       lastCapturedMicros = Math.max(lastCapturedMicros, decoded.capturedAtMicros);
       if (decoded.kind === RecordKind.Write) {
-        seqs.push(decoded.seq);
-        volumes.push(decoded.volumeIndex);
-        offsets.push(decoded.offset);
-        lengths.push(decoded.data.length);
-        segments.push(at.segment);
-        positions.push(at.position);
+        // A write of no bytes changes no image: it keeps its seq in the batch but needs no index entry.
+        if (decoded.data.length === 0) {
+          return;
+        }
+        writes.push({ seq: decoded.seq, volumeIndex: decoded.volumeIndex, offset: decoded.offset, length: decoded.data.length, segment: at.segment, position: at.position });
       } else {
         checkpoints.push({
           id: decoded.marker.id,
@@ -116,16 +134,36 @@ export class JournalStore {
         });
       }
     });
+    // SegmentLog.append writes one call's records back to back in one segment, so the batch is one run.
+    const first = placed[0] as (typeof placed)[number];
+    const last = placed[placed.length - 1] as (typeof placed)[number];
+    const batch = { firstSeq: first.seq, segment: first.segment, position: first.position };
+    const capturedUpto = Math.max(journal.capturedUpto, lastCapturedMicros);
     const lastSeq = expected - 1;
 
     let recorded: Checkpoint[] = [];
     try {
+      const extents = packBatch(batch, writes);
       await this.dataSource.transaction(async (em) => {
-        if (seqs.length > 0) {
+        await em.query(
+          `INSERT INTO journal_batches (vpg_key, first_seq, last_seq, segment, position, bytes, captured_upto)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+          [journal.vpgKey, batch.firstSeq, lastSeq, batch.segment, batch.position, last.position + last.length - first.position, capturedUpto],
+        );
+        if (extents.length > 0) {
           await em.query(
-            `INSERT INTO journal_writes (vpg_key, seq, volume_index, byte_offset, length, segment, position)
-             SELECT $1, * FROM unnest($2::bigint[], $3::smallint[], $4::bigint[], $5::int[], $6::int[], $7::bigint[])`,
-            [journal.vpgKey, seqs, volumes, offsets, lengths, segments, positions],
+            `INSERT INTO journal_extents (vpg_key, volume_index, region, first_seq, last_seq, segment, position, entries)
+             SELECT $1, v, r, $2, l, $3, $4, e FROM unnest($5::smallint[], $6::int[], $7::bigint[], $8::bytea[]) AS t(v, r, l, e)`,
+            [
+              journal.vpgKey,
+              batch.firstSeq,
+              batch.segment,
+              batch.position,
+              extents.map((e) => e.volumeIndex),
+              extents.map((e) => e.region),
+              extents.map((e) => e.lastSeq),
+              extents.map((e) => e.entries),
+            ],
           );
         }
         if (checkpoints.length > 0) {
@@ -149,6 +187,15 @@ export class JournalStore {
           const inserted = new Set(rows.map((r) => r.id));
           recorded = checkpoints.filter((c) => inserted.has(c.id));
         }
+        const outbox = options.outbox?.(recorded) ?? [];
+        if (outbox.length > 0) {
+          await em.query(`INSERT INTO journal_outbox (topic, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`, [
+            outbox.map((m) => m.topic),
+            outbox.map((m) => m.key),
+            outbox.map((m) => m.value),
+          ]);
+        }
+        await synced;
         const updated = await em.query<[unknown[], number]>(
           `UPDATE journal_vpgs
               SET applied_seq = $2, segment = $3, segment_end = $4,
@@ -164,10 +211,12 @@ export class JournalStore {
       // The segment now holds bytes the index does not know. Forget this VPG's state so the next use
       // reopens the log and truncates it back to what the index says.
       this.vpgs.delete(vpgId);
+      await synced.catch(() => undefined);
       await journal.log.close().catch(() => undefined);
       throw err;
     }
     journal.appliedSeq = lastSeq;
+    journal.capturedUpto = capturedUpto;
     return { appliedSeq: lastSeq, checkpoints: recorded };
   }
 
@@ -213,6 +262,10 @@ export class JournalStore {
       tail: { segment: row.segment, position: Number(row.segment_end) },
       segmentBytes: this.options.segmentBytes,
     });
-    return { vpgKey: row.vpg_key, appliedSeq: Number(row.applied_seq), log };
+    const newest = await this.dataSource.query<{ captured_upto: string }[]>(
+      `SELECT captured_upto FROM journal_batches WHERE vpg_key = $1 ORDER BY first_seq DESC LIMIT 1`,
+      [row.vpg_key],
+    );
+    return { vpgKey: row.vpg_key, appliedSeq: Number(row.applied_seq), capturedUpto: Number(newest[0]?.captured_upto ?? 0), log };
   }
 }

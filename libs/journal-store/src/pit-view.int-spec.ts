@@ -2,8 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { type DataSource } from 'typeorm';
 import { decodeRecord, encodeCheckpointRecord, encodeWriteRecord } from '@cdp/contracts';
 import { DomainError } from '@cdp/domain';
-import { createDataSource, migrations, runMigrations } from '@cdp/database';
-import { ReferenceModel, createTestDatabase, randomBuffer, seededRandom, tempDir, type TempDir } from '@cdp/testing';
+import { ReferenceModel, createMigratedDatabase, randomBuffer, seededRandom, tempDir, type TempDir } from '@cdp/testing';
 import { journalEntities } from './journal.entities';
 import { JournalReader } from './journal.reader';
 import { JournalStore } from './journal.store';
@@ -23,10 +22,7 @@ describe('PitView', () => {
   const middleCut = 200;
 
   beforeAll(async () => {
-    const database = await createTestDatabase();
-    dropDatabase = database.drop;
-    dataSource = createDataSource({ url: database.url, entities: journalEntities, migrations });
-    await runMigrations(dataSource);
+    ({ dataSource, drop: dropDatabase } = await createMigratedDatabase(journalEntities));
     dir = await tempDir('pit-view-');
     store = new JournalStore(dataSource, dir.path);
     reader = new JournalReader(dataSource, dir.path);

@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type BeforeApplicationShutdown } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { BUS, type Bus, type BusConsumer, type BusProducer, type MessageBatch } from '@cdp/bus';
@@ -14,6 +13,7 @@ import {
 } from '@cdp/contracts';
 import { JournalPromoter, JournalStore, PromotionPostponedError, type PromotionResult } from '@cdp/journal-store';
 import { planApply } from './apply-plan';
+import { OutboxRelay } from './outbox.relay';
 
 export interface JournalWriterStatus {
   readonly appliedRecords: number;
@@ -44,6 +44,7 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
   readonly store: JournalStore;
   private consumer: BusConsumer | undefined;
   private readonly producer: BusProducer;
+  private readonly outbox: OutboxRelay;
   private readonly knownVpgs = new Set<string>();
   private readonly replayRequested = new Map<string, { fromSeq: number; at: number }>();
   private readonly counters = { appliedRecords: 0, duplicateRecords: 0, gaps: 0, corruptMessages: 0 };
@@ -59,12 +60,15 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
     private readonly dataSource: DataSource,
   ) {
     this.producer = bus.createProducer();
-    this.store = new JournalStore(dataSource, join(config.dataDir, 'journal'));
+    this.outbox = new OutboxRelay(dataSource, this.producer);
+    this.store = new JournalStore(dataSource, config.journalDir);
     this.promoter = new JournalPromoter(dataSource, this.store);
     this.promotionIntervalMs = config.promotionIntervalSeconds * 1000;
   }
 
   async onApplicationBootstrap(): Promise<void> {
+    // Whatever a previous run committed but did not get to publish goes out first.
+    await this.outbox.publish().catch((err: unknown) => this.logger.warn(`outbox not yet published: ${err instanceof Error ? err.message : String(err)}`));
     this.consumer = this.bus.createConsumer({ groupId: 'journal-writer', topics: [TOPICS.recoveryWrites], start: 'earliest' });
     await this.consumer.run((batch) => this.onBatch(batch));
     this.promotionTimer = setInterval(() => {
@@ -86,6 +90,7 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
     clearInterval(this.promotionTimer);
     await this.promotionRound?.catch(() => undefined);
     await this.consumer?.stop();
+    await this.outbox.stop();
     await this.store.close();
   }
 
@@ -170,6 +175,7 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
     }
     const events: DomainEventMessage[] = [];
     const progress: JournalProgress[] = [];
+    let committedEvents = false;
     for (const [vpgId, records] of byVpg) {
       if (!(await this.isKnown(vpgId))) {
         this.logger.warn(`dropping ${records.length} records for VPG ${vpgId}, which is not defined`);
@@ -179,16 +185,21 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
       const plan = planApply(appliedSeq, records);
       this.counters.duplicateRecords += plan.duplicates;
       if (plan.apply.length > 0) {
-        const result = await this.store.commit(vpgId, plan.apply);
+        // Checkpoint events go through the outbox: written in the commit's transaction, so a crash
+        // after the commit cannot lose them (the records would come back only as duplicates).
+        const result = await this.store.commit(vpgId, plan.apply, {
+          outbox: (recorded) =>
+            recorded
+              .flatMap((checkpoint) => [
+                event(vpgId, 'checkpoint.recorded', { checkpoint }),
+                ...(checkpoint.kind === 'tagged' ? [event(vpgId, 'checkpoint.tagged-inserted', { checkpoint })] : []),
+              ])
+              .map((e) => ({ topic: TOPICS.events, key: vpgId, value: Buffer.from(JSON.stringify(e)) })),
+        });
         this.counters.appliedRecords += plan.apply.length;
         this.replayRequested.delete(vpgId);
         progress.push({ vpgId, appliedSeq: result.appliedSeq, at: new Date().toISOString() });
-        for (const checkpoint of result.checkpoints) {
-          events.push(event(vpgId, 'checkpoint.recorded', { checkpoint }));
-          if (checkpoint.kind === 'tagged') {
-            events.push(event(vpgId, 'checkpoint.tagged-inserted', { checkpoint }));
-          }
-        }
+        committedEvents ||= result.checkpoints.length > 0;
       }
       if (plan.gap) {
         await this.onGap(vpgId, plan.gap, events);
@@ -200,7 +211,13 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
         progress.map((p) => ({ key: p.vpgId, value: Buffer.from(JSON.stringify(p)) })),
       );
     }
+    if (committedEvents) {
+      // Published now in the common case; if the bus refuses, the relay retries on its own and the
+      // batch is not failed for it (its records are journaled).
+      await this.outbox.publish().catch(() => undefined);
+    }
     if (events.length > 0) {
+      // Gap and corruption notices: informational, and raised again while the gap lasts.
       await this.producer.send(
         TOPICS.events,
         events.map((e) => ({ key: e.vpgId, value: Buffer.from(JSON.stringify(e)) })),

@@ -3,3 +3,4 @@ export * from './vpg.service';
 export * from './recovery.service';
 export * from './pit-exports.service';
 export * from './pit-export.device';
+export * from './history-monitor.service';

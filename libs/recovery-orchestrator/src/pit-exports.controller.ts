@@ -1,5 +1,6 @@
 import { Body, Controller, Delete, Get, HttpCode, Param, Post } from '@nestjs/common';
 import { z } from 'zod';
+import { pitExportAtRequestSchema, type PitExportAtRequest } from '@cdp/contracts';
 import { ZodPipe, uuidParam } from '@cdp/http-edge';
 import { PitExportsService, type PitExport } from './pit-exports.service';
 
@@ -9,7 +10,8 @@ const openExportSchema = z.strictObject({
 });
 
 /**
- * Point-in-time exports over NBD: open the image of a volume at a checkpoint as a block device
+ * Point-in-time exports over NBD: open the image of a volume at a checkpoint, or at any time inside
+ * the journal, as a block device
  * (read-only, or writable into a scratch overlay for a test failover), list them, close them.
  */
 @Controller()
@@ -23,6 +25,15 @@ export class PitExportsController {
     @Body(new ZodPipe(openExportSchema, 'body')) body: z.infer<typeof openExportSchema>,
   ): Promise<PitExport> {
     return this.exports.open(vpgId, checkpointId, body.volumeId, body.writable);
+  }
+
+  /** The volume at any time inside the journal; the answer says which seq and capture time it resolved to. */
+  @Post('vpgs/:vpgId/exports')
+  openAt(
+    @Param('vpgId', uuidParam('VPG id')) vpgId: string,
+    @Body(new ZodPipe(pitExportAtRequestSchema, 'body')) body: PitExportAtRequest,
+  ): Promise<PitExport> {
+    return this.exports.openAt(vpgId, body.volumeId, new Date(body.at), body.writable);
   }
 
   @Get('exports')

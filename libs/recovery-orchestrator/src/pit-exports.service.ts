@@ -3,7 +3,8 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Inject, Injectable, Logger, type BeforeApplicationShutdown, type OnApplicationBootstrap } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
-import { DomainError, volumesOf } from '@cdp/domain';
+import { DomainError, volumesOf, type Volume, type Vpg } from '@cdp/domain';
+import { type PitView } from '@cdp/journal-store';
 import { NbdServer, type ExportEntry } from '@cdp/nbd';
 import { PitExportDevice } from './pit-export.device';
 import { RecoveryService } from './recovery.service';
@@ -15,8 +16,14 @@ export interface PitExport {
   readonly name: string;
   readonly url: string;
   readonly vpgId: string;
-  readonly checkpointId: string;
+  /** The checkpoint the export was opened at; null when it was opened at a time. */
+  readonly checkpointId: string | null;
+  /** The time asked for, when opened at a time; null for a checkpoint. */
+  readonly at: string | null;
+  /** The seq the view is at: every write with seq <= cut is in it. */
   readonly cut: number;
+  /** When opened at a time: the newest capture time of any write in the view. */
+  readonly capturedAt: string | null;
   readonly volumeId: string;
   readonly sizeBytes: number;
   readonly writable: boolean;
@@ -87,12 +94,42 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
 
   async open(vpgId: string, checkpointId: string, volumeId: string, writable: boolean): Promise<PitExport> {
     const vpg = await this.vpgs.get(vpgId);
+    const volume = this.volumeOf(vpg, volumeId);
+    const checkpoint = await this.recovery.checkpoint(vpgId, checkpointId);
+    const view = await this.recovery.openView(vpgId, volume, checkpoint.cut);
+    const opened = await this.serve(view, vpgId, volume, writable, { checkpointId, at: null, capturedAt: null });
+    this.logger.log(`opened export ${opened.name}: VPG ${vpg.name}, volume ${volume.name}, checkpoint ${checkpoint.name ?? checkpoint.kind} at cut ${checkpoint.cut}`);
+    return opened;
+  }
+
+  /**
+   * The volume as it was at a time inside the journal: after the last write captured at or before
+   * `at`. A time before the journal's history or after its latest write is refused (out-of-range).
+   */
+  async openAt(vpgId: string, volumeId: string, at: Date, writable: boolean): Promise<PitExport> {
+    const vpg = await this.vpgs.get(vpgId);
+    const volume = this.volumeOf(vpg, volumeId);
+    const view = await this.recovery.openViewAt(vpgId, volume, at);
+    const opened = await this.serve(view, vpgId, volume, writable, { checkpointId: null, at: at.toISOString(), capturedAt: view.capturedAt ?? null });
+    this.logger.log(`opened export ${opened.name}: VPG ${vpg.name}, volume ${volume.name}, at ${at.toISOString()} (cut ${view.cut})`);
+    return opened;
+  }
+
+  private volumeOf(vpg: Vpg, volumeId: string): Volume {
     const volume = volumesOf(vpg).find((v) => v.id === volumeId);
     if (!volume) {
       throw new DomainError('not-found', `volume ${volumeId} is not in VPG ${vpg.name}`);
     }
-    const checkpoint = await this.recovery.checkpoint(vpgId, checkpointId);
-    const view = await this.recovery.openView(vpgId, volume, checkpoint.cut);
+    return volume;
+  }
+
+  private async serve(
+    view: PitView,
+    vpgId: string,
+    volume: Volume,
+    writable: boolean,
+    point: Pick<PitExport, 'checkpointId' | 'at' | 'capturedAt'>,
+  ): Promise<PitExport> {
     const id = randomUUID();
     let device: PitExportDevice;
     try {
@@ -108,15 +145,14 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
       name,
       url: `nbd://${host}:${port}/${name}`,
       vpgId,
-      checkpointId,
-      cut: checkpoint.cut,
-      volumeId,
+      ...point,
+      cut: view.cut,
+      volumeId: volume.id,
       sizeBytes: volume.sizeBytes,
       writable,
       createdAt: new Date().toISOString(),
     };
     this.exports.set(id, { info, device });
-    this.logger.log(`opened ${writable ? 'writable' : 'read-only'} export ${name}: VPG ${vpg.name}, volume ${volume.name}, checkpoint ${checkpoint.name ?? checkpoint.kind} at cut ${checkpoint.cut}`);
     return { ...info, overlayBytes: 0 };
   }
 
@@ -151,5 +187,6 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
 }
 
 function describe(info: Omit<PitExport, 'overlayBytes'>): string {
-  return `VPG ${info.vpgId} volume ${info.volumeId} at checkpoint ${info.checkpointId} (cut ${info.cut})${info.writable ? ', writable overlay' : ''}`;
+  const point = info.checkpointId ? `checkpoint ${info.checkpointId}` : `time ${info.at ?? ''}`;
+  return `VPG ${info.vpgId} volume ${info.volumeId} at ${point} (cut ${info.cut})${info.writable ? ', writable overlay' : ''}`;
 }

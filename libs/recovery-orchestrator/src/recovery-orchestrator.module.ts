@@ -1,5 +1,6 @@
 import { Module } from '@nestjs/common';
-import { VpgController } from './recovery.controller';
+import { AlertsController, VpgController } from './recovery.controller';
+import { HistoryMonitorService } from './history-monitor.service';
 import { PitExportsController } from './pit-exports.controller';
 import { PitExportsService } from './pit-exports.service';
 import { RecoveryService } from './recovery.service';
@@ -7,8 +8,8 @@ import { VpgService } from './vpg.service';
 
 /** Needs BUS, APP_CONFIG and a migrated DataSource from the composing application. */
 @Module({
-  controllers: [VpgController, PitExportsController],
-  providers: [VpgService, RecoveryService, PitExportsService],
-  exports: [VpgService, RecoveryService, PitExportsService],
+  controllers: [VpgController, AlertsController, PitExportsController],
+  providers: [VpgService, RecoveryService, PitExportsService, HistoryMonitorService],
+  exports: [VpgService, RecoveryService, PitExportsService, HistoryMonitorService],
 })
 export class RecoveryOrchestratorModule {}

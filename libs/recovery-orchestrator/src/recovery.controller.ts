@@ -1,25 +1,42 @@
-import { Body, Controller, Get, Param, Post, Query, Res } from '@nestjs/common';
+import { Body, Controller, Get, Param, Post, Query, Req, Res } from '@nestjs/common';
+import { type Request } from 'express';
 import { type Response } from 'express';
 import { z } from 'zod';
 import { createVpgRequestSchema, type CreateVpgRequest } from '@cdp/contracts';
 import { DomainError, volumesOf, type Checkpoint, type HistoryStatus, type Vpg } from '@cdp/domain';
-import { type JournalStatus } from '@cdp/journal-store';
+import { decodeCursor, type CheckpointStats, type JournalStatus, type TimelineResult } from '@cdp/journal-store';
 import { ZodPipe, uuidParam } from '@cdp/http-edge';
+import { HistoryMonitorService, type HistoryAlert } from './history-monitor.service';
 import { RecoveryService } from './recovery.service';
 import { VpgService } from './vpg.service';
 
 const isoDate = z.iso.datetime({ offset: true }).transform((s) => new Date(s));
-const checkpointQuerySchema = z.strictObject({
-  from: isoDate.optional(),
-  to: isoDate.optional(),
-  limit: z.string().regex(/^\d+$/, 'limit must be a positive integer').transform(Number).refine((n) => n >= 1 && n <= 10_000, 'limit is 1 to 10000').optional(),
-});
+const checkpointQuerySchema = z
+  .strictObject({
+    from: isoDate.optional(),
+    to: isoDate.optional(),
+    cursor: z.string().min(1).max(200).optional(),
+    limit: z.string().regex(/^\d+$/, 'limit must be a positive integer').transform(Number).refine((n) => n >= 1 && n <= 10_000, 'limit is 1 to 10000').optional(),
+  })
+  .refine((q) => !q.from || !q.to || q.from.getTime() <= q.to.getTime(), { message: 'from must not be after to', path: ['from'] });
+
+/** Open alerts of every VPG (a VPG's own are in GET /vpgs/:id). */
+@Controller('alerts')
+export class AlertsController {
+  constructor(private readonly monitor: HistoryMonitorService) {}
+
+  @Get()
+  list(): Promise<HistoryAlert[]> {
+    return this.monitor.alerts();
+  }
+}
 
 @Controller('vpgs')
 export class VpgController {
   constructor(
     private readonly vpgs: VpgService,
     private readonly recovery: RecoveryService,
+    private readonly monitor: HistoryMonitorService,
   ) {}
 
   @Post()
@@ -33,26 +50,56 @@ export class VpgController {
   }
 
   @Get(':vpgId')
-  async get(@Param('vpgId', uuidParam('VPG id')) vpgId: string): Promise<{ vpg: Vpg; journal: JournalStatus; history: HistoryStatus }> {
+  async get(
+    @Param('vpgId', uuidParam('VPG id')) vpgId: string,
+  ): Promise<{ vpg: Vpg; journal: JournalStatus; history: HistoryStatus; alerts: HistoryAlert[] }> {
     const vpg = await this.vpgs.get(vpgId);
-    const journal = await this.recovery.status(vpgId);
-    return { vpg, journal, history: this.recovery.history(vpg, journal, new Date()) };
+    const [journal, alerts] = await Promise.all([this.recovery.status(vpgId), this.monitor.alerts(vpgId)]);
+    return { vpg, journal, history: this.recovery.history(vpg, journal, new Date()), alerts };
   }
 
   /** The recovery slider: at most 180 checkpoints over the last 24 hours, tagged ones marked. */
   @Get(':vpgId/timeline')
-  async timeline(@Param('vpgId', uuidParam('VPG id')) vpgId: string): Promise<{ from: string; to: string; checkpoints: (Checkpoint & { marked: boolean })[] }> {
+  async timeline(@Param('vpgId', uuidParam('VPG id')) vpgId: string): Promise<TimelineResult> {
     await this.vpgs.get(vpgId);
     return this.recovery.timeline(vpgId, new Date());
   }
 
+  /**
+   * Checkpoints in time order. With `from` or `cursor`: the manual list, every checkpoint in [from, to]
+   * a page of `limit` at a time; when there is more, the `x-next-cursor` header (and a `Link` with
+   * rel="next") says where the next page starts. Without either: the newest `limit`.
+   */
   @Get(':vpgId/checkpoints')
   async checkpoints(
     @Param('vpgId', uuidParam('VPG id')) vpgId: string,
     @Query(new ZodPipe(checkpointQuerySchema, 'query')) query: z.infer<typeof checkpointQuerySchema>,
+    @Req() request: Request,
+    @Res({ passthrough: true }) response: Response,
   ): Promise<Checkpoint[]> {
+    if (query.cursor !== undefined) {
+      // Refused before anything is read, with the same error whatever the VPG.
+      decodeCursor(query.cursor);
+    }
     await this.vpgs.get(vpgId);
-    return this.recovery.checkpoints(vpgId, { from: query.from, to: query.to, limit: query.limit ?? 1000 });
+    const limit = query.limit ?? 1000;
+    if (query.from === undefined && query.cursor === undefined) {
+      return this.recovery.checkpoints(vpgId, { to: query.to, limit });
+    }
+    const page = await this.recovery.checkpointPage(vpgId, { from: query.from, to: query.to, after: query.cursor, limit });
+    if (page.next !== null) {
+      const url = new URL(request.originalUrl, 'http://host');
+      url.searchParams.set('cursor', page.next);
+      response.set({ 'x-next-cursor': page.next, link: `<${url.pathname}${url.search}>; rel="next"` });
+    }
+    return page.checkpoints;
+  }
+
+  /** Earliest, latest, count, and count per kind. */
+  @Get(':vpgId/checkpoints/stats')
+  async checkpointStats(@Param('vpgId', uuidParam('VPG id')) vpgId: string): Promise<CheckpointStats> {
+    await this.vpgs.get(vpgId);
+    return this.recovery.checkpointStats(vpgId);
   }
 
   @Get(':vpgId/checkpoints/:checkpointId')

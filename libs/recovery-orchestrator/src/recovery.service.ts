@@ -1,10 +1,18 @@
 import { writeFile, open } from 'node:fs/promises';
-import { join } from 'node:path';
 import { Inject, Injectable, type BeforeApplicationShutdown } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
-import { TIMELINE_DEFAULTS, historyStatus, selectTimeline, type Checkpoint, type HistoryStatus, type Volume, type Vpg } from '@cdp/domain';
-import { JournalReader, type CheckpointQuery, type JournalStatus, type PitView } from '@cdp/journal-store';
+import { historyStatus, type Checkpoint, type HistoryStatus, type Volume, type Vpg } from '@cdp/domain';
+import {
+  JournalReader,
+  type CheckpointPage,
+  type CheckpointPageQuery,
+  type CheckpointQuery,
+  type CheckpointStats,
+  type JournalStatus,
+  type PitView,
+  type TimelineResult,
+} from '@cdp/journal-store';
 
 /** Recovery: checkpoints and point-in-time images, read from the journal index and segments. */
 @Injectable()
@@ -12,7 +20,7 @@ export class RecoveryService implements BeforeApplicationShutdown {
   private readonly reader: JournalReader;
 
   constructor(dataSource: DataSource, @Inject(APP_CONFIG) config: AppConfig) {
-    this.reader = new JournalReader(dataSource, join(config.dataDir, 'journal'));
+    this.reader = new JournalReader(dataSource, config.journalDir);
   }
 
   async beforeApplicationShutdown(): Promise<void> {
@@ -35,22 +43,18 @@ export class RecoveryService implements BeforeApplicationShutdown {
    * The recovery slider: at most 180 checkpoints of the last 24 hours, tagged and
    * application-consistent ones always included and marked (see checkpoint-timeline.ts for the rule).
    */
-  async timeline(vpgId: string, now: Date): Promise<{ from: string; to: string; checkpoints: (Checkpoint & { marked: boolean })[] }> {
-    const from = new Date(now.getTime() - TIMELINE_DEFAULTS.windowHours * 3600_000);
-    const checkpoints = await this.reader.checkpointsWithin(vpgId, from, now);
-    const byId = new Map(checkpoints.map((c) => [c.id, c]));
-    const selected = selectTimeline(
-      checkpoints.map((c) => ({ id: c.id, capturedAt: Date.parse(c.capturedAt), kind: c.kind, name: c.name })),
-      now,
-    );
-    return {
-      from: from.toISOString(),
-      to: now.toISOString(),
-      checkpoints: selected.flatMap((entry) => {
-        const checkpoint = byId.get(entry.id);
-        return checkpoint ? [{ ...checkpoint, marked: entry.marked }] : [];
-      }),
-    };
+  timeline(vpgId: string, now: Date): Promise<TimelineResult> {
+    return this.reader.timeline(vpgId, now);
+  }
+
+  /** The manual list of every checkpoint in a time range, a page at a time. */
+  checkpointPage(vpgId: string, query: CheckpointPageQuery): Promise<CheckpointPage> {
+    return this.reader.checkpointPage(vpgId, query);
+  }
+
+  /** Earliest, latest, count and count per kind. */
+  checkpointStats(vpgId: string): Promise<CheckpointStats> {
+    return this.reader.checkpointStats(vpgId);
   }
 
   /** Actual journal history against the VPG's configured history, with its status. */
@@ -67,6 +71,11 @@ export class RecoveryService implements BeforeApplicationShutdown {
   /** The volume at the cut, readable at any offset, until closed (it holds the VPG's history there). */
   openView(vpgId: string, volume: Volume, cut: number): Promise<PitView> {
     return this.reader.openView(vpgId, volume.index, volume.sizeBytes, cut);
+  }
+
+  /** The volume at any point in time inside the journal (see JournalReader.openViewAt). */
+  openViewAt(vpgId: string, volume: Volume, at: Date): Promise<PitView> {
+    return this.reader.openViewAt(vpgId, volume.index, volume.sizeBytes, at);
   }
 
   image(vpgId: string, volume: Volume, cut: number): AsyncGenerator<Buffer> {

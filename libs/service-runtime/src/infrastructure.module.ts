@@ -2,11 +2,14 @@ import { join } from 'node:path';
 import { type DynamicModule, Global, Inject, Injectable, Logger, Module, type OnApplicationShutdown, type Provider } from '@nestjs/common';
 import { ModuleRef } from '@nestjs/core';
 import { DataSource } from 'typeorm';
-import { BUS, InProcessBus, type Bus } from '@cdp/bus';
+import { BUS, type Bus } from '@cdp/bus';
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
 import { EmbeddedPostgresServer, createDataSource, migrations, runMigrations } from '@cdp/database';
 import { eventStoreEntities } from '@cdp/event-store';
+import { READINESS_CHECKS, type ReadinessCheck } from '@cdp/http-edge';
 import { journalEntities } from '@cdp/journal-store';
+import { createBus } from './bus.factory';
+import { ServiceState, busCheck, databaseCheck } from './readiness';
 
 export const EMBEDDED_POSTGRES = 'cdp:embedded-postgres';
 
@@ -15,20 +18,29 @@ export interface DatabaseHandle {
   readonly embedded: EmbeddedPostgresServer | null;
 }
 
+export interface InfrastructureOptions {
+  /** Names the process to the bus (the Kafka client id defaults to continuum-<service>). */
+  readonly service: string;
+  readonly database: boolean;
+  /** Replaces the configured bus (tests inject faults through it). */
+  readonly bus?: Bus;
+}
+
 /**
  * The infrastructure a service process runs on: its validated configuration, its bus driver, and (for
  * services that keep state in Postgres) a DataSource whose migrations have run. With no DATABASE_URL,
  * a PostgreSQL server is started under <dataDir>/postgres. Closed last, after every service has
- * stopped (services stop in beforeApplicationShutdown).
+ * stopped (services stop in beforeApplicationShutdown). Also the readiness checks of what it provides
+ * (READINESS_CHECKS, for the HealthController): the service started, the bus, the database if any.
  */
 @Global()
 @Module({})
 export class InfrastructureModule {
-  static forRoot(config: AppConfig, options: { readonly database: boolean; readonly bus?: Bus }): DynamicModule {
+  static forRoot(config: AppConfig, options: InfrastructureOptions): DynamicModule {
     const providers: Provider[] = [
       { provide: APP_CONFIG, useValue: config },
-      // A long-running process must not keep every message it ever carried: retain only what a group still needs.
-      { provide: BUS, useValue: options.bus ?? new InProcessBus({ defaultPartitions: config.busPartitions, retention: 'consumed' }) },
+      { provide: BUS, useFactory: (): Bus | Promise<Bus> => options.bus ?? createBus(config, options.service) },
+      ServiceState,
       InfrastructureLifecycle,
     ];
     if (options.database) {
@@ -61,6 +73,15 @@ export class InfrastructureModule {
         },
       );
     }
+    providers.push({
+      provide: READINESS_CHECKS,
+      inject: [ServiceState, BUS, ...(options.database ? [DataSource] : [])],
+      useFactory: (state: ServiceState, bus: Bus, dataSource?: DataSource): ReadinessCheck[] => [
+        state.check(),
+        busCheck(bus),
+        ...(dataSource ? [databaseCheck(dataSource)] : []),
+      ],
+    });
     return { module: InfrastructureModule, providers, exports: providers.filter((p) => p !== InfrastructureLifecycle) };
   }
 }

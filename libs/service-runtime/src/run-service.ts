@@ -5,6 +5,7 @@ import { HealthController, configureHttp, listen } from '@cdp/http-edge';
 import { DataDirInUseError, DataDirLock } from './data-dir.lock';
 import { InfrastructureModule } from './infrastructure.module';
 import { QuietNestLogger } from './quiet.logger';
+import { ServiceState } from './readiness';
 
 export interface RunningService {
   readonly app: INestApplication;
@@ -34,7 +35,9 @@ export async function runService(name: string, compose: (config: AppConfig) => D
   const logger = new Logger(name);
   let app: INestApplication;
   try {
-    app = await NestFactory.create(compose(config), { bodyParser: false, logger: new QuietNestLogger() });
+    // forceCloseConnections: by the time Nest closes the HTTP server the services have stopped, so a
+    // kept-alive client connection (idle for up to the 65 s keep-alive) must not hold the exit back.
+    app = await NestFactory.create(compose(config), { bodyParser: false, logger: new QuietNestLogger(), forceCloseConnections: true });
   } catch (err) {
     lock.release();
     throw err;
@@ -73,14 +76,15 @@ export async function runService(name: string, compose: (config: AppConfig) => D
     }
     throw err;
   }
-  logger.log(`data dir ${config.dataDir}`);
+  app.get(ServiceState).markStarted();
+  logger.log(`data dir ${config.dataDir}, ${config.bus.driver} bus`);
   return { app, url, config };
 }
 
 /**
  * One of the five services as a process of its own: its module, the infrastructure it needs, and the
- * health endpoint. Until the Kafka bus driver lands, such a process runs on the in-process bus and so
- * only talks to itself; the all-in-one app composes all five.
+ * health endpoints. With CDP_BUS=kafka the five such processes form the pipeline; on the default
+ * in-process bus a standalone service only talks to itself (the all-in-one app composes all five).
  */
 export function runStandaloneService(name: string, service: Type<unknown>, options: { readonly database: boolean }): void {
   @Module({})
@@ -88,7 +92,7 @@ export function runStandaloneService(name: string, service: Type<unknown>, optio
 
   runService(name, (config) => ({
     module: StandaloneServiceModule,
-    imports: [InfrastructureModule.forRoot(config, { database: options.database }), service],
+    imports: [InfrastructureModule.forRoot(config, { service: name, database: options.database }), service],
     controllers: [HealthController],
   })).catch((err: unknown) => {
     process.stderr.write(`${name}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);

@@ -9,3 +9,8 @@ export * from './service-lifecycle';
 export * from './fault-injecting.bus';
 export * from './checkpoint-verification';
 export * from './external-tools';
+export * from './service-pipeline';
+export * from './service-health';
+export * from './container-runtime';
+export * from './containers';
+export * from './pipeline-scenario';

@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
+import { type DataSource } from 'typeorm';
+import { createDataSource, migrations, runMigrations, type DataSourceConfig } from '@cdp/database';
 import { ADMIN_URL_VARIABLE } from './env';
 
 export interface TestDatabase {
@@ -50,4 +52,28 @@ async function withAdmin(url: string, work: (client: Client) => Promise<unknown>
   } finally {
     await client.end();
   }
+}
+
+/**
+ * A fresh test database with every migration run, and a DataSource on it mapping `entities`. `drop()`
+ * closes the DataSource (if still open) and drops the database.
+ */
+export async function createMigratedDatabase(entities: DataSourceConfig['entities'] = []): Promise<{ dataSource: DataSource; drop: () => Promise<void> }> {
+  const database = await createTestDatabase();
+  const dataSource = createDataSource({ url: database.url, entities, migrations });
+  try {
+    await runMigrations(dataSource);
+  } catch (err) {
+    await database.drop();
+    throw err;
+  }
+  return {
+    dataSource,
+    drop: async () => {
+      if (dataSource.isInitialized) {
+        await dataSource.destroy();
+      }
+      await database.drop();
+    },
+  };
 }

@@ -86,7 +86,7 @@ export interface KafkaProducerOptions {
   /**
    * Idempotent producer (sequence numbers per partition, so a retried request is never stored twice or
    * out of order). Default true. Brokers that do not support it (librdkafka's mock) need false; see
-   * ORDERING.md for what then holds.
+   * docs/kafka-ordering.md for what then holds.
    */
   readonly idempotent?: boolean;
   /** Default 'none'; 'gzip' needs no extra package. */
@@ -157,7 +157,7 @@ const RETRIABLE_NAMES = new Set([
 /**
  * The Bus on Kafka through kafkajs. One kafkajs producer is shared by every BusProducer; each BusConsumer
  * is one kafkajs consumer (one group member) using eachBatch with auto-commit off, committing a batch's
- * offsets only after its handler resolves. See ORDERING.md for what holds across retries, rebalances and
+ * offsets only after its handler resolves. See docs/kafka-ordering.md for what holds across retries, rebalances and
  * broker failover.
  */
 export class KafkaBus implements Bus {

@@ -1,0 +1,213 @@
+import { randomUUID } from 'node:crypto';
+import { type DataSource } from 'typeorm';
+import { compareTimelineCheckpoints, selectTimeline, type Checkpoint, type CheckpointKind } from '@cdp/domain';
+import { createMigratedDatabase, seededRandom } from '@cdp/testing';
+import { CheckpointCatalog, decodeCursor } from './checkpoint-catalog';
+
+const HOUR = 3_600_000;
+const byTimeThenId = (a: Checkpoint, b: Checkpoint): number =>
+  compareTimelineCheckpoints({ ...a, capturedAt: Date.parse(a.capturedAt) }, { ...b, capturedAt: Date.parse(b.capturedAt) });
+const NOW = new Date('2026-11-25T12:00:00.000Z');
+
+/** The catalog against real PostgreSQL with the real migrations: lists, cursor, stats kept by triggers, the slider. */
+describe('CheckpointCatalog', () => {
+  let dataSource: DataSource;
+  let drop: () => Promise<void>;
+  let catalog: CheckpointCatalog;
+
+  async function insert(rows: readonly Checkpoint[]): Promise<void> {
+    await dataSource.query(
+      `INSERT INTO checkpoints (id, vpg_id, cut, kind, name, vm_id, captured_at)
+       SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::uuid[], $7::timestamptz[])`,
+      [
+        rows.map((r) => r.id),
+        rows.map((r) => r.vpgId),
+        rows.map((r) => r.cut),
+        rows.map((r) => r.kind),
+        rows.map((r) => r.name),
+        rows.map((r) => r.vmId),
+        rows.map((r) => r.capturedAt),
+      ],
+    );
+  }
+
+  /** Checkpoints every `stepMs` for `spanMs` ending at NOW, some marked, some sharing a capture time. */
+  function series(vpgId: string, spanMs: number, stepMs: number, seed: number): Checkpoint[] {
+    const random = seededRandom(seed);
+    const out: Checkpoint[] = [];
+    let cut = 0;
+    for (let t = NOW.getTime() - spanMs; t <= NOW.getTime(); t += stepMs) {
+      const r = random();
+      const kind: CheckpointKind = r < 0.01 ? 'tagged' : r < 0.02 ? 'application-consistent' : 'automatic';
+      cut += 1 + Math.floor(random() * 10);
+      out.push({ id: randomUUID(), vpgId, cut, kind, name: kind === 'automatic' ? null : `n${cut}`, vmId: null, capturedAt: new Date(t).toISOString() });
+      if (random() < 0.02) {
+        // Same capture time, another id: ties are broken by id everywhere.
+        out.push({ id: randomUUID(), vpgId, cut: cut + 1, kind: 'tagged', name: 'twin', vmId: null, capturedAt: new Date(t).toISOString() });
+        cut++;
+      }
+    }
+    return out;
+  }
+
+  beforeAll(async () => {
+    ({ dataSource, drop: drop } = await createMigratedDatabase());
+    catalog = new CheckpointCatalog(dataSource);
+  });
+
+  afterAll(async () => {
+    await dataSource?.destroy();
+    await drop?.();
+  });
+
+  it('pages through a range with a cursor that stays valid while checkpoints are recorded and trimmed', async () => {
+    const vpgId = randomUUID();
+    const all = series(vpgId, 2 * HOUR, 10_000, 1);
+    await insert(all);
+    await insert(series(randomUUID(), 2 * HOUR, 10_000, 2));
+    const from = new Date(NOW.getTime() - 90 * 60_000);
+    const to = new Date(NOW.getTime() - 30 * 60_000);
+    const expected = all.filter((c) => Date.parse(c.capturedAt) >= from.getTime() && Date.parse(c.capturedAt) <= to.getTime());
+
+    const seen: Checkpoint[] = [];
+    let cursor: string | undefined;
+    let pages = 0;
+    do {
+      const page = await catalog.page(vpgId, { from, to, after: cursor, limit: 37 });
+      seen.push(...page.checkpoints);
+      cursor = page.next ?? undefined;
+      pages++;
+      if (pages === 2) {
+        // Meanwhile: the oldest ones are trimmed, and one is recorded behind the cursor and one ahead.
+        await dataSource.query(`DELETE FROM checkpoints WHERE vpg_id = $1 AND captured_at < $2`, [vpgId, from]);
+        const behind = { ...all[0]!, id: randomUUID(), capturedAt: seen[0]!.capturedAt, cut: 1 };
+        const ahead = { ...all[0]!, id: randomUUID(), capturedAt: new Date(to.getTime() - 1).toISOString(), cut: 10 ** 9 };
+        await insert([behind, ahead]);
+        expected.push(ahead);
+      }
+    } while (cursor !== undefined);
+    expect(pages).toBeGreaterThan(5);
+    expected.sort(byTimeThenId);
+    // Every one once, in order; the one recorded behind the cursor is not seen, the one ahead is.
+    expect(seen.map((c) => c.id)).toEqual(expected.map((c) => c.id));
+    expect(seen.map((c) => c.id).length).toBe(new Set(seen.map((c) => c.id)).size);
+  });
+
+  it('returns the newest ones by default and refuses a cursor it did not hand out', async () => {
+    const vpgId = randomUUID();
+    const all = series(vpgId, HOUR, 60_000, 3);
+    await insert(all);
+    const newest = await catalog.newest(vpgId, { limit: 3 });
+    expect(newest.map((c) => c.capturedAt)).toEqual(all.slice(-3).map((c) => c.capturedAt));
+    for (const bad of ['', 'nope', Buffer.from('c1:12:not-a-uuid').toString('base64url'), Buffer.from(`c2:1:${vpgId}`).toString('base64url')]) {
+      expect(() => decodeCursor(bad)).toThrow(/cursor/);
+    }
+    await expect(catalog.page(vpgId, { after: 'garbage!', limit: 10 })).rejects.toMatchObject({ code: 'invalid-argument' });
+  });
+
+  it('keeps stats per VPG and kind through inserts, deletes, updates and truncation, without counting', async () => {
+    const vpgId = randomUUID();
+    expect(await catalog.stats(vpgId)).toEqual({ count: 0, byKind: { automatic: 0, tagged: 0, 'application-consistent': 0 }, earliest: null, latest: null });
+    const all = series(vpgId, HOUR, 5_000, 4);
+    await insert(all);
+    const count = async (): Promise<Record<string, number>> => {
+      const rows = await dataSource.query<{ kind: string; n: string }[]>(`SELECT kind, count(*) AS n FROM checkpoints WHERE vpg_id = $1 GROUP BY kind`, [vpgId]);
+      return Object.fromEntries(rows.map((r) => [r.kind, Number(r.n)]));
+    };
+    const expectStatsMatchTable = async (): Promise<void> => {
+      const stats = await catalog.stats(vpgId);
+      const counted = await count();
+      expect(stats.byKind).toEqual({ automatic: counted['automatic'] ?? 0, tagged: counted['tagged'] ?? 0, 'application-consistent': counted['application-consistent'] ?? 0 });
+      expect(stats.count).toBe(Object.values(counted).reduce((a, b) => a + b, 0));
+    };
+    await expectStatsMatchTable();
+    const stats = await catalog.stats(vpgId);
+    expect(stats.count).toBe(all.length);
+    const sorted = [...all].sort(byTimeThenId);
+    expect(stats.earliest).toEqual(sorted[0]);
+    expect(stats.latest).toEqual(sorted[sorted.length - 1]);
+
+    await dataSource.query(`DELETE FROM checkpoints WHERE vpg_id = $1 AND captured_at < $2`, [vpgId, new Date(NOW.getTime() - HOUR / 2)]);
+    await expectStatsMatchTable();
+    expect((await catalog.stats(vpgId)).earliest?.capturedAt).toBe(new Date(NOW.getTime() - HOUR / 2).toISOString());
+    await dataSource.query(`UPDATE checkpoints SET kind = 'tagged', name = 'x' WHERE vpg_id = $1 AND kind = 'automatic' AND cut % 3 = 0`, [vpgId]);
+    await expectStatsMatchTable();
+    // A failed transaction leaves the counts as they were.
+    await expect(
+      dataSource.transaction(async (em) => {
+        await em.query(`DELETE FROM checkpoints WHERE vpg_id = $1`, [vpgId]);
+        throw new Error('rolled back');
+      }),
+    ).rejects.toThrow('rolled back');
+    await expectStatsMatchTable();
+    await dataSource.query(`TRUNCATE checkpoints`);
+    expect((await catalog.stats(vpgId)).count).toBe(0);
+  });
+
+  it('gives the slider the picks of the rule over the full rows (3 days at 5 s, ties in time, marked ones)', async () => {
+    const vpgId = randomUUID();
+    // 3 days at 5 s (the query only ever reads the last 24 h; older rows are there to be skipped).
+    const all = series(vpgId, 72 * HOUR, 5_000, 5);
+    for (let i = 0; i < all.length; i += 20_000) {
+      await insert(all.slice(i, i + 20_000));
+    }
+    for (const now of [NOW, new Date(NOW.getTime() - 7 * HOUR + 1234), new Date(NOW.getTime() + 30 * 60_000)]) {
+      const full = await catalog.within(vpgId, new Date(now.getTime() - 24 * HOUR), now);
+      const expected = selectTimeline(full.map((c) => ({ id: c.id, capturedAt: Date.parse(c.capturedAt), kind: c.kind, name: c.name })), now);
+      const result = await catalog.timeline(vpgId, now);
+      expect(result.checkpoints.map((c) => c.id)).toEqual(expected.map((e) => e.id));
+      expect(result.checkpoints.map((c) => c.marked)).toEqual(expected.map((e) => e.marked));
+      const byId = new Map(full.map((c) => [c.id, c]));
+      for (const c of result.checkpoints) {
+        const { marked, ...checkpoint } = c;
+        expect(checkpoint).toEqual(byId.get(c.id));
+        expect(marked).toBe(c.kind !== 'automatic');
+      }
+      expect(result.checkpoints.length).toBe(180);
+      expect(result).toMatchObject({ from: new Date(now.getTime() - 24 * HOUR).toISOString(), to: now.toISOString() });
+    }
+    expect((await catalog.timeline(randomUUID(), NOW)).checkpoints).toEqual([]);
+  });
+
+  it('stays exact while checkpoints are appended, trimmed and recorded late (the day cache)', async () => {
+    const vpgId = randomUUID();
+    await insert(series(vpgId, 26 * HOUR, 5_000, 6));
+    const fresh = new CheckpointCatalog(dataSource);
+    let now = NOW.getTime();
+    let cut = 10 ** 7;
+    const expectExact = async (): Promise<void> => {
+      const at = new Date(now);
+      const full = await fresh.within(vpgId, new Date(now - 24 * HOUR), at);
+      const expected = selectTimeline(full.map((c) => ({ id: c.id, capturedAt: Date.parse(c.capturedAt), kind: c.kind, name: c.name })), at);
+      // Through the cache and through a catalog that has none: both what the table holds.
+      expect((await fresh.timeline(vpgId, at)).checkpoints.map((c) => c.id)).toEqual(expected.map((e) => e.id));
+      expect((await new CheckpointCatalog(dataSource).timeline(vpgId, at)).checkpoints.map((c) => c.id)).toEqual(expected.map((e) => e.id));
+    };
+    const append = async (count: number, kind: CheckpointKind = 'automatic'): Promise<void> => {
+      const rows: Checkpoint[] = [];
+      for (let i = 0; i < count; i++) {
+        now += 5_000;
+        rows.push({ id: randomUUID(), vpgId, cut: cut++, kind, name: kind === 'automatic' ? null : 'late', vmId: null, capturedAt: new Date(now).toISOString() });
+      }
+      await insert(rows);
+    };
+    await expectExact();
+    for (let round = 0; round < 6; round++) {
+      await append(50 + round * 100);
+      await expectExact();
+      await append(1, 'tagged');
+      await expectExact();
+    }
+    // The promoter trims inside the window.
+    await dataSource.query(`DELETE FROM checkpoints WHERE vpg_id = $1 AND captured_at < $2`, [vpgId, new Date(now - 3 * HOUR)]);
+    await expectExact();
+    // A tagged checkpoint recorded behind the newest one (a source clock that stepped back).
+    await insert([{ id: randomUUID(), vpgId, cut: cut++, kind: 'tagged', name: 'behind', vmId: null, capturedAt: new Date(now - HOUR).toISOString() }]);
+    await expectExact();
+    // Time moves on by more than a day: the cache's old part falls out of the window.
+    await append(10);
+    now += 25 * HOUR;
+    await append(3);
+    await expectExact();
+  });
+});

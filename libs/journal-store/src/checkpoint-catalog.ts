@@ -1,0 +1,465 @@
+import { type DataSource } from 'typeorm';
+import {
+  CHECKPOINT_KINDS,
+  DomainError,
+  TIMELINE_DEFAULTS,
+  selectTimelineSorted,
+  type Checkpoint,
+  type CheckpointKind,
+  type TimelineOptions,
+} from '@cdp/domain';
+
+/**
+ * The checkpoint catalog: every query about a VPG's recorded checkpoints, built to stay within a few
+ * milliseconds with 30 days of 5-second checkpoints per VPG (about 518,000 rows) and a hundred VPGs in
+ * one table. The indexes and the per-VPG counts it relies on are made by the CheckpointCatalog
+ * migration (libs/database): the index (vpg_id, captured_at, id) INCLUDE (kind), and checkpoint_stats
+ * kept by triggers.
+ *
+ * Every list is in (capturedAt, id) order, the order the timeline rule uses too.
+ */
+
+export interface CheckpointPageQuery {
+  /** Inclusive bounds on capturedAt. */
+  readonly from?: Date;
+  readonly to?: Date;
+  /** Resume after this position (from a previous page's `next`). */
+  readonly after?: string;
+  readonly limit: number;
+}
+
+export interface CheckpointPage {
+  readonly checkpoints: Checkpoint[];
+  /**
+   * Where the next page starts, or null when this page reached the end of the range as it stood. An
+   * opaque string: the position (capture time in microseconds and id) of this page's last checkpoint.
+   * It stays valid whatever is recorded or trimmed meanwhile: the next page holds the checkpoints
+   * after that position, never one twice.
+   */
+  readonly next: string | null;
+}
+
+export interface CheckpointStats {
+  readonly count: number;
+  readonly byKind: Readonly<Record<CheckpointKind, number>>;
+  readonly earliest: Checkpoint | null;
+  readonly latest: Checkpoint | null;
+}
+
+export interface TimelineResult {
+  readonly from: string;
+  readonly to: string;
+  readonly checkpoints: (Checkpoint & { readonly marked: boolean })[];
+}
+
+interface CheckpointRow {
+  id: string;
+  vpg_id: string;
+  cut: string;
+  kind: CheckpointKind;
+  name: string | null;
+  vm_id: string | null;
+  captured_at: Date;
+  /** Capture time in whole microseconds since the epoch (timestamptz's own precision), as text. */
+  at_us: string;
+}
+
+/** A row through row_to_json: timestamptz as ISO text with the server's offset, bigint as a JSON number. */
+interface CheckpointJson {
+  id: string;
+  vpg_id: string;
+  cut: number;
+  kind: CheckpointKind;
+  name: string | null;
+  vm_id: string | null;
+  captured_at: string;
+}
+
+const COLUMNS = `id, vpg_id, cut, kind, name, vm_id, captured_at,
+  (extract(epoch FROM captured_at) * 1000000)::bigint::text AS at_us`;
+
+const CURSOR_VERSION = 'c1';
+const HOUR_MS = 3_600_000;
+
+export class CheckpointCatalog {
+  private readonly days = new Map<string, DayCache>();
+
+  constructor(private readonly dataSource: DataSource) {}
+
+  /**
+   * The manual list: every checkpoint captured in [from, to], oldest first, `limit` at a time. Keyset
+   * paging on (captured_at, id): each page is one index range scan however deep into the range it is.
+   */
+  async page(vpgId: string, query: CheckpointPageQuery): Promise<CheckpointPage> {
+    const after = query.after === undefined ? null : decodeCursor(query.after);
+    const params: unknown[] = [vpgId, query.limit + 1];
+    const conditions = ['vpg_id = $1'];
+    if (query.from) {
+      params.push(query.from);
+      conditions.push(`captured_at >= $${params.length}`);
+    }
+    if (query.to) {
+      params.push(query.to);
+      conditions.push(`captured_at <= $${params.length}`);
+    }
+    if (after) {
+      params.push(microsToTimestamp(after.atMicros), after.id);
+      conditions.push(`(captured_at, id) > ($${params.length - 1}::timestamptz, $${params.length}::uuid)`);
+    }
+    const rows = await this.dataSource.query<CheckpointRow[]>(
+      `SELECT ${COLUMNS} FROM checkpoints WHERE ${conditions.join(' AND ')} ORDER BY captured_at, id LIMIT $2`,
+      params,
+    );
+    const more = rows.length > query.limit;
+    const pageRows = more ? rows.slice(0, query.limit) : rows;
+    const last = pageRows[pageRows.length - 1];
+    return { checkpoints: pageRows.map(toCheckpoint), next: more && last ? encodeCursor(last) : null };
+  }
+
+  /** The newest `limit` checkpoints captured in [from, to], oldest first ("what can I recover to now"). */
+  async newest(vpgId: string, query: { readonly from?: Date; readonly to?: Date; readonly limit: number }): Promise<Checkpoint[]> {
+    const rows = await this.dataSource.query<CheckpointRow[]>(
+      `SELECT * FROM (
+         SELECT ${COLUMNS} FROM checkpoints
+          WHERE vpg_id = $1 AND ($2::timestamptz IS NULL OR captured_at >= $2) AND ($3::timestamptz IS NULL OR captured_at <= $3)
+          ORDER BY captured_at DESC, id DESC LIMIT $4) newest
+        ORDER BY captured_at, id`,
+      [vpgId, query.from ?? null, query.to ?? null, query.limit],
+    );
+    return rows.map(toCheckpoint);
+  }
+
+  /** Every checkpoint captured in (from, to], oldest first. Unbounded: for short ranges only. */
+  async within(vpgId: string, from: Date, to: Date): Promise<Checkpoint[]> {
+    const rows = await this.dataSource.query<CheckpointRow[]>(
+      `SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 AND captured_at > $2 AND captured_at <= $3 ORDER BY captured_at, id`,
+      [vpgId, from, to],
+    );
+    return rows.map(toCheckpoint);
+  }
+
+  async get(vpgId: string, checkpointId: string): Promise<Checkpoint> {
+    const rows = await this.dataSource.query<CheckpointRow[]>(`SELECT ${COLUMNS} FROM checkpoints WHERE id = $1 AND vpg_id = $2`, [checkpointId, vpgId]);
+    const row = rows[0];
+    if (!row) {
+      throw new DomainError('not-found', `checkpoint ${checkpointId} is not recorded for VPG ${vpgId}`);
+    }
+    return toCheckpoint(row);
+  }
+
+  /**
+   * Earliest, latest, and how many of each kind: the counts from checkpoint_stats, the two ends as one
+   * index probe each, in one round trip.
+   */
+  async stats(vpgId: string): Promise<CheckpointStats> {
+    const rows = await this.dataSource.query<
+      {
+        automatic: string | null;
+        tagged: string | null;
+        application_consistent: string | null;
+        earliest: CheckpointJson | null;
+        latest: CheckpointJson | null;
+      }[]
+    >(
+      `SELECT s.automatic, s.tagged, s.application_consistent,
+              (SELECT row_to_json(e) FROM (SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 ORDER BY captured_at, id LIMIT 1) e) AS earliest,
+              (SELECT row_to_json(l) FROM (SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 ORDER BY captured_at DESC, id DESC LIMIT 1) l) AS latest
+         FROM (SELECT $1::uuid AS vpg_id) v LEFT JOIN checkpoint_stats s ON s.vpg_id = v.vpg_id`,
+      [vpgId],
+    );
+    const row = rows[0];
+    const byKind = {
+      automatic: Number(row?.automatic ?? 0),
+      tagged: Number(row?.tagged ?? 0),
+      'application-consistent': Number(row?.application_consistent ?? 0),
+    } satisfies Record<CheckpointKind, number>;
+    return {
+      count: CHECKPOINT_KINDS.reduce((sum, kind) => sum + byKind[kind], 0),
+      byKind,
+      earliest: row?.earliest ? fromJsonRow(row.earliest) : null,
+      latest: row?.latest ? fromJsonRow(row.latest) : null,
+    };
+  }
+
+  /**
+   * The recovery slider (selectTimeline's rule) without bringing the day's checkpoints into Node as
+   * rows: a day at 5 s is 17,280 of them, and parsing that many rows costs more than the budget.
+   *
+   * 1. The day: for each checkpoint in (capturedAt, id) order its capture time and whether it is
+   *    marked, nothing else (the rule needs nothing else). It comes from the day cache (below), or
+   *    from one index-only scan that returns it as a single text value.
+   * 2. The rule (selectTimelineSorted, over the columns: no object per checkpoint) picks at most 180
+   *    positions.
+   * 3. One query fetches the rows at the picked capture times (an index probe each); a position among
+   *    checkpoints sharing its time is resolved by id order, the order of step 1.
+   *
+   * The day cache: per VPG, the day as two typed arrays (about 9 bytes a checkpoint, 160 KB for a day
+   * at 5 s), brought up to date on each call by one round trip that reads the VPG's counts and only
+   * the checkpoints after the newest cached one. It is used only if nothing else changed: the count
+   * grew by exactly the appended ones and no statement removed or changed a checkpoint
+   * (checkpoint_stats.removals); otherwise (a trim by the promoter, a checkpoint recorded behind the
+   * newest) the day is read again. So the result is always what the table holds, in any process.
+   *
+   * The result equals selectTimeline over the full rows (the integration test checks that).
+   */
+  async timeline(vpgId: string, now: Date, options: TimelineOptions = {}): Promise<TimelineResult> {
+    const windowHours = options.windowHours ?? TIMELINE_DEFAULTS.windowHours;
+    const nowMs = now.getTime();
+    if (!Number.isFinite(nowMs)) {
+      throw new DomainError('invalid-argument', 'now must be a valid date');
+    }
+    const from = new Date(nowMs - windowHours * HOUR_MS);
+    const base = { from: from.toISOString(), to: now.toISOString() };
+    const day = await this.day(vpgId, from.getTime() * 1000);
+    // The window's first position: the cache may start earlier (it was read for an earlier `now`).
+    const windowStartUs = from.getTime() * 1000;
+    let lo = 0;
+    let hi = day.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (day.times[mid]! <= windowStartUs) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    const first = lo;
+    const count = day.length - first;
+    if (count === 0) {
+      return { ...base, checkpoints: [] };
+    }
+    // The rule works in milliseconds; the day is kept in microseconds (exact for step 3).
+    const millis = new Float64Array(count);
+    for (let i = 0; i < count; i++) {
+      millis[i] = day.times[first + i]! / 1000;
+    }
+    const selected = selectTimelineSorted(millis, day.marked.subarray(first, day.length), now, options);
+    if (selected.positions.length === 0) {
+      return { ...base, checkpoints: [] };
+    }
+    const positions = selected.positions.map((p) => first + p);
+    const times = [...new Set(positions.map((p) => day.times[p]!))];
+    const rows = await this.dataSource.query<CheckpointRow[]>(
+      `SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 AND captured_at = ANY($2::timestamptz[]) ORDER BY captured_at, id`,
+      [vpgId, times.map((t) => microsToTimestamp(BigInt(t)))],
+    );
+    const byTime = new Map<string, CheckpointRow[]>();
+    for (const row of rows) {
+      const list = byTime.get(row.at_us) ?? [];
+      list.push(row);
+      byTime.set(row.at_us, list);
+    }
+    const checkpoints: (Checkpoint & { marked: boolean })[] = [];
+    positions.forEach((p, i) => {
+      let firstOfTime = p;
+      while (firstOfTime > 0 && day.times[firstOfTime - 1] === day.times[p]) {
+        firstOfTime--;
+      }
+      const row = byTime.get(String(day.times[p]))?.[p - firstOfTime];
+      // Missing only if the promoter trimmed it since step 1: it is no longer recoverable.
+      if (row) {
+        checkpoints.push({ ...toCheckpoint(row), marked: selected.marked[i]! });
+      }
+    });
+    return { ...base, checkpoints };
+  }
+
+  /** The VPG's checkpoints captured after `fromUs` (at least), from the day cache brought up to date, or read afresh. */
+  private async day(vpgId: string, fromUs: number): Promise<DayCache> {
+    const cached = this.days.get(vpgId);
+    if (cached && cached.fromUs <= fromUs) {
+      const rows = await this.dataSource.query<{ total: string | null; removals: string | null; added: string | null; last_us: string | null; last_id: string | null }[]>(
+        `SELECT s.automatic + s.tagged + s.application_consistent AS total, s.removals::text AS removals,
+                (SELECT string_agg(round(date_part('epoch', captured_at - $2::timestamptz) * 1000000)::bigint::text
+                                   || CASE WHEN kind = 'automatic' THEN '' ELSE '*' END, ',')
+                   FROM (SELECT captured_at, kind FROM checkpoints
+                          WHERE vpg_id = $1 AND (captured_at, id) > ($2::timestamptz, $3::uuid)
+                          ORDER BY captured_at, id) n) AS added,
+                l.last_us, l.last_id
+           FROM (SELECT $1::uuid AS vpg_id) v
+           LEFT JOIN checkpoint_stats s ON s.vpg_id = v.vpg_id
+           LEFT JOIN LATERAL (SELECT (extract(epoch FROM captured_at) * 1000000)::bigint::text AS last_us, id::text AS last_id
+                                FROM checkpoints c WHERE c.vpg_id = v.vpg_id ORDER BY captured_at DESC, id DESC LIMIT 1) l ON true`,
+        [vpgId, microsToTimestamp(BigInt(cached.lastUs)), cached.lastId ?? ZERO_UUID],
+      );
+      const row = rows[0];
+      // Offsets from the newest cached checkpoint: small, so exact through float8.
+      const added = parsePoints(row?.added ?? null, Number(cached.lastUs));
+      if (row && row.total !== null && Number(row.total) === cached.total + added.times.length && row.removals === cached.removals) {
+        const next = added.times.length === 0 ? cached : appendDay(cached, added, Number(row.total), row.last_us, row.last_id, fromUs);
+        this.remember(vpgId, next);
+        return next;
+      }
+    }
+    const loaded = await this.loadDay(vpgId, fromUs);
+    this.remember(vpgId, loaded);
+    return loaded;
+  }
+
+  /** One index-only scan of the checkpoints after `fromUs`, with the VPG's counts, in one snapshot. */
+  private async loadDay(vpgId: string, fromUs: number): Promise<DayCache> {
+    const from = microsToTimestamp(BigInt(fromUs));
+    // date_part on an interval, not extract on the timestamp: extract returns numeric, several times
+    // slower over a day of rows; a float8 of seconds since `from` holds the microseconds exactly.
+    // The aggregate takes the rows in the subquery's order, which the index scan already delivers.
+    const rows = await this.dataSource.query<{ total: string | null; removals: string | null; points: string | null; last_us: string | null; last_id: string | null }[]>(
+      `SELECT s.automatic + s.tagged + s.application_consistent AS total, s.removals::text AS removals,
+              (SELECT string_agg(round(date_part('epoch', captured_at - $2::timestamptz) * 1000000)::bigint::text
+                                 || CASE WHEN kind = 'automatic' THEN '' ELSE '*' END, ',')
+                 FROM (SELECT captured_at, kind FROM checkpoints
+                        WHERE vpg_id = $1 AND captured_at > $2::timestamptz
+                        ORDER BY captured_at, id) d) AS points,
+              l.last_us, l.last_id
+         FROM (SELECT $1::uuid AS vpg_id) v
+         LEFT JOIN checkpoint_stats s ON s.vpg_id = v.vpg_id
+         LEFT JOIN LATERAL (SELECT (extract(epoch FROM captured_at) * 1000000)::bigint::text AS last_us, id::text AS last_id
+                              FROM checkpoints c WHERE c.vpg_id = v.vpg_id ORDER BY captured_at DESC, id DESC LIMIT 1) l ON true`,
+      [vpgId, from],
+    );
+    const row = rows[0];
+    const parsed = parsePoints(row?.points ?? null, fromUs);
+    return {
+      fromUs,
+      times: parsed.times,
+      marked: parsed.marked,
+      length: parsed.times.length,
+      total: Number(row?.total ?? 0),
+      removals: row?.removals ?? null,
+      lastUs: row?.last_us ?? String(fromUs),
+      lastId: row?.last_id ?? null,
+    };
+  }
+
+  private remember(vpgId: string, day: DayCache): void {
+    // Least recently used first in the map's order: delete and set again on every use.
+    this.days.delete(vpgId);
+    this.days.set(vpgId, day);
+    if (this.days.size > MAX_CACHED_DAYS) {
+      const oldest = this.days.keys().next();
+      if (!oldest.done) {
+        this.days.delete(oldest.value);
+      }
+    }
+  }
+}
+
+/**
+ * A VPG's checkpoints from `fromUs` on, oldest first: capture times in microseconds since the epoch
+ * (exact in a float64 until the year 2255) and marks, in (capturedAt, id) order. `lastUs`/`lastId`
+ * is the newest checkpoint of the VPG when read; `total` and `removals` are checkpoint_stats then.
+ */
+interface DayCache {
+  readonly fromUs: number;
+  readonly times: Float64Array;
+  readonly marked: Uint8Array;
+  readonly length: number;
+  readonly total: number;
+  readonly removals: string | null;
+  readonly lastUs: string;
+  readonly lastId: string | null;
+}
+
+/** VPGs whose day is cached (about 160 KB each at 5 s). */
+const MAX_CACHED_DAYS = 256;
+const ZERO_UUID = '00000000-0000-0000-0000-000000000000';
+
+/** "t1,t2*,t3" (microseconds after `baseUs`, `*` for marked) as arrays of absolute microseconds and marks. */
+function parsePoints(text: string | null, baseUs: number): { times: Float64Array; marked: Uint8Array } {
+  if (text === null || text.length === 0) {
+    return { times: new Float64Array(0), marked: new Uint8Array(0) };
+  }
+  const parts = text.split(',');
+  const times = new Float64Array(parts.length);
+  const marked = new Uint8Array(parts.length);
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i]!;
+    const isMarked = part.charCodeAt(part.length - 1) === 42; // '*'
+    times[i] = baseUs + Number(isMarked ? part.slice(0, -1) : part);
+    marked[i] = isMarked ? 1 : 0;
+  }
+  return { times, marked };
+}
+
+/** The cached day with `added` after it; what fell before `fromUs` is dropped once it is most of the arrays. */
+function appendDay(
+  day: DayCache,
+  added: { times: Float64Array; marked: Uint8Array },
+  total: number,
+  lastUs: string | null,
+  lastId: string | null,
+  fromUs: number,
+): DayCache {
+  let drop = 0;
+  while (drop < day.length && day.times[drop]! <= fromUs) {
+    drop++;
+  }
+  const keepFrom = drop * 2 > day.length ? drop : 0;
+  const length = day.length - keepFrom + added.times.length;
+  const times = new Float64Array(length);
+  const marked = new Uint8Array(length);
+  times.set(day.times.subarray(keepFrom, day.length));
+  marked.set(day.marked.subarray(keepFrom, day.length));
+  times.set(added.times, day.length - keepFrom);
+  marked.set(added.marked, day.length - keepFrom);
+  return {
+    fromUs: keepFrom > 0 ? fromUs : day.fromUs,
+    times,
+    marked,
+    length,
+    total,
+    removals: day.removals,
+    lastUs: lastUs ?? day.lastUs,
+    lastId: lastId ?? day.lastId,
+  };
+}
+
+/** The cursor: version, capture time in microseconds, id; base64url so it travels in a query string. */
+function encodeCursor(row: CheckpointRow): string {
+  return Buffer.from(`${CURSOR_VERSION}:${row.at_us}:${row.id}`, 'utf8').toString('base64url');
+}
+
+export function decodeCursor(cursor: string): { atMicros: bigint; id: string } {
+  const bad = (): DomainError => new DomainError('invalid-argument', 'cursor is not one this server handed out');
+  if (!/^[A-Za-z0-9_-]{1,200}$/.test(cursor)) {
+    throw bad();
+  }
+  const match = /^c1:(-?\d{1,19}):([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/.exec(
+    Buffer.from(cursor, 'base64url').toString('utf8'),
+  );
+  if (!match) {
+    throw bad();
+  }
+  return { atMicros: BigInt(match[1]!), id: match[2]! };
+}
+
+/** An exact timestamptz literal for microseconds since the epoch (a Date would drop the microseconds). */
+function microsToTimestamp(micros: bigint): string {
+  const ms = micros / 1000n - (micros % 1000n < 0n ? 1n : 0n);
+  const rest = micros - ms * 1000n;
+  const iso = new Date(Number(ms)).toISOString();
+  return `${iso.slice(0, -1)}${rest.toString().padStart(3, '0')}Z`;
+}
+
+function toCheckpoint(row: CheckpointRow): Checkpoint {
+  return {
+    id: row.id,
+    vpgId: row.vpg_id,
+    cut: Number(row.cut),
+    kind: row.kind,
+    name: row.name,
+    vmId: row.vm_id,
+    capturedAt: row.captured_at.toISOString(),
+  };
+}
+
+function fromJsonRow(row: CheckpointJson): Checkpoint {
+  return {
+    id: row.id,
+    vpgId: row.vpg_id,
+    cut: Number(row.cut),
+    kind: row.kind,
+    name: row.name,
+    vmId: row.vm_id,
+    capturedAt: new Date(row.captured_at).toISOString(),
+  };
+}

@@ -1,0 +1,89 @@
+import fc from 'fast-check';
+import { RECORD_HEADER_BYTES } from '@cdp/contracts';
+import { JournalIndexError, REGION_BYTES, packBatch, trimRow, unpackRow, type IndexedWrite } from './journal-index.codec';
+
+/** A batch as the store lays it out: records back to back from `position`, markers in between. */
+function layOut(
+  firstSeq: number,
+  position: number,
+  items: readonly ({ readonly marker: true; readonly length: number } | { readonly marker: false; readonly volumeIndex: number; readonly offset: number; readonly length: number })[],
+): IndexedWrite[] {
+  const writes: IndexedWrite[] = [];
+  let at = position;
+  items.forEach((item, i) => {
+    if (!item.marker) {
+      writes.push({ seq: firstSeq + i, volumeIndex: item.volumeIndex, offset: item.offset, length: item.length, segment: 7, position: at });
+    }
+    at += RECORD_HEADER_BYTES + item.length;
+  });
+  return writes;
+}
+
+const item = fc.oneof(
+  fc.record({ marker: fc.constant(true as const), length: fc.integer({ min: 1, max: 300 }) }),
+  fc.record({
+    marker: fc.constant(false as const),
+    volumeIndex: fc.integer({ min: 0, max: 3 }),
+    // Mostly small volumes, sometimes far out, sometimes across a region boundary.
+    // Sector-aligned ones (packed in sectors) mixed with byte-aligned ones.
+    offset: fc.oneof(
+      fc.integer({ min: 0, max: (3 * REGION_BYTES) / 512 }).map((n) => n * 512),
+      fc.integer({ min: 0, max: 3 * REGION_BYTES }),
+      fc.integer({ min: 0, max: 2 ** 44 }),
+      fc.constant(REGION_BYTES - 100),
+    ),
+    length: fc.oneof(fc.integer({ min: 1, max: 128 }).map((n) => n * 512), fc.integer({ min: 1, max: 4096 }), fc.integer({ min: 1, max: 2 * REGION_BYTES })),
+  }),
+);
+
+describe('journal index codec', () => {
+  it('unpacks every row to exactly the writes that touch its region, and each write has one home row', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 2 ** 40 }), fc.integer({ min: 0, max: 2 ** 36 }), fc.array(item, { minLength: 1, maxLength: 60 }), (firstSeq, position, items) => {
+        const writes = layOut(firstSeq, position, items);
+        const rows = packBatch({ firstSeq, segment: 7, position }, writes);
+        const home: IndexedWrite[] = [];
+        for (const row of rows) {
+          const unpacked = unpackRow(row);
+          const regionStart = row.region * REGION_BYTES;
+          const expected = writes.filter(
+            (w) => w.volumeIndex === row.volumeIndex && w.offset < regionStart + REGION_BYTES && w.offset + w.length > regionStart,
+          );
+          expect(unpacked).toEqual(expected);
+          expect(row.lastSeq).toBe(expected[expected.length - 1]!.seq);
+          home.push(...unpacked.filter((w) => Math.floor(w.offset / REGION_BYTES) === row.region));
+        }
+        expect(home.sort((a, b) => a.seq - b.seq)).toEqual(writes);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('packs a batch of small sequential writes in about four bytes a write', () => {
+    const writes = layOut(1, 0, Array.from({ length: 1000 }, (_, i) => ({ marker: false as const, volumeIndex: 0, offset: i * 4096, length: 4096 })));
+    const rows = packBatch({ firstSeq: 1, segment: 7, position: 0 }, writes);
+    expect(rows).toHaveLength(1);
+    expect(rows[0]!.entries.length).toBeLessThanOrEqual(4 * 1000);
+  });
+
+  it('trims a row to the writes after a seq, and drops it when none is left', () => {
+    const writes = layOut(10, 100, Array.from({ length: 20 }, (_, i) => ({ marker: false as const, volumeIndex: 1, offset: i * 1000, length: 700 })));
+    const [row] = packBatch({ firstSeq: 10, segment: 7, position: 100 }, writes);
+    const trimmed = trimRow(row!, 19);
+    expect(unpackRow(trimmed!)).toEqual(writes.filter((w) => w.seq > 19));
+    expect(trimmed).toMatchObject({ firstSeq: 10, lastSeq: 29, region: 0, volumeIndex: 1 });
+    expect(trimRow(row!, 29)).toBeUndefined();
+  });
+
+  it('refuses writes out of order and damaged entries', () => {
+    const writes = layOut(1, 0, [
+      { marker: false, volumeIndex: 0, offset: 0, length: 10 },
+      { marker: false, volumeIndex: 0, offset: 10, length: 10 },
+    ]);
+    expect(() => packBatch({ firstSeq: 1, segment: 7, position: 0 }, [writes[1]!, writes[0]!])).toThrow(JournalIndexError);
+    expect(() => packBatch({ firstSeq: 1, segment: 8, position: 0 }, writes)).toThrow(JournalIndexError);
+    const [row] = packBatch({ firstSeq: 1, segment: 7, position: 0 }, writes);
+    expect(() => unpackRow({ ...row!, entries: row!.entries.subarray(0, row!.entries.length - 1) })).toThrow(JournalIndexError);
+    expect(() => unpackRow({ ...row!, entries: Buffer.from([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80]) })).toThrow(JournalIndexError);
+  });
+});
