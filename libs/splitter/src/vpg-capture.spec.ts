@@ -76,25 +76,28 @@ class RecoverySite {
   }
 }
 
-describe('VpgCapture after crashes', () => {
-  let dir: TempDir;
-  let bus: InProcessBus;
-  let site: RecoverySite;
-
+/** Per test: a data directory, a bus, and a recovery site following it; torn down after each test. */
+function eachTestWithRecoverySite(prefix: string): { readonly dir: TempDir; readonly bus: InProcessBus; readonly site: RecoverySite } {
+  const ctx = {} as { dir: TempDir; bus: InProcessBus; site: RecoverySite };
   beforeEach(async () => {
-    dir = await tempDir('capture-');
-    bus = new InProcessBus();
-    site = new RecoverySite();
-    await site.follow(bus);
+    ctx.dir = await tempDir(prefix);
+    ctx.bus = new InProcessBus();
+    ctx.site = new RecoverySite();
+    await ctx.site.follow(ctx.bus);
   });
-
   afterEach(async () => {
-    await site.stop();
-    await bus.close();
-    await dir.cleanup();
+    await ctx.site.stop();
+    await ctx.bus.close();
+    await ctx.dir.cleanup();
   });
+  return ctx;
+}
+
+describe('VpgCapture after crashes', () => {
+  const ctx = eachTestWithRecoverySite('capture-');
 
   it('tells a clean stop, a process crash and a host crash apart', async () => {
+    const { dir, bus } = ctx;
     const first = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
     expect(first.previousEnd).toBe('none');
     await first.write(volumes[0]!.id, 0, Buffer.alloc(4096, 1));
@@ -115,6 +118,7 @@ describe('VpgCapture after crashes', () => {
   });
 
   it('after a power loss, resyncs only the active regions and both sites agree byte for byte', async () => {
+    const { dir, bus, site } = ctx;
     const random = seededRandom(4242);
     let linkUp = true;
     const lossyBus = new FaultInjectingBus(bus, () => (linkUp ? 'deliver' : 'drop'));
@@ -185,22 +189,7 @@ describe('VpgCapture after crashes', () => {
 });
 
 describe('VpgCapture batching and shipping', () => {
-  let dir: TempDir;
-  let bus: InProcessBus;
-  let site: RecoverySite;
-
-  beforeEach(async () => {
-    dir = await tempDir('capture-batch-');
-    bus = new InProcessBus();
-    site = new RecoverySite();
-    await site.follow(bus);
-  });
-
-  afterEach(async () => {
-    await site.stop();
-    await bus.close();
-    await dir.cleanup();
-  });
+  const ctx = eachTestWithRecoverySite('capture-batch-');
 
   /** A payload with reserved headroom in front, as the NBD server hands it over. */
   const withHeadroom = (data: Buffer): Buffer => {
@@ -210,6 +199,7 @@ describe('VpgCapture batching and shipping', () => {
   };
 
   it('writes issued together, overlapping and framed in place or not, land on both sites in seq order, markers among them', async () => {
+    const { dir, bus, site } = ctx;
     const random = seededRandom(77);
     const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
     const models = volumes.map((v) => Buffer.alloc(v.sizeBytes));
@@ -251,6 +241,7 @@ describe('VpgCapture batching and shipping', () => {
   });
 
   it('replays from the log after a rewind the very bytes it first shipped from memory', async () => {
+    const { dir, bus, site } = ctx;
     const random = seededRandom(78);
     let drop = false;
     const lossy = new FaultInjectingBus(bus, () => (drop ? 'drop' : 'deliver'));
