@@ -169,6 +169,50 @@ describe('CheckpointCatalog', () => {
     expect((await catalog.timeline(randomUUID(), NOW)).checkpoints).toEqual([]);
   });
 
+  it('reads the day exactly: microsecond capture times, times before 2000, marked ones inside runs of ties', async () => {
+    const vpgId = randomUUID();
+    const random = seededRandom(7);
+    // PostgreSQL counts timestamps from 2000-01-01: a window across it has negative and positive raw values.
+    const now = new Date('2000-01-01T06:00:00.000Z');
+    const rows: { id: string; kind: CheckpointKind; us: bigint }[] = [];
+    let us = BigInt(now.getTime() - 25 * HOUR) * 1000n;
+    while (us <= BigInt(now.getTime()) * 1000n) {
+      // 1 to 9 s apart with a microsecond part, and now and then a run of 2 to 4 at one capture time
+      // whose ids sort apart from the order they were made in, marked ones anywhere in the run.
+      us += BigInt(1_000_000 + Math.floor(random() * 8_000_000)) + BigInt(Math.floor(random() * 1000));
+      const run = random() < 0.05 ? 2 + Math.floor(random() * 3) : 1;
+      for (let i = 0; i < run; i++) {
+        const r = random();
+        rows.push({ id: randomUUID(), kind: r < 0.03 ? 'tagged' : r < 0.06 ? 'application-consistent' : 'automatic', us });
+      }
+    }
+    await dataSource.query(
+      `INSERT INTO checkpoints (id, vpg_id, cut, kind, name, vm_id, captured_at)
+       SELECT id, $1, n, kind, NULL, NULL, 'epoch'::timestamptz + make_interval(secs => us / 1000000.0)
+         FROM unnest($2::uuid[], $3::text[], $4::bigint[]) WITH ORDINALITY AS r(id, kind, us, n)`,
+      [vpgId, rows.map((r) => r.id), rows.map((r) => r.kind), rows.map((r) => r.us.toString())],
+    );
+    // The rule over the full rows with their exact times (fractional milliseconds), read back from the table.
+    const full = await dataSource.query<{ id: string; kind: CheckpointKind; us: string }[]>(
+      `SELECT id, kind, (extract(epoch FROM captured_at) * 1000000)::bigint::text AS us FROM checkpoints WHERE vpg_id = $1`,
+      [vpgId],
+    );
+    expect(full.map((r) => r.us).sort()).toEqual(rows.map((r) => r.us.toString()).sort());
+    for (const at of [now, new Date(now.getTime() - 5 * HOUR - 1)]) {
+      const expected = selectTimeline(full.map((r) => ({ id: r.id, capturedAt: Number(r.us) / 1000, kind: r.kind, name: null })), at);
+      const result = await new CheckpointCatalog(dataSource).timeline(vpgId, at);
+      expect(result.checkpoints.map((c) => c.id)).toEqual(expected.map((e) => e.id));
+      expect(result.checkpoints.map((c) => c.marked)).toEqual(expected.map((e) => e.marked));
+      // The runs of ties and the marked ones inside them are really there to be told apart.
+      const perTime = new Map<number, number>();
+      for (const r of full) {
+        perTime.set(Number(r.us), (perTime.get(Number(r.us)) ?? 0) + 1);
+      }
+      const tiedMarked = expected.filter((e) => e.marked && perTime.get(e.capturedAt * 1000)! > 1);
+      expect(tiedMarked.length).toBeGreaterThan(3);
+    }
+  });
+
   it('stays exact while checkpoints are appended, trimmed and recorded late (the day cache)', async () => {
     const vpgId = randomUUID();
     await insert(series(vpgId, 26 * HOUR, 5_000, 6));
@@ -204,6 +248,16 @@ describe('CheckpointCatalog', () => {
     // A tagged checkpoint recorded behind the newest one (a source clock that stepped back).
     await insert([{ id: randomUUID(), vpgId, cut: cut++, kind: 'tagged', name: 'behind', vmId: null, capturedAt: new Date(now - HOUR).toISOString() }]);
     await expectExact();
+    // Appended at the newest one's capture time, after it by id (so read as appended): a marked one
+    // whose rank among the ties counts the cached newest one too.
+    await fresh.timeline(vpgId, new Date(now));
+    const newestAt = new Date(now).toISOString();
+    await insert([
+      { id: 'ffffffff-ffff-4fff-bfff-fffffffffff0', vpgId, cut: cut++, kind: 'automatic', name: null, vmId: null, capturedAt: newestAt },
+      { id: 'ffffffff-ffff-4fff-bfff-fffffffffff1', vpgId, cut: cut++, kind: 'application-consistent', name: 'tie', vmId: null, capturedAt: newestAt },
+    ]);
+    await expectExact();
+    expect((await fresh.timeline(vpgId, new Date(now))).checkpoints.at(-1)).toMatchObject({ id: 'ffffffff-ffff-4fff-bfff-fffffffffff1', marked: true });
     // Time moves on by more than a day: the cache's old part falls out of the window.
     await append(10);
     now += 25 * HOUR;
