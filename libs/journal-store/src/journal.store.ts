@@ -31,6 +31,8 @@ export interface OutboxMessage {
 
 export interface CommitOptions {
   readonly outbox?: (recorded: readonly Checkpoint[]) => readonly OutboxMessage[];
+  /** The merge state of a VPG with several members as of this commit, stored with it (journal_vpgs.members). */
+  readonly members?: unknown;
 }
 
 interface VpgJournal {
@@ -81,6 +83,13 @@ export class JournalStore {
     return (await this.journal(vpgId)).appliedSeq;
   }
 
+  /** The merge state last committed with the VPG's journal (CommitOptions.members), or null. */
+  async members(vpgId: string): Promise<unknown> {
+    await this.journal(vpgId);
+    const rows = await this.dataSource.query<{ members: unknown }[]>(`SELECT members FROM journal_vpgs WHERE vpg_id = $1`, [vpgId]);
+    return rows[0]?.members ?? null;
+  }
+
   /**
    * Appends records that continue the VPG's order exactly: the first must have seq appliedSeq + 1 and
    * each next one the following seq. The caller (the journal writer) drops duplicates and stops at
@@ -103,7 +112,8 @@ export class JournalStore {
       }
       expected++;
     }
-    const placed = journal.log.append(records.map((r) => r.bytes));
+    // On the thread pool: a commit's segment write must not hold up the capture sharing this event loop.
+    const placed = journal.log.appendAsync(records.map((r) => r.bytes));
     // The index rows travel to Postgres while the segment is being made durable; the transaction
     // waits for the fdatasync before it touches applied_seq and commits.
     const synced = journal.log.sync();
@@ -199,9 +209,10 @@ export class JournalStore {
         const updated = await em.query<[unknown[], number]>(
           `UPDATE journal_vpgs
               SET applied_seq = $2, segment = $3, segment_end = $4,
-                  last_captured_at = to_timestamp($5::double precision / 1e6), updated_at = now()
+                  last_captured_at = to_timestamp($5::double precision / 1e6), updated_at = now(),
+                  members = COALESCE($7::jsonb, members)
             WHERE vpg_id = $1 AND applied_seq = $6`,
-          [vpgId, lastSeq, end.segment, end.position, lastCapturedMicros, journal.appliedSeq],
+          [vpgId, lastSeq, end.segment, end.position, lastCapturedMicros, journal.appliedSeq, options.members === undefined ? null : JSON.stringify(options.members)],
         );
         if (updated[1] !== 1) {
           throw new JournalConflictError(`VPG ${vpgId}: applied_seq moved under this writer (another journal writer?)`);

@@ -31,6 +31,29 @@ describe('SegmentLog', () => {
     await reopened.close();
   });
 
+  it('appends on the thread pool: many writes in flight across segment rolls, all in place once a sync resolves', async () => {
+    const log = await SegmentLog.open({ dir, segmentBytes: 4096 });
+    const placed = [];
+    let seq = 1;
+    const syncs: Promise<void>[] = [];
+    for (let batch = 0; batch < 40; batch++) {
+      const records = Array.from({ length: 1 + (batch % 5) }, () => record(seq++, 64 + ((seq * 37) % 900)));
+      placed.push(...log.appendAsync(records));
+      if (batch % 7 === 0) {
+        syncs.push(log.sync());
+      }
+    }
+    await Promise.all(syncs);
+    await log.sync();
+    for (const at of placed) {
+      expect(decodeRecord(await log.read(at)).seq).toBe(at.seq);
+    }
+    await log.close();
+    const reopened = await SegmentLog.open({ dir, segmentBytes: 4096 });
+    expect(reopened.lastSeq).toBe(seq - 1);
+    await reopened.close();
+  });
+
   it('rolls segments at the size limit, finds any seq and deletes whole segments only', async () => {
     const log = await SegmentLog.open({ dir, segmentBytes: 1000 });
     for (let seq = 1; seq <= 30; seq++) {

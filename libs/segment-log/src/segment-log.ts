@@ -1,4 +1,4 @@
-import { closeSync, constants, openSync, readSync, writevSync } from 'node:fs';
+import { closeSync, constants, openSync, readSync, writev as writevCb, writevSync } from 'node:fs';
 import { mkdir, open, readdir, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -58,6 +58,9 @@ interface SegmentInfo {
   size: number;
 }
 
+const writevAsync = (fd: number, buffers: readonly Buffer[], position: number): Promise<number> =>
+  new Promise((resolve, reject) => writevCb(fd, buffers, position, (err, written) => (err ? reject(err) : resolve(written))));
+
 const SEGMENT_NAME = /^(\d{16})\.seg$/;
 const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
 const SCAN_CHUNK_BYTES = 4 * 1024 * 1024;
@@ -78,6 +81,8 @@ export class SegmentLog {
   private dirUnsynced = false;
   private readonly readHandles = new Map<number, Promise<FileHandle>>();
   private syncing: Promise<void> | undefined;
+  /** appendAsync writes still running. */
+  private readonly writing = new Set<Promise<void>>();
   private closed = false;
   private failure: SegmentLogError | undefined;
   /** Everything before this position has been fdatasynced. */
@@ -133,18 +138,66 @@ export class SegmentLog {
    * Not durable until `sync()` resolves.
    */
   append(records: readonly Buffer[]): AppendedRecord[] {
-    this.assertOpen();
-    if (records.length === 0) {
+    const reserved = this.reserve(records);
+    if (!reserved) {
       return [];
     }
+    let { offset, bytes } = reserved;
+    // writev may write fewer bytes than asked; loop until all of them are in.
+    let pending: Buffer[] = [...records];
+    while (bytes > 0) {
+      const written = writevSync(reserved.fd, pending, offset);
+      offset += written;
+      bytes -= written;
+      pending = dropBytes(pending, written);
+    }
+    return reserved.placed;
+  }
+
+  /**
+   * As `append`, but the write runs on libuv's thread pool, so the caller's thread goes on meanwhile
+   * (the journal writer: its batches are large, and the capture shares its event loop). The places
+   * are reserved at once; `sync()` waits for every write begun before it, so a record is durable, as
+   * with `append`, once a later sync resolves. The caller must not read the records back before that.
+   * A failed write fails the log as a failed fsync does (the reserved bytes would be a hole).
+   */
+  appendAsync(records: readonly Buffer[]): AppendedRecord[] {
+    const reserved = this.reserve(records);
+    if (!reserved) {
+      return [];
+    }
+    const writing = (async () => {
+      let { offset, bytes } = reserved;
+      let pending: Buffer[] = [...records];
+      while (bytes > 0) {
+        const written = await writevAsync(reserved.fd, pending, offset);
+        offset += written;
+        bytes -= written;
+        pending = dropBytes(pending, written);
+      }
+    })().catch((err: unknown) => {
+      this.failure ??= new SegmentLogError(`write failed in ${this.dir}; the log must be reopened`, { cause: err });
+    });
+    this.writing.add(writing);
+    void writing.finally(() => this.writing.delete(writing));
+    return reserved.placed;
+  }
+
+  /** The places of records about to be written at the end of the active segment (rolling it first if full). */
+  private reserve(records: readonly Buffer[]): { fd: number; offset: number; bytes: number; placed: AppendedRecord[] } | undefined {
+    this.assertOpen();
+    if (records.length === 0) {
+      return undefined;
+    }
     let active = this.active();
-    let bytes = records.reduce((sum, r) => sum + r.length, 0);
+    const bytes = records.reduce((sum, r) => sum + r.length, 0);
     if (active.size > 0 && active.size + bytes > this.segmentBytes) {
       active = this.roll();
     }
     const fd = this.ensureActiveFd();
     const placed: AppendedRecord[] = [];
-    let position = active.size;
+    const offset = active.size;
+    let position = offset;
     for (const record of records) {
       const seq = recordSeq(record);
       placed.push({ segment: active.segment, position, length: record.length, seq });
@@ -152,18 +205,10 @@ export class SegmentLog {
       active.firstSeq ??= seq;
       active.lastSeq = seq;
     }
-    let offset = active.size;
-    // writev may write fewer bytes than asked; loop until all of them are in.
-    let pending: Buffer[] = [...records];
-    while (bytes > 0) {
-      const written = writevSync(fd, pending, offset);
-      offset += written;
-      bytes -= written;
-      pending = dropBytes(pending, written);
-    }
     active.size = position;
+    // Before the bytes are in: a roll must not close this descriptor, and the next sync covers it.
     this.unsynced.add(fd);
-    return placed;
+    return { fd, offset, bytes, placed };
   }
 
   /**
@@ -196,6 +241,11 @@ export class SegmentLog {
     const dir = this.dirUnsynced;
     this.dirUnsynced = false;
     try {
+      // Writes begun before this sync (appendAsync) must be in before their descriptors are synced.
+      await Promise.all([...this.writing]);
+      if (this.failure) {
+        throw this.failure;
+      }
       await Promise.all(fds.map((fd) => fdatasync(fd)));
       if (dir) {
         const dirFd = openSync(this.dir, 'r');
@@ -209,7 +259,7 @@ export class SegmentLog {
       // After a failed fsync Linux may drop the dirty pages and report success to the next fsync, so
       // a retry proves nothing. The log refuses all further work; the owner must reopen it, which
       // rescans what is really on disk.
-      this.failure = new SegmentLogError(`fsync failed in ${this.dir}; the log must be reopened`, { cause: err });
+      this.failure ??= new SegmentLogError(`fsync failed in ${this.dir}; the log must be reopened`, { cause: err });
       throw this.failure;
     }
     this.syncingFds.clear();
