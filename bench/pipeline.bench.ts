@@ -34,7 +34,7 @@ async function createVpg(api: string, name: string, sizeBytes: number, checkpoin
   return { id: vpg.id, uri: `nbd://${nbd.host}:${nbd.port}/${name}/vm/disk` };
 }
 
-function fioInBackground(args: readonly string[]): { done: Promise<FioResult>; command: string } {
+export function fioInBackground(args: readonly string[]): { done: Promise<FioResult>; command: string } {
   const full = ['--output-format=json', '--group_reporting', ...args];
   const child = spawn('fio', full, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';

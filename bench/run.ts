@@ -50,7 +50,14 @@ async function main(): Promise<void> {
   const chosen = only ? all.filter((s) => only.includes(s.name)) : all;
   const missing = [...new Set(chosen.flatMap((s) => s.tools))].filter((tool) => !hasTool(tool));
   if (missing.length) {
-    throw new Error(`missing tools: ${missing.join(', ')} (Debian: apt-get install fio nbdkit qemu-utils libnbd-bin kcat)`);
+    const message = `missing tools: ${missing.join(', ')} (Debian: apt-get install fio nbdkit qemu-utils libnbd-bin kcat)`;
+    // The quick run is the last step of `npm test`: like a test, it skips for a missing tool, saying
+    // so, except under CI, where a skip would hide that the suites no longer run.
+    if (quick && process.env['CI'] !== 'true') {
+      process.stdout.write(`quick run skipped: ${message}\n`);
+      return;
+    }
+    throw new Error(message);
   }
   const repeats = quick ? 1 : 3;
   const reports: Record<string, SuiteReport> = {};

@@ -79,7 +79,7 @@ vpg
   .action(async () => {
     const vpgs = await request<Vpg[]>('GET', '/vpgs');
     for (const v of vpgs) {
-      const volumes = v.vms.flatMap((vm) => vm.volumes.map((vol) => `${vm.name}/${vol.name}`));
+      const volumes = v.vms.flatMap((vm) => vm.volumes.map((vol) => `${vm.name}${vm.host ? `@${vm.host}` : ''}/${vol.name}`));
       console.log(`${v.id}  ${v.name}  (${volumes.join(', ')})`);
     }
   });
@@ -99,7 +99,7 @@ vpg
   });
 vpg
   .command('create <spec.json>')
-  .description('create a VPG from a JSON file: {"name", "vms": [{"name", "volumes": [{"name", "sizeBytes", "blockSize"}]}], "settings"}')
+  .description('create a VPG from a JSON file: {"name", "vms": [{"name", "host"?, "volumes": [{"name", "sizeBytes", "blockSize"}]}], "settings"}; "host" places a VM on the splitter with that CDP_SPLITTER_HOST')
   .action(async (file: string) => {
     let spec: unknown;
     try {
@@ -234,6 +234,21 @@ exportsCommand
   .action(async (exportId: string) => {
     await request('DELETE', `/exports/${exportId}`);
     console.log(`closed ${exportId}`);
+  });
+
+program
+  .command('resync <vpg>')
+  .description('force a resync of a VPG (or of the volumes named) whose protected volumes may have diverged; older checkpoints stay valid')
+  .option('--volume <volume>', 'only this volume, as id or vm/volume (repeat for several)', (value: string, previous: string[]) => [...previous, value], [] as string[])
+  .option('--reason <text>', 'why, for the logs and the status')
+  .action(async (idOrName: string, options: { volume: string[]; reason?: string }) => {
+    const target = await findVpg(idOrName);
+    const volumeIds = options.volume.map((ref) => findVolume(target, ref).id);
+    const accepted = await request<{ resyncId: string; volumeIds: string[] }>('POST', `/vpgs/${target.id}/resync`, {
+      ...(volumeIds.length > 0 ? { volumeIds } : {}),
+      ...(options.reason === undefined ? {} : { reason: options.reason }),
+    });
+    console.log(`resync ${accepted.resyncId} of ${accepted.volumeIds.length} volume(s) requested; progress: GET /api/splitter/vpgs/${target.id} (resync)`);
   });
 
 program

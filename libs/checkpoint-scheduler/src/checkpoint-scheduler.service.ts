@@ -2,9 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { Inject, Injectable, Logger, Optional, type OnApplicationBootstrap, type BeforeApplicationShutdown } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { BUS, type Bus, type BusConsumer, type BusProducer, type MessageBatch } from '@cdp/bus';
-import { TOPICS, domainEventSchema, type SplitterCommand } from '@cdp/contracts';
-import { DomainError, validateCheckpointName, volumesOf, type Checkpoint, type CheckpointKind, type Vpg } from '@cdp/domain';
+import { TOPICS, barrierHeldSchema, domainEventSchema, type SplitterCommand } from '@cdp/contracts';
+import { DomainError, validateCheckpointName, volumesOf, vpgMembers, type Checkpoint, type CheckpointKind, type Vpg } from '@cdp/domain';
 import { AutomaticCheckpointTimer, firstDueAt, systemSchedulerClock, type SchedulerClock } from './automatic-checkpoint.timer';
+import { BarrierCoordinator, type BarrierRequest } from './barrier-coordinator';
 
 /** Replaces the scheduler's clock and timeouts (tests drive time by hand). */
 export const SCHEDULER_CLOCK = Symbol('SCHEDULER_CLOCK');
@@ -37,7 +38,10 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
   private readonly clock: SchedulerClock;
   private readonly waiters = new Map<string, ((checkpoint: Checkpoint) => void)[]>();
   private consumer: BusConsumer | undefined;
+  private barrierConsumer: BusConsumer | undefined;
   private resendTimer: NodeJS.Timeout | undefined;
+  /** Checkpoints of VPGs whose VMs sit on several hosts are coordinated across their splitters. */
+  readonly coordinator: BarrierCoordinator;
 
   constructor(
     @Inject(BUS) private readonly bus: Bus,
@@ -46,12 +50,24 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
   ) {
     this.producer = bus.createProducer();
     this.clock = clock ?? systemSchedulerClock;
+    this.coordinator = new BarrierCoordinator(this.producer);
   }
 
   async onApplicationBootstrap(): Promise<void> {
     // Subscribe first, then read the table: a VPG created in between is seen at least once.
     this.consumer = this.bus.createConsumer({ groupId: 'checkpoint-scheduler', topics: [TOPICS.events], start: 'latest' });
     await this.consumer.run((batch) => this.onEvents(batch));
+    // Reports of rounds in flight only: a restarted coordinator has none, and members void on their own.
+    this.barrierConsumer = this.bus.createConsumer({ groupId: 'checkpoint-scheduler-barrier', topics: [TOPICS.barrier], start: 'latest' });
+    await this.barrierConsumer.run((batch) => {
+      for (const message of batch.messages) {
+        const parsed = barrierHeldSchema.safeParse(parseJson(message.value));
+        if (parsed.success) {
+          this.coordinator.onHeld(parsed.data);
+        }
+      }
+      return Promise.resolve();
+    });
     const rows = await this.dataSource.query<{ definition: Vpg }[]>(`SELECT definition FROM vpgs`);
     for (const row of rows) {
       await this.schedule(row.definition);
@@ -70,6 +86,7 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
     this.timers.clear();
     clearInterval(this.resendTimer);
     await this.consumer?.stop();
+    await this.barrierConsumer?.stop();
   }
 
   /**
@@ -90,7 +107,7 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
       `INSERT INTO checkpoint_requests (id, vpg_id, kind, name, vm_id, requested_at) VALUES ($1, $2, $3, $4, $5, now())`,
       [checkpointId, vpgId, kind, checkpointName, vmId],
     );
-    await this.send({ type: 'checkpoint.insert', vpgId, checkpointId, kind, name: checkpointName, vmId, requestedAt: new Date().toISOString() });
+    await this.dispatch(vpg, { checkpointId, kind, name: checkpointName, vmId });
     await this.dataSource.query(`UPDATE checkpoint_requests SET sent_at = now() WHERE id = $1`, [checkpointId]);
     const checkpoint = await recorded;
     return { checkpointId, status: checkpoint ? 'recorded' : 'requested', checkpoint };
@@ -113,15 +130,13 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
       return;
     }
     const timer = new AutomaticCheckpointTimer(interval, this.clock, () => {
-      this.send({
-        type: 'checkpoint.insert',
-        vpgId: vpg.id,
-        checkpointId: randomUUID(),
-        kind: 'automatic',
-        name: null,
-        vmId: null,
-        requestedAt: new Date(this.clock.now()).toISOString(),
-      }).catch((err: unknown) => this.logger.warn(`automatic checkpoint for ${vpg.name} not sent: ${String(err)}`));
+      // A coordinated round still running is this interval's checkpoint; queueing more would only pile up.
+      if (this.coordinator.busy(vpg.id)) {
+        return;
+      }
+      this.dispatch(vpg, { checkpointId: randomUUID(), kind: 'automatic', name: null, vmId: null }).catch((err: unknown) =>
+        this.logger.warn(`automatic checkpoint for ${vpg.name} not sent: ${String(err)}`),
+      );
     });
     this.timers.set(vpg.id, timer);
     // The newest checkpoint of any kind: each is a cut of everything before it.
@@ -132,6 +147,18 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
     if (this.timers.get(vpg.id) === timer) {
       timer.start(firstDueAt(newest[0]?.captured_at.getTime() ?? null, interval, this.clock.now()));
     }
+  }
+
+  /**
+   * One member: a marker command to its splitter. Several: a coordinated round, not awaited past its
+   * start (the request waits for the checkpoint to be recorded, and is sent again if it never is).
+   */
+  private async dispatch(vpg: Vpg, request: BarrierRequest): Promise<void> {
+    if (vpgMembers(vpg).length > 1) {
+      this.coordinator.run(vpg, request).catch((err: unknown) => this.logger.warn(`coordinated checkpoint for ${vpg.name} failed: ${String(err)}`));
+      return;
+    }
+    await this.send({ type: 'checkpoint.insert', vpgId: vpg.id, ...request, requestedAt: new Date(this.clock.now()).toISOString() });
   }
 
   private async send(command: SplitterCommand): Promise<void> {
@@ -201,15 +228,7 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
       [olderThanMs],
     );
     for (const row of rows) {
-      await this.send({
-        type: 'checkpoint.insert',
-        vpgId: row.vpg_id,
-        checkpointId: row.id,
-        kind: row.kind,
-        name: row.name,
-        vmId: row.vm_id,
-        requestedAt: row.requested_at.toISOString(),
-      });
+      await this.dispatch(await this.vpg(row.vpg_id), { checkpointId: row.id, kind: row.kind, name: row.name, vmId: row.vm_id });
     }
     if (rows.length > 0) {
       this.logger.warn(`sent ${rows.length} checkpoint request(s) again that were not yet recorded`);
@@ -223,5 +242,13 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
       throw new DomainError('not-found', `VPG ${vpgId} does not exist`);
     }
     return row.definition;
+  }
+}
+
+function parseJson(value: Buffer): unknown {
+  try {
+    return JSON.parse(value.toString('utf8'));
+  } catch {
+    return undefined;
   }
 }

@@ -30,6 +30,11 @@ export interface AppConfig {
    * the recovery orchestrator reads it. Separate processes with separate data directories share it.
    */
   readonly journalDir: string;
+  /**
+   * The host this splitter runs on (CDP_SPLITTER_HOST, default 'default'): it captures the volumes of
+   * the VMs placed on this host (a VM's `host`; VMs that name none are on 'default').
+   */
+  readonly splitterHost: string;
   readonly bus: BusConfig;
 }
 
@@ -86,6 +91,10 @@ const envSchema = z.object({
   CDP_BUS_PARTITIONS: z.coerce.number().int().min(1).max(1024).default(8),
   CDP_PROMOTION_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(86_400).default(30),
   CDP_JOURNAL_DIR: z.string().min(1).optional(),
+  CDP_SPLITTER_HOST: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, "must be 1 to 63 of lower-case letters, digits, '.', '_' or '-', starting with a letter or digit")
+    .default('default'),
   CDP_BUS: z.enum(['in-process', 'kafka']).default('in-process'),
   CDP_KAFKA_BROKERS: z
     .string()
@@ -134,6 +143,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     busPartitions: e.CDP_BUS_PARTITIONS,
     promotionIntervalSeconds: e.CDP_PROMOTION_INTERVAL_SECONDS,
     journalDir: e.CDP_JOURNAL_DIR === undefined ? join(dataDir, 'journal') : resolve(e.CDP_JOURNAL_DIR),
+    splitterHost: e.CDP_SPLITTER_HOST,
     bus:
       e.CDP_BUS === 'kafka'
         ? {

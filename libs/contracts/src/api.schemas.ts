@@ -8,6 +8,8 @@ export const createVpgRequestSchema = z.strictObject({
     .array(
       z.strictObject({
         name: nameSchema,
+        // The splitter instance whose host runs the VM (CDP_SPLITTER_HOST); left out: 'default'.
+        host: z.string().optional(),
         volumes: z
           .array(
             z.strictObject({

@@ -3,7 +3,8 @@ import { crc32c } from '@node-rs/crc32';
 /**
  * The replication record: one captured write or one checkpoint marker. The same bytes travel from the
  * splitter's log, over the bus, into journal segment files, so the checksum computed at capture is
- * verified at every hop and again at recovery, and never recomputed in between.
+ * verified at every hop and again at recovery, and never recomputed in between (except by
+ * resequenceRecord, for a VPG on several hosts: see there).
  *
  * Layout (little-endian), header is RECORD_HEADER_BYTES long:
  *
@@ -38,6 +39,19 @@ export interface CheckpointMarkerBody {
   readonly kind: 'automatic' | 'tagged' | 'application-consistent';
   readonly name: string | null;
   readonly vmId: string | null;
+  /**
+   * Set on the markers of a VPG with several members (hosts): this member's end of coordinated
+   * checkpoint `epoch`. `void` when the member could not take part in a consistent cut (it was not
+   * holding writes for it from prepare to cut); the checkpoint is then not recorded. See
+   * docs/architecture.md, "Coordinated checkpoints".
+   */
+  readonly barrier?: BarrierMark;
+}
+
+export interface BarrierMark {
+  readonly epoch: number;
+  readonly member: string;
+  readonly void: boolean;
 }
 
 export interface WriteRecord {
@@ -201,8 +215,31 @@ function isMarkerBody(value: unknown): value is CheckpointMarkerBody {
     typeof v['id'] === 'string' &&
     (v['kind'] === 'automatic' || v['kind'] === 'tagged' || v['kind'] === 'application-consistent') &&
     (v['name'] === null || typeof v['name'] === 'string') &&
-    (v['vmId'] === null || typeof v['vmId'] === 'string')
+    (v['vmId'] === null || typeof v['vmId'] === 'string') &&
+    (v['barrier'] === undefined || isBarrierMark(v['barrier']))
   );
+}
+
+function isBarrierMark(value: unknown): value is BarrierMark {
+  if (typeof value !== 'object' || value === null) {
+    return false;
+  }
+  const v = value as Record<string, unknown>;
+  return Number.isSafeInteger(v['epoch']) && typeof v['member'] === 'string' && typeof v['void'] === 'boolean';
+}
+
+/**
+ * The same record with another seq, sealed with a new checksum. For the journal writer's merge of a
+ * multi-member VPG's streams into one journal order (each member numbers its own records): `record`
+ * must have been verified, and the new checksum is computed in the same synchronous step, so the bytes
+ * are never unprotected while anything else runs. The original is not modified (its memory may still
+ * be the splitter's, on the in-process bus).
+ */
+export function resequenceRecord(record: Buffer, seq: number): Buffer {
+  const copy = Buffer.allocUnsafe(record.length);
+  record.copy(copy);
+  copy.writeBigUInt64LE(BigInt(seq), 16);
+  return seal(copy);
 }
 
 /** Reads the seq (or cut) field without verifying: for locating records in an already verified log. */

@@ -23,7 +23,7 @@ export const volumeSchema = z.object({
   blockSize: z.union([z.literal(512), z.literal(4096)]),
 });
 
-export const vmSchema = z.object({ id: uuidSchema, name: nameSchema, volumes: z.array(volumeSchema).min(1).readonly() });
+export const vmSchema = z.object({ id: uuidSchema, name: nameSchema, volumes: z.array(volumeSchema).min(1).readonly(), host: z.string().optional() });
 
 export const vpgSchema = z.object({
   id: uuidSchema,

@@ -13,6 +13,8 @@ export const TOPICS = {
   events: 'cdp.events',
   /** journal writer -> splitter: how far each VPG is durable and indexed, so the splitter can trim its log. */
   journalProgress: 'cdp.journal.progress',
+  /** splitters -> checkpoint scheduler: coordinated checkpoint reports (commands.ts, barrierHeldSchema). */
+  barrier: 'cdp.checkpoint.barrier',
 } as const;
 
 export type TopicName = (typeof TOPICS)[keyof typeof TOPICS];

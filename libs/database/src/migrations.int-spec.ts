@@ -35,6 +35,7 @@ const EXPECTED_COLUMNS: Record<string, Record<string, string>> = {
     segment_end: 'int8 NOT NULL default',
     replica_seq: 'int8 NOT NULL default',
     last_captured_at: 'timestamptz NULL',
+    members: 'jsonb NULL',
     syncing: 'bool NOT NULL default',
     updated_at: 'timestamptz NOT NULL default',
   },
@@ -183,7 +184,7 @@ describe('migrations', () => {
     expect(await old.query(`SELECT to_regclass('journal_batches') AS t`)).toEqual([{ t: null }]);
 
     await old.query(`DELETE FROM journal_writes`);
-    expect(await runMigrations(dataSource())).toEqual(['CompactJournalIndex1795737600000', 'JournalOutbox1795824000000']);
+    expect(await runMigrations(dataSource())).toEqual(['CompactJournalIndex1795737600000', 'JournalOutbox1795824000000', 'JournalMembers1796083200000']);
     expect(await old.query(`SELECT to_regclass('journal_writes') AS t`)).toEqual([{ t: null }]);
   });
 

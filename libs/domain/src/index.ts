@@ -1,5 +1,6 @@
 export * from './domain.error';
 export * from './vpg.model';
+export * from './vpg-members';
 export * from './checkpoint.model';
 export * from './write.model';
 export * from './vpg.decider';

@@ -1,6 +1,7 @@
 import { DomainError } from './domain.error';
 import { DEFAULT_VPG_SETTINGS } from './vpg.model';
 import { decideVpg, evolveVpg, initialVpgState, type VpgCommand, type VpgEvent, type VpgState } from './vpg.decider';
+import { memberOfVolume, vpgMembers } from './vpg-members';
 
 /** Given events, when a command, then events (or an error): the decider is pure, so that is all. */
 function given(events: readonly VpgEvent[]): { when(command: VpgCommand): { then(expected: VpgEvent[]): void; thenError(code: DomainError['code'], message?: RegExp): void } } {
@@ -123,6 +124,26 @@ describe('VPG decider', () => {
           changedAt: now,
         },
       ]);
+  });
+
+  it('places VMs on hosts: the members of the VPG, and which member captures each volume', () => {
+    const vms = [
+      { id: 'vm-1', name: 'app', host: 'esx-b', volumes: [{ id: 'vol-1', name: 'root', sizeBytes: 1 << 20, blockSize: 512 as const }] },
+      { id: 'vm-2', name: 'db', volumes: [{ id: 'vol-2', name: 'data', sizeBytes: 1 << 20, blockSize: 512 as const }] },
+      { id: 'vm-3', name: 'web', host: 'esx-b', volumes: [{ id: 'vol-3', name: 'root', sizeBytes: 1 << 20, blockSize: 512 as const }] },
+    ];
+    const [created] = decideVpg(create({ vms }), initialVpgState);
+    const vpg = (created as Extract<VpgEvent, { type: 'VpgCreated' }>).vpg;
+    expect(vpg.vms.map((vm) => vm.host)).toEqual(['esx-b', undefined, 'esx-b']);
+    expect(vpgMembers(vpg)).toEqual(['default', 'esx-b']);
+    expect([...memberOfVolume(vpg)]).toEqual([
+      [0, 'esx-b'],
+      [1, 'default'],
+      [2, 'esx-b'],
+    ]);
+    for (const host of ['', 'ESX-A', 'esx a', '-esx', 'a'.repeat(64)]) {
+      given([]).when(create({ vms: [{ ...vms[0]!, host }] })).thenError('invalid-argument', /is not a valid host name/);
+    }
   });
 
   it('refuses settings changes for a VPG that does not exist', () => {

@@ -1,4 +1,5 @@
 import { DomainError } from './domain.error';
+import { validateHostName } from './vpg-members';
 import {
   DEFAULT_VPG_SETTINGS,
   HISTORY_ALERT_FRACTION,
@@ -30,6 +31,7 @@ export interface VmSpec {
   readonly id: string;
   readonly name: string;
   readonly volumes: readonly VolumeSpec[];
+  readonly host?: string;
 }
 
 export type VpgCommand =
@@ -126,7 +128,7 @@ function validateVms(specs: readonly VmSpec[]): Vm[] {
       }
       return { id: spec.id, name: volumeName, index: index++, sizeBytes: spec.sizeBytes, blockSize: spec.blockSize };
     });
-    return { id: vmSpec.id, name: vmName, volumes };
+    return vmSpec.host === undefined ? { id: vmSpec.id, name: vmName, volumes } : { id: vmSpec.id, name: vmName, volumes, host: validateHostName(vmSpec.host) };
   });
   for (const id of [...vms.map((vm) => vm.id), ...vms.flatMap((vm) => vm.volumes.map((v) => v.id))]) {
     if (seenIds.has(id)) {

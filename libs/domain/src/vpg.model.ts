@@ -13,6 +13,12 @@ export interface Vm {
   readonly id: string;
   readonly name: string;
   readonly volumes: readonly Volume[];
+  /**
+   * The splitter instance (host) whose hypervisor runs the VM and captures its writes; absent means
+   * DEFAULT_HOST. A VPG whose VMs sit on several hosts has one write order per host (a member), made
+   * consistent with each other by coordinated checkpoints (see vpg-members.ts).
+   */
+  readonly host?: string;
 }
 
 export interface VpgSettings {

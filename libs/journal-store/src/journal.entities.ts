@@ -33,6 +33,10 @@ export class JournalVpgEntity {
   @Column('boolean')
   syncing!: boolean;
 
+  /** The merge state of a VPG with several members (journal-writer member-merge.ts); null with one. */
+  @Column('jsonb', { nullable: true })
+  members!: unknown;
+
   @Column('timestamptz', { name: 'updated_at' })
   updatedAt!: Date;
 }

@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { type DataSource } from 'typeorm';
-import { decodeRecord, encodeCheckpointRecord, encodeWriteRecord } from '@cdp/contracts';
+import { CorruptRecordError, RECORD_HEADER_BYTES, decodeRecord, encodeCheckpointRecord, encodeWriteRecord } from '@cdp/contracts';
 import { DomainError } from '@cdp/domain';
 import { ReferenceModel, createMigratedDatabase, randomBuffer, seededRandom, tempDir, type TempDir } from '@cdp/testing';
 import { journalEntities } from './journal.entities';
@@ -74,4 +76,109 @@ describe('PitView', () => {
       await expect(view.read(0, 1)).rejects.toThrow(/closed/);
     }
   });
+
+  /**
+   * The shapes a sequential reader meets: 1 MiB reads, four in flight, over a volume written in
+   * writes larger than a read (read once, kept for the reads that continue into them), writes exactly
+   * one read long (sent without a copy) and small writes over them.
+   */
+  describe('sequential reads in flight together', () => {
+    const MiB = 1024 * 1024;
+    const seqSize = 16 * MiB;
+    const seqVpg = randomUUID();
+    const seqModel = new ReferenceModel(new Map([['v0', seqSize]]));
+    let seqCut = 0;
+
+    beforeAll(async () => {
+      const random = seededRandom(23);
+      const records = [];
+      let seq = 0;
+      const write = (offset: number, data: Buffer): void => {
+        seq++;
+        seqModel.record({ seq, volumeId: 'v0', offset, data });
+        records.push(encodeWriteRecord({ seq, volumeIndex: 0, offset, capturedAtMicros: seq, flags: 0, data }));
+      };
+      // 3 MiB writes over the first 12 MiB, 1 MiB writes over the rest, small ones on top of both; the
+      // last 1 MiB only partly written (the rest reads as zeros).
+      for (let offset = 0; offset < 12 * MiB; offset += 3 * MiB) {
+        write(offset, randomBuffer(random, 3 * MiB));
+      }
+      for (let offset = 12 * MiB; offset < 15 * MiB; offset += MiB) {
+        write(offset, randomBuffer(random, MiB));
+      }
+      // (None over the first two large writes, whose reads each take bytes from one write only.)
+      for (let i = 0; i < 40; i++) {
+        write(6 * MiB + Math.floor(random() * ((seqSize - 6 * MiB) / 4096 - 1)) * 4096, randomBuffer(random, 4096));
+      }
+      seqCut = seq + 1;
+      records.push(encodeCheckpointRecord({ seq: seqCut, capturedAtMicros: seqCut, marker: { id: randomUUID(), kind: 'tagged', name: 'seq', vmId: null } }));
+      await store.commit(seqVpg, records.map((bytes) => ({ bytes, decoded: decodeRecord(bytes) })));
+    });
+
+    it('returns the volume at the cut, and a buffer the caller changes changes nothing the view keeps', async () => {
+      const want = seqModel.imagesAt([seqCut]).get(seqCut)!.get('v0')!;
+      const view = await reader.openView(seqVpg, 0, seqSize, seqCut);
+      try {
+        for (let pass = 0; pass < 2; pass++) {
+          for (let offset = 0; offset < seqSize; offset += 4 * MiB) {
+            const batch = await Promise.all([0, 1, 2, 3].map((k) => view.read(offset + k * MiB, MiB)));
+            batch.forEach((got, k) => {
+              const at = offset + k * MiB;
+              if (!got.equals(want.subarray(at, at + MiB))) {
+                throw new Error(`pass ${pass}: read [${at}, ${at + MiB}) differs`);
+              }
+              // What an NBD device with a writable overlay does to the buffer it got.
+              got.fill(0xff);
+            });
+          }
+        }
+        // 4 KiB reads that come back into the large writes after them.
+        for (const at of [MiB, 2 * MiB + 4096, 12 * MiB + 8192]) {
+          expect((await view.read(at, 4096)).equals(want.subarray(at, at + 4096))).toBe(true);
+        }
+      } finally {
+        await view.close();
+      }
+    });
+
+    it('fails every read that needs a damaged record with CorruptRecordError, however it was fetched', async () => {
+      const damaged = await damageRecordAt(JournalStore.segmentDir(dir.path, seqVpg), 3 * MiB);
+      try {
+        const view = await reader.openView(seqVpg, 0, seqSize, seqCut);
+        try {
+          // Sequential reads: the one before it fetches the damaged record ahead, and succeeds.
+          await view.read(0, MiB);
+          await view.read(MiB, MiB);
+          await expect(view.read(2 * MiB, MiB)).resolves.toHaveLength(MiB);
+          await expect(view.read(3 * MiB, MiB)).rejects.toThrow(CorruptRecordError);
+          // Nothing of it was kept: a read further into it fails too.
+          await expect(view.read(4 * MiB, MiB)).rejects.toThrow(CorruptRecordError);
+          await expect(view.read(5 * MiB, 4096)).rejects.toThrow(CorruptRecordError);
+          await expect(view.read(6 * MiB, MiB)).resolves.toHaveLength(MiB);
+        } finally {
+          await view.close();
+        }
+      } finally {
+        await damaged.restore();
+      }
+    });
+  });
+
 });
+
+/** Flips one payload byte of the write record whose volume offset is `offset`; `restore` undoes it. */
+async function damageRecordAt(dir: string, offset: number): Promise<{ restore: () => Promise<void> }> {
+  for (const name of (await readdir(dir)).sort()) {
+    const path = join(dir, name);
+    const bytes = await readFile(path);
+    for (let at = 0; at + RECORD_HEADER_BYTES <= bytes.length; at += bytes.readUInt32LE(at + 8)) {
+      if (bytes.readUInt8(at + 13) === 1 && Number(bytes.readBigUInt64LE(at + 32)) === offset) {
+        const original = Buffer.from(bytes);
+        bytes[at + RECORD_HEADER_BYTES + 100] = (bytes[at + RECORD_HEADER_BYTES + 100] as number) ^ 0x01;
+        await writeFile(path, bytes);
+        return { restore: () => writeFile(path, original) };
+      }
+    }
+  }
+  throw new Error(`no write record at volume offset ${offset} in ${dir}`);
+}

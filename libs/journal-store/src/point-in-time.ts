@@ -95,6 +95,29 @@ export async function resolvePointInTime(manager: EntityManager, segments: Segme
   return { seq, capturedAt: isoOf(capturedMicros) };
 }
 
+/**
+ * A time to a cut for a VPG whose VMs sit on several hosts: its journal order interleaves the members'
+ * orders, so only its coordinated checkpoints are consistent cuts. `at` resolves to the newest
+ * checkpoint captured at or before it that the journal still holds.
+ */
+export async function resolveToCheckpoint(manager: EntityManager, journal: JournalBounds, at: Date): Promise<ResolvedPointInTime> {
+  if (!Number.isFinite(at.getTime())) {
+    throw new DomainError('invalid-argument', 'the point in time is not a valid date');
+  }
+  const rows = await manager.query<{ cut: string; captured_at: Date }[]>(
+    `SELECT cut, captured_at FROM checkpoints WHERE vpg_id = $1 AND captured_at <= $2 AND cut > $3 ORDER BY captured_at DESC, id DESC LIMIT 1`,
+    [journal.vpgId, at, journal.replicaSeq],
+  );
+  const row = rows[0];
+  if (!row) {
+    throw new DomainError(
+      'out-of-range',
+      `${at.toISOString()} is before the oldest checkpoint of VPG ${journal.vpgId} in the journal; its VMs sit on several hosts, so it recovers to coordinated checkpoints only`,
+    );
+  }
+  return { seq: Number(row.cut), capturedAt: row.captured_at.toISOString() };
+}
+
 /** Seq and capture time of each record of a batch, read and verified from its segment. */
 async function batchTimes(segments: SegmentReader, vpgId: string, batch: BatchRow): Promise<RecordTime[]> {
   const bytes = await segments.readRange({ segment: batch.segment, position: Number(batch.position), length: batch.bytes });

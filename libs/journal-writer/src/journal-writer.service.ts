@@ -11,8 +11,10 @@ import {
   type JournalProgress,
   type SplitterCommand,
 } from '@cdp/contracts';
-import { JournalPromoter, JournalStore, PromotionPostponedError, type PromotionResult } from '@cdp/journal-store';
+import { JournalPromoter, JournalStore, PromotionPostponedError, type OutboxMessage, type PromotionResult } from '@cdp/journal-store';
+import { memberOfVolume, vpgMembers, type Checkpoint, type Vpg } from '@cdp/domain';
 import { planApply } from './apply-plan';
+import { MemberMerge } from './member-merge';
 import { OutboxRelay } from './outbox.relay';
 
 export interface JournalWriterStatus {
@@ -45,7 +47,9 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
   private consumer: BusConsumer | undefined;
   private readonly producer: BusProducer;
   private readonly outbox: OutboxRelay;
-  private readonly knownVpgs = new Set<string>();
+  /** Definitions of the VPGs seen, and the merges of those with several members (see MemberMerge). */
+  private readonly knownVpgs = new Map<string, Vpg>();
+  private readonly merges = new Map<string, MemberMerge>();
   private readonly replayRequested = new Map<string, { fromSeq: number; at: number }>();
   private readonly counters = { appliedRecords: 0, duplicateRecords: 0, gaps: 0, corruptMessages: 0 };
   private readonly promoter: JournalPromoter;
@@ -177,8 +181,13 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
     const progress: JournalProgress[] = [];
     let committedEvents = false;
     for (const [vpgId, records] of byVpg) {
-      if (!(await this.isKnown(vpgId))) {
+      const vpg = await this.definition(vpgId);
+      if (!vpg) {
         this.logger.warn(`dropping ${records.length} records for VPG ${vpgId}, which is not defined`);
+        continue;
+      }
+      if (vpgMembers(vpg).length > 1) {
+        committedEvents = (await this.applyMerged(vpg, records, progress)) || committedEvents;
         continue;
       }
       const appliedSeq = await this.store.appliedSeq(vpgId);
@@ -188,13 +197,7 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
         // Checkpoint events go through the outbox: written in the commit's transaction, so a crash
         // after the commit cannot lose them (the records would come back only as duplicates).
         const result = await this.store.commit(vpgId, plan.apply, {
-          outbox: (recorded) =>
-            recorded
-              .flatMap((checkpoint) => [
-                event(vpgId, 'checkpoint.recorded', { checkpoint }),
-                ...(checkpoint.kind === 'tagged' ? [event(vpgId, 'checkpoint.tagged-inserted', { checkpoint })] : []),
-              ])
-              .map((e) => ({ topic: TOPICS.events, key: vpgId, value: Buffer.from(JSON.stringify(e)) })),
+          outbox: (recorded) => checkpointEvents(vpgId, recorded),
         });
         this.counters.appliedRecords += plan.apply.length;
         this.replayRequested.delete(vpgId);
@@ -225,6 +228,52 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
     }
   }
 
+  /**
+   * A VPG whose VMs sit on several hosts: the members' orders merged into the journal's (MemberMerge),
+   * the merge state committed with the records, progress per member from what was committed. Returns
+   * whether the commit recorded checkpoints.
+   */
+  private async applyMerged(vpg: Vpg, records: readonly Buffer[], progress: JournalProgress[]): Promise<boolean> {
+    let merge = this.merges.get(vpg.id);
+    if (!merge) {
+      merge = new MemberMerge(vpgMembers(vpg), memberOfVolume(vpg), await this.store.members(vpg.id));
+      this.merges.set(vpg.id, merge);
+    }
+    const plan = merge.plan(await this.store.appliedSeq(vpg.id), records);
+    this.counters.duplicateRecords += plan.duplicates;
+    let recorded = false;
+    if (plan.apply.length > 0) {
+      let result;
+      try {
+        result = await this.store.commit(vpg.id, plan.apply, { outbox: (checkpoints) => checkpointEvents(vpg.id, checkpoints), members: plan.state });
+      } catch (err) {
+        // The merge moved on in memory; start again from what is committed (the records come again).
+        this.merges.delete(vpg.id);
+        throw err;
+      }
+      this.counters.appliedRecords += plan.apply.length;
+      const at = new Date().toISOString();
+      // Only what is committed: a member's splitter may forget its records up to here.
+      for (const [member, position] of Object.entries(plan.state.members)) {
+        progress.push({ vpgId: vpg.id, member, appliedSeq: position.applied, at });
+      }
+      recorded = result.checkpoints.length > 0;
+    }
+    for (const replay of plan.replays) {
+      const key = `${vpg.id}/${replay.member}`;
+      const pending = this.replayRequested.get(key);
+      if (pending && pending.fromSeq === replay.fromSeq && Date.now() - pending.at < REPLAY_RETRY_MS) {
+        continue;
+      }
+      this.counters.gaps++;
+      this.replayRequested.set(key, { fromSeq: replay.fromSeq, at: Date.now() });
+      this.logger.warn(`VPG ${vpg.id}: ${replay.reason}; asking member ${replay.member} to replay from its seq ${replay.fromSeq}`);
+      const command: SplitterCommand = { type: 'replication.replay', vpgId: vpg.id, member: replay.member, fromSeq: replay.fromSeq, reason: replay.reason };
+      await this.producer.send(TOPICS.commands, [{ key: vpg.id, value: Buffer.from(JSON.stringify(command)) }]);
+    }
+    return recorded;
+  }
+
   /** Never skip a gap: ask the splitter to ship again from the first missing seq. */
   private async onGap(
     vpgId: string,
@@ -247,17 +296,28 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
     );
   }
 
-  private async isKnown(vpgId: string): Promise<boolean> {
-    if (this.knownVpgs.has(vpgId)) {
-      return true;
+  private async definition(vpgId: string): Promise<Vpg | undefined> {
+    const known = this.knownVpgs.get(vpgId);
+    if (known) {
+      return known;
     }
-    const rows = await this.dataSource.query<unknown[]>(`SELECT 1 FROM vpgs WHERE id = $1`, [vpgId]);
-    if (rows.length > 0) {
-      this.knownVpgs.add(vpgId);
-      return true;
+    const rows = await this.dataSource.query<{ definition: Vpg }[]>(`SELECT definition FROM vpgs WHERE id = $1`, [vpgId]);
+    const vpg = rows[0]?.definition;
+    if (vpg) {
+      this.knownVpgs.set(vpgId, vpg);
     }
-    return false;
+    return vpg;
   }
+}
+
+/** The events a commit's recorded checkpoints give rise to, for the outbox. */
+function checkpointEvents(vpgId: string, recorded: readonly Checkpoint[]): OutboxMessage[] {
+  return recorded
+    .flatMap((checkpoint) => [
+      event(vpgId, 'checkpoint.recorded', { checkpoint }),
+      ...(checkpoint.kind === 'tagged' ? [event(vpgId, 'checkpoint.tagged-inserted', { checkpoint })] : []),
+    ])
+    .map((e) => ({ topic: TOPICS.events, key: vpgId, value: Buffer.from(JSON.stringify(e)) }));
 }
 
 function event<T extends DomainEventMessage['type']>(

@@ -4,12 +4,14 @@ import { HistoryMonitorService } from './history-monitor.service';
 import { PitExportsController } from './pit-exports.controller';
 import { PitExportsService } from './pit-exports.service';
 import { RecoveryService } from './recovery.service';
+import { ResyncController } from './resync.controller';
+import { ResyncService } from './resync.service';
 import { VpgService } from './vpg.service';
 
 /** Needs BUS, APP_CONFIG and a migrated DataSource from the composing application. */
 @Module({
-  controllers: [VpgController, AlertsController, PitExportsController],
-  providers: [VpgService, RecoveryService, PitExportsService, HistoryMonitorService],
+  controllers: [VpgController, AlertsController, PitExportsController, ResyncController],
+  providers: [VpgService, RecoveryService, PitExportsService, HistoryMonitorService, ResyncService],
   exports: [VpgService, RecoveryService, PitExportsService, HistoryMonitorService],
 })
 export class RecoveryOrchestratorModule {}

@@ -58,6 +58,7 @@ export class VpgService implements OnApplicationBootstrap, BeforeApplicationShut
           id: randomUUID(),
           name: vm.name,
           volumes: vm.volumes.map((v) => ({ id: randomUUID(), name: v.name, sizeBytes: v.sizeBytes, blockSize: v.blockSize })),
+          ...(vm.host === undefined ? {} : { host: vm.host }),
         })),
         settings: request.settings,
         now: new Date().toISOString(),

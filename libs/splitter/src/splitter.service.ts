@@ -1,10 +1,11 @@
+import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, writeFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type BeforeApplicationShutdown } from '@nestjs/common';
 import { BUS, type Bus, type BusConsumer, type BusProducer, type MessageBatch } from '@cdp/bus';
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
-import { TOPICS, domainEventSchema, journalProgressSchema, splitterCommandSchema, vpgSchema, type SplitterCommand } from '@cdp/contracts';
-import { DomainError, type Vpg } from '@cdp/domain';
+import { TOPICS, domainEventSchema, journalProgressSchema, splitterCommandSchema, vpgSchema, type BarrierHeld, type SplitterCommand } from '@cdp/contracts';
+import { DEFAULT_HOST, DomainError, hostOf, vpgMembers, type Vpg } from '@cdp/domain';
 import { VpgCapture, type CaptureStatus } from './vpg-capture';
 
 /**
@@ -35,6 +36,17 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
   private readonly frontEnds: SplitterFrontEnd[] = [];
   private producer: BusProducer;
   private readonly root: string;
+  /** The host this splitter captures for: the VMs placed on it (AppConfig.splitterHost). */
+  readonly host: string;
+  /**
+   * This process, for coordinated checkpoints: a cut counts this member's marker only if the process
+   * that reported holding is the one that receives the cut (a restarted process voids the epoch).
+   */
+  readonly instance = randomUUID();
+  /** VPGs with several members: their captures take part in coordinated checkpoints. */
+  private readonly multiMember = new Set<string>();
+  /** VPGs this splitter has seen that have no VM on its host. */
+  private readonly elsewhere = new Set<string>();
 
   constructor(
     @Inject(BUS) private readonly bus: Bus,
@@ -42,6 +54,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
   ) {
     this.producer = bus.createProducer();
     this.root = join(config.dataDir, 'splitter');
+    this.host = config.splitterHost;
   }
 
   async onApplicationBootstrap(): Promise<void> {
@@ -54,10 +67,13 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
         }
       }
     }
-    this.logger.log(`protecting ${this.captures.size} VPG(s) from ${this.root}`);
-    await this.consume('splitter-events', TOPICS.events, (batch) => this.onEvents(batch));
-    await this.consume('splitter-commands', TOPICS.commands, (batch) => this.onCommands(batch));
-    await this.consume('splitter-progress', TOPICS.journalProgress, (batch) => this.onProgress(batch));
+    this.logger.log(`protecting ${this.captures.size} VPG(s) from ${this.root} (host ${this.host})`);
+    // Every host reads every command and event: one consumer group per host. The default host keeps
+    // the group names it always had.
+    const group = (name: string): string => (this.host === DEFAULT_HOST ? name : `${name}.${this.host}`);
+    await this.consume(group('splitter-events'), TOPICS.events, (batch) => this.onEvents(batch));
+    await this.consume(group('splitter-commands'), TOPICS.commands, (batch) => this.onCommands(batch));
+    await this.consume(group('splitter-progress'), TOPICS.journalProgress, (batch) => this.onProgress(batch));
     for (const frontEnd of this.frontEnds) {
       await frontEnd.start();
     }
@@ -119,15 +135,17 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
         this.logger.warn(`skipping a command that is not valid: ${parsed.error.message}`);
         continue;
       }
-      this.execute(parsed.data);
+      await this.execute(parsed.data);
     }
-    return Promise.resolve();
   }
 
-  private execute(command: SplitterCommand): void {
+  private async execute(command: SplitterCommand): Promise<void> {
     const capture = this.captures.get(command.vpgId);
     if (!capture) {
-      this.logger.warn(`command ${command.type} for VPG ${command.vpgId}, which this splitter does not protect`);
+      // Every host sees every VPG's commands; a VPG with no VM here is none of this splitter's business.
+      if (!this.elsewhere.has(command.vpgId)) {
+        this.logger.warn(`command ${command.type} for VPG ${command.vpgId}, which this splitter does not protect`);
+      }
       return;
     }
     switch (command.type) {
@@ -135,7 +153,39 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
         capture.insertCheckpoint({ id: command.checkpointId, kind: command.kind, name: command.name, vmId: command.vmId });
         return;
       case 'replication.replay':
-        capture.replayFrom(command.fromSeq);
+        if ((command.member ?? this.host) === this.host || !this.multiMember.has(command.vpgId)) {
+          capture.replayFrom(command.fromSeq);
+        }
+        return;
+      case 'checkpoint.prepare': {
+        if (!command.members.includes(this.host)) {
+          return;
+        }
+        const marker = { id: command.checkpointId, kind: command.kind, name: command.name, vmId: command.vmId };
+        if (capture.prepareBarrier(command.epoch, marker, this.host, command.holdTimeoutMs) !== 'concluded') {
+          const held: BarrierHeld = { type: 'checkpoint.held', vpgId: command.vpgId, epoch: command.epoch, member: this.host, instance: this.instance };
+          await this.producer.send(TOPICS.barrier, [{ key: command.vpgId, value: Buffer.from(JSON.stringify(held)) }]);
+        }
+        return;
+      }
+      case 'checkpoint.cut': {
+        const counted = command.holders.some((h) => h.member === this.host && h.instance === this.instance);
+        capture.cutBarrier(command.epoch, command.checkpointId, this.host, counted);
+        return;
+      }
+      case 'checkpoint.abort':
+        capture.abortBarrier(command.epoch, command.checkpointId, this.host);
+        return;
+      case 'replication.resync':
+        try {
+          const { resyncId, volumeIds, requestedAt, reason } = command;
+          if (capture.startResync({ resyncId, volumeIds, requestedAt, reason }) === 'duplicate') {
+            this.logger.log(`resync ${resyncId} of VPG ${capture.vpg.name} was already started here; ignored`);
+          }
+        } catch (err) {
+          // Refused (a volume not in the VPG, another resync running): nothing was done.
+          this.logger.warn(`resync ${command.resyncId} of VPG ${capture.vpg.name} refused: ${err instanceof Error ? err.message : String(err)}`);
+        }
         return;
     }
   }
@@ -143,7 +193,8 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
   private async onProgress(batch: MessageBatch): Promise<void> {
     for (const message of batch.messages) {
       const parsed = journalProgressSchema.safeParse(parseJson(message.value));
-      if (parsed.success) {
+      // A VPG with several members gets one progress per member, in that member's seqs.
+      if (parsed.success && (parsed.data.member ?? this.host) === this.host) {
         await this.captures.get(parsed.data.vpgId)?.confirm(parsed.data.appliedSeq);
       }
     }
@@ -151,6 +202,10 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
 
   /** First sight of a VPG: write its definition durably, create its volumes, start capturing. */
   private async protect(vpg: Vpg): Promise<void> {
+    if (!vpg.vms.some((vm) => hostOf(vm) === this.host)) {
+      this.elsewhere.add(vpg.id);
+      return;
+    }
     const dir = join(this.root, vpg.id);
     await mkdir(join(dir, 'volumes'), { recursive: true });
     const tmp = join(dir, 'vpg.json.tmp');
@@ -166,7 +221,11 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
   private async activate(vpg: Vpg): Promise<void> {
     let pending = this.opening.get(vpg.id);
     if (!pending) {
-      pending = VpgCapture.open(vpg, join(this.root, vpg.id), this.producer);
+      const multiMember = vpgMembers(vpg).length > 1;
+      if (multiMember) {
+        this.multiMember.add(vpg.id);
+      }
+      pending = VpgCapture.open(vpg, join(this.root, vpg.id), this.producer, multiMember ? { member: this.host } : {});
       this.opening.set(vpg.id, pending);
     }
     const capture = await pending;

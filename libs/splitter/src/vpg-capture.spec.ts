@@ -1,10 +1,11 @@
-import { cpSync, rmSync } from 'node:fs';
+import { closeSync, cpSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { InProcessBus, type BusConsumer } from '@cdp/bus';
+import { InProcessBus, type BusConsumer, type BusProducer } from '@cdp/bus';
 import { RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch } from '@cdp/contracts';
 import { type Vpg } from '@cdp/domain';
 import { FaultInjectingBus, randomBuffer, seededRandom, tempDir, waitFor, type TempDir } from '@cdp/testing';
 import { REGION_BYTES } from './activity-log';
+import { RESYNC_CHUNK_BYTES, readResyncProgress } from './forced-resync';
 import { VpgCapture } from './vpg-capture';
 
 const MiB = 1024 * 1024;
@@ -265,6 +266,237 @@ describe('VpgCapture batching and shipping', () => {
     capture.replayFrom(firstRound - 10);
     await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 5_000, message: 'the replay never arrived' });
     expect(site.image(1, 50 * 4096).equals(capture.volumeById(volumes[1]!.id).read(0, 50 * 4096))).toBe(true);
+    await capture.close();
+  });
+});
+
+describe('VpgCapture forced resync', () => {
+  const ctx = eachTestWithRecoverySite('capture-resync-');
+
+  /** What the recovery site recovers at `cut`: the writes of the volume with seq <= cut, in seq order. */
+  const imageAt = (site: RecoverySite, volumeIndex: number, size: number, cut: number): Buffer => {
+    const image = Buffer.alloc(size);
+    for (const seq of [...site.records.keys()].filter((s) => s <= cut).sort((a, b) => a - b)) {
+      const decoded = decodeRecord(site.records.get(seq)!);
+      if (decoded.kind === RecordKind.Write && decoded.volumeIndex === volumeIndex) {
+        decoded.data.copy(image, decoded.offset);
+      }
+    }
+    return image;
+  };
+  /** The markers the site received, in seq order. */
+  const markers = (site: RecoverySite): { seq: number; id: string; kind: string }[] =>
+    [...site.records.keys()]
+      .sort((a, b) => a - b)
+      .flatMap((seq) => {
+        const decoded = decodeRecord(site.records.get(seq)!);
+        return decoded.kind === RecordKind.Checkpoint ? [{ seq, id: decoded.marker.id, kind: decoded.marker.kind }] : [];
+      });
+  /** Seqs of resync chunks (client writes in these tests are smaller than a chunk). */
+  const chunkSeqs = (site: RecoverySite, from = 0): number[] =>
+    [...site.records.keys()]
+      .filter((seq) => seq > from)
+      .sort((a, b) => a - b)
+      .filter((seq) => {
+        const decoded = decodeRecord(site.records.get(seq)!);
+        return decoded.kind === RecordKind.Write && decoded.data.length === RESYNC_CHUNK_BYTES;
+      });
+  /** Writes into the volume's file behind the splitter's back, as a restore from backup would. */
+  const writeBehind = (dir: string, volumeIndex: number, offset: number, data: Buffer): void => {
+    const fd = openSync(join(dir, 'volumes', `${volumeIndex}.img`), 'r+');
+    try {
+      writeSync(fd, data, 0, data.length, offset);
+    } finally {
+      closeSync(fd);
+    }
+  };
+  const id = (n: number): string => `00000000-0000-4000-8000-${String(n).padStart(12, '0')}`;
+  const local = (capture: VpgCapture, index: number): Buffer => capture.volumeById(volumes[index]!.id).read(0, volumes[index]!.sizeBytes);
+
+  it('brings a volume written outside the splitter back, keeps older checkpoints, and cuts none inside it', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(901);
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    for (let i = 0; i < 40; i++) {
+      const volume = volumes[i % 2]!;
+      await capture.write(volume.id, Math.floor(random() * (volume.sizeBytes / 4096)) * 4096, randomBuffer(random, 4096));
+    }
+    const before = capture.insertCheckpoint({ id: id(1), kind: 'tagged', name: 'before', vmId: null })!;
+    const imagesBefore = [local(capture, 0), local(capture, 1)];
+
+    // Diverged: a restore on the protected site wrote both volumes without the splitter.
+    writeBehind(dir.path, 0, 3 * 1024 * 1024 + 512, randomBuffer(random, 200_000));
+    writeBehind(dir.path, 1, 0, randomBuffer(random, 8192));
+    writeBehind(dir.path, 1, volumes[1]!.sizeBytes - 4096, randomBuffer(random, 4096));
+
+    expect(capture.startResync({ resyncId: id(100), volumeIds: null, requestedAt: new Date().toISOString(), reason: 'restored from backup' })).toBe('started');
+    expect(capture.resyncInProgress).toBe(true);
+    expect(capture.status().resync).toMatchObject({ id: id(100), volumes: volumes.map((v) => v.id), bytesTotal: 104 * MiB });
+    // The same command delivered again is recognised; another one is refused while this one runs.
+    expect(capture.startResync({ resyncId: id(100), volumeIds: null, requestedAt: new Date().toISOString(), reason: '' })).toBe('duplicate');
+    expect(() => capture.startResync({ resyncId: id(101), volumeIds: null, requestedAt: new Date().toISOString(), reason: '' })).toThrow(/still running/);
+
+    // Checkpoints asked for meanwhile: automatic ones are skipped, the others deferred (once each).
+    expect(capture.insertCheckpoint({ id: id(2), kind: 'automatic', name: null, vmId: null })).toBeNull();
+    expect(capture.insertCheckpoint({ id: id(3), kind: 'tagged', name: 'during', vmId: null })).toBeNull();
+    expect(capture.insertCheckpoint({ id: id(4), kind: 'application-consistent', name: 'quiesced', vmId: vpg.vms[0]!.id })).toBeNull();
+    expect(capture.insertCheckpoint({ id: id(3), kind: 'tagged', name: 'during', vmId: null })).toBeNull();
+    // Client writes go on during the resync, between its chunks.
+    const during: Promise<number>[] = [];
+    for (let i = 0; i < 64; i++) {
+      const volume = volumes[i % 2]!;
+      during.push(capture.write(volume.id, Math.floor(random() * (volume.sizeBytes / 4096)) * 4096, randomBuffer(random, 4096)));
+      if (i % 8 === 7) {
+        await Promise.all(during);
+      }
+    }
+    const duringSeqs = await Promise.all(during);
+    await waitFor(() => !capture.resyncInProgress, { timeoutMs: 30_000, message: 'the resync never completed' });
+    expect(capture.status().resync).toBeNull();
+    const done = readResyncProgress(dir.path);
+    expect(done).toMatchObject({ id: id(100), bytesDone: 104 * MiB });
+    expect(done?.completedAt).not.toBeNull();
+    await capture.flush();
+    await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 10_000, message: 'the resync never arrived' });
+
+    const chunks = chunkSeqs(site, before);
+    expect(chunks).toHaveLength(104);
+    const [firstChunk, lastChunk] = [chunks[0]!, chunks[chunks.length - 1]!];
+    // The client writes were not held up behind the whole resync: some were captured between chunks.
+    expect(duringSeqs.some((seq) => seq > firstChunk && seq < lastChunk)).toBe(true);
+    const cuts = markers(site);
+    expect(cuts.some((m) => m.seq > firstChunk && m.seq < lastChunk)).toBe(false);
+    expect(cuts.map((m) => m.id)).toEqual([id(1), id(3), id(4)]);
+    const firstAfter = cuts[1]!.seq;
+    expect(firstAfter).toBeGreaterThan(lastChunk);
+
+    // The first checkpoint after the resync recovers the volumes as they are, divergence included; the
+    // one before it still recovers its own images, bit-exact.
+    for (const volume of volumes) {
+      const now = local(capture, volume.index);
+      expect(imageAt(site, volume.index, volume.sizeBytes, firstAfter).equals(now)).toBe(true);
+      const old = imageAt(site, volume.index, volume.sizeBytes, before);
+      expect(old.equals(imagesBefore[volume.index]!)).toBe(true);
+      expect(old.equals(now)).toBe(false);
+    }
+    // Checkpoints are cut again as usual.
+    expect(capture.insertCheckpoint({ id: id(5), kind: 'automatic', name: null, vmId: null })).toBe(capture.lastSeq);
+    await capture.close();
+  });
+
+  it('refuses a volume that is not in the VPG and does nothing', async () => {
+    const { dir, bus } = ctx;
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    const last = capture.lastSeq;
+    expect(() =>
+      capture.startResync({ resyncId: id(200), volumeIds: [volumes[0]!.id, id(999)], requestedAt: new Date().toISOString(), reason: '' }),
+    ).toThrow(/not in VPG/);
+    expect(capture.resyncInProgress).toBe(false);
+    expect(capture.lastSeq).toBe(last);
+    expect(readResyncProgress(dir.path)).toBeUndefined();
+    await capture.close();
+  });
+
+  it('interrupted by a stop, resumes at the next open from its durable progress and completes', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(902);
+    const shipper = { maxBatchBytes: MiB, retryInitialMs: 5, retryMaxMs: 20 };
+    // The link carries a limited number of messages, then fails every send: the resync stalls there.
+    let budget = Infinity;
+    const inner = bus.createProducer();
+    const limited: BusProducer = {
+      send: (topic, messages) => (budget-- > 0 ? inner.send(topic, messages) : Promise.reject(new Error('link down'))),
+    };
+    const first = await VpgCapture.open(vpg, dir.path, limited, { bootId: 'boot-1', shipper });
+    await first.write(volumes[1]!.id, 0, randomBuffer(random, 4096));
+    await first.flush();
+    writeBehind(dir.path, 1, 20 * MiB, randomBuffer(random, 3 * MiB));
+    budget = 36;
+    expect(first.startResync({ resyncId: id(300), volumeIds: [volumes[1]!.id], requestedAt: new Date().toISOString(), reason: 'distrusted' })).toBe('started');
+    await waitFor(() => (readResyncProgress(dir.path)?.bytesDone ?? 0) > 0, { timeoutMs: 10_000, message: 'no progress was saved' });
+    const saved = readResyncProgress(dir.path)!;
+    expect(saved.completedAt).toBeNull();
+    expect(saved.bytesDone).toBeLessThan(40 * MiB);
+    await first.close();
+    expect(readResyncProgress(dir.path)).toEqual(saved);
+    const closedAt = first.lastSeq;
+
+    budget = Infinity;
+    const second = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1', shipper });
+    // Resyncing from the moment it is open, before it takes any command: no cut can fall inside.
+    expect(second.resyncInProgress).toBe(true);
+    expect(second.insertCheckpoint({ id: id(6), kind: 'tagged', name: 'while resuming', vmId: null })).toBeNull();
+    await waitFor(() => !second.resyncInProgress, { timeoutMs: 30_000, message: 'the resumed resync never completed' });
+    await second.flush();
+    await waitFor(() => site.highestContiguousSeq() === second.lastSeq, { timeoutMs: 10_000, message: 'the resumed resync never arrived' });
+    // It went on from where the durable progress said, not from the start.
+    expect(chunkSeqs(site, closedAt)).toHaveLength((40 * MiB - saved.bytesDone) / RESYNC_CHUNK_BYTES);
+    const cut = markers(site).find((m) => m.id === id(6))!.seq;
+    expect(imageAt(site, 1, volumes[1]!.sizeBytes, cut).equals(local(second, 1))).toBe(true);
+    await second.close();
+  });
+});
+
+describe('VpgCapture coordinated checkpoints (one member of a VPG on several hosts)', () => {
+  const ctx = eachTestWithRecoverySite('capture-barrier-');
+  const marker = { id: '0a1b2c3d-0000-4000-8000-0000000000c1', kind: 'automatic' as const, name: null, vmId: null };
+  const barriers = (site: RecoverySite): { seq: number; epoch: number; void: boolean }[] =>
+    [...site.records.entries()]
+      .map(([seq, bytes]) => ({ seq, decoded: decodeRecord(bytes) }))
+      .flatMap(({ seq, decoded }) =>
+        decoded.kind === RecordKind.Checkpoint && decoded.marker.barrier ? [{ seq, epoch: decoded.marker.barrier.epoch, void: decoded.marker.barrier.void }] : [],
+      );
+
+  it('holds new writes from prepare to cut and puts them after the marker', async () => {
+    const { dir, bus, site } = ctx;
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    await capture.write(volumes[0]!.id, 0, Buffer.alloc(512, 1));
+    expect(capture.prepareBarrier(7, marker, 'host-a', 60_000)).toBe('holding');
+    let acknowledged = false;
+    const held = capture.write(volumes[0]!.id, 512, Buffer.alloc(512, 2)).then((seq) => {
+      acknowledged = true;
+      return seq;
+    });
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    expect(acknowledged).toBe(false);
+    expect(capture.status().barrier).toMatchObject({ epoch: 7, checkpointId: marker.id });
+    capture.cutBarrier(7, marker.id, 'host-a', true);
+    const seq = await held;
+    await capture.flush();
+    await waitFor(() => site.highestContiguousSeq() >= seq, { timeoutMs: 5_000, message: 'the held write was never shipped' });
+    // write 1, the marker, then the write that waited.
+    expect(barriers(site)).toEqual([{ seq: 2, epoch: 7, void: false }]);
+    expect(seq).toBe(3);
+    expect(capture.status().checkpointStall.count).toBe(1);
+    // The same epoch again (a redelivered command) changes nothing.
+    expect(capture.prepareBarrier(7, marker, 'host-a', 60_000)).toBe('concluded');
+    capture.cutBarrier(7, marker.id, 'host-a', true);
+    await capture.close();
+  });
+
+  it('voids an epoch it cannot vouch for: a cut for another process, a hold that timed out, a cut it never held for', async () => {
+    const { dir, bus, site } = ctx;
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    expect(capture.prepareBarrier(1, marker, 'host-a', 60_000)).toBe('holding');
+    capture.cutBarrier(1, marker.id, 'host-a', false);
+    expect(capture.prepareBarrier(2, marker, 'host-a', 20)).toBe('holding');
+    // The hold's own timeout voids it, and a write waiting on it goes on without any cut.
+    await capture.write(volumes[0]!.id, 0, Buffer.alloc(512, 1));
+    capture.cutBarrier(2, marker.id, 'host-a', true);
+    capture.cutBarrier(3, marker.id, 'host-a', true);
+    // A newer prepare while an older epoch is still held voids the older one.
+    expect(capture.prepareBarrier(4, marker, 'host-a', 60_000)).toBe('holding');
+    expect(capture.prepareBarrier(5, marker, 'host-a', 60_000)).toBe('holding');
+    capture.abortBarrier(5, marker.id, 'host-a');
+    await capture.flush();
+    await waitFor(() => barriers(site).length === 5, { timeoutMs: 5_000, message: 'not every epoch was concluded in the order' });
+    expect(barriers(site).map(({ epoch, void: voided }) => ({ epoch, voided }))).toEqual([
+      { epoch: 1, voided: true },
+      { epoch: 2, voided: true },
+      { epoch: 3, voided: true },
+      { epoch: 4, voided: true },
+      { epoch: 5, voided: true },
+    ]);
     await capture.close();
   });
 });

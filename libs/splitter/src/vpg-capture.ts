@@ -9,11 +9,13 @@ import {
   decodeRecord,
   encodeCheckpointRecord,
   encodeWriteRecord,
+  type BarrierMark,
   type CheckpointMarkerBody,
 } from '@cdp/contracts';
-import { DomainError, validateWriteRange, volumesOf, type Vpg } from '@cdp/domain';
+import { DomainError, hostOf, validateWriteRange, volumesOf, type Vpg } from '@cdp/domain';
 import { SegmentLog } from '@cdp/segment-log';
 import { ActivityLog, REGION_BYTES, currentBootId, regionKeys } from './activity-log';
+import { ForcedResync, type ResyncRequest, type ResyncStatus } from './forced-resync';
 import { LogShipper, type ShipperOptions } from './log-shipper';
 import { ProtectedVolume } from './protected-volume';
 
@@ -31,6 +33,10 @@ export interface CaptureStatus {
    * checkpoint adds to write latency.
    */
   readonly checkpointStall: { readonly count: number; readonly p50Micros: number | null; readonly p99Micros: number | null; readonly maxMicros: number | null };
+  /** The coordinated checkpoint this member holds new writes for, if any (a VPG with several members). */
+  readonly barrier: { readonly epoch: number; readonly checkpointId: string; readonly heldForMicros: number } | null;
+  /** The operator-forced resync running now, if any. */
+  readonly resync: ResyncStatus | null;
 }
 
 /** Checkpoint stalls kept for the status percentiles: the most recent ones, a bounded ring. */
@@ -42,6 +48,11 @@ export interface CaptureOptions {
   readonly bootId?: string;
   /** Most regions in the activity log, i.e. the bound on a resync after a power loss. Default 1024 (4 GiB). */
   readonly activityLogRegions?: number;
+  /**
+   * The member (host) this capture is for: only the volumes of the VPG's VMs on that host are captured,
+   * into this member's own sequence. Unset: every volume of the VPG (a VPG with one member).
+   */
+  readonly member?: string;
 }
 
 /** How the previous run of this VPG's capture ended, as found at open. */
@@ -89,6 +100,10 @@ export class VpgCapture {
   private batch: CaptureBatch | undefined;
   private readonly stalls = new Float64Array(STALL_SAMPLES);
   private stallCount = 0;
+  /** The coordinated checkpoint being held for (see prepareBarrier); new writes wait while it is set. */
+  private barrier: HeldBarrier | undefined;
+  /** The newest epoch this capture has put a barrier marker (cut or void) in its order for. */
+  private concludedEpoch = 0;
   private readonly logger: Logger;
 
   private constructor(
@@ -108,7 +123,8 @@ export class VpgCapture {
     await mkdir(join(dir, 'volumes'), { recursive: true });
     const log = await SegmentLog.open({ dir: join(dir, 'log'), tail: 'scan' });
     const volumes = new Map<number, ProtectedVolume>();
-    for (const volume of volumesOf(vpg)) {
+    const local = options.member === undefined ? vpg : { vms: vpg.vms.filter((vm) => hostOf(vm) === options.member) };
+    for (const volume of volumesOf(local)) {
       volumes.set(volume.index, ProtectedVolume.open(volume, join(dir, 'volumes', `${volume.index}.img`)));
     }
     const bootId = options.bootId ?? currentBootId();
@@ -139,6 +155,7 @@ export class VpgCapture {
     }
     await activity.save();
     capture.shipper.start();
+    await capture.openForcedResync();
     return capture;
   }
 
@@ -156,6 +173,10 @@ export class VpgCapture {
       activeRegions: this.activity.regions().length,
       shipError: this.shipper.error ?? null,
       checkpointStall: this.stallStats(),
+      barrier: this.barrier
+        ? { epoch: this.barrier.epoch, checkpointId: this.barrier.marker.id, heldForMicros: (performance.now() - this.barrier.startedAt) * 1000 }
+        : null,
+      resync: this.forced?.status() ?? null,
     };
   }
 
@@ -178,9 +199,17 @@ export class VpgCapture {
     validateWriteRange(target.volume, offset, data.length);
     const keys = regionKeys(target.volume.index, offset, data.length);
     // The regions must be in the durable activity log before the write touches the volume. The check
-    // and the capture below run without a pause in between, so no eviction can slip in.
-    while (!this.activity.touch(keys, this.epoch)) {
-      await this.activity.activate(keys, this.epoch, () => this.flushedEpoch, () => this.syncLocal());
+    // and the capture below run without a pause in between, so no eviction can slip in; nor can a
+    // coordinated checkpoint's hold begin in between: a write that arrives while one is held is
+    // captured only after the marker, when the hold is released.
+    for (;;) {
+      if (this.barrier) {
+        await this.barrier.released;
+      } else if (!this.activity.touch(keys, this.epoch)) {
+        await this.activity.activate(keys, this.epoch, () => this.flushedEpoch, () => this.syncLocal());
+      } else {
+        break;
+      }
     }
     const { seq, applied } = this.capture(target, offset, data, fua, options.inPlace ?? false);
     await applied;
@@ -191,7 +220,11 @@ export class VpgCapture {
   }
 
   /** Inserts a checkpoint marker at the current end of the write order; returns its seq, the cut. */
-  insertCheckpoint(marker: CheckpointMarkerBody): number {
+  insertCheckpoint(marker: CheckpointMarkerBody): number | null {
+    // A forced resync is running: no cut may fall inside it (null: skipped or deferred, see ForcedResync).
+    if (this.forced?.intercept(marker)) {
+      return null;
+    }
     // Writes captured earlier in this turn have smaller seqs: they go into the log first (that is
     // their own work, done now rather than at the end of the turn, so not counted as the stall).
     this.drain();
@@ -201,6 +234,90 @@ export class VpgCapture {
     this.shipper.offer(this.log.append([record]), [record]);
     this.stalls[this.stallCount++ % STALL_SAMPLES] = (performance.now() - started) * 1000;
     return seq;
+  }
+
+  /**
+   * Coordinated checkpoint, phase one (a VPG with several members): from now until the cut, new writes
+   * are not captured (they wait), so none can be acknowledged. Returns 'holding', or 'voided' (a
+   * forced resync runs: the epoch is voided here at once), both to be reported to the coordinator, or
+   * 'concluded' (this epoch is already in the order here: nothing to report). A hold never outlasts
+   * `holdTimeoutMs`: then the epoch is voided here and writes resume, whatever the coordinator does.
+   *
+   * Why holding capture is enough: the coordinator sends the cut only once every member holds. A
+   * write acknowledged by member A after A's marker was acknowledged after the cut was sent, when
+   * every other member B was still holding or past its own marker; so a write issued on B because of
+   * it is captured after B's marker. No checkpoint holds B's write without A's.
+   */
+  prepareBarrier(epoch: number, marker: Omit<CheckpointMarkerBody, 'barrier'>, member: string, holdTimeoutMs: number): 'holding' | 'voided' | 'concluded' {
+    if (epoch <= this.concludedEpoch) {
+      return 'concluded';
+    }
+    if (this.barrier) {
+      if (this.barrier.epoch === epoch) {
+        return 'holding';
+      }
+      // An older epoch never got its cut; it cannot be consistent any more.
+      this.concludeBarrier(true);
+    }
+    if (this.resyncInProgress) {
+      // No cut may fall inside a forced resync. Voided at once, and reported all the same so that the
+      // round ends without waiting for its timeout and the other members hold only briefly.
+      this.appendBarrierMarker(marker, { epoch, member, void: true });
+      return 'voided';
+    }
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const timer = setTimeout(() => {
+      if (this.barrier?.epoch === epoch) {
+        this.logger.warn(`coordinated checkpoint epoch ${epoch}: no cut within ${holdTimeoutMs} ms, voided here and writes resumed`);
+        this.concludeBarrier(true);
+      }
+    }, holdTimeoutMs);
+    timer.unref();
+    this.barrier = { epoch, marker, member, startedAt: performance.now(), released, release, timer };
+    return 'holding';
+  }
+
+  /**
+   * Phase two: the coordinator cut `epoch`. `consistent` says this process is among the holders the
+   * coordinator counted (it held continuously since its report); then its marker is the epoch's cut
+   * here, otherwise the epoch is voided here. Either way writes resume. An epoch this process never
+   * held (it restarted in between) gets a void marker, so every member's order concludes every epoch
+   * it is told about.
+   */
+  cutBarrier(epoch: number, checkpointId: string, member: string, consistent: boolean): void {
+    if (this.barrier?.epoch === epoch) {
+      this.concludeBarrier(!consistent);
+    } else if (epoch > this.concludedEpoch) {
+      this.appendBarrierMarker({ id: checkpointId, kind: 'automatic', name: null, vmId: null }, { epoch, member, void: true });
+    }
+  }
+
+  /** The coordinator gave `epoch` up (a member did not report in time): void it here, resume writes. */
+  abortBarrier(epoch: number, checkpointId: string, member: string): void {
+    this.cutBarrier(epoch, checkpointId, member, false);
+  }
+
+  private concludeBarrier(voided: boolean): void {
+    const barrier = this.barrier;
+    if (!barrier) {
+      return;
+    }
+    clearTimeout(barrier.timer);
+    try {
+      this.appendBarrierMarker(barrier.marker, { epoch: barrier.epoch, member: barrier.member, void: voided });
+    } finally {
+      this.barrier = undefined;
+      this.stalls[this.stallCount++ % STALL_SAMPLES] = (performance.now() - barrier.startedAt) * 1000;
+      barrier.release();
+    }
+  }
+
+  private appendBarrierMarker(marker: Omit<CheckpointMarkerBody, 'barrier'>, barrier: BarrierMark): void {
+    this.drain();
+    const record = encodeCheckpointRecord({ seq: this.nextSeq++, capturedAtMicros: nowMicros(), marker: { ...marker, barrier } });
+    this.shipper.offer(this.log.append([record]), [record]);
+    this.concludedEpoch = Math.max(this.concludedEpoch, barrier.epoch);
   }
 
   /** Everything acknowledged before this call becomes durable locally and in the replication stream. */
@@ -225,6 +342,8 @@ export class VpgCapture {
   }
 
   async close(): Promise<void> {
+    await this.forced?.stop();
+    this.concludeBarrier(true);
     this.drain();
     await this.shipper.stop();
     await this.syncLocal();
@@ -362,6 +481,65 @@ export class VpgCapture {
     await this.syncLocal();
     this.logger.warn(`host crash: resynchronised ${regions.length} active region(s), ${bytes} bytes, through seq ${this.lastSeq}`);
   }
+
+  // Forced resync
+
+  /** The operator-forced resync (see forced-resync.ts); set at open, before any command is taken. */
+  private forced: ForcedResync | undefined;
+
+  /** While true no checkpoint is cut here: automatic markers are skipped, the others deferred. */
+  get resyncInProgress(): boolean {
+    return this.forced?.inProgress ?? false;
+  }
+
+  /**
+   * Starts a forced resync of the given volumes (null: all of this capture's). Throws a DomainError,
+   * doing nothing, for a volume not in the VPG or while another resync runs. 'duplicate': a resync
+   * with this id was already started here (the command was delivered again).
+   */
+  startResync(request: ResyncRequest): 'started' | 'duplicate' {
+    if (!this.forced) {
+      throw new DomainError('failed-precondition', `the capture of VPG ${this.vpg.name} is not open`);
+    }
+    return this.forced.start(request);
+  }
+
+  private async openForcedResync(): Promise<void> {
+    this.forced = await ForcedResync.open(this.dir, {
+      vpg: this.vpg,
+      volumes: this.volumes,
+      captureChunk: (volume, offset, length) => this.captureResyncChunk(volume, offset, length),
+      shippedSeq: () => this.shipper.shippedSeq,
+      waitShipped: (seq) => this.shipper.waitShipped(seq),
+      heldBarrier: () => this.barrier?.released,
+      insertCheckpoint: (marker) => {
+        this.insertCheckpoint(marker);
+      },
+    });
+  }
+
+  /**
+   * One chunk of a forced resync as a write record. The queued batch goes first, so the bytes read are
+   * the volume's at this seq. The volume is not written: the record holds what it already has, so it
+   * needs no activity-log entry either (a power loss cannot make volume and record disagree).
+   */
+  private captureResyncChunk(volume: ProtectedVolume, offset: number, length: number): number {
+    this.drain();
+    const seq = this.nextSeq++;
+    const record = encodeWriteRecord({ seq, volumeIndex: volume.volume.index, offset, capturedAtMicros: nowMicros(), flags: 0, data: volume.read(offset, length) });
+    this.shipper.offer(this.log.append([record]), [record]);
+    return seq;
+  }
+}
+
+interface HeldBarrier {
+  readonly epoch: number;
+  readonly marker: Omit<CheckpointMarkerBody, 'barrier'>;
+  readonly member: string;
+  readonly startedAt: number;
+  readonly released: Promise<void>;
+  readonly release: () => void;
+  readonly timer: NodeJS.Timeout;
 }
 
 interface QueuedWrite {

@@ -5,7 +5,6 @@ export { ADMIN_URL_VARIABLE, EXTERNAL_URL_VARIABLE } from './env';
 export * from './reference-model';
 export * from './http-client';
 export * from './service.process';
-export * from './service-lifecycle';
 export * from './fault-injecting.bus';
 export * from './checkpoint-verification';
 export * from './external-tools';

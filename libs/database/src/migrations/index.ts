@@ -3,6 +3,7 @@ import { InitialSchema1795564800000 } from './1795564800000-initial-schema';
 import { CheckpointCatalog1795651200000 } from './1795651200000-checkpoint-catalog';
 import { CompactJournalIndex1795737600000 } from './1795737600000-compact-journal-index';
 import { JournalOutbox1795824000000 } from './1795824000000-journal-outbox';
+import { JournalMembers1796083200000 } from './1796083200000-journal-members';
 
 /** Every migration, oldest first. Append new ones at the end; never edit or reorder shipped ones. */
-export const migrations: readonly MigrationClass[] = [InitialSchema1795564800000, CheckpointCatalog1795651200000, CompactJournalIndex1795737600000, JournalOutbox1795824000000];
+export const migrations: readonly MigrationClass[] = [InitialSchema1795564800000, CheckpointCatalog1795651200000, CompactJournalIndex1795737600000, JournalOutbox1795824000000, JournalMembers1796083200000];

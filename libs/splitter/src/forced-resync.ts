@@ -1,0 +1,411 @@
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { open, readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
+import { Logger } from '@nestjs/common';
+import { z } from 'zod';
+import { type CheckpointMarkerBody } from '@cdp/contracts';
+import { DomainError, volumesOf, type Vpg } from '@cdp/domain';
+import { type ProtectedVolume } from './protected-volume';
+
+/** Bytes of a volume read back and captured as one write record: one bus batch at the shipper's default size. */
+export const RESYNC_CHUNK_BYTES = 1024 * 1024;
+/**
+ * Most resync bytes captured but not yet acknowledged by the bus. Half the shipper's in-memory window
+ * (16 MiB), so the client writes captured beside the resync still ship from memory, and the resync
+ * never runs further ahead of the link than this.
+ */
+export const RESYNC_MAX_UNSHIPPED_BYTES = 8 * 1024 * 1024;
+/** Progress is made durable at least this often (in shipped bytes): a crash repeats at most this much. */
+const SAVE_EVERY_BYTES = 32 * 1024 * 1024;
+
+const PROGRESS_FILE = 'resync.json';
+
+/** What an operator asked for (the `replication.resync` command). */
+export interface ResyncRequest {
+  readonly resyncId: string;
+  /** null: every volume of the VPG. */
+  readonly volumeIds: readonly string[] | null;
+  readonly requestedAt: string;
+  readonly reason: string;
+}
+
+/** A running resync, as the splitter's VPG status shows it. */
+export interface ResyncStatus {
+  readonly id: string;
+  readonly volumes: readonly string[];
+  readonly bytesDone: number;
+  readonly bytesTotal: number;
+  readonly startedAt: string;
+  readonly reason: string;
+  /** The last failure of the copy loop, if it stopped on one; the resync stays in progress. */
+  readonly error: string | null;
+}
+
+/** What the resync needs from the VPG's capture. */
+export interface ResyncHost {
+  readonly vpg: Vpg;
+  /** The volumes this capture owns, by volume index. */
+  readonly volumes: ReadonlyMap<number, ProtectedVolume>;
+  /**
+   * Reads [offset, offset + length) of the volume now and captures it as one write record; returns its
+   * seq. Synchronous, after the writes queued before it are applied, so the record holds exactly what
+   * the volume held at that seq.
+   */
+  captureChunk(volume: ProtectedVolume, offset: number, length: number): number;
+  shippedSeq(): number;
+  /**
+   * While a coordinated checkpoint holds this capture's writes: resolves when the hold ends. A chunk
+   * captured during a hold would land inside that checkpoint, so the resync waits like a write.
+   */
+  heldBarrier(): Promise<void> | undefined;
+  waitShipped(seq: number): Promise<void>;
+  /** Inserts a marker that was deferred; called only once the resync no longer runs. */
+  insertCheckpoint(marker: CheckpointMarkerBody): void;
+}
+
+/**
+ * `resync.json` in the capture's directory, replaced atomically (temporary file, fdatasync, rename,
+ * directory fsync) at the start, every SAVE_EVERY_BYTES shipped, and at completion:
+ *
+ * - `id`, `reason`, `requestedAt`, `startedAt`: the request;
+ * - `volumes`: the volume ids to read back, in order;
+ * - `next`: where reading resumes: `volume`, an index into `volumes`, and `offset`, bytes. Every chunk
+ *   before it was captured and acknowledged by the bus (so also durable in the splitter log);
+ * - `bytesDone`, `bytesTotal`: the progress shown in the status;
+ * - `completedAt`: null while the resync runs. A completed file is kept so that the same command
+ *   delivered again (the bus delivers at least once) is recognised and not run twice.
+ */
+const progressSchema = z.object({
+  version: z.literal(1),
+  id: z.string().min(1),
+  reason: z.string(),
+  requestedAt: z.string(),
+  startedAt: z.string(),
+  volumes: z.array(z.string().min(1)),
+  next: z.object({ volume: z.number().int().min(0), offset: z.number().int().min(0) }),
+  bytesDone: z.number().int().min(0),
+  bytesTotal: z.number().int().min(0),
+  completedAt: z.string().nullable(),
+});
+export type ResyncProgress = z.infer<typeof progressSchema>;
+type Progress = ResyncProgress;
+
+/**
+ * An operator-forced resync of some or all of a VPG's volumes: each is read back in order, a chunk at
+ * a time, and every chunk is captured as an ordinary write record with its own seq, between the client
+ * writes that keep arriving. A chunk holds the volume as it is at its seq, so once the last chunk is
+ * captured the recovery site's image at any later cut equals the protected volume, whatever it held
+ * before (written outside the splitter, restored from a backup).
+ *
+ * Checkpoints: every checkpoint cut before the resync keeps its journal intact and stays valid. None
+ * is cut while it runs, since a cut there would hold resynced and not yet resynced regions: automatic
+ * markers are skipped (the scheduler's next tick after it covers the gap), tagged and
+ * application-consistent ones are deferred and inserted right after completion, in arrival order.
+ * The first checkpoint after completion is consistent.
+ *
+ * Progress is durable in `resync.json`; a resync interrupted by a crash or a stop is resumed at the
+ * next open, which puts the capture back in the resyncing state before it takes any command.
+ */
+export class ForcedResync {
+  private progress: Progress | undefined;
+  private running = false;
+  private loop: Promise<void> | undefined;
+  private stopping = false;
+  private wakeStop: (() => void) | undefined;
+  private readonly stopped: Promise<void>;
+  private deferred: CheckpointMarkerBody[] = [];
+  private skipped = 0;
+  private lastError: string | null = null;
+  private readonly logger: Logger;
+
+  private constructor(
+    private readonly dir: string,
+    private readonly host: ResyncHost,
+    progress: Progress | undefined,
+  ) {
+    this.progress = progress;
+    this.logger = new Logger(`resync ${host.vpg.name}`);
+    this.stopped = new Promise<void>((resolve) => (this.wakeStop = resolve));
+  }
+
+  /**
+   * Reads `resync.json`; a resync it shows unfinished is resumed (in the background, but the capture
+   * is resyncing from this moment on, so no checkpoint can be cut inside it).
+   */
+  static async open(dir: string, host: ResyncHost): Promise<ForcedResync> {
+    let progress: Progress | undefined;
+    let text: string | undefined;
+    try {
+      text = await readFile(join(dir, PROGRESS_FILE), 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        throw err;
+      }
+    }
+    const resync = new ForcedResync(dir, host, undefined);
+    if (text !== undefined) {
+      const parsed = progressSchema.safeParse(parseJson(text));
+      if (parsed.success) {
+        progress = parsed.data;
+      } else {
+        // The file is replaced atomically, so this is damage from outside. It existed, so a resync may
+        // have been running: the safe reading is a resync of every volume from the start.
+        resync.logger.error(`${PROGRESS_FILE} is not readable (${parsed.error.message}); resyncing every volume from the start`);
+        progress = resync.newProgress({ resyncId: 'recovered', volumeIds: null, requestedAt: new Date().toISOString(), reason: `${PROGRESS_FILE} was damaged` });
+        resync.saveSync(progress);
+      }
+      resync.progress = progress;
+      if (progress.completedAt === null) {
+        resync.logger.warn(`resuming resync ${progress.id} at ${progress.bytesDone} of ${progress.bytesTotal} bytes`);
+        resync.launch();
+      }
+    }
+    return resync;
+  }
+
+  get inProgress(): boolean {
+    return this.running;
+  }
+
+  status(): ResyncStatus | null {
+    const p = this.progress;
+    if (!this.running || !p) {
+      return null;
+    }
+    return { id: p.id, volumes: p.volumes, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, startedAt: p.startedAt, reason: p.reason, error: this.lastError };
+  }
+
+  /**
+   * Validates the request and starts the resync. The progress file is durable when this returns (it
+   * is written synchronously, a small file, once per resync), so a command the bus then commits is
+   * never lost to a crash. The same resync id again (a redelivered command) is ignored.
+   */
+  start(request: ResyncRequest): 'started' | 'duplicate' {
+    if (this.progress?.id === request.resyncId) {
+      return 'duplicate';
+    }
+    if (this.running) {
+      throw new DomainError('conflict', `resync ${String(this.progress?.id)} of VPG ${this.host.vpg.name} is still running; request ${request.resyncId} refused`);
+    }
+    if (this.stopping) {
+      throw new DomainError('failed-precondition', `the capture of VPG ${this.host.vpg.name} is closing`);
+    }
+    const progress = this.newProgress(request);
+    this.saveSync(progress);
+    this.progress = progress;
+    this.logger.log(
+      `resync ${progress.id} started (${request.reason || 'no reason given'}): ${progress.volumes.length} volume(s), ${progress.bytesTotal} bytes`,
+    );
+    this.launch();
+    return 'started';
+  }
+
+  /**
+   * Called for every marker before it is inserted: true if the resync took it (skipped when automatic,
+   * deferred otherwise), false if it may be cut now.
+   */
+  intercept(marker: CheckpointMarkerBody): boolean {
+    if (!this.running) {
+      return false;
+    }
+    if (marker.kind === 'automatic') {
+      this.skipped++;
+    } else if (!this.deferred.some((m) => m.id === marker.id)) {
+      // The scheduler sends a tagged request again until it is recorded: keep one copy.
+      this.deferred.push(marker);
+    }
+    return true;
+  }
+
+  /** Stops the copy loop where it is; the progress file keeps the resync for the next open. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.wakeStop?.();
+    await this.loop;
+  }
+
+  private newProgress(request: ResyncRequest): Progress {
+    const all = volumesOf(this.host.vpg);
+    const requested = request.volumeIds === null ? all.map((v) => v.id) : [...new Set(request.volumeIds)];
+    const unknown = requested.filter((id) => !all.some((v) => v.id === id));
+    if (unknown.length > 0) {
+      throw new DomainError('not-found', `volume(s) ${unknown.join(', ')} are not in VPG ${this.host.vpg.name}; nothing resynced`);
+    }
+    // A VPG spread over several hosts: each splitter resyncs the requested volumes it captures.
+    const owned = [...this.host.volumes.values()];
+    const volumes = requested.filter((id) => owned.some((v) => v.volume.id === id));
+    const bytesTotal = volumes.reduce((sum, id) => sum + (owned.find((v) => v.volume.id === id)?.volume.sizeBytes ?? 0), 0);
+    return {
+      version: 1,
+      id: request.resyncId,
+      reason: request.reason,
+      requestedAt: request.requestedAt,
+      startedAt: new Date().toISOString(),
+      volumes,
+      next: { volume: 0, offset: 0 },
+      bytesDone: 0,
+      bytesTotal,
+      completedAt: null,
+    };
+  }
+
+  private launch(): void {
+    this.running = true;
+    this.lastError = null;
+    const progress = this.progress as Progress;
+    this.loop = this.run(progress).catch((err: unknown) => {
+      // The resync stays in progress (no checkpoint is cut over a half-done copy) and resync.json
+      // keeps it for the next open; the status shows why it stopped.
+      this.lastError = err instanceof Error ? err.message : String(err);
+      this.logger.error(`resync ${progress.id} stopped: ${this.lastError}`);
+    });
+  }
+
+  private async run(start: Progress): Promise<void> {
+    const byId = new Map([...this.host.volumes.values()].map((v) => [v.volume.id, v]));
+    let next = { ...start.next };
+    let bytesDone = start.bytesDone;
+    /** Chunks captured, not yet acknowledged by the bus, oldest first, with the position after each. */
+    const pending: PendingChunk[] = [];
+    let pendingBytes = 0;
+    let savedAt = bytesDone;
+    let shippedDone = bytesDone;
+    let shippedNext = { ...next };
+
+    const settle = (): void => {
+      const shipped = this.host.shippedSeq();
+      for (let chunk = pending[0]; chunk !== undefined && chunk.seq <= shipped; chunk = pending[0]) {
+        pending.shift();
+        pendingBytes -= chunk.bytes;
+        shippedDone += chunk.bytes;
+        shippedNext = chunk.after;
+      }
+    };
+
+    while (next.volume < start.volumes.length) {
+      if (this.stopping) {
+        return;
+      }
+      const volume = byId.get(start.volumes[next.volume] as string);
+      const size = volume?.volume.sizeBytes ?? 0;
+      if (!volume || next.offset >= size) {
+        // A volume the definition no longer has is skipped; so is the end of each volume.
+        next = { volume: next.volume + 1, offset: 0 };
+        continue;
+      }
+      const held = this.host.heldBarrier();
+      if (held) {
+        await Promise.race([held, this.stopped]);
+        continue;
+      }
+      const length = Math.min(RESYNC_CHUNK_BYTES, size - next.offset);
+      const seq = this.host.captureChunk(volume, next.offset, length);
+      next = { volume: next.volume, offset: next.offset + length };
+      bytesDone += length;
+      this.progress = { ...start, next, bytesDone };
+      pending.push({ seq, bytes: length, after: next });
+      pendingBytes += length;
+      settle();
+      while (pendingBytes > RESYNC_MAX_UNSHIPPED_BYTES && !this.stopping) {
+        await this.untilShippedOrStopped((pending[0] as PendingChunk).seq);
+        settle();
+      }
+      if (shippedDone - savedAt >= SAVE_EVERY_BYTES && !this.stopping) {
+        await this.save({ ...start, next: shippedNext, bytesDone: shippedDone });
+        savedAt = shippedDone;
+      }
+      // Client writes and commands run between chunks.
+      await yieldToEventLoop();
+    }
+    const last = pending[pending.length - 1];
+    if (last) {
+      await this.untilShippedOrStopped(last.seq);
+    }
+    if (this.stopping) {
+      return;
+    }
+    const done: Progress = { ...start, next, bytesDone, completedAt: new Date().toISOString() };
+    await this.save(done);
+    this.progress = done;
+    this.complete(done);
+  }
+
+  /** The resync is over: checkpoints may be cut again, the deferred ones first, in arrival order. */
+  private complete(done: Progress): void {
+    this.running = false;
+    const deferred = this.deferred;
+    this.deferred = [];
+    for (const marker of deferred) {
+      this.host.insertCheckpoint(marker);
+    }
+    this.logger.log(
+      `resync ${done.id} complete: ${done.bytesDone} bytes of ${done.volumes.length} volume(s); ` +
+        `${deferred.length} deferred checkpoint(s) inserted, ${this.skipped} automatic one(s) skipped`,
+    );
+    this.skipped = 0;
+  }
+
+  private untilShippedOrStopped(seq: number): Promise<void> {
+    return Promise.race([this.host.waitShipped(seq), this.stopped]);
+  }
+
+  private async save(progress: Progress): Promise<void> {
+    const tmp = join(this.dir, `${PROGRESS_FILE}.tmp`);
+    await writeFile(tmp, JSON.stringify(progress));
+    const handle = await open(tmp, 'r+');
+    try {
+      await handle.datasync();
+    } finally {
+      await handle.close();
+    }
+    await rename(tmp, join(this.dir, PROGRESS_FILE));
+    const dirHandle = await open(this.dir, 'r');
+    try {
+      await dirHandle.sync();
+    } finally {
+      await dirHandle.close();
+    }
+  }
+
+  private saveSync(progress: Progress): void {
+    const tmp = join(this.dir, `${PROGRESS_FILE}.tmp`);
+    writeFileSync(tmp, JSON.stringify(progress));
+    syncPath(tmp, 'r+');
+    renameSync(tmp, join(this.dir, PROGRESS_FILE));
+    syncPath(this.dir, 'r');
+  }
+}
+
+interface PendingChunk {
+  readonly seq: number;
+  readonly bytes: number;
+  /** Where reading resumes once this chunk is acknowledged. */
+  readonly after: { readonly volume: number; readonly offset: number };
+}
+
+function syncPath(path: string, flags: string): void {
+  const fd = openSync(path, flags);
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** For tests and tools: the progress file as it is on disk, or undefined. */
+export function readResyncProgress(dir: string): ResyncProgress | undefined {
+  try {
+    return progressSchema.parse(JSON.parse(readFileSync(join(dir, PROGRESS_FILE), 'utf8')));
+  } catch {
+    return undefined;
+  }
+}
