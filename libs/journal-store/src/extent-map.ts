@@ -51,20 +51,32 @@ export class ExtentMap<T> {
 
 /** Index i of `pieces` has priority i: the higher wins. */
 function sweep<T>(pieces: readonly Piece<T>[]): Extent<T>[] {
-  const order = pieces.map((_, i) => i).sort((a, b) => (pieces[a] as Piece<T>).start - (pieces[b] as Piece<T>).start || a - b);
+  const starts = new Float64Array(pieces.length);
+  for (let i = 0; i < pieces.length; i++) {
+    starts[i] = (pieces[i] as Piece<T>).start;
+  }
+  const order = Uint32Array.from(pieces.keys()).sort((a, b) => (starts[a] as number) - (starts[b] as number) || a - b);
   const heap = new MaxHeap();
   const out: Extent<T>[] = [];
+  // The extent being grown: a write stays on top across many sweep steps (a large write with small
+  // older ones under it), and its runs that meet are one extent, emitted once it ends.
+  let open: Piece<T> | undefined;
+  let openStart = 0;
+  let openEnd = 0;
+  const emit = (start: number, end: number, top: Piece<T>): void => {
+    if (open && openEnd === start && (open === top || (open.source === top.source && open.sourceOffset + (start - open.start) === top.sourceOffset + (start - top.start)))) {
+      openEnd = end;
+      return;
+    }
+    if (open) {
+      out.push({ start: openStart, end: openEnd, source: open.source, sourceOffset: open.sourceOffset + (openStart - open.start) });
+    }
+    open = top;
+    openStart = start;
+    openEnd = end;
+  };
   let next = 0;
   let pos = 0;
-  const push = (extent: Extent<T>): void => {
-    const last = out[out.length - 1];
-    // Two runs of one write that meet (a newer write ended inside it and nothing else intervened).
-    if (last && last.source === extent.source && last.end === extent.start && last.sourceOffset + (last.end - last.start) === extent.sourceOffset) {
-      out[out.length - 1] = { ...last, end: extent.end };
-    } else {
-      out.push(extent);
-    }
-  };
   while (next < order.length || heap.size > 0) {
     while (heap.size > 0 && (pieces[heap.peek()] as Piece<T>).end <= pos) {
       heap.pop();
@@ -73,9 +85,9 @@ function sweep<T>(pieces: readonly Piece<T>[]): Extent<T>[] {
       if (next >= order.length) {
         break;
       }
-      pos = Math.max(pos, (pieces[order[next] as number] as Piece<T>).start);
+      pos = Math.max(pos, starts[order[next] as number] as number);
     }
-    while (next < order.length && (pieces[order[next] as number] as Piece<T>).start <= pos) {
+    while (next < order.length && (starts[order[next] as number] as number) <= pos) {
       const index = order[next++] as number;
       if ((pieces[index] as Piece<T>).end > pos) {
         heap.push(index);
@@ -85,10 +97,13 @@ function sweep<T>(pieces: readonly Piece<T>[]): Extent<T>[] {
       continue;
     }
     const top = pieces[heap.peek()] as Piece<T>;
-    const nextStart = next < order.length ? (pieces[order[next] as number] as Piece<T>).start : Number.POSITIVE_INFINITY;
+    const nextStart = next < order.length ? (starts[order[next] as number] as number) : Number.POSITIVE_INFINITY;
     const until = Math.min(top.end, nextStart);
-    push({ start: pos, end: until, source: top.source, sourceOffset: top.sourceOffset + (pos - top.start) });
+    emit(pos, until, top);
     pos = until;
+  }
+  if (open) {
+    out.push({ start: openStart, end: openEnd, source: open.source, sourceOffset: open.sourceOffset + (openStart - open.start) });
   }
   return out;
 }

@@ -115,7 +115,7 @@ describe('PitView', () => {
       await store.commit(seqVpg, records.map((bytes) => ({ bytes, decoded: decodeRecord(bytes) })));
     });
 
-    it('returns the volume at the cut, and a buffer the caller changes changes nothing the view keeps', async () => {
+    it('returns the volume at the cut; a buffer the caller changes and gives back changes nothing the view keeps', async () => {
       const want = seqModel.imagesAt([seqCut]).get(seqCut)!.get('v0')!;
       const view = await reader.openView(seqVpg, 0, seqSize, seqCut);
       try {
@@ -127,8 +127,10 @@ describe('PitView', () => {
               if (!got.equals(want.subarray(at, at + MiB))) {
                 throw new Error(`pass ${pass}: read [${at}, ${at + MiB}) differs`);
               }
-              // What an NBD device with a writable overlay does to the buffer it got.
+              // What an NBD device with a writable overlay does to the buffer it got; then it is
+              // given back, as the NBD server does once the reply is sent, to be lent out again.
               got.fill(0xff);
+              view.release(got);
             });
           }
         }

@@ -4,7 +4,7 @@ import { RECORD_HEADER_BYTES, RecordKind, decodeRecord } from '@cdp/contracts';
 import { DomainError } from '@cdp/domain';
 import { ExtentMap, type Extent } from './extent-map';
 import { REGION_BYTES, RegionWrites, type IndexedWrite } from './journal-index.codec';
-import { resolvePointInTime, type ResolvedPointInTime } from './point-in-time';
+import { resolvePointInTime, resolveToCheckpoint, type ResolvedPointInTime } from './point-in-time';
 import { JournalStore } from './journal.store';
 import { REPLICA_LOCK_CLASS, openReplicaForReading, readPromotionIntent } from './replica';
 import { SegmentReader } from '@cdp/segment-log';
@@ -13,17 +13,47 @@ import { SegmentReader } from '@cdp/segment-log';
 const MAX_CACHED_WRITES = 1_000_000;
 /** A read builds the extent map of the 1 MiB windows it touches (a window lies inside one region). */
 const WINDOW_BYTES = 1024 * 1024;
+const WINDOWS_PER_REGION = REGION_BYTES / WINDOW_BYTES;
 const MAX_CACHED_WINDOWS = 256;
 /** Payload bytes of small writes kept for reads that come back to them (4 KiB reads inside one write). */
 const PAYLOAD_CACHE_BYTES = 8 * 1024 * 1024;
 const CACHEABLE_PAYLOAD_BYTES = 256 * 1024;
+/**
+ * Verified payloads of writes larger than a cacheable one that a sequential read used only the front
+ * of, kept (by reference, counting the whole segment read they pin) for the reads that continue into
+ * them, so a large write is read from its segment and verified once, not once per read it spans.
+ */
+const SPANNING_BYTES = 64 * 1024 * 1024;
+/**
+ * Buffers of 64 KiB to a little over 1 MiB (segment reads and reply buffers of 1 MiB reads) are lent
+ * out of a few kept per view and come back when their reader is done (see `release`): at a gigabyte a
+ * second, fresh buffers of that size keep V8's collector marking the heap without a break.
+ */
+const POOL_MIN_BYTES = 64 * 1024;
+const POOL_BUFFER_BYTES = 1024 * 1024 + 64 * 1024;
+const POOL_BUFFERS = 8;
 /** Records needed by one read that lie this close together in a segment are read with one call. */
 const COALESCE_GAP_BYTES = 64 * 1024;
 const MAX_RUN_BYTES = 16 * 1024 * 1024;
 
 interface Gathered {
   readonly pieces: readonly Piece[];
-  readonly data: ReadonlyMap<number, Buffer>;
+  /** Bytes of the read that journal writes cover; the rest come from the replica (or are zero). */
+  readonly covered: number;
+  /** Settles once every payload the pieces take bytes from is read and verified. */
+  readonly data: Promise<Fetched>;
+}
+
+interface Fetched {
+  /** Verified payloads by seq. */
+  readonly payloads: ReadonlyMap<number, Buffer>;
+  /**
+   * The seqs whose payloads this read fetched itself (not taken from a cache): only those lie in
+   * segment reads no other read can be using.
+   */
+  readonly fresh: ReadonlySet<number>;
+  /** Segment reads nothing keeps a reference into once the read has copied from them. */
+  readonly recyclable: readonly Buffer[];
 }
 
 interface Piece {
@@ -34,9 +64,17 @@ interface Piece {
 }
 
 interface CachedRegion {
-  readonly writes: Promise<RegionWrites>;
+  readonly writes: Promise<LoadedRegion>;
   /** Writes once loaded; 0 while loading. */
   count: number;
+}
+
+/** A region's writes, with the writes overlapping each of its windows listed once, at load. */
+interface LoadedRegion {
+  readonly writes: RegionWrites;
+  /** Writes overlapping window w of the region, in seq order: byWindow[windowStart[w] .. windowStart[w + 1]). */
+  readonly windowStart: Uint32Array;
+  readonly byWindow: Uint32Array;
 }
 
 interface Window {
@@ -58,10 +96,12 @@ export type PitViewTarget = { readonly vpgId: string; readonly volumeIndex: numb
  * Opening reads no index, so it costs a few round trips whatever the journal's size. A read loads
  * the 64 MiB regions it touches from journal_extents (only the rows of those regions, only batches at
  * or before the cut) into columns of numbers, and builds the extent maps of the 1 MiB windows it
- * touches from them (a scan of the region's writes, then ExtentMap's O(n log n) sweep over the few in
- * the window); regions and windows stay in bounded caches. The payloads a read needs are read from
- * the segments sorted by position, neighbouring records coalesced into one read, each record verified
- * before a byte of it is used; a read that continues the previous one starts the next one's.
+ * touches from them (the window's writes, listed when the region was loaded, from the newest that
+ * covers all of it on, through ExtentMap's O(n log n) sweep); regions and windows stay in bounded
+ * caches. The payloads a read needs are read from the segments sorted by position, neighbouring
+ * records coalesced into one read, all reads of one request issued together, each record verified
+ * before a byte of it is used; a read that continues the previous one starts the next one's. A read
+ * that one freshly fetched write covers whole is answered with a view of its payload, not a copy.
  *
  * While open, the view holds the VPG's replica lock shared on a connection of its own, so promotion
  * cannot change the replica, nor delete index rows or segments at or before the cut, under it (see
@@ -74,6 +114,13 @@ export class PitView {
   private readonly windows = new Map<number, Promise<Window>>();
   private readonly payloads = new Map<number, Buffer>();
   private payloadBytes = 0;
+  private readonly spanning = new Map<number, Buffer>();
+  private spanningBytes = 0;
+  /** The lock-proving round trip on its way, and the one queued behind it for reads that finish meanwhile. */
+  private proofInFlight: Promise<void> | undefined;
+  private proofNext: Promise<void> | undefined;
+  private readonly freeBuffers: ArrayBuffer[] = [];
+  private readonly lent = new WeakSet<ArrayBuffer>();
   private closed: Promise<void> | undefined;
   /** End of the last read, to tell sequential reads; and the read ahead of the next one. */
   private lastEnd = -1;
@@ -117,8 +164,8 @@ export class PitView {
       // Under the lock: the replica holds writes up to replica_seq, or up to the intent's toSeq if a
       // promotion was interrupted. The view at `cut` is the replica plus the writes in
       // (replica_seq, cut], which is right only if the replica holds nothing at or after the cut.
-      const state = await runner.manager.query<{ replica_seq: string; applied_seq: string }[]>(
-        `SELECT replica_seq, applied_seq FROM journal_vpgs WHERE vpg_id = $1`,
+      const state = await runner.manager.query<{ replica_seq: string; applied_seq: string; coordinated: boolean }[]>(
+        `SELECT replica_seq, applied_seq, members IS NOT NULL AS coordinated FROM journal_vpgs WHERE vpg_id = $1`,
         [vpgId],
       );
       const replicaSeq = Number(state[0]?.replica_seq ?? 0);
@@ -127,7 +174,10 @@ export class PitView {
       const replicaAt = Math.max(replicaSeq, intent?.toSeq ?? 0);
       let resolved: ResolvedPointInTime | undefined;
       if ('at' in target) {
-        resolved = await resolvePointInTime(runner.manager, segments, { vpgId, vpgKey: key.vpg_key, replicaSeq: replicaAt, appliedSeq }, target.at);
+        const bounds = { vpgId, vpgKey: key.vpg_key, replicaSeq: replicaAt, appliedSeq };
+        resolved = state[0]?.coordinated
+          ? await resolveToCheckpoint(runner.manager, bounds, target.at)
+          : await resolvePointInTime(runner.manager, segments, bounds, target.at);
       }
       const cut = resolved ? resolved.seq : 'cut' in target ? target.cut : 0;
       if (!Number.isSafeInteger(cut) || cut <= replicaAt) {
@@ -157,7 +207,10 @@ export class PitView {
     }
   }
 
-  /** The bytes [offset, offset + length) of the volume at the cut. Every journal record is verified before use. */
+  /**
+   * The bytes [offset, offset + length) of the volume at the cut. Every journal record is verified
+   * before use. The buffer is the caller's: nothing the view keeps shares its memory.
+   */
   async read(offset: number, length: number): Promise<Buffer> {
     if (this.closed) {
       throw new DomainError('failed-precondition', `the point-in-time view of VPG ${this.vpgId} is closed`);
@@ -165,44 +218,96 @@ export class PitView {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.sizeBytes) {
       throw new DomainError('out-of-range', `read [${offset}, ${offset + length}) is outside the volume (${this.sizeBytes} bytes)`);
     }
-    const buf = Buffer.alloc(length);
     if (length === 0) {
-      return buf;
+      return Buffer.alloc(0);
     }
     const end = offset + length;
     const ahead = this.readAhead;
     this.readAhead = undefined;
     const gathering = ahead && ahead.offset === offset && ahead.length === length ? ahead.gathered : this.gather(offset, end);
     // A read that starts where the last one ended is likely followed by the next: fetch and verify
-    // its journal records while this one is copied and sent (one read ahead at most).
+    // its journal records while this one is copied and sent. With several reads in flight (a client
+    // at queue depth n sends n sequential reads at once), each one starts the one after it, so the
+    // fetches run n + 1 deep.
     if (this.lastEnd === offset && end + length <= this.sizeBytes) {
       const gathered = this.gather(end, end + length);
       gathered.catch(() => undefined);
       this.readAhead = { offset: end, length, gathered };
     }
     this.lastEnd = end;
-    if (this.replica) {
-      await readFully(this.replica, buf, offset);
-      // A session-level lock lasts only as long as its session. A round trip that succeeds after the
-      // read proves the session, and so the lock, was alive for the whole read; if the server ended
-      // the session, a promotion may have changed the replica under us, and the read must fail rather
-      // than mix states. (Journal records need no such proof: they never change, and each is verified.)
-      await this.runner.manager.query('SELECT 1');
+    const { pieces, covered, data } = await gathering;
+    let buf: Buffer | undefined;
+    if (covered < length) {
+      // Bytes no journal write covers: the replica's, read while the payloads are being fetched.
+      buf = this.take(length);
+      if (this.replica) {
+        await readFully(this.replica, buf, offset);
+        // A session-level lock lasts only as long as its session. A round trip that starts after the
+        // read and succeeds proves the session, and so the lock, was alive for the whole read; if the
+        // server ended the session, a promotion may have changed the replica under us, and the read
+        // must fail rather than mix states. (Journal records need no such proof: they never change,
+        // and each is verified.)
+        await this.proveLock();
+      } else {
+        fillGaps(buf, pieces, offset, end);
+      }
     }
-    const { pieces, data } = await gathering;
+    const { payloads, fresh, recyclable } = await data;
+    if (!buf) {
+      const only = pieces.length === 1 ? pieces[0] : undefined;
+      const payload = only && payloads.get(only.write.seq);
+      // One write covers the whole read (sequential reads of sequentially written data): its payload
+      // is a view into a segment read made for this read alone, so it is sent as it is, not copied
+      // (and its buffer comes back through `release`). A payload from a cache is never handed out:
+      // another read in flight may still be copying from it, and its release would recycle it.
+      if (only && payload && fresh.has(only.write.seq) && !this.retains(only.write.seq, payload)) {
+        const from = only.sourceOffset + (offset - only.start);
+        return payload.subarray(from, from + length);
+      }
+      buf = this.take(length);
+    }
     for (const extent of pieces) {
       const from = Math.max(extent.start, offset);
       const to = Math.min(extent.end, end);
-      const payload = data.get(extent.write.seq) as Buffer;
+      const payload = payloads.get(extent.write.seq) as Buffer;
       const sourceStart = extent.sourceOffset + (from - extent.start);
       payload.copy(buf, from - offset, sourceStart, sourceStart + (to - from));
+    }
+    for (const run of recyclable) {
+      this.release(run);
     }
     return buf;
   }
 
-  /** The extents covering [offset, end) and the verified payloads they take bytes from. */
+  /**
+   * Gives back a buffer `read` returned, once the caller is done with it (the NBD server does, after
+   * sending it), so later reads reuse its memory. A buffer the view did not lend is ignored; a caller
+   * that never gives buffers back costs only fresh allocations.
+   */
+  release(data: Buffer): void {
+    const memory = data.buffer;
+    if (!(memory instanceof ArrayBuffer) || !this.lent.delete(memory)) {
+      return;
+    }
+    if (!this.closed && this.freeBuffers.length < POOL_BUFFERS) {
+      this.freeBuffers.push(memory);
+    }
+  }
+
+  /** A buffer of `length` bytes, of undefined content: lent from the pool when its size suits it. */
+  private take(length: number): Buffer {
+    if (length < POOL_MIN_BYTES || length > POOL_BUFFER_BYTES) {
+      return Buffer.allocUnsafe(length);
+    }
+    const memory = this.freeBuffers.pop() ?? new ArrayBuffer(POOL_BUFFER_BYTES);
+    this.lent.add(memory);
+    return Buffer.from(memory, 0, length);
+  }
+
+  /** The extents covering [offset, end); the verified payloads they take bytes from follow. */
   private async gather(offset: number, end: number): Promise<Gathered> {
     const pieces: Piece[] = [];
+    let covered = 0;
     for (let w = Math.floor(offset / WINDOW_BYTES); w * WINDOW_BYTES < end; w++) {
       const { writes, extents } = await this.window(w);
       for (let i = firstEndingAfter(extents, offset); i < extents.length; i++) {
@@ -210,11 +315,53 @@ export class PitView {
         if (extent.start >= end) {
           break;
         }
+        covered += Math.min(extent.end, end) - Math.max(extent.start, offset);
         pieces.push({ start: extent.start, end: extent.end, sourceOffset: extent.sourceOffset, write: writes.write(extent.source, this.volumeIndex) });
       }
     }
-    const data = await this.payloadsOf(pieces.map((p) => p.write), offset, end);
-    return { pieces, data };
+    const data = this.payloadsOf(pieces, offset, end);
+    data.catch(() => undefined);
+    return { pieces, covered, data };
+  }
+
+  /**
+   * Proves the lock was held through every replica read finished before the call: joins the round
+   * trip queued behind the one in flight (which may have been sent before the caller's read ended),
+   * or starts one, so reads at queue depth n share round trips instead of waiting for n in a row.
+   */
+  private proveLock(): Promise<void> {
+    if (this.proofNext) {
+      return this.proofNext;
+    }
+    const inFlight = this.proofInFlight;
+    if (!inFlight) {
+      return this.startProof();
+    }
+    const next = inFlight
+      .catch(() => undefined)
+      .then(() => {
+        this.proofNext = undefined;
+        return this.startProof();
+      });
+    this.proofNext = next;
+    return next;
+  }
+
+  private startProof(): Promise<void> {
+    const proof = this.runner.manager.query('SELECT 1').then(() => undefined);
+    this.proofInFlight = proof;
+    const settled = (): void => {
+      if (this.proofInFlight === proof) {
+        this.proofInFlight = undefined;
+      }
+    };
+    proof.then(settled, settled);
+    return proof;
+  }
+
+  /** Whether a cache of the view holds this payload (so it must not be handed out, only copied from). */
+  private retains(seq: number, payload: Buffer): boolean {
+    return this.payloads.get(seq) === payload || this.spanning.get(seq) === payload;
   }
 
   /** Releases the lock, the connection and the files. Safe to call more than once. */
@@ -223,6 +370,8 @@ export class PitView {
       this.regions.clear();
       this.windows.clear();
       this.payloads.clear();
+      this.spanning.clear();
+      this.freeBuffers.length = 0;
       this.readAhead = undefined;
       await this.replica?.close().catch(() => undefined);
       await this.segments.close().catch(() => undefined);
@@ -235,9 +384,9 @@ export class PitView {
   }
 
   /**
-   * The extent map of one 1 MiB window at the cut, built from its region's writes: a scan of the
-   * region's writes (in seq order) for those overlapping the window, then the O(n log n) sweep of
-   * ExtentMap over those few. Cached, least recently used evicted first.
+   * The extent map of one 1 MiB window at the cut, built from the region's writes that overlap it
+   * (listed per window when the region was loaded) by the O(n log n) sweep of ExtentMap. Cached, least
+   * recently used evicted first.
    */
   private window(index: number): Promise<Window> {
     const cached = this.windows.get(index);
@@ -249,10 +398,23 @@ export class PitView {
     const building = (async (): Promise<Window> => {
       const start = index * WINDOW_BYTES;
       const end = Math.min(start + WINDOW_BYTES, this.sizeBytes);
-      const writes = await this.region(Math.floor(start / REGION_BYTES));
+      const region = Math.floor(start / REGION_BYTES);
+      const { writes, windowStart, byWindow } = await this.region(region);
       const map = new ExtentMap<number>();
       const { offset, length } = writes;
-      for (let i = 0; i < writes.count; i++) {
+      const w = index - region * WINDOWS_PER_REGION;
+      // The newest write that covers the whole window hides every older one: the sweep starts there
+      // (a volume written over sequentially has one per window, over thousands of older small writes).
+      let first = windowStart[w] as number;
+      for (let k = (windowStart[w + 1] as number) - 1; k >= first; k--) {
+        const i = byWindow[k] as number;
+        if ((offset[i] as number) <= start && (offset[i] as number) + (length[i] as number) >= end) {
+          first = k;
+          break;
+        }
+      }
+      for (let k = first; k < (windowStart[w + 1] as number); k++) {
+        const i = byWindow[k] as number;
         const from = Math.max(offset[i] as number, start);
         const to = Math.min((offset[i] as number) + (length[i] as number), end);
         if (from < to) {
@@ -277,7 +439,7 @@ export class PitView {
   }
 
   /** The writes of one region in (replica_seq, cut], loaded once (concurrent readers share the load). */
-  private region(region: number): Promise<RegionWrites> {
+  private region(region: number): Promise<LoadedRegion> {
     const cached = this.regions.get(region);
     if (cached) {
       // Most recently used last.
@@ -292,8 +454,8 @@ export class PitView {
         if (this.regions.get(region) !== entry) {
           return;
         }
-        entry.count = writes.count;
-        this.cachedWrites += writes.count;
+        entry.count = writes.writes.count;
+        this.cachedWrites += entry.count;
         for (const [other, old] of this.regions) {
           if (this.cachedWrites <= MAX_CACHED_WRITES || other === region) {
             break;
@@ -317,7 +479,7 @@ export class PitView {
     return entry.writes;
   }
 
-  private async loadRegion(region: number): Promise<RegionWrites> {
+  private async loadRegion(region: number): Promise<LoadedRegion> {
     // Rows of one region come in batch order, and batches never share a seq, so the writes come out
     // in seq order: the order ExtentMap wants.
     const rows = await this.runner.manager.query<{ first_seq: string; segment: number; position: string; entries: Buffer }[]>(
@@ -330,23 +492,40 @@ export class PitView {
     for (const row of rows) {
       writes.addRow({ volumeIndex: this.volumeIndex, region, firstSeq: Number(row.first_seq), segment: row.segment, position: Number(row.position), entries: row.entries }, this.replicaSeq, this.cut);
     }
-    return writes;
+    return { writes, ...listByWindow(writes, region * REGION_BYTES) };
   }
 
-  /** Verified payloads of the given writes, by seq, for a read of [readStart, readEnd). */
-  private async payloadsOf(writes: readonly IndexedWrite[], readStart: number, readEnd: number): Promise<Map<number, Buffer>> {
+  /**
+   * Verified payloads of the pieces' writes, by seq, for a read of [readStart, readEnd). The segment
+   * reads are issued together (the file system serves them in parallel) and each record is verified
+   * as its read arrives, once per read however many pieces take bytes from it.
+   */
+  private async payloadsOf(pieces: readonly Piece[], readStart: number, readEnd: number): Promise<Fetched> {
     const found = new Map<number, Buffer>();
+    const fresh = new Set<number>();
+    const recyclable: Buffer[] = [];
     const wanted = new Map<number, IndexedWrite>();
-    for (const write of writes) {
-      const cached = this.payloads.get(write.seq);
+    for (const { write } of pieces) {
+      if (found.has(write.seq) || wanted.has(write.seq)) {
+        continue;
+      }
+      const cached = this.payloads.get(write.seq) ?? this.spanning.get(write.seq);
       if (cached) {
         found.set(write.seq, cached);
+        // Read to its end: nothing after this read needs it.
+        if (write.offset + write.length <= readEnd && this.spanning.delete(write.seq)) {
+          this.spanningBytes -= cached.buffer.byteLength;
+        }
       } else {
         wanted.set(write.seq, write);
       }
     }
+    if (wanted.size === 0) {
+      return { payloads: found, fresh, recyclable };
+    }
     const missing = [...wanted.values()];
     missing.sort((a, b) => a.segment - b.segment || a.position - b.position);
+    const runs: Promise<void>[] = [];
     for (let i = 0; i < missing.length; ) {
       const first = missing[i] as IndexedWrite;
       let runEnd = first.position + RECORD_HEADER_BYTES + first.length;
@@ -359,30 +538,70 @@ export class PitView {
         }
         runEnd = Math.max(runEnd, nextEnd);
       }
-      const run = await this.segments.readRange({ segment: first.segment, position: first.position, length: runEnd - first.position });
-      for (let k = i; k < j; k++) {
-        const write = missing[k] as IndexedWrite;
-        const at = write.position - first.position;
-        const decoded = decodeRecord(run.subarray(at, at + RECORD_HEADER_BYTES + write.length));
-        if (decoded.kind !== RecordKind.Write || decoded.seq !== write.seq || decoded.volumeIndex !== this.volumeIndex || decoded.offset !== write.offset) {
-          throw new DomainError('failed-precondition', `journal index of VPG ${this.vpgId} points seq ${write.seq} at the wrong record`);
-        }
-        found.set(write.seq, decoded.data);
-        // Only a write this read used part of can be wanted again soon (4 KiB reads inside a larger
-        // write); one a read consumed whole, as sequential reads do, would only churn the cache.
-        if (write.offset < readStart || write.offset + write.length > readEnd) {
-          this.remember(write.seq, decoded.data);
-        }
-      }
+      const members = missing.slice(i, j);
+      const length = runEnd - first.position;
+      runs.push(
+        this.segments.readRange({ segment: first.segment, position: first.position, length }, this.take(length)).then((run) => {
+          let kept = false;
+          for (const write of members) {
+            const at = write.position - first.position;
+            const decoded = decodeRecord(run.subarray(at, at + RECORD_HEADER_BYTES + write.length));
+            if (decoded.kind !== RecordKind.Write || decoded.seq !== write.seq || decoded.volumeIndex !== this.volumeIndex || decoded.offset !== write.offset) {
+              throw new DomainError('failed-precondition', `journal index of VPG ${this.vpgId} points seq ${write.seq} at the wrong record`);
+            }
+            found.set(write.seq, decoded.data);
+            fresh.add(write.seq);
+            kept = this.keep(write, decoded.data, readStart, readEnd) || kept;
+          }
+          if (!kept) {
+            recyclable.push(run);
+          }
+        }),
+      );
       i = j;
     }
-    return found;
+    // Every run settles before the read does: none is left reading into a buffer nobody awaits.
+    const settled = await Promise.allSettled(runs);
+    for (const outcome of settled) {
+      if (outcome.status === 'rejected') {
+        throw outcome.reason;
+      }
+    }
+    return { payloads: found, fresh, recyclable };
+  }
+
+  /**
+   * Keeps a verified payload that a later read is likely to come back to. True when it is kept by
+   * reference, so the segment read it lies in must not be reused.
+   */
+  private keep(write: IndexedWrite, data: Buffer, readStart: number, readEnd: number): boolean {
+    // Only a write this read used part of can be wanted again soon; one a read consumed whole, as
+    // sequential reads do, would only churn the caches.
+    if (write.offset >= readStart && write.offset + write.length <= readEnd) {
+      return false;
+    }
+    if (data.length <= CACHEABLE_PAYLOAD_BYTES) {
+      // 4 KiB reads inside one write.
+      this.remember(write.seq, data);
+      return false;
+    }
+    if (write.offset + write.length > readEnd && data.buffer.byteLength <= SPANNING_BYTES) {
+      // A sequential read continues into the rest of it.
+      this.spanning.set(write.seq, data);
+      this.spanningBytes += data.buffer.byteLength;
+      for (const [oldSeq, old] of this.spanning) {
+        if (this.spanningBytes <= SPANNING_BYTES) {
+          break;
+        }
+        this.spanning.delete(oldSeq);
+        this.spanningBytes -= old.buffer.byteLength;
+      }
+      return true;
+    }
+    return false;
   }
 
   private remember(seq: number, data: Buffer): void {
-    if (data.length > CACHEABLE_PAYLOAD_BYTES) {
-      return;
-    }
     // A copy: `data` is a view into a run buffer of up to MAX_RUN_BYTES that must not stay alive.
     const copy = Buffer.from(data);
     this.payloads.set(seq, copy);
@@ -394,6 +613,45 @@ export class PitView {
       this.payloads.delete(oldSeq);
       this.payloadBytes -= old.length;
     }
+  }
+}
+
+/** Lists, for each window of a region, the writes overlapping it (a counting sort: two passes, no objects). */
+function listByWindow(writes: RegionWrites, regionStart: number): { windowStart: Uint32Array; byWindow: Uint32Array } {
+  const { offset, length, count } = writes;
+  const windowStart = new Uint32Array(WINDOWS_PER_REGION + 1);
+  const firstWindow = (i: number): number => Math.max(0, Math.floor(((offset[i] as number) - regionStart) / WINDOW_BYTES));
+  const lastWindow = (i: number): number => Math.min(WINDOWS_PER_REGION - 1, Math.floor(((offset[i] as number) + (length[i] as number) - 1 - regionStart) / WINDOW_BYTES));
+  for (let i = 0; i < count; i++) {
+    for (let w = firstWindow(i), last = lastWindow(i); w <= last; w++) {
+      windowStart[w + 1] = (windowStart[w + 1] as number) + 1;
+    }
+  }
+  for (let w = 0; w < WINDOWS_PER_REGION; w++) {
+    windowStart[w + 1] = (windowStart[w + 1] as number) + (windowStart[w] as number);
+  }
+  const byWindow = new Uint32Array(windowStart[WINDOWS_PER_REGION] as number);
+  const fill = windowStart.slice(0, WINDOWS_PER_REGION);
+  for (let i = 0; i < count; i++) {
+    for (let w = firstWindow(i), last = lastWindow(i); w <= last; w++) {
+      byWindow[(fill[w] as number)++] = i;
+    }
+  }
+  return { windowStart, byWindow };
+}
+
+/** Zeroes the bytes of [offset, end) that no piece covers (pieces are sorted and disjoint). */
+function fillGaps(buf: Buffer, pieces: readonly Piece[], offset: number, end: number): void {
+  let at = offset;
+  for (const piece of pieces) {
+    const from = Math.max(piece.start, offset);
+    if (from > at) {
+      buf.fill(0, at - offset, from - offset);
+    }
+    at = Math.max(at, Math.min(piece.end, end));
+  }
+  if (at < end) {
+    buf.fill(0, at - offset, end - offset);
   }
 }
 
@@ -411,12 +669,13 @@ function firstEndingAfter(extents: readonly Extent<number>[], offset: number): n
   return lo;
 }
 
-/** Reads `buf.length` bytes at `position`; what lies past the end of the file stays zero. */
+/** Reads `buf.length` bytes at `position`; what lies past the end of the file is zero. */
 async function readFully(handle: FileHandle, buf: Buffer, position: number): Promise<void> {
   let done = 0;
   while (done < buf.length) {
     const { bytesRead } = await handle.read(buf, done, buf.length - done, position + done);
     if (bytesRead === 0) {
+      buf.fill(0, done);
       return;
     }
     done += bytesRead;

@@ -48,6 +48,12 @@ export interface BlockDevice {
    */
   read(offset: number, length: number): Promise<Buffer>;
   /**
+   * Called once the server is done with a buffer `read` resolved with (its reply was written to the
+   * socket, or dropped with the connection), so a device that lends out buffers of its own can reuse
+   * them. At most once per buffer; not at all for a read that failed.
+   */
+  release?(data: Buffer): void;
+  /**
    * Bytes the server reserves in front of every write's payload, in the same allocation, for the device
    * to use (`Buffer.from(data.buffer, data.byteOffset - writeHeadroom, ...)`): a device that frames
    * each write with a header of its own can then build the frame without copying the payload.

@@ -651,7 +651,7 @@ export class NbdConnection {
         if (type !== NBD_CMD_READ) {
           this.settle(0, cookieHi, cookieLo, undefined, cost);
         } else if (data instanceof Buffer && data.length === length) {
-          this.settle(0, cookieHi, cookieLo, data, cost);
+          this.settle(0, cookieHi, cookieLo, data, cost, device.release && (() => device.release?.(data)));
         } else {
           // A reply with the wrong amount of data would desynchronise the client's stream.
           const got = data instanceof Buffer ? `${data.length} bytes` : 'no buffer';
@@ -679,10 +679,10 @@ export class NbdConnection {
     return NBD_EIO;
   }
 
-  private settle(errno: number, cookieHi: number, cookieLo: number, data: Buffer | undefined, cost: number): void {
+  private settle(errno: number, cookieHi: number, cookieLo: number, data: Buffer | undefined, cost: number, sent?: () => void): void {
     this.inFlight--;
     this.inFlightBytes -= cost;
-    this.reply(errno, cookieHi, cookieLo, data);
+    this.reply(errno, cookieHi, cookieLo, data, sent);
     if (this.inFlight === 0) {
       if (this.closed) {
         this.releaseExport();
@@ -699,11 +699,12 @@ export class NbdConnection {
   /**
    * Writes one simple reply, header and data together. Replies of one event-loop turn are corked and
    * leave in one writev; since nothing else writes between the two calls, a reply is never split by
-   * another.
+   * another. `sent` runs once the socket is done with `data` (written, or dropped with the connection).
    */
-  private reply(errno: number, cookieHi: number, cookieLo: number, data: Buffer | undefined): void {
+  private reply(errno: number, cookieHi: number, cookieLo: number, data: Buffer | undefined, sent?: () => void): void {
     const socket = this.socket;
     if (this.closed || !socket.writable) {
+      sent?.();
       return;
     }
     const header = Buffer.allocUnsafe(SIMPLE_REPLY_BYTES);
@@ -718,7 +719,10 @@ export class NbdConnection {
     }
     socket.write(header);
     if (errno === 0 && data !== undefined) {
-      socket.write(data);
+      // The callback runs after the write completes or fails, never while the socket still holds it.
+      socket.write(data, sent);
+    } else {
+      sent?.();
     }
   }
 

@@ -31,11 +31,15 @@ export class SegmentReader {
   /**
    * The raw bytes of a run of whole records, in one read, for a reader that knows from an index where
    * the run lies. Not verified here: the caller decodes (and so verifies) each record it takes out of
-   * the range before using a byte of it.
+   * the range before using a byte of it. `into` (at least `length` bytes), when given, receives the
+   * bytes instead of a new buffer, for a caller that reuses its buffers; the result is then a view of it.
    */
-  async readRange(at: LogPosition & { readonly length: number }): Promise<Buffer> {
+  async readRange(at: LogPosition & { readonly length: number }, into?: Buffer): Promise<Buffer> {
+    if (into && into.length < at.length) {
+      throw new RangeError(`a buffer of ${into.length} bytes cannot take a range of ${at.length}`);
+    }
     const handle = await this.handle(at.segment);
-    const buf = Buffer.allocUnsafe(at.length);
+    const buf = into ? into.subarray(0, at.length) : Buffer.allocUnsafe(at.length);
     let done = 0;
     while (done < at.length) {
       const { bytesRead } = await handle.read(buf, done, at.length - done, at.position + done);
