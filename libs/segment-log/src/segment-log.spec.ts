@@ -76,6 +76,30 @@ describe('SegmentLog', () => {
     await log.close();
   });
 
+  it('reads a record larger than the chunk whole, one record at a time, and never past the durable end', async () => {
+    const log = await SegmentLog.open({ dir });
+    const big = [record(1, 300_000), record(2, 1 << 20), record(3, 70_000)];
+    log.append(big);
+    await log.sync();
+    const durable = log.durableEnd;
+    log.append([record(4, 200_000)]);
+    const seen: Buffer[] = [];
+    let cursor = log.start;
+    for (;;) {
+      const { records, next } = await log.readChunk(cursor, 64 * 1024, durable);
+      if (records.length === 0) {
+        break;
+      }
+      // A record larger than the chunk comes alone; smaller ones as many as fit.
+      expect(records).toHaveLength(1);
+      seen.push(...records.map((r) => r.record));
+      cursor = next;
+    }
+    expect(seen.map((r) => decodeRecord(r).seq)).toEqual([1, 2, 3]);
+    seen.forEach((r, i) => expect(r.equals(big[i]!)).toBe(true));
+    await log.close();
+  });
+
   it('truncates a torn tail at open and appends after the last whole record', async () => {
     const log = await SegmentLog.open({ dir });
     log.append([record(1), record(2)]);

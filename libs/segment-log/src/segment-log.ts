@@ -310,16 +310,25 @@ export class SegmentLog {
       return { records: [], next: cursor };
     }
     const handle = await this.readHandle(cursor.segment);
-    let want = Math.min(available, Math.max(maxBytes, RECORD_HEADER_BYTES));
+    const want = Math.min(available, Math.max(maxBytes, RECORD_HEADER_BYTES));
     let buf = Buffer.allocUnsafe(want);
     let { bytesRead } = await handle.read(buf, 0, want, cursor.position);
-    let firstLength = peekRecordLength(buf.subarray(0, bytesRead), 0);
-    if (firstLength !== undefined && firstLength > bytesRead) {
-      // One record larger than the chunk: read exactly that record.
-      want = firstLength;
-      buf = Buffer.allocUnsafe(want);
-      ({ bytesRead } = await handle.read(buf, 0, want, cursor.position));
-      firstLength = peekRecordLength(buf.subarray(0, bytesRead), 0);
+    const firstLength = peekRecordLength(buf.subarray(0, bytesRead), 0);
+    if (firstLength !== undefined && firstLength > bytesRead && firstLength <= available) {
+      // One record larger than the chunk (a large write): keep what was read and read only the rest
+      // of that record, rather than reading it all again.
+      const whole = Buffer.allocUnsafe(firstLength);
+      buf.copy(whole, 0, 0, bytesRead);
+      let got = bytesRead;
+      while (got < firstLength) {
+        const { bytesRead: more } = await handle.read(whole, got, firstLength - got, cursor.position + got);
+        if (more === 0) {
+          break;
+        }
+        got += more;
+      }
+      buf = whole;
+      bytesRead = got;
     }
     const records: ScannedRecord[] = [];
     let pos = 0;

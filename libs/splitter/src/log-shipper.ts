@@ -1,6 +1,6 @@
 import { Logger } from '@nestjs/common';
 import { type BusProducer } from '@cdp/bus';
-import { TOPICS, encodeRecordBatch } from '@cdp/contracts';
+import { TOPICS, encodeRecordBatch, encodeSingleRecordBatchInPlace } from '@cdp/contracts';
 import { type AppendedRecord, comparePositions, type LogPosition, type SegmentLog } from '@cdp/segment-log';
 
 export interface ShipperOptions {
@@ -17,6 +17,8 @@ const RECENT_WINDOW_BYTES = 16 * 1024 * 1024;
 
 interface RecentRecord extends AppendedRecord {
   readonly record: Buffer;
+  /** BATCH_HEADER_BYTES in front of the record are the capture's: a batch of it alone is framed there. */
+  readonly batchHeadroom?: boolean;
 }
 
 /**
@@ -82,9 +84,10 @@ export class LogShipper {
 
   /**
    * Records just appended to the log, with where they landed (in order, after every record offered
-   * before). They stay in memory until shipped or until the window is full.
+   * before). They stay in memory until shipped or until the window is full. `batchHeadroom[i]` says
+   * that the BATCH_HEADER_BYTES in front of record i are the capture's to overwrite.
    */
-  offer(placed: readonly AppendedRecord[], records: readonly Buffer[]): void {
+  offer(placed: readonly AppendedRecord[], records: readonly Buffer[], batchHeadroom: readonly boolean[] = []): void {
     for (let i = 0; i < placed.length; i++) {
       const at = placed[i] as AppendedRecord;
       const record = records[i] as Buffer;
@@ -94,7 +97,7 @@ export class LogShipper {
         this.recentHead = 0;
         this.recentBytes = 0;
       }
-      this.recent.push({ ...at, record });
+      this.recent.push({ ...at, record, batchHeadroom: batchHeadroom[i] === true });
       this.recentBytes += record.length;
     }
     this.notify();
@@ -171,8 +174,11 @@ export class LogShipper {
       }
       return;
     }
+    // A large write travels alone in its batch: framed around the record where the capture left room.
+    const only = records.length === 1 ? (records[0] as RecentRecord) : undefined;
+    const value = only?.batchHeadroom ? encodeSingleRecordBatchInPlace(only.record) : encodeRecordBatch(records.map((r) => r.record));
     try {
-      await this.producer.send(TOPICS.protectedWrites, [{ key: this.vpgId, value: encodeRecordBatch(records.map((r) => r.record)) }]);
+      await this.producer.send(TOPICS.protectedWrites, [{ key: this.vpgId, value }]);
     } catch (err) {
       this.lastError = err instanceof Error ? err.message : String(err);
       this.logger.warn(`bus send failed, retrying: ${this.lastError}`);

@@ -1,6 +1,5 @@
-import { RECORD_HEADER_BYTES } from '@cdp/contracts';
 import { InProcessBus, type BusConsumer } from '@cdp/bus';
-import { RECORD_FLAG_FUA, RecordKind, TOPICS, decodeRecord, splitRecordBatch, type WriteRecord } from '@cdp/contracts';
+import { BATCH_HEADER_BYTES, RECORD_FLAG_FUA, RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch, type WriteRecord } from '@cdp/contracts';
 import { type Vpg } from '@cdp/domain';
 import { NBD_ENOSPC, NbdError } from '@cdp/nbd';
 import { tempDir, waitFor, type TempDir } from '@cdp/testing';
@@ -28,10 +27,10 @@ const vpg: Vpg = {
 };
 const [volumeA, volumeB] = vpg.vms[0]!.volumes;
 
-
 /** A payload as the NBD server hands it over: with the device's headroom reserved in front of it. */
 function payload(length: number, fill = 0): Buffer {
-  return Buffer.alloc(RECORD_HEADER_BYTES + length, fill).subarray(RECORD_HEADER_BYTES);
+  const headroom = RECORD_HEADER_BYTES + BATCH_HEADER_BYTES;
+  return Buffer.alloc(headroom + length, fill).subarray(headroom);
 }
 
 describe('ProtectedVolumeDevice', () => {

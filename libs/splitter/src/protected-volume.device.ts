@@ -1,4 +1,4 @@
-import { RECORD_HEADER_BYTES } from '@cdp/contracts';
+import { BATCH_HEADER_BYTES, RECORD_HEADER_BYTES } from '@cdp/contracts';
 import { DomainError } from '@cdp/domain';
 import { type BlockDevice, type DeviceCapabilities, NBD_EINVAL, NBD_ENOSPC, NbdError } from '@cdp/nbd';
 import { type ProtectedVolume } from './protected-volume';
@@ -25,8 +25,11 @@ export class ProtectedVolumeDevice implements BlockDevice {
   readonly blockSize: 512 | 4096;
   readonly readOnly = false;
   readonly capabilities: DeviceCapabilities = { flush: true, trim: true, writeZeroes: true, multiConn: true };
-  /** The server leaves room for the record header in front of each payload: the capture frames it without a copy. */
-  readonly writeHeadroom = RECORD_HEADER_BYTES;
+  /**
+   * The server leaves room in front of each payload for the record header and a bus batch header: the
+   * capture frames the record, and the shipper a batch of a large write alone, without copying it.
+   */
+  readonly writeHeadroom = RECORD_HEADER_BYTES + BATCH_HEADER_BYTES;
   private readonly volume: ProtectedVolume;
 
   constructor(
@@ -45,7 +48,7 @@ export class ProtectedVolumeDevice implements BlockDevice {
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.captured(() => this.capture.write(this.volumeId, offset, data, fua, { inPlace: true }));
+    await this.captured(() => this.capture.write(this.volumeId, offset, data, fua, { headroom: this.writeHeadroom }));
   }
 
   flush(): Promise<void> {

@@ -1,7 +1,7 @@
 import { closeSync, cpSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { InProcessBus, type BusConsumer, type BusProducer } from '@cdp/bus';
-import { RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch } from '@cdp/contracts';
+import { BATCH_HEADER_BYTES, RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch } from '@cdp/contracts';
 import { type Vpg } from '@cdp/domain';
 import { FaultInjectingBus, randomBuffer, seededRandom, tempDir, waitFor, type TempDir } from '@cdp/testing';
 import { REGION_BYTES } from './activity-log';
@@ -193,13 +193,13 @@ describe('VpgCapture batching and shipping', () => {
   const ctx = eachTestWithRecoverySite('capture-batch-');
 
   /** A payload with reserved headroom in front, as the NBD server hands it over. */
-  const withHeadroom = (data: Buffer): Buffer => {
-    const backing = Buffer.allocUnsafe(RECORD_HEADER_BYTES + data.length);
-    data.copy(backing, RECORD_HEADER_BYTES);
-    return backing.subarray(RECORD_HEADER_BYTES);
+  const withHeadroom = (data: Buffer, headroom: number): Buffer => {
+    const backing = Buffer.allocUnsafe(headroom + data.length);
+    data.copy(backing, headroom);
+    return backing.subarray(headroom);
   };
 
-  it('writes issued together, overlapping and framed in place or not, land on both sites in seq order, markers among them', async () => {
+  it('writes issued together, overlapping, framed in place or not (alone in a batch framed in place too), land on both sites in seq order, markers among them', async () => {
     const { dir, bus, site } = ctx;
     const random = seededRandom(77);
     const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
@@ -214,8 +214,9 @@ describe('VpgCapture batching and shipping', () => {
         const offset = Math.floor(random() * 64 * 1024);
         const data = randomBuffer(random, length);
         issued.push({ index: volume.index, offset, data: Buffer.from(data) });
-        const inPlace = random() < 0.5;
-        pending.push(capture.write(volume.id, offset, inPlace ? withHeadroom(data) : data, false, { inPlace }));
+        // No headroom (copied), room for the record header, or for the batch header as well.
+        const headroom = [0, RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + BATCH_HEADER_BYTES][Math.floor(random() * 3)]!;
+        pending.push(capture.write(volume.id, offset, headroom > 0 ? withHeadroom(data, headroom) : data, false, { headroom }));
       }
       const cut = capture.insertCheckpoint({ id: `00000000-0000-4000-8000-${String(round).padStart(12, '0')}`, kind: 'automatic', name: null, vmId: null });
       const seqs = await Promise.all(pending);
@@ -266,6 +267,27 @@ describe('VpgCapture batching and shipping', () => {
     capture.replayFrom(firstRound - 10);
     await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 5_000, message: 'the replay never arrived' });
     expect(site.image(1, 50 * 4096).equals(capture.volumeById(volumes[1]!.id).read(0, 50 * 4096))).toBe(true);
+    await capture.close();
+  });
+
+  it('ships each large write alone in a batch framed in the headroom in front of it, bytes intact', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(79);
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    const size = 700 * 1024;
+    const model = Buffer.alloc(8 * size);
+    const pending: Promise<number>[] = [];
+    for (let i = 0; i < 8; i++) {
+      const data = randomBuffer(random, size);
+      data.copy(model, i * size);
+      // Two of them do not fit one batch: each travels alone, framed where the device left room.
+      pending.push(capture.write(volumes[0]!.id, i * size, withHeadroom(data, RECORD_HEADER_BYTES + BATCH_HEADER_BYTES), false, { headroom: RECORD_HEADER_BYTES + BATCH_HEADER_BYTES }));
+    }
+    await Promise.all(pending);
+    await capture.flush();
+    await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 5_000, message: 'the writes never arrived' });
+    expect(site.image(0, 8 * size).equals(model)).toBe(true);
+    expect(capture.volumeById(volumes[0]!.id).read(0, 8 * size).equals(model)).toBe(true);
     await capture.close();
   });
 });

@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { Logger } from '@nestjs/common';
 import { type BusProducer } from '@cdp/bus';
 import {
+  BATCH_HEADER_BYTES,
   RECORD_FLAG_FUA,
+  RECORD_HEADER_BYTES,
   RecordKind,
   decodeRecord,
   encodeCheckpointRecord,
@@ -190,11 +192,13 @@ export class VpgCapture {
   }
 
   /**
-   * Captures one write. Resolves when acknowledged (and, for FUA, when durable as flush() is). With
-   * `inPlace`, the RECORD_HEADER_BYTES in front of `data` are the caller's reserved headroom: the record
-   * is framed there, and `data` must not be used by the caller again.
+   * Captures one write. Resolves when acknowledged (and, for FUA, when durable as flush() is).
+   * `headroom` is how many bytes in front of `data`, in its ArrayBuffer, the caller reserved for the
+   * capture to overwrite (and then `data` must not be used by the caller again): with
+   * RECORD_HEADER_BYTES the record is framed there around the payload instead of copying it; with
+   * RECORD_HEADER_BYTES + BATCH_HEADER_BYTES a bus batch holding that record alone is framed there too.
    */
-  async write(volumeId: string, offset: number, data: Buffer, fua = false, options: { readonly inPlace?: boolean } = {}): Promise<number> {
+  async write(volumeId: string, offset: number, data: Buffer, fua = false, options: { readonly headroom?: number } = {}): Promise<number> {
     const target = this.volumeById(volumeId);
     validateWriteRange(target.volume, offset, data.length);
     const keys = regionKeys(target.volume.index, offset, data.length);
@@ -211,7 +215,7 @@ export class VpgCapture {
         break;
       }
     }
-    const { seq, applied } = this.capture(target, offset, data, fua, options.inPlace ?? false);
+    const { seq, applied } = this.capture(target, offset, data, fua, options.headroom ?? 0);
     await applied;
     if (fua) {
       await this.flush();
@@ -364,8 +368,9 @@ export class VpgCapture {
    * write-ahead log. Nothing is acknowledged before its batch is applied, and everything that needs
    * the log or the volumes complete (a flush, a checkpoint marker, close) drains the batch first.
    */
-  private capture(target: ProtectedVolume, offset: number, data: Buffer, fua: boolean, inPlace = false): { seq: number; applied: Promise<void> } {
+  private capture(target: ProtectedVolume, offset: number, data: Buffer, fua: boolean, headroom = 0): { seq: number; applied: Promise<void> } {
     const seq = this.nextSeq++;
+    const inPlace = headroom >= RECORD_HEADER_BYTES;
     const record = encodeWriteRecord(
       {
         seq,
@@ -385,7 +390,7 @@ export class VpgCapture {
       });
       // Writers await it; a failure nobody awaits any more must not surface as unhandled.
       applied.catch(() => undefined);
-      batch = { records: [], writes: [], applied, settle };
+      batch = { records: [], batchHeadroom: [], writes: [], applied, settle };
       this.batch = batch;
       queueMicrotask(() => {
         try {
@@ -396,6 +401,7 @@ export class VpgCapture {
       });
     }
     batch.records.push(record);
+    batch.batchHeadroom.push(headroom >= RECORD_HEADER_BYTES + BATCH_HEADER_BYTES);
     batch.writes.push({ volume: target, offset, data });
     return { seq, applied: batch.applied };
   }
@@ -410,7 +416,7 @@ export class VpgCapture {
     try {
       const placed = this.log.append(batch.records);
       applyInOrder(batch.writes);
-      this.shipper.offer(placed, batch.records);
+      this.shipper.offer(placed, batch.records, batch.batchHeadroom);
     } catch (err) {
       batch.settle(err instanceof Error ? err : new Error('capture failed', { cause: err }));
       throw err;
@@ -550,6 +556,8 @@ interface QueuedWrite {
 
 interface CaptureBatch {
   readonly records: Buffer[];
+  /** Per record: BATCH_HEADER_BYTES in front of it are ours, so a batch of it alone needs no copy. */
+  readonly batchHeadroom: boolean[];
   readonly writes: QueuedWrite[];
   readonly applied: Promise<void>;
   readonly settle: (err?: Error) => void;
