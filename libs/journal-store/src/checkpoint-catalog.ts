@@ -239,30 +239,67 @@ export class CheckpointCatalog {
       return { ...base, checkpoints: [] };
     }
     const positions = selected.positions.map((p) => first + p);
-    const times = [...new Set(positions.map((p) => day.times[p]!))];
-    const rows = await this.dataSource.query<CheckpointRow[]>(
-      `SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 AND captured_at = ANY($2::timestamptz[]) ORDER BY captured_at, id`,
-      [vpgId, times.map((t) => microsToTimestamp(BigInt(t)))],
-    );
-    const byTime = new Map<string, CheckpointRow[]>();
-    for (const row of rows) {
-      const list = byTime.get(row.at_us) ?? [];
-      list.push(row);
-      byTime.set(row.at_us, list);
-    }
+    const byTime = await this.rowsAt(vpgId, day, [...new Set(positions.map((p) => day.times[p]!))], windowStartUs);
     const checkpoints: (Checkpoint & { marked: boolean })[] = [];
     positions.forEach((p, i) => {
       let firstOfTime = p;
       while (firstOfTime > 0 && day.times[firstOfTime - 1] === day.times[p]) {
         firstOfTime--;
       }
-      const row = byTime.get(String(day.times[p]))?.[p - firstOfTime];
+      const row = byTime.get(day.times[p]!)?.[p - firstOfTime];
       // Missing only if the promoter trimmed it since step 1: it is no longer recoverable.
       if (row) {
         checkpoints.push({ ...toCheckpoint(row), marked: selected.marked[i]! });
       }
     });
     return { ...base, checkpoints };
+  }
+
+  /**
+   * Every checkpoint captured at each of `times`, in id order. The rows of a time older than the day's
+   * newest checkpoint are kept with the day: no checkpoint can join them later (one recorded behind
+   * the newest makes the day be read again, with an empty row cache, as does any removal or change),
+   * so a slider polled again needs no second query for the points it showed before.
+   */
+  private async rowsAt(vpgId: string, day: DayCache, times: readonly number[], windowStartUs: number): Promise<Map<number, CheckpointRow[]>> {
+    const found = new Map<number, CheckpointRow[]>();
+    const missing: number[] = [];
+    for (const t of times) {
+      const cached = day.rows.get(t);
+      if (cached) {
+        found.set(t, cached);
+      } else {
+        missing.push(t);
+      }
+    }
+    if (missing.length === 0) {
+      return found;
+    }
+    const rows = await this.dataSource.query<CheckpointRow[]>(
+      `SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 AND captured_at = ANY($2::timestamptz[]) ORDER BY captured_at, id`,
+      [vpgId, missing.map((t) => microsToTimestamp(BigInt(t)))],
+    );
+    for (const row of rows) {
+      const t = Number(row.at_us);
+      const list = found.get(t) ?? [];
+      list.push(row);
+      found.set(t, list);
+    }
+    const newest = Number(day.lastUs);
+    if (day.rows.size + missing.length > MAX_CACHED_ROW_TIMES) {
+      for (const t of day.rows.keys()) {
+        if (t <= windowStartUs) {
+          day.rows.delete(t);
+        }
+      }
+    }
+    for (const t of missing) {
+      const list = found.get(t);
+      if (list && t < newest && day.rows.size < MAX_CACHED_ROW_TIMES) {
+        day.rows.set(t, list);
+      }
+    }
+    return found;
   }
 
   /** The VPG's checkpoints captured after `fromUs` (at least), from the day cache brought up to date, or read afresh. */
@@ -319,6 +356,7 @@ export class CheckpointCatalog {
       removals: row?.removals ?? null,
       lastUs: row?.last_us ?? String(fromUs),
       lastId: row?.last_id ?? null,
+      rows: new Map(),
     };
   }
 
@@ -349,10 +387,14 @@ interface DayCache {
   readonly removals: string | null;
   readonly lastUs: string;
   readonly lastId: string | null;
+  /** The rows of the capture times the slider has shown, by time in microseconds (see rowsAt); shared by the day's later versions. */
+  readonly rows: Map<number, CheckpointRow[]>;
 }
 
 /** VPGs whose day is cached (about 160 KB each at 5 s). */
 const MAX_CACHED_DAYS = 256;
+/** Capture times whose rows a day keeps: a few sliders' worth (each shows at most 180). */
+const MAX_CACHED_ROW_TIMES = 2048;
 const ZERO_UUID = '00000000-0000-0000-0000-000000000000';
 
 /** What one day read returns: checkpoint_stats, the day's columns (dayColumns) and the newest checkpoint. */
@@ -465,6 +507,7 @@ function appendDay(
     removals: day.removals,
     lastUs: lastUs ?? day.lastUs,
     lastId: lastId ?? day.lastId,
+    rows: day.rows,
   };
 }
 
