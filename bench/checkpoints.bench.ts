@@ -13,8 +13,9 @@ import { type BenchContext, type BenchSuite, type Figure, median, percentile } f
  * makes, through the same JournalReader methods the HTTP API calls, for random VPGs: the timeline
  * (slider) at the end of the loaded period, a page of 100 of the manual list at a random time (half of
  * them resumed from a cursor), and the stats. The timeline is measured twice: the first query for each
- * VPG (the reader's day cache empty: the whole day is read) and the rest (only what was appended since
- * is read). Each figure is the median over the runs of that run's percentile. Quick mode: 4 VPGs of
+ * VPG (the reader's day cache empty: the whole day is read) and the rest, as a slider polled while
+ * protection goes on: before each of those a new checkpoint of that VPG is recorded 5 s after its
+ * newest, and the timeline is asked for at that moment (only what was appended since is read). Each figure is the median over the runs of that run's percentile. Quick mode: 4 VPGs of
  * 2,000 checkpoints, to show the suite works.
  */
 const STEP_MS = 5_000;
@@ -83,6 +84,8 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
     const firstMs = END - (perVpg - 1) * STEP_MS;
     const pick = (): string => loaded.vpgs[Math.floor(Math.random() * loaded.vpgs.length)]!;
     const runs = { timeline: [] as number[][], page: [] as number[][], stats: [] as number[][], cold: [] as number[][] };
+    // Checkpoints recorded per VPG after the load, at END + k × 5 s (k = 1, 2, ...).
+    const appended = new Map<string, number>();
     try {
       // The first timeline of each VPG reads its whole day (the reader's day cache is empty); later
       // ones only what was appended since. Measured apart, each VPG once per run with a new reader.
@@ -104,8 +107,15 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
         const stats: number[] = [];
         let cursor: { vpgId: string; next: string } | null = null;
         for (let i = 0; i < queries; i++) {
+          const polled = pick();
+          const k = (appended.get(polled) ?? 0) + 1;
+          appended.set(polled, k);
+          await dataSource.query(
+            `INSERT INTO checkpoints (id, vpg_id, cut, kind, name, vm_id, captured_at) VALUES ($1, $2, $3, 'automatic', NULL, NULL, $4)`,
+            [randomUUID(), polled, 10 ** 12 + k, new Date(END + k * STEP_MS)],
+          );
           let t = performance.now();
-          const slider = await reader.timeline(pick(), now);
+          const slider = await reader.timeline(polled, new Date(END + k * STEP_MS + 1000));
           timeline.push(performance.now() - t);
           if (slider.checkpoints.length === 0) {
             throw new Error('the timeline came back empty');
@@ -127,11 +137,12 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
             cursor = first.next ? { vpgId, next: first.next } : null;
           }
 
+          const counting = pick();
           t = performance.now();
-          const counted = await reader.checkpointStats(pick());
+          const counted = await reader.checkpointStats(counting);
           stats.push(performance.now() - t);
-          if (counted.count !== perVpg) {
-            throw new Error(`stats counted ${counted.count} checkpoints, ${perVpg} were loaded`);
+          if (counted.count !== perVpg + (appended.get(counting) ?? 0)) {
+            throw new Error(`stats counted ${counted.count} checkpoints, ${perVpg + (appended.get(counting) ?? 0)} were recorded`);
           }
         }
         runs.timeline.push(timeline);
@@ -169,7 +180,7 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
         });
       }
     };
-    add('timeline', 'at most 180 of the last 24 h, day cache warm', runs.timeline);
+    add('timeline', 'at most 180 of the last 24 h, polled: day cache warm, a new checkpoint recorded before each call', runs.timeline);
     add('timeline (first for a VPG)', 'the day read whole, cache empty', runs.cold);
     add('manual list', 'a page of 100 at a random time, half resumed from a cursor', runs.page);
     add('stats', 'earliest, latest, count and count per kind', runs.stats);
