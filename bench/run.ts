@@ -104,7 +104,9 @@ function verdict(f: Figure): string {
   if (f.ratio !== null && /ratio/.test(f.goal)) {
     return `**missed** (${((1 - f.ratio / target) * 100).toFixed(0)}% short)`;
   }
-  return `**missed** (${f.value.toFixed(1)} ${f.unit} against ${f.goal})`;
+  // A miss by less than the table's rounding shows the digit that makes it one.
+  const shown = f.value.toFixed(1) === target.toFixed(1) ? f.value.toFixed(2) : f.value.toFixed(1);
+  return `**missed** (${shown} ${f.unit} against ${f.goal})`;
 }
 
 function writeReport(report: Report, order: readonly string[]): void {
