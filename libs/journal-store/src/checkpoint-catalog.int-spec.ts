@@ -242,6 +242,31 @@ describe('CheckpointCatalog', () => {
       await append(1, 'tagged');
       await expectExact();
     }
+    // Calls at once from one cached day, each appending what its own read saw, one of them also a
+    // checkpoint recorded meanwhile behind the newest: the first answered appends in place, the others
+    // get arrays of their own, and each answer is what the table held when it read.
+    await append(2);
+    const early = new Date(now);
+    const first = fresh.timeline(vpgId, early);
+    const second = fresh.timeline(vpgId, early);
+    await append(1);
+    const behind: Checkpoint = { id: randomUUID(), vpgId, cut: cut++, kind: 'tagged', name: 'meanwhile', vmId: null, capturedAt: new Date(now - 7_500).toISOString() };
+    await insert([behind]);
+    const third = fresh.timeline(vpgId, new Date(now));
+    const answers = await Promise.all([first, second, third]);
+    const picks = async (at: Date, without?: string): Promise<string[]> => {
+      const full = (await fresh.within(vpgId, new Date(at.getTime() - 24 * HOUR), at)).filter((c) => c.id !== without);
+      return selectTimeline(full.map((c) => ({ id: c.id, capturedAt: Date.parse(c.capturedAt), kind: c.kind, name: c.name })), at).map((e) => e.id);
+    };
+    // The two early calls may have read before or after `behind` was recorded (inside their window;
+    // tagged, so always picked: the two possible answers differ).
+    const earlyAnswers = [await picks(early, behind.id), await picks(early)];
+    expect(earlyAnswers[0]).not.toEqual(earlyAnswers[1]);
+    for (const answer of answers.slice(0, 2)) {
+      expect(earlyAnswers).toContainEqual(answer.checkpoints.map((c) => c.id));
+    }
+    expect(answers[2].checkpoints.map((c) => c.id)).toEqual(await picks(new Date(now)));
+    await expectExact();
     // The promoter trims inside the window.
     await dataSource.query(`DELETE FROM checkpoints WHERE vpg_id = $1 AND captured_at < $2`, [vpgId, new Date(now - 3 * HOUR)]);
     await expectExact();
@@ -263,5 +288,73 @@ describe('CheckpointCatalog', () => {
     now += 25 * HOUR;
     await append(3);
     await expectExact();
+  });
+
+  it('keeps each version of the day intact when a concurrent call appends to the arrays first', async () => {
+    const vpgId = randomUUID();
+    await insert(series(vpgId, 2 * HOUR, 5_000, 8));
+    // Every query runs on the real server at once; only the delivery of a chosen result is held back,
+    // which fixes the order in which two calls' answers come in.
+    const held: (() => void)[] = [];
+    const waiting: { n: number; resolve: () => void }[] = [];
+    let holdNext: ((sql: string) => boolean) | null = null;
+    const gated = new Proxy(dataSource, {
+      get(target, prop, receiver) {
+        if (prop !== 'query') {
+          return Reflect.get(target, prop, receiver) as unknown;
+        }
+        return async (sql: string, params?: unknown[]): Promise<unknown> => {
+          const hold = holdNext?.(sql) ?? false;
+          if (hold) {
+            holdNext = null;
+          }
+          const result: unknown = await target.query(sql, params);
+          if (hold) {
+            await new Promise<void>((release) => {
+              held.push(release);
+              waiting.filter((w) => w.n <= held.length).forEach((w) => w.resolve());
+            });
+          }
+          return result;
+        };
+      },
+    });
+    const heldCount = (n: number): Promise<void> => (held.length >= n ? Promise.resolve() : new Promise((resolve) => waiting.push({ n, resolve })));
+    const catalog = new CheckpointCatalog(gated);
+    const row = (at: number, kind: CheckpointKind): Checkpoint => ({
+      id: randomUUID(),
+      vpgId,
+      cut: 10 ** 6 + at / 1000,
+      kind,
+      name: kind === 'automatic' ? null : 'meanwhile',
+      vmId: null,
+      capturedAt: new Date(at).toISOString(),
+    });
+    const later = new Date(NOW.getTime() + 10_000);
+    await catalog.timeline(vpgId, NOW);
+    const newest = row(later.getTime(), 'automatic');
+    await insert([newest]);
+    // A reads the newest one appended, and waits.
+    holdNext = () => true;
+    const a = catalog.timeline(vpgId, later);
+    await heldCount(1);
+    // A tagged one recorded behind it; B reads both appended, appends them to the shared arrays and
+    // waits for its rows; then A appends its one where B's first one is.
+    const behind = row(NOW.getTime() + 5_000, 'tagged');
+    await insert([behind]);
+    holdNext = (sql) => sql.includes('ANY($2::timestamptz[])');
+    const b = catalog.timeline(vpgId, later);
+    await heldCount(2);
+    held[0]!();
+    const answerA = await a;
+    held[1]!();
+    const answerB = await b;
+    const picks = async (without?: string): Promise<string[]> => {
+      const full = (await catalog.within(vpgId, new Date(later.getTime() - 24 * HOUR), later)).filter((c) => c.id !== without);
+      return selectTimeline(full.map((c) => ({ id: c.id, capturedAt: Date.parse(c.capturedAt), kind: c.kind, name: c.name })), later).map((e) => e.id);
+    };
+    expect(answerA.checkpoints.map((c) => c.id)).toEqual(await picks(behind.id));
+    expect(answerB.checkpoints.map((c) => c.id)).toEqual(await picks());
+    expect(answerB.checkpoints.map((c) => c.id)).toContain(behind.id);
   });
 });

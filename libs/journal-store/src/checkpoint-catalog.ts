@@ -194,9 +194,10 @@ export class CheckpointCatalog {
    * 3. One query fetches the rows at the picked capture times (an index probe each); a position among
    *    checkpoints sharing its time is resolved by id order, the order of step 1.
    *
-   * The day cache: per VPG, the day as two typed arrays (about 9 bytes a checkpoint, 160 KB for a day
+   * The day cache: per VPG, the day as typed arrays (about 17 bytes a checkpoint, 300 KB for a day
    * at 5 s), brought up to date on each call by one round trip that reads the VPG's counts and only
-   * the checkpoints after the newest cached one. It is used only if nothing else changed: the count
+   * the checkpoints after the newest cached one, appended in place (a poll allocates no day-sized
+   * array). It is used only if nothing else changed: the count
    * grew by exactly the appended ones and no statement removed or changed a checkpoint
    * (checkpoint_stats.removals); otherwise (a trim by the promoter, a checkpoint recorded behind the
    * newest) the day is read again. So the result is always what the table holds, in any process.
@@ -229,12 +230,7 @@ export class CheckpointCatalog {
     if (count === 0) {
       return { ...base, checkpoints: [] };
     }
-    // The rule works in milliseconds; the day is kept in microseconds (exact for step 3).
-    const millis = new Float64Array(count);
-    for (let i = 0; i < count; i++) {
-      millis[i] = day.times[first + i]! / 1000;
-    }
-    const selected = selectTimelineSorted(millis, day.marked.subarray(first, day.length), now, options);
+    const selected = selectTimelineSorted(day.millis.subarray(first, day.length), day.marked.subarray(first, day.length), now, options);
     if (selected.positions.length === 0) {
       return { ...base, checkpoints: [] };
     }
@@ -347,10 +343,17 @@ export class CheckpointCatalog {
     );
     const row = rows[0];
     const parsed = decodeDay(row);
+    const columns = newColumns(parsed.times.length + DAY_SLACK);
+    columns.times.set(parsed.times);
+    columns.marked.set(parsed.marked);
+    fillMillis(columns, 0, parsed.times.length);
+    columns.used = parsed.times.length;
     return {
       fromUs,
-      times: parsed.times,
-      marked: parsed.marked,
+      times: columns.times,
+      millis: columns.millis,
+      marked: columns.marked,
+      columns,
       length: parsed.times.length,
       total: Number(row?.total ?? 0),
       removals: row?.removals ?? null,
@@ -375,13 +378,18 @@ export class CheckpointCatalog {
 
 /**
  * A VPG's checkpoints from `fromUs` on, oldest first: capture times in microseconds since the epoch
- * (exact in a float64 until the year 2255) and marks, in (capturedAt, id) order. `lastUs`/`lastId`
- * is the newest checkpoint of the VPG when read; `total` and `removals` are checkpoint_stats then.
+ * (exact in a float64 until the year 2255; ties are found by them), the same in milliseconds (what the
+ * timeline rule takes) and marks, in (capturedAt, id) order, in the first `length` entries of the
+ * columns. `lastUs`/`lastId` is the newest checkpoint of the VPG when read; `total` and `removals`
+ * are checkpoint_stats then.
  */
 interface DayCache {
   readonly fromUs: number;
   readonly times: Float64Array;
+  readonly millis: Float64Array;
   readonly marked: Uint8Array;
+  /** The columns' owner, shared by the day's versions; a version appends in place only at the end of what is used. */
+  readonly columns: DayColumns;
   readonly length: number;
   readonly total: number;
   readonly removals: string | null;
@@ -391,8 +399,33 @@ interface DayCache {
   readonly rows: Map<number, CheckpointRow[]>;
 }
 
-/** VPGs whose day is cached (about 160 KB each at 5 s). */
+/**
+ * The arrays a day's versions share. A poll appends a checkpoint or two: written after the entries in
+ * use when nothing else was appended there (`used` is the end of the newest version), so each poll
+ * allocates and copies nothing; otherwise (a concurrent call appended first, or the front is dropped)
+ * the next version gets arrays of its own.
+ */
+interface DayColumns {
+  readonly times: Float64Array;
+  readonly millis: Float64Array;
+  readonly marked: Uint8Array;
+  used: number;
+}
+
+function newColumns(capacity: number): DayColumns {
+  return { times: new Float64Array(capacity), millis: new Float64Array(capacity), marked: new Uint8Array(capacity), used: 0 };
+}
+
+function fillMillis(columns: DayColumns, from: number, to: number): void {
+  for (let i = from; i < to; i++) {
+    columns.millis[i] = columns.times[i]! / 1000;
+  }
+}
+
+/** VPGs whose day is cached (about 300 KB each at 5 s). */
 const MAX_CACHED_DAYS = 256;
+/** Room for appends past a day read whole: an hour at 5 s. */
+const DAY_SLACK = 720;
 /** Capture times whose rows a day keeps: a few sliders' worth (each shows at most 180). */
 const MAX_CACHED_ROW_TIMES = 2048;
 const ZERO_UUID = '00000000-0000-0000-0000-000000000000';
@@ -492,16 +525,24 @@ function appendDay(
   }
   const keepFrom = drop * 2 > day.length ? drop : 0;
   const length = day.length - keepFrom + added.times.length;
-  const times = new Float64Array(length);
-  const marked = new Uint8Array(length);
-  times.set(day.times.subarray(keepFrom, day.length));
-  marked.set(day.marked.subarray(keepFrom, day.length));
-  times.set(added.times, day.length - keepFrom);
-  marked.set(added.marked, day.length - keepFrom);
+  let columns = day.columns;
+  if (keepFrom > 0 || columns.used !== day.length || length > columns.times.length) {
+    columns = newColumns(length + Math.max(DAY_SLACK, length >>> 2));
+    columns.times.set(day.times.subarray(keepFrom, day.length));
+    columns.millis.set(day.millis.subarray(keepFrom, day.length));
+    columns.marked.set(day.marked.subarray(keepFrom, day.length));
+  }
+  const at = day.length - keepFrom;
+  columns.times.set(added.times, at);
+  columns.marked.set(added.marked, at);
+  fillMillis(columns, at, length);
+  columns.used = length;
   return {
     fromUs: keepFrom > 0 ? fromUs : day.fromUs,
-    times,
-    marked,
+    times: columns.times,
+    millis: columns.millis,
+    marked: columns.marked,
+    columns,
     length,
     total,
     removals: day.removals,
