@@ -1,5 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, ftruncateSync, openSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type BenchContext, type BenchSuite, type Figure, ROOT, freePort, json, median, until } from './suite';
 
@@ -19,6 +20,10 @@ export function fio(args: readonly string[]): { result: FioResult; command: stri
   const full = ['--output-format=json', '--group_reporting', '--verify_state_save=0', ...args];
   const run = spawnSync('fio', full, { encoding: 'utf8', timeout: 10 * 60_000 });
   if (run.status !== 0) {
+    if (run.stderr.includes('No space left on device')) {
+      // The journal keeps every byte a run writes (the history window is hours): a full run needs tens of GB.
+      throw new Error(`fio: the disk ran out of space (${run.stderr.split('\n')[0] ?? ''}); the block suite needs about 60 GB free under ${tmpdir()} (set TMPDIR to use another disk)`);
+    }
     throw new Error(`fio failed (${String(run.status)}): ${run.stderr}`);
   }
   const json = JSON.parse(run.stdout.slice(run.stdout.indexOf('{'))) as { jobs: { write: { iops: number; bw: number }; read: { iops: number; bw: number } }[] };
@@ -161,11 +166,14 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
     for (let i = 0; i < Math.max(REPEATS, 3); i++) {
       const start = performance.now();
       const opened = await json<{ id: string; url: string }>('POST', `${api}/vpgs/${vpg.id}/checkpoints/${tagged.checkpoint.id}/exports`, { volumeId: vpg.vms[0]?.volumes[0]?.id });
+      const openedAt = performance.now();
       const read = spawnSync('qemu-io', ['-r', '-f', 'raw', opened.url, '-c', 'read 0 4096'], { encoding: 'utf8' });
       if (read.status !== 0) {
         throw new Error(`qemu-io read failed: ${read.stderr}`);
       }
-      firstReads.push(performance.now() - start);
+      const end = performance.now();
+      firstReads.push(end - start);
+      ctx.log(`point-in-time export ${i + 1}: opened in ${(openedAt - start).toFixed(1)} ms, qemu-io connect + first read ${(end - openedAt).toFixed(1)} ms`);
       if (i === 0) {
         exportUrl = opened.url;
       } else {

@@ -1,4 +1,4 @@
-import { chmodSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type BenchSuite, type Figure, ROOT, hasTool, machine } from './suite';
@@ -60,6 +60,8 @@ async function main(): Promise<void> {
     throw new Error(message);
   }
   const repeats = quick ? 1 : 3;
+  const scratch = statfsSync(tmpdir());
+  process.stdout.write(`scratch space under ${tmpdir()}: ${((scratch.bavail * scratch.bsize) / 1e9).toFixed(0)} GB free (the full block suite needs about 60 GB; TMPDIR moves it)\n`);
   const reports: Record<string, SuiteReport> = {};
   for (const suite of chosen) {
     const work = mkdtempSync(join(tmpdir(), `cdp-bench-${suite.name}-`));
