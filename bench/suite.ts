@@ -84,7 +84,7 @@ export async function until(predicate: () => Promise<boolean>, timeoutMs: number
   return performance.now() - start;
 }
 
-export async function json<T>(method: string, url: string, body?: unknown, retried = false): Promise<T> {
+export async function json<T>(method: string, url: string, body?: unknown, attempt = 1): Promise<T> {
   let response: Response;
   try {
     response = await fetch(url, {
@@ -94,9 +94,13 @@ export async function json<T>(method: string, url: string, body?: unknown, retri
     });
   } catch (err) {
     const cause = err instanceof Error && err.cause instanceof Error ? err.cause.message : String(err);
-    // A GET is safe to repeat once: a kept-alive connection the server had just closed is not a failure.
-    if (method === 'GET' && !retried) {
-      return json<T>(method, url, body, true);
+    // A GET is safe to repeat. The suites wait in spawnSync for minutes (fio runs), longer than the
+    // server keeps an idle connection (65 s): it closes them, but this process's pool cannot notice
+    // until its event loop runs again, so the first requests after a run can meet a closed pooled
+    // connection ("other side closed", EPIPE). Each retry is printed, so other failures still show.
+    if (method === 'GET' && attempt < 4) {
+      process.stderr.write(`GET ${url} failed (${cause}); trying again\n`);
+      return json<T>(method, url, body, attempt + 1);
     }
     throw new Error(`${method} ${url} failed: ${cause}`);
   }
