@@ -79,6 +79,10 @@ describe('checkpoints over HTTP', () => {
 
     const timeline = await api.ok<{ checkpoints: (Checkpoint & { marked: boolean })[] }>('GET', `/vpgs/${vpg.id}/timeline`);
     expect(timeline.checkpoints.filter((c) => c.marked).map((c) => c.name)).toEqual(['before upgrade', 'sql quiesced']);
+    // The slider takes no parameters: a window or a time asked for is refused, not ignored.
+    const unknown = await api.json<ErrorBody>('GET', `/vpgs/${vpg.id}/timeline?windowHours=1`);
+    expect(unknown.status).toBe(400);
+    expect(unknown.body.message).toMatch(/windowHours/);
   });
 
   it('refuses an application-consistent checkpoint for a VM outside the VPG, and records nothing', async () => {

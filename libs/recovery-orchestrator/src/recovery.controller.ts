@@ -60,7 +60,11 @@ export class VpgController {
 
   /** The recovery slider: at most 180 checkpoints over the last 24 hours, tagged ones marked. */
   @Get(':vpgId/timeline')
-  async timeline(@Param('vpgId', uuidParam('VPG id')) vpgId: string): Promise<TimelineResult> {
+  async timeline(
+    @Param('vpgId', uuidParam('VPG id')) vpgId: string,
+    // It takes no parameters: one given (a window, a time) is refused rather than silently ignored.
+    @Query(new ZodPipe(z.strictObject({}), 'query')) _query: Record<string, never>,
+  ): Promise<TimelineResult> {
     await this.vpgs.get(vpgId);
     return this.recovery.timeline(vpgId, new Date());
   }
