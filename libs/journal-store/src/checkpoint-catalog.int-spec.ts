@@ -9,6 +9,31 @@ const byTimeThenId = (a: Checkpoint, b: Checkpoint): number =>
   compareTimelineCheckpoints({ ...a, capturedAt: Date.parse(a.capturedAt) }, { ...b, capturedAt: Date.parse(b.capturedAt) });
 const NOW = new Date('2026-11-25T12:00:00.000Z');
 
+/**
+ * The data source with every statement the catalog runs passed through `around`: the catalog queries
+ * through pg's pool (poolQuery: dataSource.driver.master), so that is where this sits.
+ */
+function interceptPool(dataSource: DataSource, around: (sql: string, params: unknown[] | undefined, run: () => Promise<unknown>) => Promise<unknown>): DataSource {
+  const driver = dataSource.driver as unknown as { master: { query: (sql: string, params?: unknown[]) => Promise<unknown> } };
+  const pool = new Proxy(driver.master, {
+    get(target, prop, receiver) {
+      return prop === 'query'
+        ? (sql: string, params?: unknown[]) => around(sql, params, () => target.query(sql, params))
+        : (Reflect.get(target, prop, receiver) as unknown);
+    },
+  });
+  const interceptedDriver = new Proxy(driver, {
+    get(target, prop, receiver) {
+      return prop === 'master' ? pool : (Reflect.get(target, prop, receiver) as unknown);
+    },
+  });
+  return new Proxy(dataSource, {
+    get(target, prop, receiver) {
+      return prop === 'driver' ? interceptedDriver : (Reflect.get(target, prop, receiver) as unknown);
+    },
+  });
+}
+
 /** The catalog against real PostgreSQL with the real migrations: lists, cursor, stats kept by triggers, the slider. */
 describe('CheckpointCatalog', () => {
   let dataSource: DataSource;
@@ -298,27 +323,21 @@ describe('CheckpointCatalog', () => {
     const held: (() => void)[] = [];
     const waiting: { n: number; resolve: () => void }[] = [];
     let holdNext: ((sql: string) => boolean) | null = null;
-    const gated = new Proxy(dataSource, {
-      get(target, prop, receiver) {
-        if (prop !== 'query') {
-          return Reflect.get(target, prop, receiver) as unknown;
-        }
-        return async (sql: string, params?: unknown[]): Promise<unknown> => {
-          const hold = holdNext?.(sql) ?? false;
-          if (hold) {
-            holdNext = null;
-          }
-          const result: unknown = await target.query(sql, params);
-          if (hold) {
-            await new Promise<void>((release) => {
-              held.push(release);
-              waiting.filter((w) => w.n <= held.length).forEach((w) => w.resolve());
-            });
-          }
-          return result;
-        };
-      },
-    });
+    const gate = async (sql: string, run: () => Promise<unknown>): Promise<unknown> => {
+      const hold = holdNext?.(sql) ?? false;
+      if (hold) {
+        holdNext = null;
+      }
+      const result = await run();
+      if (hold) {
+        await new Promise<void>((release) => {
+          held.push(release);
+          waiting.filter((w) => w.n <= held.length).forEach((w) => w.resolve());
+        });
+      }
+      return result;
+    };
+    const gated = interceptPool(dataSource, (sql, _params, run) => gate(sql, run));
     const heldCount = (n: number): Promise<void> => (held.length >= n ? Promise.resolve() : new Promise((resolve) => waiting.push({ n, resolve })));
     const catalog = new CheckpointCatalog(gated);
     const row = (at: number, kind: CheckpointKind): Checkpoint => ({

@@ -1,3 +1,4 @@
+import { poolQuery } from '@cdp/database';
 import { type DataSource } from 'typeorm';
 import {
   CHECKPOINT_KINDS,
@@ -12,9 +13,11 @@ import {
 /**
  * The checkpoint catalog: every query about a VPG's recorded checkpoints, built to stay within a few
  * milliseconds with 30 days of 5-second checkpoints per VPG (about 518,000 rows) and a hundred VPGs in
- * one table. The indexes and the per-VPG counts it relies on are made by the CheckpointCatalog
- * migration (libs/database): the index (vpg_id, captured_at, id) INCLUDE (kind), and checkpoint_stats
- * kept by triggers.
+ * one table. The indexes and the per-VPG counts it relies on are made by migrations (libs/database):
+ * the index (vpg_id, captured_at, id) INCLUDE (kind, cut, name, vm_id), which holds every column
+ * COLUMNS reads, so every query by VPG and time is an index-only scan (CheckpointListCovering: one
+ * VPG's rows are scattered over the heap among the other VPGs'); and checkpoint_stats, kept by triggers
+ * (CheckpointCatalog).
  *
  * Every list is in (capturedAt, id) order, the order the timeline rule uses too.
  */
@@ -75,6 +78,7 @@ interface CheckpointJson {
   captured_at: string;
 }
 
+/** What a checkpoint query returns. Every column read here is in the index (vpg_id, captured_at, id) INCLUDE (...): keep them in step. */
 const COLUMNS = `id, vpg_id, cut, kind, name, vm_id, captured_at,
   (extract(epoch FROM captured_at) * 1000000)::bigint::text AS at_us`;
 
@@ -106,7 +110,7 @@ export class CheckpointCatalog {
       params.push(microsToTimestamp(after.atMicros), after.id);
       conditions.push(`(captured_at, id) > ($${params.length - 1}::timestamptz, $${params.length}::uuid)`);
     }
-    const rows = await this.dataSource.query<CheckpointRow[]>(
+    const rows = await poolQuery<CheckpointRow>(this.dataSource, 
       `SELECT ${COLUMNS} FROM checkpoints WHERE ${conditions.join(' AND ')} ORDER BY captured_at, id LIMIT $2`,
       params,
     );
@@ -118,7 +122,7 @@ export class CheckpointCatalog {
 
   /** The newest `limit` checkpoints captured in [from, to], oldest first ("what can I recover to now"). */
   async newest(vpgId: string, query: { readonly from?: Date; readonly to?: Date; readonly limit: number }): Promise<Checkpoint[]> {
-    const rows = await this.dataSource.query<CheckpointRow[]>(
+    const rows = await poolQuery<CheckpointRow>(this.dataSource, 
       `SELECT * FROM (
          SELECT ${COLUMNS} FROM checkpoints
           WHERE vpg_id = $1 AND ($2::timestamptz IS NULL OR captured_at >= $2) AND ($3::timestamptz IS NULL OR captured_at <= $3)
@@ -131,7 +135,7 @@ export class CheckpointCatalog {
 
   /** Every checkpoint captured in (from, to], oldest first. Unbounded: for short ranges only. */
   async within(vpgId: string, from: Date, to: Date): Promise<Checkpoint[]> {
-    const rows = await this.dataSource.query<CheckpointRow[]>(
+    const rows = await poolQuery<CheckpointRow>(this.dataSource, 
       `SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 AND captured_at > $2 AND captured_at <= $3 ORDER BY captured_at, id`,
       [vpgId, from, to],
     );
@@ -139,7 +143,7 @@ export class CheckpointCatalog {
   }
 
   async get(vpgId: string, checkpointId: string): Promise<Checkpoint> {
-    const rows = await this.dataSource.query<CheckpointRow[]>(`SELECT ${COLUMNS} FROM checkpoints WHERE id = $1 AND vpg_id = $2`, [checkpointId, vpgId]);
+    const rows = await poolQuery<CheckpointRow>(this.dataSource, `SELECT ${COLUMNS} FROM checkpoints WHERE id = $1 AND vpg_id = $2`, [checkpointId, vpgId]);
     const row = rows[0];
     if (!row) {
       throw new DomainError('not-found', `checkpoint ${checkpointId} is not recorded for VPG ${vpgId}`);
@@ -152,15 +156,16 @@ export class CheckpointCatalog {
    * index probe each, in one round trip.
    */
   async stats(vpgId: string): Promise<CheckpointStats> {
-    const rows = await this.dataSource.query<
+    const rows = await poolQuery<
       {
         automatic: string | null;
         tagged: string | null;
         application_consistent: string | null;
         earliest: CheckpointJson | null;
         latest: CheckpointJson | null;
-      }[]
+      }
     >(
+      this.dataSource,
       `SELECT s.automatic, s.tagged, s.application_consistent,
               (SELECT row_to_json(e) FROM (SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 ORDER BY captured_at, id LIMIT 1) e) AS earliest,
               (SELECT row_to_json(l) FROM (SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 ORDER BY captured_at DESC, id DESC LIMIT 1) l) AS latest
@@ -235,7 +240,7 @@ export class CheckpointCatalog {
       return { ...base, checkpoints: [] };
     }
     const positions = selected.positions.map((p) => first + p);
-    const byTime = await this.rowsAt(vpgId, day, [...new Set(positions.map((p) => day.times[p]!))], windowStartUs);
+    const byTime = await this.rowsAt(vpgId, [...new Set(positions.map((p) => day.times[p]!))]);
     const checkpoints: (Checkpoint & { marked: boolean })[] = [];
     positions.forEach((p, i) => {
       let firstOfTime = p;
@@ -252,48 +257,26 @@ export class CheckpointCatalog {
   }
 
   /**
-   * Every checkpoint captured at each of `times`, in id order. The rows of a time older than the day's
-   * newest checkpoint are kept with the day: no checkpoint can join them later (one recorded behind
-   * the newest makes the day be read again, with an empty row cache, as does any removal or change),
-   * so a slider polled again needs no second query for the points it showed before.
+   * Every checkpoint captured at each of `times`, in id order: one query, an index probe each.
+   *
+   * Nothing is kept for the next call. Keeping the rows shown (up to 2,048 times per VPG, later only
+   * the last call's) saved a query on a poll with nothing new, but each new checkpoint moves most of
+   * the points (the hours are counted back from it), and the kept rows, a few objects each, outlived
+   * young-generation GCs: with 100 VPGs polled, every scavenge copied megabytes of them and paused the
+   * event loop 4 to 10 ms, which was the p99 of every catalog query (measured with --trace-gc-nvp).
    */
-  private async rowsAt(vpgId: string, day: DayCache, times: readonly number[], windowStartUs: number): Promise<Map<number, CheckpointRow[]>> {
-    const found = new Map<number, CheckpointRow[]>();
-    const missing: number[] = [];
-    for (const t of times) {
-      const cached = day.rows.get(t);
-      if (cached) {
-        found.set(t, cached);
-      } else {
-        missing.push(t);
-      }
-    }
-    if (missing.length === 0) {
-      return found;
-    }
-    const rows = await this.dataSource.query<CheckpointRow[]>(
+  private async rowsAt(vpgId: string, times: readonly number[]): Promise<Map<number, CheckpointRow[]>> {
+    const rows = await poolQuery<CheckpointRow>(
+      this.dataSource,
       `SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 AND captured_at = ANY($2::timestamptz[]) ORDER BY captured_at, id`,
-      [vpgId, missing.map((t) => microsToTimestamp(BigInt(t)))],
+      [vpgId, times.map((t) => microsToTimestamp(BigInt(t)))],
     );
+    const found = new Map<number, CheckpointRow[]>();
     for (const row of rows) {
       const t = Number(row.at_us);
       const list = found.get(t) ?? [];
       list.push(row);
       found.set(t, list);
-    }
-    const newest = Number(day.lastUs);
-    if (day.rows.size + missing.length > MAX_CACHED_ROW_TIMES) {
-      for (const t of day.rows.keys()) {
-        if (t <= windowStartUs) {
-          day.rows.delete(t);
-        }
-      }
-    }
-    for (const t of missing) {
-      const list = found.get(t);
-      if (list && t < newest && day.rows.size < MAX_CACHED_ROW_TIMES) {
-        day.rows.set(t, list);
-      }
     }
     return found;
   }
@@ -302,7 +285,7 @@ export class CheckpointCatalog {
   private async day(vpgId: string, fromUs: number): Promise<DayCache> {
     const cached = this.days.get(vpgId);
     if (cached && cached.fromUs <= fromUs) {
-      const rows = await this.dataSource.query<DayRow[]>(
+      const rows = await poolQuery<DayRow>(this.dataSource, 
         `SELECT s.automatic + s.tagged + s.application_consistent AS total, s.removals::text AS removals,
                 d.times, d.marked_times, d.marked_ranks, l.last_us, l.last_id
            FROM (SELECT $1::uuid AS vpg_id) v
@@ -329,7 +312,7 @@ export class CheckpointCatalog {
 
   /** One index-only scan of the checkpoints after `fromUs`, with the VPG's counts, in one snapshot. */
   private async loadDay(vpgId: string, fromUs: number): Promise<DayCache> {
-    const rows = await this.dataSource.query<DayRow[]>(
+    const rows = await poolQuery<DayRow>(this.dataSource, 
       `SELECT s.automatic + s.tagged + s.application_consistent AS total, s.removals::text AS removals,
               d.times, d.marked_times, d.marked_ranks, l.last_us, l.last_id
          FROM (SELECT $1::uuid AS vpg_id) v
@@ -359,7 +342,6 @@ export class CheckpointCatalog {
       removals: row?.removals ?? null,
       lastUs: row?.last_us ?? String(fromUs),
       lastId: row?.last_id ?? null,
-      rows: new Map(),
     };
   }
 
@@ -395,8 +377,6 @@ interface DayCache {
   readonly removals: string | null;
   readonly lastUs: string;
   readonly lastId: string | null;
-  /** The rows of the capture times the slider has shown, by time in microseconds (see rowsAt); shared by the day's later versions. */
-  readonly rows: Map<number, CheckpointRow[]>;
 }
 
 /**
@@ -426,8 +406,6 @@ function fillMillis(columns: DayColumns, from: number, to: number): void {
 const MAX_CACHED_DAYS = 256;
 /** Room for appends past a day read whole: an hour at 5 s. */
 const DAY_SLACK = 720;
-/** Capture times whose rows a day keeps: a few sliders' worth (each shows at most 180). */
-const MAX_CACHED_ROW_TIMES = 2048;
 const ZERO_UUID = '00000000-0000-0000-0000-000000000000';
 
 /** What one day read returns: checkpoint_stats, the day's columns (dayColumns) and the newest checkpoint. */
@@ -548,7 +526,6 @@ function appendDay(
     removals: day.removals,
     lastUs: lastUs ?? day.lastUs,
     lastId: lastId ?? day.lastId,
-    rows: day.rows,
   };
 }
 
