@@ -39,9 +39,29 @@ export function createDataSource(config: DataSourceConfig): DataSource {
   });
 }
 
-/** The part of pg's Pool that poolQuery uses (TypeORM types the pool as any). */
+/** The parts of pg's Pool and its clients that poolQuery and poolTransaction use (TypeORM types the pool as any). */
+interface PgResult {
+  rows: unknown[];
+  rowCount: number | null;
+}
+interface PgClient {
+  query(text: string, values?: readonly unknown[]): Promise<PgResult>;
+  /** With an error, the client is closed instead of going back to the pool. */
+  release(error?: Error): void;
+  on(event: 'error', listener: (error: Error) => void): unknown;
+  off(event: 'error', listener: (error: Error) => void): unknown;
+}
 interface PgPool {
-  query(text: string, values?: readonly unknown[]): Promise<{ rows: unknown[] }>;
+  query(text: string, values?: readonly unknown[]): Promise<PgResult>;
+  connect(): Promise<PgClient>;
+}
+
+function pgPool(dataSource: DataSource): PgPool | undefined {
+  return dataSource.isInitialized ? ((dataSource.driver as PostgresDriver).master as PgPool | undefined) : undefined;
+}
+
+function queryFailed(sql: string, params: readonly unknown[], error: unknown): QueryFailedError {
+  return new QueryFailedError(sql, [...params], error instanceof Error ? error : new Error(String(error)));
 }
 
 /**
@@ -53,7 +73,7 @@ interface PgPool {
  * --trace-gc-nvp). For statements on hot read paths; transactions still take a QueryRunner.
  */
 export async function poolQuery<T>(dataSource: DataSource, sql: string, params: readonly unknown[] = []): Promise<T[]> {
-  const pool = dataSource.isInitialized ? ((dataSource.driver as PostgresDriver).master as PgPool | undefined) : undefined;
+  const pool = pgPool(dataSource);
   if (pool === undefined) {
     // Not initialized (or destroyed): TypeORM's own call gives the clear error.
     return dataSource.query<T[]>(sql, [...params]);
@@ -61,7 +81,70 @@ export async function poolQuery<T>(dataSource: DataSource, sql: string, params: 
   try {
     return (await pool.query(sql, params)).rows as T[];
   } catch (error) {
-    throw new QueryFailedError(sql, [...params], error instanceof Error ? error : new Error(String(error)));
+    throw queryFailed(sql, params, error);
+  }
+}
+
+/** The statements of one poolTransaction, on its connection. */
+export interface PoolTransaction {
+  /** The rows of one statement (a SELECT, or a change with RETURNING). */
+  query<T>(sql: string, params?: readonly unknown[]): Promise<T[]>;
+  /** How many rows one statement changed. */
+  execute(sql: string, params?: readonly unknown[]): Promise<number>;
+}
+
+/**
+ * `work` in one transaction on one pooled connection, straight through pg: BEGIN, then COMMIT if it
+ * resolves, ROLLBACK if anything fails (its own error is rethrown unchanged; a statement's failure
+ * comes as QueryFailedError, as from TypeORM). A connection whose ROLLBACK fails is closed, not
+ * returned to the pool. What `dataSource.transaction` does without the QueryRunner and EntityManager
+ * per call (see poolQuery), for the commits on the write path.
+ */
+export async function poolTransaction<T>(dataSource: DataSource, work: (tx: PoolTransaction) => Promise<T>): Promise<T> {
+  const pool = pgPool(dataSource);
+  if (pool === undefined) {
+    // Not initialized (or destroyed): TypeORM's own call gives the clear error.
+    return dataSource.transaction(() => Promise.reject(new Error('unreachable: TypeORM refuses first')));
+  }
+  let client: PgClient;
+  try {
+    client = await pool.connect();
+  } catch (error) {
+    throw queryFailed('BEGIN', [], error);
+  }
+  const run = async (sql: string, params: readonly unknown[]): Promise<PgResult> => {
+    try {
+      return await client.query(sql, params);
+    } catch (error) {
+      throw queryFailed(sql, params, error);
+    }
+  };
+  let broken: Error | undefined;
+  // A checked-out client whose connection dies emits 'error'; with no listener that would be an
+  // uncaught exception (the pool listens only while the client is idle). The statement in flight
+  // fails too, so the work fails; the client is then closed, not reused.
+  const onError = (error: Error): void => {
+    broken = error;
+  };
+  client.on('error', onError);
+  try {
+    await run('BEGIN', []);
+    const result = await work({
+      query: async <R>(sql: string, params: readonly unknown[] = []) => (await run(sql, params)).rows as R[],
+      execute: async (sql: string, params: readonly unknown[] = []) => (await run(sql, params)).rowCount ?? 0,
+    });
+    await run('COMMIT', []);
+    return result;
+  } catch (error) {
+    if (broken === undefined) {
+      await client.query('ROLLBACK').catch((rollbackError: unknown) => {
+        broken = rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
+      });
+    }
+    throw error;
+  } finally {
+    client.off('error', onError);
+    client.release(broken);
   }
 }
 

@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import { type DataSource } from 'typeorm';
+import { poolTransaction } from '@cdp/database';
 import { RecordKind, type DecodedRecord } from '@cdp/contracts';
 import { type Checkpoint } from '@cdp/domain';
 import { SegmentLog } from '@cdp/segment-log';
@@ -154,14 +155,16 @@ export class JournalStore {
     let recorded: Checkpoint[] = [];
     try {
       const extents = packBatch(batch, writes);
-      await this.dataSource.transaction(async (em) => {
-        await em.query(
+      // Through pg's pool: TypeORM's per-call QueryRunner and EntityManager outlive young-generation
+      // GCs, whose pauses then land on write completions (see poolQuery).
+      await poolTransaction(this.dataSource, async (tx) => {
+        await tx.execute(
           `INSERT INTO journal_batches (vpg_key, first_seq, last_seq, segment, position, bytes, captured_upto)
            VALUES ($1, $2, $3, $4, $5, $6, $7)`,
           [journal.vpgKey, batch.firstSeq, lastSeq, batch.segment, batch.position, last.position + last.length - first.position, capturedUpto],
         );
         if (extents.length > 0) {
-          await em.query(
+          await tx.execute(
             `INSERT INTO journal_extents (vpg_key, volume_index, region, first_seq, last_seq, segment, position, entries)
              SELECT $1, v, r, $2, l, $3, $4, e FROM unnest($5::smallint[], $6::int[], $7::bigint[], $8::bytea[]) AS t(v, r, l, e)`,
             [
@@ -179,7 +182,7 @@ export class JournalStore {
         if (checkpoints.length > 0) {
           // A marker shipped twice (a replay after a gap) must not record its checkpoint twice or move
           // it: the first copy in the order is the one that counts.
-          const rows = await em.query<{ id: string }[]>(
+          const rows = await tx.query<{ id: string }>(
             `INSERT INTO checkpoints (id, vpg_id, cut, kind, name, vm_id, captured_at)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::uuid[], $7::timestamptz[])
              ON CONFLICT (id) DO NOTHING
@@ -199,14 +202,14 @@ export class JournalStore {
         }
         const outbox = options.outbox?.(recorded) ?? [];
         if (outbox.length > 0) {
-          await em.query(`INSERT INTO journal_outbox (topic, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`, [
+          await tx.execute(`INSERT INTO journal_outbox (topic, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`, [
             outbox.map((m) => m.topic),
             outbox.map((m) => m.key),
             outbox.map((m) => m.value),
           ]);
         }
         await synced;
-        const updated = await em.query<[unknown[], number]>(
+        const updated = await tx.execute(
           `UPDATE journal_vpgs
               SET applied_seq = $2, segment = $3, segment_end = $4,
                   last_captured_at = to_timestamp($5::double precision / 1e6), updated_at = now(),
@@ -214,7 +217,7 @@ export class JournalStore {
             WHERE vpg_id = $1 AND applied_seq = $6`,
           [vpgId, lastSeq, end.segment, end.position, lastCapturedMicros, journal.appliedSeq, options.members === undefined ? null : JSON.stringify(options.members)],
         );
-        if (updated[1] !== 1) {
+        if (updated !== 1) {
           throw new JournalConflictError(`VPG ${vpgId}: applied_seq moved under this writer (another journal writer?)`);
         }
       });
