@@ -5,6 +5,13 @@ import { createDataSource, poolQuery, poolTransaction } from './data-source';
 import { toDatabaseError } from './database.error';
 import { migrations } from './migrations';
 
+/** What a promise rejected with, or null if it resolved. */
+const failureOf = (promise: Promise<unknown>): Promise<unknown> =>
+  promise.then(
+    () => null,
+    (error: unknown) => error,
+  );
+
 /** poolQuery and poolTransaction against a real server: the same answers and errors as TypeORM's, through pg's pool. */
 describe('poolQuery and poolTransaction', () => {
   let db: TestDatabase;
@@ -95,12 +102,11 @@ describe('poolQuery and poolTransaction', () => {
   it('rolls back when a statement fails, which comes as a QueryFailedError with its SQLSTATE', async () => {
     await dataSource.initialize();
     await dataSource.query('CREATE TABLE t (id int PRIMARY KEY)');
-    const failure = await poolTransaction(dataSource, async (tx) => {
-      await tx.execute('INSERT INTO t VALUES (1)');
-      await tx.execute('INSERT INTO t VALUES (1)');
-    }).then(
-      () => null,
-      (error: unknown) => error,
+    const failure = await failureOf(
+      poolTransaction(dataSource, async (tx) => {
+        await tx.execute('INSERT INTO t VALUES (1)');
+        await tx.execute('INSERT INTO t VALUES (1)');
+      }),
     );
     expect(failure).toBeInstanceOf(QueryFailedError);
     expect(toDatabaseError(failure)).toMatchObject({ code: 'unique-violation', sqlState: '23505' });
@@ -113,13 +119,12 @@ describe('poolQuery and poolTransaction', () => {
   it('closes a connection that died in a transaction instead of handing it out again', async () => {
     await dataSource.initialize();
     await dataSource.query('CREATE TABLE t (id int PRIMARY KEY)');
-    const failure = await poolTransaction(dataSource, async (tx) => {
-      await tx.execute('INSERT INTO t VALUES (1)');
-      // The server ends this very connection, as a restart or an administrator would.
-      await tx.query('SELECT pg_terminate_backend(pg_backend_pid())');
-    }).then(
-      () => null,
-      (error: unknown) => error,
+    const failure = await failureOf(
+      poolTransaction(dataSource, async (tx) => {
+        await tx.execute('INSERT INTO t VALUES (1)');
+        // The server ends this very connection, as a restart or an administrator would.
+        await tx.query('SELECT pg_terminate_backend(pg_backend_pid())');
+      }),
     );
     expect(failure).toBeInstanceOf(QueryFailedError);
     expect(toDatabaseError(failure)).toMatchObject({ code: 'connection-lost', sqlState: '57P01' });
