@@ -57,16 +57,20 @@ describe('poolQuery and poolTransaction', () => {
     expect(await poolQuery(dataSource, 'SELECT count(*)::int AS n FROM t')).toEqual([{ n: 1 }]);
   });
 
-  it('before initialize and after destroy, refuses as dataSource.query does', async () => {
+  it('before initialize and after destroy, refuses as TypeORM does, running nothing', async () => {
     const expected = await dataSource.query('SELECT 1').then(
       () => null,
       (error: unknown) => (error as Error).constructor,
     );
     expect(expected).not.toBeNull();
     await expect(poolQuery(dataSource, 'SELECT 1')).rejects.toBeInstanceOf(expected!);
+    const work = jest.fn(() => Promise.resolve());
+    await expect(poolTransaction(dataSource, work)).rejects.toBeInstanceOf(expected!);
     await dataSource.initialize();
     await dataSource.destroy();
     await expect(poolQuery(dataSource, 'SELECT 1')).rejects.toThrow();
+    await expect(poolTransaction(dataSource, work)).rejects.toThrow();
+    expect(work).not.toHaveBeenCalled();
   });
 
   it('commits what the work did when it resolves, with the rows and counts of each statement', async () => {

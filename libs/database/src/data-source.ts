@@ -70,7 +70,7 @@ function queryFailed(sql: string, params: readonly unknown[], error: unknown): Q
  * EntityManager TypeORM builds for every call. Their garbage outlives a young-generation collection:
  * with the catalog's queries at a few hundred a second, 3 MB was promoted per scavenge and each
  * scavenge paused the event loop 10 to 15 ms, against 0.5 to 0.8 ms through the pool (measured with
- * --trace-gc-nvp). For statements on hot read paths; transactions still take a QueryRunner.
+ * --trace-gc-nvp). For statements on hot paths; poolTransaction is the same for a transaction.
  */
 export async function poolQuery<T>(dataSource: DataSource, sql: string, params: readonly unknown[] = []): Promise<T[]> {
   const pool = pgPool(dataSource);
@@ -110,6 +110,8 @@ export async function poolTransaction<T>(dataSource: DataSource, work: (tx: Pool
   try {
     client = await pool.connect();
   } catch (error) {
+    // No connection, so nothing ran: reported as the BEGIN that could not be sent, with pg's error
+    // (its code says unreachable or refused) underneath for toDatabaseError.
     throw queryFailed('BEGIN', [], error);
   }
   const run = async (sql: string, params: readonly unknown[]): Promise<PgResult> => {
