@@ -8,3 +8,4 @@ export * from './pit-view';
 export * from './journal-index.codec';
 export * from './point-in-time';
 export * from './checkpoint-catalog';
+export * from './journal.compactor';

@@ -1,18 +1,19 @@
 import fc from 'fast-check';
 import { RECORD_HEADER_BYTES } from '@cdp/contracts';
-import { JournalIndexError, REGION_BYTES, packBatch, trimRow, unpackRow, type IndexedWrite } from './journal-index.codec';
+import { JournalIndexError, REGION_BYTES, mergeRows, packBatch, trimRow, unpackRow, type ExtentRow, type IndexedWrite } from './journal-index.codec';
 
 /** A batch as the store lays it out: records back to back from `position`, markers in between. */
 function layOut(
   firstSeq: number,
   position: number,
   items: readonly ({ readonly marker: true; readonly length: number } | { readonly marker: false; readonly volumeIndex: number; readonly offset: number; readonly length: number })[],
+  segment = 7,
 ): IndexedWrite[] {
   const writes: IndexedWrite[] = [];
   let at = position;
   items.forEach((item, i) => {
     if (!item.marker) {
-      writes.push({ seq: firstSeq + i, volumeIndex: item.volumeIndex, offset: item.offset, length: item.length, segment: 7, position: at });
+      writes.push({ seq: firstSeq + i, volumeIndex: item.volumeIndex, offset: item.offset, length: item.length, segment, position: at });
     }
     at += RECORD_HEADER_BYTES + item.length;
   });
@@ -73,6 +74,73 @@ describe('journal index codec', () => {
     expect(unpackRow(trimmed!)).toEqual(writes.filter((w) => w.seq > 19));
     expect(trimmed).toMatchObject({ firstSeq: 10, lastSeq: 29, region: 0, volumeIndex: 1 });
     expect(trimRow(row!, 29)).toBeUndefined();
+  });
+
+  it('merges consecutive rows of a region across batches and segments into one row that unpacks and trims to the same writes', () => {
+    const batchOf = fc.record({ segmentStep: fc.integer({ min: 0, max: 3 }), gap: fc.integer({ min: 0, max: 5000 }), items: fc.array(item, { minLength: 1, maxLength: 20 }) });
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 2 ** 40 }), fc.array(batchOf, { minLength: 1, maxLength: 12 }), fc.double({ min: 0, max: 1, noNaN: true }), (startSeq, batches, trimAt) => {
+        // Batches back to back in the log: a later one in the same segment or a later segment.
+        let seq = startSeq;
+        let segment = 3;
+        let position = 0;
+        const rowsByRegion = new Map<string, ExtentRow[]>();
+        const all: IndexedWrite[] = [];
+        for (const batch of batches) {
+          if (batch.segmentStep > 0) {
+            segment += batch.segmentStep;
+            position = 0;
+          }
+          position += batch.gap;
+          const writes = layOut(seq, position, batch.items, segment);
+          for (const row of packBatch({ firstSeq: seq, segment, position }, writes)) {
+            const key = `${row.volumeIndex}:${row.region}`;
+            rowsByRegion.set(key, [...(rowsByRegion.get(key) ?? []), row]);
+          }
+          all.push(...writes);
+          position += batch.items.reduce((sum, it) => sum + RECORD_HEADER_BYTES + it.length, 0);
+          seq += batch.items.length;
+        }
+        for (const rows of rowsByRegion.values()) {
+          const merged = mergeRows(rows);
+          const expected = rows.flatMap((row) => unpackRow(row));
+          expect(unpackRow(merged)).toEqual(expected);
+          expect(merged).toMatchObject({ firstSeq: rows[0]!.firstSeq, segment: rows[0]!.segment, position: rows[0]!.position, lastSeq: rows[rows.length - 1]!.lastSeq });
+          // Never bigger than the rows it replaces (escapes cost at most what the rows' own bases did).
+          expect(merged.entries.length).toBeLessThanOrEqual(rows.reduce((sum, row) => sum + row.entries.length + 16, 0));
+          const after = expected[Math.floor(trimAt * (expected.length - 1))]!.seq;
+          const trimmed = trimRow(merged, after);
+          const left = expected.filter((w) => w.seq > after);
+          if (left.length === 0) {
+            expect(trimmed).toBeUndefined();
+          } else {
+            expect(unpackRow(trimmed!)).toEqual(left);
+          }
+        }
+        // Every write is in its home region's merged row.
+        const homes = [...rowsByRegion.values()].flatMap((rows) => unpackRow(mergeRows(rows)).filter((w) => Math.floor(w.offset / REGION_BYTES) === rows[0]!.region));
+        expect(homes.sort((x, y) => x.seq - y.seq)).toEqual(all);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('refuses to merge rows of different regions or none, and a damaged segment change', () => {
+    const a = packBatch({ firstSeq: 1, segment: 7, position: 0 }, layOut(1, 0, [{ marker: false, volumeIndex: 0, offset: 0, length: 512 }]))[0]!;
+    const b = packBatch({ firstSeq: 2, segment: 8, position: 0 }, layOut(2, 0, [{ marker: false, volumeIndex: 0, offset: REGION_BYTES, length: 512 }], 8))[0]!;
+    expect(() => mergeRows([a, b])).toThrow(JournalIndexError);
+    expect(() => mergeRows([])).toThrow(JournalIndexError);
+    const c = packBatch({ firstSeq: 2, segment: 8, position: 0 }, layOut(2, 0, [{ marker: false, volumeIndex: 0, offset: 4096, length: 512 }], 8))[0]!;
+    const merged = mergeRows([a, c]);
+    expect(unpackRow(merged).map((w) => w.segment)).toEqual([7, 8]);
+    // The escape is the second group of four varints: 0, 1, 0, 0. A segment step of 0 is damage.
+    const damaged = Buffer.from(merged.entries);
+    const escapeAt = damaged.indexOf(Buffer.from([0, 1, 0, 0]));
+    expect(escapeAt).toBeGreaterThan(0);
+    damaged[escapeAt + 1] = 0;
+    expect(() => unpackRow({ ...merged, entries: damaged })).toThrow(JournalIndexError);
+    // Segments going back cannot be packed.
+    expect(() => mergeRows([c, a])).toThrow(JournalIndexError);
   });
 
   it('refuses writes out of order and damaged entries', () => {

@@ -14,7 +14,15 @@ import { RECORD_HEADER_BYTES } from '@cdp/contracts';
  *              (previous write end = the region's first byte)
  *
  * A sector write is one whose offset and length, and the previous write end, are multiples of 512
- * bytes: nearly every write, and a quarter shorter packed. A write of a batch that fills its group is
+ * bytes: nearly every write, and a quarter shorter packed.
+ *
+ * A compacted row (see JournalCompactor) holds the writes of many consecutive batches of its region,
+ * which may lie in several segments. Where the next write is in a later segment, an escape comes
+ * first, four varints that no write can be (a write's length field is never 0):
+ *
+ *   0, segment - previous segment, 0, the next batch's position in that segment
+ *
+ * after which the previous end is that position. A row of one batch never needs one. A write of a batch that fills its group is
  * 1 + 1 + 1..4 + 1 bytes, a random write in a 64 MiB region about ten, so Postgres holds a few bytes
  * per write plus one row per (batch, volume, region) instead of a row per write. A write that
  * crosses a region boundary is listed in every region it touches (the reader clips it), so a region's
@@ -39,12 +47,15 @@ export interface IndexedWrite {
 export interface ExtentRow {
   readonly volumeIndex: number;
   readonly region: number;
-  /** The batch's first seq (of any record kind): the row's key within its (volume, region). */
+  /**
+   * The batch's first seq (of any record kind): the row's key within its (volume, region). A
+   * compacted row has its first batch's.
+   */
   readonly firstSeq: number;
   /** Seq of the row's last write. */
   readonly lastSeq: number;
+  /** Where the (first) batch starts: the segment and position the entries are relative to. */
   readonly segment: number;
-  /** Where the batch starts in the segment. */
   readonly position: number;
   readonly entries: Buffer;
 }
@@ -81,35 +92,67 @@ export function packBatch(batch: { readonly firstSeq: number; readonly segment: 
   }
   const rows: ExtentRow[] = [];
   for (const group of groups.values()) {
-    const out = new VarintWriter(group.writes.length * 9);
-    let prevSeq = batch.firstSeq - 1;
-    let prevEnd = batch.position;
-    let prevWriteEnd = group.region * REGION_BYTES;
-    for (const write of group.writes) {
-      if (write.seq <= prevSeq || write.position < prevEnd) {
-        throw new JournalIndexError(`writes of the batch starting at seq ${batch.firstSeq} are not in seq and log order`);
-      }
-      const sectors = write.offset % SECTOR_BYTES === 0 && write.length % SECTOR_BYTES === 0 && prevWriteEnd % SECTOR_BYTES === 0;
-      const unit = sectors ? SECTOR_BYTES : 1;
-      out.unsigned(write.seq - prevSeq - 1);
-      out.unsigned(write.position - prevEnd);
-      out.unsigned((write.length / unit) * 2 + (sectors ? 1 : 0));
-      out.unsigned(zigzag((write.offset - prevWriteEnd) / unit));
-      prevSeq = write.seq;
-      prevEnd = write.position + RECORD_HEADER_BYTES + write.length;
-      prevWriteEnd = write.offset + write.length;
-    }
-    rows.push({
-      volumeIndex: group.volumeIndex,
-      region: group.region,
-      firstSeq: batch.firstSeq,
-      lastSeq: prevSeq,
-      segment: batch.segment,
-      position: batch.position,
-      entries: out.finish(),
-    });
+    rows.push(packRow({ volumeIndex: group.volumeIndex, region: group.region, firstSeq: batch.firstSeq, segment: batch.segment, position: batch.position }, group.writes));
   }
   return rows.sort((a, b) => a.volumeIndex - b.volumeIndex || a.region - b.region);
+}
+
+/**
+ * Packs writes of one (volume, region) into a row with the given key and base: seqs above
+ * `firstSeq - 1` in increasing order, segments never going back, positions increasing within a
+ * segment (log order), the first at or after `position` if it is in `segment`. Throws otherwise.
+ */
+export function packRow(base: Omit<ExtentRow, 'lastSeq' | 'entries'>, writes: readonly IndexedWrite[]): ExtentRow {
+  const out = new VarintWriter(writes.length * 9);
+  let prevSeq = base.firstSeq - 1;
+  let segment = base.segment;
+  let prevEnd = base.position;
+  let prevWriteEnd = base.region * REGION_BYTES;
+  for (const write of writes) {
+    if (write.seq <= prevSeq || write.segment < segment || (write.segment === segment && write.position < prevEnd)) {
+      throw new JournalIndexError(`writes of the row starting at seq ${base.firstSeq} are not in seq and log order (seq ${write.seq})`);
+    }
+    if (write.segment !== segment) {
+      out.unsigned(0);
+      out.unsigned(write.segment - segment);
+      out.unsigned(0);
+      out.unsigned(write.position);
+      segment = write.segment;
+      prevEnd = write.position;
+    }
+    const sectors = write.offset % SECTOR_BYTES === 0 && write.length % SECTOR_BYTES === 0 && prevWriteEnd % SECTOR_BYTES === 0;
+    const unit = sectors ? SECTOR_BYTES : 1;
+    out.unsigned(write.seq - prevSeq - 1);
+    out.unsigned(write.position - prevEnd);
+    out.unsigned((write.length / unit) * 2 + (sectors ? 1 : 0));
+    out.unsigned(zigzag((write.offset - prevWriteEnd) / unit));
+    prevSeq = write.seq;
+    prevEnd = write.position + RECORD_HEADER_BYTES + write.length;
+    prevWriteEnd = write.offset + write.length;
+  }
+  return { ...base, lastSeq: prevSeq, entries: out.finish() };
+}
+
+/**
+ * One row holding the writes of consecutive rows of one (volume, region), given in first_seq order:
+ * keyed and based as the first of them.
+ */
+export function mergeRows(rows: readonly Omit<ExtentRow, 'lastSeq'>[]): ExtentRow {
+  const first = rows[0];
+  if (!first) {
+    throw new JournalIndexError('no rows to merge');
+  }
+  const writes = new RegionWrites();
+  for (const row of rows) {
+    if (row.volumeIndex !== first.volumeIndex || row.region !== first.region) {
+      throw new JournalIndexError(`rows of (volume ${row.volumeIndex}, region ${row.region}) and (volume ${first.volumeIndex}, region ${first.region}) cannot be merged`);
+    }
+    writes.addRow(row, Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY);
+  }
+  return packRow(
+    { volumeIndex: first.volumeIndex, region: first.region, firstSeq: first.firstSeq, segment: first.segment, position: first.position },
+    Array.from({ length: writes.count }, (_, i) => writes.write(i, first.volumeIndex)),
+  );
 }
 
 /** The writes of one extent row, in seq order. Damaged entries throw JournalIndexError. */
@@ -137,15 +180,28 @@ export class RegionWrites {
     this.reserve(this.count + Math.ceil(row.entries.length / 4));
     const input = new VarintReader(row.entries);
     let prevSeq = row.firstSeq - 1;
+    let segment = row.segment;
     let prevEnd = row.position;
     let prevWriteEnd = row.region * REGION_BYTES;
     while (!input.done) {
-      const seq = prevSeq + 1 + input.unsigned();
-      const position = prevEnd + input.unsigned();
+      const seqGap = input.unsigned();
+      const posGap = input.unsigned();
       const lengthField = input.unsigned();
+      const offsetField = input.unsigned();
+      if (lengthField === 0) {
+        // An escape: the next writes are in a later segment (see the file comment).
+        if (seqGap !== 0 || posGap === 0 || !Number.isSafeInteger(segment + posGap)) {
+          throw new JournalIndexError(`journal index row at seq ${row.firstSeq} is damaged (a segment change of ${posGap} after seq ${prevSeq})`);
+        }
+        segment += posGap;
+        prevEnd = offsetField;
+        continue;
+      }
+      const seq = prevSeq + 1 + seqGap;
+      const position = prevEnd + posGap;
       const unit = lengthField % 2 === 1 ? SECTOR_BYTES : 1;
       const length = Math.floor(lengthField / 2) * unit;
-      const offset = prevWriteEnd + unzigzag(input.unsigned()) * unit;
+      const offset = prevWriteEnd + unzigzag(offsetField) * unit;
       if (offset < 0 || length <= 0 || !Number.isSafeInteger(offset + length)) {
         throw new JournalIndexError(`journal index entry for seq ${seq} is damaged (offset ${offset}, length ${length})`);
       }
@@ -155,7 +211,7 @@ export class RegionWrites {
         this.offset[i] = offset;
         this.length[i] = length;
         this.position[i] = position;
-        this.segment[i] = row.segment;
+        this.segment[i] = segment;
       }
       prevSeq = seq;
       prevEnd = position + RECORD_HEADER_BYTES + length;
@@ -197,8 +253,7 @@ export function trimRow(row: ExtentRow, afterSeq: number): ExtentRow | undefined
   if (kept.length === 0) {
     return undefined;
   }
-  const [repacked] = packBatch(row, kept).filter((r) => r.region === row.region);
-  return repacked;
+  return packRow(row, kept);
 }
 
 function zigzag(n: number): number {

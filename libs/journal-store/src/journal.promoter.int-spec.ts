@@ -16,6 +16,7 @@ import {
 } from '@cdp/testing';
 import { unpackRow } from './journal-index.codec';
 import { journalEntities } from './journal.entities';
+import { JournalCompactor } from './journal.compactor';
 import { JournalPromoter, PromotionPostponedError } from './journal.promoter';
 import { JournalReader } from './journal.reader';
 import { JournalStore } from './journal.store';
@@ -250,6 +251,31 @@ describe('JournalPromoter', () => {
     const again = await replicaBytes();
     expect(again.map((b, i) => b.equals(replica[i]!))).toEqual([true, true]);
     expect(await segmentsOnDisk()).toEqual(segments);
+    await expectRemainingBitExact(checkpoints.slice(3));
+  });
+
+  it('compaction of the rest merges rows across batches and segments; the promotions after it trim merged rows exactly', async () => {
+    const before = await journalState();
+    const count = async (): Promise<number> => Number((await ds.query<{ n: string }[]>(`SELECT count(*) AS n FROM journal_extents WHERE vpg_key = $1`, [vpgKey]))[0]!.n);
+    const rowsBefore = await count();
+    // Promotion holds the replica lock exclusively: a compaction must wait for it, not interleave.
+    const holder = ds.createQueryRunner();
+    await holder.connect();
+    await holder.query(`SELECT pg_advisory_lock($1, $2)`, [REPLICA_LOCK_CLASS, vpgKey]);
+    const compacted = new JournalCompactor(ds, { minRows: 2, targetBytes: 400, regionsPerTransaction: 8 }).compact(vpgId);
+    let done = false;
+    void compacted.then(() => (done = true));
+    await waitFor(async () => (await ds.query<{ n: string }[]>(`SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`))[0]!.n === '1', { timeoutMs: 10_000, message: 'the compaction never waited for the replica lock' });
+    expect(done).toBe(false);
+    await holder.query(`SELECT pg_advisory_unlock($1, $2)`, [REPLICA_LOCK_CLASS, vpgKey]);
+    await holder.release();
+    const result = await compacted;
+    expect(result.rowsMerged).toBeGreaterThan(0);
+    expect(await count()).toBe(rowsBefore - result.rowsMerged + result.rowsWritten);
+    expect(await journalState()).toEqual(before);
+    // The next promotion (to checkpoint 6) has merged rows to trim, not only whole rows to drop.
+    const straddling = await ds.query<{ n: string }[]>(`SELECT count(*) AS n FROM journal_extents WHERE vpg_key = $1 AND first_seq <= $2 AND last_seq > $2`, [vpgKey, cp(6).cut - 1]);
+    expect(Number(straddling[0]!.n)).toBeGreaterThan(0);
     await expectRemainingBitExact(checkpoints.slice(3));
   });
 

@@ -4,7 +4,7 @@ import { poolTransaction } from '@cdp/database';
 import { RecordKind, type DecodedRecord } from '@cdp/contracts';
 import { type Checkpoint } from '@cdp/domain';
 import { SegmentLog } from '@cdp/segment-log';
-import { packBatch, type IndexedWrite } from './journal-index.codec';
+import { packBatch, type ExtentRow, type IndexedWrite } from './journal-index.codec';
 
 export interface VerifiedRecord {
   /** The record's bytes exactly as captured (header, checksum, body). */
@@ -36,6 +36,13 @@ export interface CommitOptions {
   readonly members?: unknown;
 }
 
+export interface JournalStoreOptions {
+  /** Where segments roll (SegmentLog's default when unset); tests make it small. */
+  readonly segmentBytes?: number;
+  /** Told the extent rows each commit inserted, after it commits (JournalCompactor.noteCommitted). */
+  readonly onIndexed?: (vpgId: string, vpgKey: number, rows: readonly ExtentRow[]) => void;
+}
+
 interface VpgJournal {
   readonly vpgKey: number;
   appliedSeq: number;
@@ -47,8 +54,8 @@ interface VpgJournal {
 /**
  * The recovery site's journal, writer side. For each VPG: an append-only segment log of the records
  * exactly as captured, and in Postgres the compact index of where each write's bytes are (a row per
- * committed batch, and a row of packed entries per batch, volume and 64 MiB region: see
- * journal-index.codec.ts), the checkpoints, and the VPG's applied seq.
+ * committed batch, and a row of packed entries per batch, volume and 64 MiB region, later merged by
+ * JournalCompactor: see journal-index.codec.ts), the checkpoints, and the VPG's applied seq.
  *
  * Commit order is what makes checkpoints honest and the journal exactly-once:
  *   1. append the records to the VPG's segment log and fdatasync it;
@@ -67,8 +74,7 @@ export class JournalStore {
   constructor(
     private readonly dataSource: DataSource,
     readonly rootDir: string,
-    /** segmentBytes: where segments roll (SegmentLog's default when unset); tests make it small. */
-    private readonly options: { readonly segmentBytes?: number } = {},
+    private readonly options: JournalStoreOptions = {},
   ) {}
 
   /**
@@ -153,8 +159,9 @@ export class JournalStore {
     const lastSeq = expected - 1;
 
     let recorded: Checkpoint[] = [];
+    let extents: ExtentRow[] = [];
     try {
-      const extents = packBatch(batch, writes);
+      extents = packBatch(batch, writes);
       // Through pg's pool: TypeORM's per-call QueryRunner and EntityManager outlive young-generation
       // GCs, whose pauses then land on write completions (see poolQuery).
       await poolTransaction(this.dataSource, async (tx) => {
@@ -231,6 +238,9 @@ export class JournalStore {
     }
     journal.appliedSeq = lastSeq;
     journal.capturedUpto = capturedUpto;
+    if (extents.length > 0) {
+      this.options.onIndexed?.(vpgId, journal.vpgKey, extents);
+    }
     return { appliedSeq: lastSeq, checkpoints: recorded };
   }
 

@@ -11,7 +11,7 @@ import {
   type JournalProgress,
   type SplitterCommand,
 } from '@cdp/contracts';
-import { JournalPromoter, JournalStore, PromotionPostponedError, type OutboxMessage, type PromotionResult } from '@cdp/journal-store';
+import { JournalCompactor, JournalPromoter, JournalStore, PromotionPostponedError, type OutboxMessage, type PromotionResult } from '@cdp/journal-store';
 import { memberOfVolume, vpgMembers, type Checkpoint, type Vpg } from '@cdp/domain';
 import { planApply } from './apply-plan';
 import { MemberMerge } from './member-merge';
@@ -26,6 +26,12 @@ export interface JournalWriterStatus {
 
 /** How long to wait for a requested replay to arrive before asking again. */
 const REPLAY_RETRY_MS = 5_000;
+/**
+ * How often the journal index of busy regions is compacted (see JournalCompactor). Under random
+ * writes a region gets a row per commit, a few hundred in this time; merging them this soon keeps a
+ * region's rows on a few heap pages for the point-in-time views that load it.
+ */
+const COMPACTION_INTERVAL_MS = 2_000;
 
 /**
  * Journal writer: consumes the recovery-site topic and makes each VPG's journal an exact prefix of
@@ -39,6 +45,10 @@ const REPLAY_RETRY_MS = 5_000;
  * every VPG that has a journal, one VPG at a time. Rounds never overlap (a tick that finds one running
  * is skipped). A failed promotion is logged and simply tried again next round: promotion shares the
  * JournalStore with journaling but never holds up or fails a commit.
+ *
+ * And compaction of the index (see JournalCompactor): every COMPACTION_INTERVAL_MS, the regions that
+ * commits gave many small rows are merged, one VPG at a time, in rounds that never overlap either.
+ * A failed round is logged and the next one tries again; journaling never waits for it.
  */
 @Injectable()
 export class JournalWriterService implements OnApplicationBootstrap, BeforeApplicationShutdown {
@@ -56,6 +66,9 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
   private readonly promotionIntervalMs: number;
   private promotionTimer: NodeJS.Timeout | undefined;
   private promotionRound: Promise<PromotionResult[]> | undefined;
+  private readonly compactor: JournalCompactor;
+  private compactionTimer: NodeJS.Timeout | undefined;
+  private compactionRound: Promise<void> | undefined;
   private stopped = false;
 
   constructor(
@@ -65,7 +78,8 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
   ) {
     this.producer = bus.createProducer();
     this.outbox = new OutboxRelay(dataSource, this.producer);
-    this.store = new JournalStore(dataSource, config.journalDir);
+    this.compactor = new JournalCompactor(dataSource);
+    this.store = new JournalStore(dataSource, config.journalDir, { onIndexed: (vpgId, vpgKey, rows) => this.compactor.noteCommitted(vpgId, vpgKey, rows) });
     this.promoter = new JournalPromoter(dataSource, this.store);
     this.promotionIntervalMs = config.promotionIntervalSeconds * 1000;
   }
@@ -86,13 +100,22 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
         }
       });
     }, this.promotionIntervalMs).unref();
+    this.compactionTimer = setInterval(() => {
+      if (this.compactionRound || this.stopped) {
+        return;
+      }
+      const round = this.compactAll().finally(() => (this.compactionRound = undefined));
+      this.compactionRound = round;
+    }, COMPACTION_INTERVAL_MS).unref();
     this.logger.log(`journaling ${TOPICS.recoveryWrites} into ${this.store.rootDir}`);
   }
 
   async beforeApplicationShutdown(): Promise<void> {
     this.stopped = true;
     clearInterval(this.promotionTimer);
+    clearInterval(this.compactionTimer);
     await this.promotionRound?.catch(() => undefined);
+    await this.compactionRound;
     await this.consumer?.stop();
     await this.outbox.stop();
     await this.store.close();
@@ -118,6 +141,23 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
       return await round;
     } finally {
       this.promotionRound = undefined;
+    }
+  }
+
+  /** One compaction round: every VPG with regions due, one at a time. Failures are logged, never thrown. */
+  private async compactAll(): Promise<void> {
+    for (const vpgId of this.compactor.vpgs()) {
+      if (this.stopped) {
+        return;
+      }
+      try {
+        const result = await this.compactor.compact(vpgId);
+        if (result.rowsMerged > 0) {
+          this.logger.debug(`VPG ${vpgId}: compacted ${result.regions} region(s) of the journal index, ${result.rowsMerged} rows into ${result.rowsWritten}`);
+        }
+      } catch (err) {
+        this.logger.warn(`VPG ${vpgId}: journal index compaction failed, will retry: ${err instanceof Error ? err.message : String(err)}`);
+      }
     }
   }
 
