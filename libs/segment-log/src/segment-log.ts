@@ -183,6 +183,18 @@ export class SegmentLog {
     return reserved.placed;
   }
 
+  /**
+   * Resolves once every appendAsync write begun before the call is in the file (not yet durable: that
+   * is `sync`); rejects if one failed. For a caller that must not act on records before their bytes
+   * are written, such as a write-ahead log's owner applying them elsewhere.
+   */
+  async written(): Promise<void> {
+    await Promise.all([...this.writing]);
+    if (this.failure) {
+      throw this.failure;
+    }
+  }
+
   /** The places of records about to be written at the end of the active segment (rolling it first if full). */
   private reserve(records: readonly Buffer[]): { fd: number; offset: number; bytes: number; placed: AppendedRecord[] } | undefined {
     this.assertOpen();

@@ -50,9 +50,12 @@ export interface ResyncHost {
   /**
    * Reads [offset, offset + length) of the volume now and captures it as one write record; returns its
    * seq. Synchronous, after the writes queued before it are applied, so the record holds exactly what
-   * the volume held at that seq.
+   * the volume held at that seq. Undefined, capturing nothing, while writes before it are still on
+   * their way to the volume (see `applying`): then wait for them and ask again.
    */
-  captureChunk(volume: ProtectedVolume, offset: number, length: number): number;
+  captureChunk(volume: ProtectedVolume, offset: number, length: number): number | undefined;
+  /** Settles when the writes on their way to the volumes (on the thread pool) are there; undefined when none are. */
+  applying(): Promise<void> | undefined;
   shippedSeq(): number;
   /**
    * While a coordinated checkpoint holds this capture's writes: resolves when the hold ends. A chunk
@@ -301,6 +304,10 @@ export class ForcedResync {
       }
       const length = Math.min(RESYNC_CHUNK_BYTES, size - next.offset);
       const seq = this.host.captureChunk(volume, next.offset, length);
+      if (seq === undefined) {
+        await Promise.race([this.host.applying(), this.stopped]);
+        continue;
+      }
       next = { volume: next.volume, offset: next.offset + length };
       bytesDone += length;
       this.progress = { ...start, next, bytesDone };

@@ -1,13 +1,18 @@
-import { closeSync, constants, fdatasync as fdatasyncCb, ftruncateSync, fstatSync, openSync, readSync, writeSync, writevSync } from 'node:fs';
+import { closeSync, constants, fdatasync as fdatasyncCb, ftruncateSync, fstatSync, openSync, readSync, write as writeCb, writeSync, writev as writevCb, writevSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { type Volume } from '@cdp/domain';
 
 const fdatasync = promisify(fdatasyncCb);
+const writeAt = (fd: number, data: Buffer, offset: number, length: number, position: number): Promise<number> =>
+  new Promise((resolve, reject) => writeCb(fd, data, offset, length, position, (err, written) => (err ? reject(err) : resolve(written))));
+const writevAt = (fd: number, buffers: readonly Buffer[], position: number): Promise<number> =>
+  new Promise((resolve, reject) => writevCb(fd, buffers, position, (err, written) => (err ? reject(err) : resolve(written))));
 
 /**
- * A protected volume's local copy: a (sparse) file of the volume's size. Writes are synchronous
- * positioned writes into the page cache, issued in seq order by the VPG's capture, so the file always
- * holds a prefix of the VPG's write order; `sync()` makes them durable.
+ * A protected volume's local copy: a (sparse) file of the volume's size. Writes are positioned writes
+ * into the page cache, synchronous or on libuv's thread pool (`writeVectorAsync`), issued in seq order
+ * by the VPG's capture, one at a time, so the file always holds a prefix of the VPG's write order;
+ * `sync()` makes them durable.
  */
 export class ProtectedVolume {
   private dirty = false;
@@ -42,19 +47,26 @@ export class ProtectedVolume {
     let pending = buffers.filter((b) => b.length > 0);
     let at = offset;
     while (pending.length > 0) {
-      let written = writevSync(this.fd, pending, at);
+      const written = writevSync(this.fd, pending, at);
       at += written;
-      // writev may stop short: drop what went in and go on from there.
-      while (written > 0 && pending.length > 0) {
-        const head = pending[0] as Buffer;
-        if (written >= head.length) {
-          written -= head.length;
-          pending = pending.slice(1);
-        } else {
-          pending = [head.subarray(written), ...pending.slice(1)];
-          written = 0;
-        }
-      }
+      pending = dropWritten(pending, written);
+    }
+    this.dirty = true;
+  }
+
+  /**
+   * As `writeVector`, on the thread pool. The caller issues one at a time per volume, in seq order.
+   * Dirty before it starts and again once it is in: a `sync()` that began while it ran may not cover it.
+   */
+  async writeVectorAsync(offset: number, buffers: readonly Buffer[]): Promise<void> {
+    this.dirty = true;
+    let pending = buffers.filter((b) => b.length > 0);
+    let at = offset;
+    while (pending.length > 0) {
+      const only = pending.length === 1 ? pending[0] : undefined;
+      const written = only ? await writeAt(this.fd, only, 0, only.length, at) : await writevAt(this.fd, pending, at);
+      at += written;
+      pending = dropWritten(pending, written);
     }
     this.dirty = true;
   }
@@ -88,4 +100,19 @@ export class ProtectedVolume {
   close(): void {
     closeSync(this.fd);
   }
+}
+
+/** What is left of `buffers` after the first `written` bytes went in (writev may stop short). */
+function dropWritten(buffers: readonly Buffer[], written: number): Buffer[] {
+  let left = written;
+  let i = 0;
+  while (i < buffers.length && left >= (buffers[i] as Buffer).length) {
+    left -= (buffers[i] as Buffer).length;
+    i++;
+  }
+  const rest = buffers.slice(i);
+  if (left > 0 && rest.length > 0) {
+    rest[0] = (rest[0] as Buffer).subarray(left);
+  }
+  return rest;
 }

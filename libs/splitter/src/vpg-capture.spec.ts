@@ -242,6 +242,57 @@ describe('VpgCapture batching and shipping', () => {
     await capture.close();
   });
 
+  it('large writes go to the volumes on the thread pool, the small writes after them wait their turn: seq order holds on both sites, a flush covers all', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(31);
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    const models = volumes.map((v) => Buffer.alloc(v.sizeBytes));
+    const all: { index: number; offset: number; data: Buffer; seq: Promise<number> }[] = [];
+    const issue = (length: number): void => {
+      const volume = volumes[Math.floor(random() * volumes.length)]!;
+      // All within the first 2 MiB, so large and small writes overlap.
+      const offset = Math.floor(random() * (2 * MiB - length));
+      const data = randomBuffer(random, length);
+      const seq = capture.write(volume.id, offset, Buffer.from(data));
+      all.push({ index: volume.index, offset, data, seq });
+    };
+    for (let round = 0; round < 12; round++) {
+      // A large write alone in its turn (a batch on the thread pool), then, in the next turns while it
+      // is still on its way, small writes over the same area, and a checkpoint among them.
+      issue(256 * 1024 + Math.floor(random() * 768 * 1024));
+      await new Promise((resolve) => setImmediate(resolve));
+      for (let turn = 0; turn < 3; turn++) {
+        for (let i = 0; i < 4; i++) {
+          issue(512 + Math.floor(random() * 8 * 1024));
+        }
+        if (turn === 1) {
+          capture.insertCheckpoint({ id: `00000000-0000-4000-8000-${String(round).padStart(12, '0')}`, kind: 'automatic', name: null, vmId: null });
+        }
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    }
+    const seqs = await Promise.all(all.map((w) => w.seq));
+    all
+      .map((w, i) => ({ ...w, at: seqs[i]! }))
+      .sort((a, b) => a.at - b.at)
+      .forEach((w) => w.data.copy(models[w.index]!, w.offset));
+    for (const volume of volumes) {
+      expect(capture.volumeById(volume.id).read(0, 2 * MiB).equals(models[volume.index]!.subarray(0, 2 * MiB))).toBe(true);
+    }
+    await capture.flush();
+    expect(site.highestContiguousSeq()).toBe(capture.lastSeq);
+    for (const volume of volumes) {
+      expect(site.image(volume.index, 2 * MiB).equals(models[volume.index]!.subarray(0, 2 * MiB))).toBe(true);
+    }
+    await capture.close();
+    // What the log held is what the volumes hold: reopened after a clean stop, nothing differs.
+    const again = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    for (const volume of volumes) {
+      expect(again.volumeById(volume.id).read(0, 2 * MiB).equals(models[volume.index]!.subarray(0, 2 * MiB))).toBe(true);
+    }
+    await again.close();
+  });
+
   it('replays from the log after a rewind the very bytes it first shipped from memory', async () => {
     const { dir, bus, site } = ctx;
     const random = seededRandom(78);
@@ -363,11 +414,13 @@ describe('VpgCapture forced resync', () => {
     expect(capture.insertCheckpoint({ id: id(3), kind: 'tagged', name: 'during', vmId: null })).toBeNull();
     expect(capture.insertCheckpoint({ id: id(4), kind: 'application-consistent', name: 'quiesced', vmId: vpg.vms[0]!.id })).toBeNull();
     expect(capture.insertCheckpoint({ id: id(3), kind: 'tagged', name: 'during', vmId: null })).toBeNull();
-    // Client writes go on during the resync, between its chunks.
+    // Client writes go on during the resync, between its chunks; some large enough to go to the volume
+    // on the thread pool, so a chunk has to wait for them to be on the volume before it is read.
     const during: Promise<number>[] = [];
     for (let i = 0; i < 64; i++) {
       const volume = volumes[i % 2]!;
-      during.push(capture.write(volume.id, Math.floor(random() * (volume.sizeBytes / 4096)) * 4096, randomBuffer(random, 4096)));
+      const length = i % 8 === 3 ? 512 * 1024 : 4096;
+      during.push(capture.write(volume.id, Math.floor(random() * ((volume.sizeBytes - length) / 4096)) * 4096, randomBuffer(random, length)));
       if (i % 8 === 7) {
         await Promise.all(during);
       }
