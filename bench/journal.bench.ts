@@ -200,6 +200,7 @@ async function largeJournal(ctx: BenchContext, dataSource: DataSource, store: Jo
               coalesce(pg_total_relation_size(c.reltoastrelid), 0) AS toast, coalesce(pg_stat_get_dead_tuples(c.oid), 0) AS dead
          FROM pg_class c WHERE c.relname IN ('journal_batches', 'journal_extents')`,
     );
+    // (The dead-tuple counts are the statistics collector's: after VACUUM FULL they lag.)
     log(`index: ${parts.map((p) => `${p.name} heap ${p.heap}, indexes ${p.indexes}, toast ${p.toast} bytes, ${p.dead} dead tuples`).join('; ')}`);
     return Number(size[0]?.bytes ?? 0);
   };
