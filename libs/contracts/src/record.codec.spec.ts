@@ -6,8 +6,11 @@ import {
   encodeCheckpointRecord,
   encodeRecordBatch,
   encodeWriteRecord,
+  recordSeq,
+  resequenceRecord,
   splitRecordBatch,
 } from './index';
+import { crc32c } from '@node-rs/crc32';
 
 describe('record codec', () => {
   const write = { seq: 42, volumeIndex: 3, offset: 1_000_000_007, capturedAtMicros: 1_700_000_000_123_456, flags: 1, data: Buffer.from('hello, journal') };
@@ -27,6 +30,25 @@ describe('record codec', () => {
     expect(record.byteOffset).toBe(backing.byteOffset);
     // A buffer of its own (not a slice of the shared pool) starts at byte 0: there is nothing in front of it.
     expect(() => encodeWriteRecord({ ...write, data: Buffer.alloc(16) }, { inPlace: true })).toThrow(RangeError);
+  });
+
+  it('carries 64-bit fields up to 2^53 - 1 exactly, and refuses what a number cannot hold', () => {
+    const largest = { ...write, seq: Number.MAX_SAFE_INTEGER, offset: 2 ** 32 + 5, capturedAtMicros: 2 ** 52 + 3 };
+    const record = encodeWriteRecord(largest);
+    expect(decodeRecord(record)).toEqual({ kind: RecordKind.Write, ...largest });
+    expect(recordSeq(record)).toBe(Number.MAX_SAFE_INTEGER);
+    expect(record.readBigUInt64LE(16)).toBe(BigInt(Number.MAX_SAFE_INTEGER));
+    expect(record.readBigUInt64LE(32)).toBe(2n ** 32n + 5n);
+    for (const seq of [-1, 1.5, 2 ** 53, Number.NaN]) {
+      expect(() => encodeWriteRecord({ ...write, seq })).toThrow(RangeError);
+    }
+    expect(() => resequenceRecord(record, -1)).toThrow(RangeError);
+    // 2^53 written by something else, checksum and all: refused, not rounded.
+    const past = Buffer.from(record);
+    past.writeBigUInt64LE(2n ** 53n, 16);
+    past.writeUInt32LE(crc32c(past.subarray(8)), 4);
+    expect(() => decodeRecord(past)).toThrow(CorruptRecordError);
+    expect(() => recordSeq(past)).toThrow(CorruptRecordError);
   });
 
   it('round-trips a checkpoint marker', () => {

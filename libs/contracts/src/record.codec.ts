@@ -97,11 +97,38 @@ function writeHeader(
   buf.writeUInt8(RECORD_VERSION, 12);
   buf.writeUInt8(kind, 13);
   buf.writeUInt16LE(volume, 14);
-  buf.writeBigUInt64LE(BigInt(seq), 16);
-  buf.writeBigUInt64LE(BigInt(capturedAtMicros), 24);
-  buf.writeBigUInt64LE(BigInt(offset), 32);
+  writeUInt64(buf, seq, 16);
+  writeUInt64(buf, capturedAtMicros, 24);
+  writeUInt64(buf, offset, 32);
   buf.writeUInt32LE(bodyLength, 40);
   buf.writeUInt32LE(flags, 44);
+}
+
+const TWO_32 = 2 ** 32;
+/** The high word of the largest safe integer (2^53 - 1). */
+const MAX_SAFE_HIGH_WORD = 0x1f_ffff;
+
+/**
+ * A 64-bit field written as two 32-bit words. Every record's header has three, written at capture and
+ * read at each hop: through BigInt, each was a heap allocation per field per record, several per
+ * captured write on the splitter's event loop. Values are non-negative safe integers; anything else
+ * is refused, as the BigInt conversion refused fractions and negatives.
+ */
+function writeUInt64(buf: Buffer, value: number, at: number): void {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(`a record field must be a non-negative safe integer, not ${value}`);
+  }
+  buf.writeUInt32LE(value >>> 0, at);
+  buf.writeUInt32LE(Math.floor(value / TWO_32), at + 4);
+}
+
+/** A 64-bit field as a number; one past 2^53 cannot be represented exactly and is refused as corrupt. */
+function readUInt64(buf: Buffer, at: number): number {
+  const high = buf.readUInt32LE(at + 4);
+  if (high > MAX_SAFE_HIGH_WORD) {
+    throw new CorruptRecordError(`the 64-bit field at byte ${at} of a record is past 2^53`);
+  }
+  return high * TWO_32 + buf.readUInt32LE(at);
 }
 
 function seal(buf: Buffer): Buffer {
@@ -177,15 +204,15 @@ export function verifyRecord(record: Buffer): void {
 export function decodeRecord(record: Buffer): DecodedRecord {
   verifyRecord(record);
   const kind = record.readUInt8(13);
-  const seq = Number(record.readBigUInt64LE(16));
-  const capturedAtMicros = Number(record.readBigUInt64LE(24));
+  const seq = readUInt64(record, 16);
+  const capturedAtMicros = readUInt64(record, 24);
   const body = record.subarray(RECORD_HEADER_BYTES);
   if (kind === (RecordKind.Write as number)) {
     return {
       kind: RecordKind.Write,
       seq,
       volumeIndex: record.readUInt16LE(14),
-      offset: Number(record.readBigUInt64LE(32)),
+      offset: readUInt64(record, 32),
       capturedAtMicros,
       flags: record.readUInt32LE(44),
       data: body,
@@ -238,13 +265,13 @@ function isBarrierMark(value: unknown): value is BarrierMark {
 export function resequenceRecord(record: Buffer, seq: number): Buffer {
   const copy = Buffer.allocUnsafe(record.length);
   record.copy(copy);
-  copy.writeBigUInt64LE(BigInt(seq), 16);
+  writeUInt64(copy, seq, 16);
   return seal(copy);
 }
 
 /** Reads the seq (or cut) field without verifying: for locating records in an already verified log. */
 export function recordSeq(record: Buffer): number {
-  return Number(record.readBigUInt64LE(16));
+  return readUInt64(record, 16);
 }
 
 export function recordKind(record: Buffer): RecordKind {
