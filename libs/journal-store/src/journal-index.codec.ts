@@ -142,7 +142,7 @@ export function mergeRows(rows: readonly Omit<ExtentRow, 'lastSeq'>[]): ExtentRo
   if (!first) {
     throw new JournalIndexError('no rows to merge');
   }
-  const writes = new RegionWrites();
+  const writes = new RegionWrites(rows.reduce((n, row) => n + maxWrites(row), 0));
   for (const row of rows) {
     if (row.volumeIndex !== first.volumeIndex || row.region !== first.region) {
       throw new JournalIndexError(`rows of (volume ${row.volumeIndex}, region ${row.region}) and (volume ${first.volumeIndex}, region ${first.region}) cannot be merged`);
@@ -157,7 +157,7 @@ export function mergeRows(rows: readonly Omit<ExtentRow, 'lastSeq'>[]): ExtentRo
 
 /** The writes of one extent row, in seq order. Damaged entries throw JournalIndexError. */
 export function unpackRow(row: Omit<ExtentRow, 'lastSeq'>): IndexedWrite[] {
-  const writes = new RegionWrites();
+  const writes = new RegionWrites(maxWrites(row));
   writes.addRow(row, Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY);
   return Array.from({ length: writes.count }, (_, i) => writes.write(i, row.volumeIndex));
 }
@@ -168,16 +168,28 @@ export function unpackRow(row: Omit<ExtentRow, 'lastSeq'>): IndexedWrite[] {
  */
 export class RegionWrites {
   count = 0;
-  seq = new Float64Array(1024);
-  offset = new Float64Array(1024);
-  length = new Float64Array(1024);
-  position = new Float64Array(1024);
-  segment = new Int32Array(1024);
+  seq: Float64Array;
+  offset: Float64Array;
+  length: Float64Array;
+  position: Float64Array;
+  segment: Int32Array;
+
+  /**
+   * `capacity`: the writes expected, so that merging a few small rows (the compactor, many times a
+   * round) does not allocate and zero columns for a thousand; they grow as needed either way.
+   */
+  constructor(capacity = 1024) {
+    const size = Math.max(1, capacity);
+    this.seq = new Float64Array(size);
+    this.offset = new Float64Array(size);
+    this.length = new Float64Array(size);
+    this.position = new Float64Array(size);
+    this.segment = new Int32Array(size);
+  }
 
   /** Appends the row's writes with seq in (afterSeq, uptoSeq]. Damaged entries throw JournalIndexError. */
   addRow(row: Omit<ExtentRow, 'lastSeq'>, afterSeq: number, uptoSeq: number): void {
-    // Every packed write takes at least four bytes.
-    this.reserve(this.count + Math.ceil(row.entries.length / 4));
+    this.reserve(this.count + maxWrites(row));
     const input = new VarintReader(row.entries);
     let prevSeq = row.firstSeq - 1;
     let segment = row.segment;
@@ -254,6 +266,11 @@ export function trimRow(row: ExtentRow, afterSeq: number): ExtentRow | undefined
     return undefined;
   }
   return packRow(row, kept);
+}
+
+/** At most this many writes are packed in the row: every packed write takes at least four bytes. */
+function maxWrites(row: Pick<ExtentRow, 'entries'>): number {
+  return Math.ceil(row.entries.length / 4);
 }
 
 function zigzag(n: number): number {

@@ -1,3 +1,4 @@
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { type DataSource } from 'typeorm';
 import { poolQuery, poolTransaction } from '@cdp/database';
 import { mergeRows, type ExtentRow } from './journal-index.codec';
@@ -14,6 +15,9 @@ export interface CompactorOptions {
   /** Regions compacted in one transaction (one SELECT, one DELETE, one INSERT). */
   readonly regionsPerTransaction: number;
 }
+
+/** Longest stretch of merging done without letting the event loop run anything else. */
+const SLICE_MS = 2;
 
 export const DEFAULT_COMPACTOR_OPTIONS: CompactorOptions = { minRows: 16, targetBytes: 1800, regionsPerTransaction: 256 };
 
@@ -213,7 +217,15 @@ export class JournalCompactor {
         run = [];
         runBytes = 0;
       };
+      // The merging is CPU work on the event loop the splitter shares in the all-in-one: done in slices
+      // of at most SLICE_MS, with I/O let in between (one round held it for 40 ms at a time, which
+      // became the tail of the coordinated checkpoint stall: see docs/architecture.md).
+      let slice = performance.now();
       for (const r of rows) {
+        if (performance.now() - slice > SLICE_MS) {
+          await yieldToEventLoop();
+          slice = performance.now();
+        }
         const row: ExtentRow = {
           volumeIndex: r.volume_index,
           region: r.region,
