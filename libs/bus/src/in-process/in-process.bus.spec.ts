@@ -262,6 +262,35 @@ describe('InProcessBus', () => {
     expect(bus.partitionOffsets(topic, 0)).toEqual({ low: '11', high: '11' });
   });
 
+  it('delivers in the same turn of the event loop a message sent during or after a quick batch', async () => {
+    bus = new InProcessBus();
+    const topic = uniqueName('turn');
+    const producer = bus.createProducer();
+    const recorder = new Recorder();
+    // The second message is sent while the first one's batch is being handled, as a reply that
+    // crosses topics and comes back would be (a coordinated checkpoint's cut, sent while the members
+    // are still finishing the prepare's batch).
+    await bus
+      .createConsumer({ groupId: uniqueName('group'), topics: [topic] })
+      .run(recorder.handler((batch) => (batch.messages.some((m) => text(m) === 'request') ? producer.send(topic, [message('vpg', 'reply')]) : undefined)));
+    await producer.send(topic, [message('vpg', 'warm-up')]);
+    await waitFor('the warm-up message', () => recorder.messageCount() === 1);
+    // From here on nothing lets the event loop turn: only promise callbacks run, a fixed number of
+    // them (each hop is one), and delivery must fit in them. A consumer that yielded to the event loop
+    // after each batch would still be waiting for its next turn.
+    const hops = async (): Promise<void> => {
+      for (let i = 0; i < 50; i++) {
+        await Promise.resolve();
+      }
+    };
+    await producer.send(topic, [message('vpg', 'request')]);
+    await hops();
+    expect(recorder.messages().map(text)).toEqual(['warm-up', 'request', 'reply']);
+    await producer.send(topic, [message('vpg', 'after')]);
+    await hops();
+    expect(recorder.messages().map(text)).toEqual(['warm-up', 'request', 'reply', 'after']);
+  });
+
   it('holds no timers or immediates while idle, and none after close(), even mid-backoff', async () => {
     const live = trackTimers();
     try {
