@@ -11,6 +11,15 @@ import {
   splitRecordBatch,
 } from './index';
 import { crc32c } from '@node-rs/crc32';
+import { xxh64 } from '@node-rs/xxhash';
+
+/** Reseals bytes changed by hand, as a writer of `version` would (2: XXH64's low 32 bits; 1: CRC-32C). */
+function reseal(record: Buffer, version: 1 | 2 = 2): Buffer {
+  record.writeUInt8(version, 12);
+  const body = record.subarray(8);
+  record.writeUInt32LE(version === 2 ? Number(xxh64(body) & 0xffff_ffffn) : crc32c(body), 4);
+  return record;
+}
 
 describe('record codec', () => {
   const write = { seq: 42, volumeIndex: 3, offset: 1_000_000_007, capturedAtMicros: 1_700_000_000_123_456, flags: 1, data: Buffer.from('hello, journal') };
@@ -46,9 +55,37 @@ describe('record codec', () => {
     // 2^53 written by something else, checksum and all: refused, not rounded.
     const past = Buffer.from(record);
     past.writeBigUInt64LE(2n ** 53n, 16);
-    past.writeUInt32LE(crc32c(past.subarray(8)), 4);
+    reseal(past);
     expect(() => decodeRecord(past)).toThrow(CorruptRecordError);
     expect(() => recordSeq(past)).toThrow(CorruptRecordError);
+  });
+
+  it('writes version 2 (XXH64) and still reads version 1 (CRC-32C), and refuses other versions', () => {
+    const record = encodeWriteRecord(write);
+    expect(record.readUInt8(12)).toBe(2);
+    expect(Buffer.from(record)).toEqual(reseal(Buffer.from(record)));
+    // A journal written before version 2: the same fields under a CRC-32C.
+    const old = reseal(Buffer.from(record), 1);
+    expect(old.readUInt32LE(4)).not.toBe(record.readUInt32LE(4));
+    expect(decodeRecord(old)).toEqual({ kind: RecordKind.Write, ...write });
+    // Each version is checked with its own checksum, never the other's.
+    const misread = Buffer.from(old);
+    misread.writeUInt8(2, 12);
+    misread.writeUInt32LE(crc32c(misread.subarray(8)), 4);
+    expect(() => decodeRecord(misread)).toThrow(CorruptRecordError);
+    const damaged = Buffer.from(old);
+    damaged[RECORD_HEADER_BYTES] = damaged[RECORD_HEADER_BYTES]! ^ 1;
+    expect(() => decodeRecord(damaged)).toThrow(CorruptRecordError);
+    // Renumbering an old record seals it as version 2.
+    const renumbered = resequenceRecord(old, 99);
+    expect(renumbered.readUInt8(12)).toBe(2);
+    expect(decodeRecord(renumbered)).toEqual({ kind: RecordKind.Write, ...write, seq: 99 });
+    for (const version of [0, 3] as const) {
+      const future = Buffer.from(record);
+      future.writeUInt8(version, 12);
+      future.writeUInt32LE(Number(xxh64(future.subarray(8)) & 0xffff_ffffn), 4);
+      expect(() => decodeRecord(future)).toThrow(/unsupported record version/);
+    }
   });
 
   it('round-trips a checkpoint marker', () => {

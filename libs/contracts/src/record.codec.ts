@@ -1,4 +1,5 @@
 import { crc32c } from '@node-rs/crc32';
+import { xxh64 } from '@node-rs/xxhash';
 
 /**
  * The replication record: one captured write or one checkpoint marker. The same bytes travel from the
@@ -10,9 +11,10 @@ import { crc32c } from '@node-rs/crc32';
  *
  *   off size field
  *    0   4   magic       0x52504443 ("CDPR" read as bytes C D P R), lets a reader find record starts
- *    4   4   crc32c      Castagnoli CRC of bytes [8, totalLength): header rest + body
+ *    4   4   checksum    of bytes [8, totalLength), header rest + body: the low 32 bits of XXH64
+ *                         (seed 0) in version 2; the Castagnoli CRC (CRC-32C) in version 1
  *    8   4   totalLength header + body, in bytes
- *   12   1   version     RECORD_VERSION
+ *   12   1   version     RECORD_VERSION when written; 1 is still read
  *   13   1   kind        1 = write, 2 = checkpoint marker
  *   14   2   volume      write: the volume's index in its VPG; marker: 0
  *   16   8   seq         the record's seq. Writes and markers share one dense sequence per VPG, so
@@ -25,7 +27,17 @@ import { crc32c } from '@node-rs/crc32';
  *   48   …   body        write: payload bytes; marker: UTF-8 JSON of CheckpointMarkerBody
  */
 export const RECORD_MAGIC = 0x52504443;
-export const RECORD_VERSION = 1;
+/**
+ * Version 2 changed only the checksum, from CRC-32C to XXH64's low 32 bits: every byte of every record
+ * is checksummed at capture, again at each hop, and again on every read at recovery, and on these
+ * machines XXH64 runs at about 18 GB/s against CRC-32C's 6 (@node-rs/xxhash and @node-rs/crc32, 1 MiB
+ * buffers). A point-in-time export spent more of its time on CRC-32C than on anything else but the
+ * socket. Both catch random corruption with the same odds (a 32-bit check); CRC-32C also guarantees to
+ * catch any burst of up to 32 bits, which matters little for the sector-sized damage a disk does. Btrfs
+ * offers XXH64 as its data checksum for the same reason. Records of version 1 are still verified.
+ */
+export const RECORD_VERSION = 2;
+const RECORD_VERSION_CRC32C = 1;
 export const RECORD_HEADER_BYTES = 48;
 export const RECORD_FLAG_FUA = 1;
 
@@ -94,7 +106,6 @@ function writeHeader(
 ): void {
   buf.writeUInt32LE(RECORD_MAGIC, 0);
   buf.writeUInt32LE(buf.length, 8);
-  buf.writeUInt8(RECORD_VERSION, 12);
   buf.writeUInt8(kind, 13);
   buf.writeUInt16LE(volume, 14);
   writeUInt64(buf, seq, 16);
@@ -131,9 +142,16 @@ function readUInt64(buf: Buffer, at: number): number {
   return high * TWO_32 + buf.readUInt32LE(at);
 }
 
+/** Stamps the current version and its checksum over everything after the checksum field. */
 function seal(buf: Buffer): Buffer {
-  buf.writeUInt32LE(crc32c(buf.subarray(8)), 4);
+  buf.writeUInt8(RECORD_VERSION, 12);
+  buf.writeUInt32LE(checksum(buf.subarray(8)), 4);
   return buf;
+}
+
+/** XXH64's low 32 bits; the one BigInt is the binding's, one per record, not per field. */
+function checksum(bytes: Buffer): number {
+  return Number(BigInt.asUintN(32, xxh64(bytes)));
 }
 
 /**
@@ -190,11 +208,12 @@ export function verifyRecord(record: Buffer): void {
   if (total !== record.length) {
     throw new CorruptRecordError(`record length ${String(total)} does not match its ${record.length} bytes`);
   }
-  if (record.readUInt8(12) !== RECORD_VERSION) {
-    throw new CorruptRecordError(`unsupported record version ${record.readUInt8(12)}`);
+  const version = record.readUInt8(12);
+  if (version !== RECORD_VERSION && version !== RECORD_VERSION_CRC32C) {
+    throw new CorruptRecordError(`unsupported record version ${version}`);
   }
   const expected = record.readUInt32LE(4);
-  const actual = crc32c(record.subarray(8));
+  const actual = version === RECORD_VERSION ? checksum(record.subarray(8)) : crc32c(record.subarray(8));
   if (expected !== actual) {
     throw new CorruptRecordError(`record checksum mismatch (stored ${expected.toString(16)}, computed ${actual.toString(16)})`);
   }
@@ -256,7 +275,8 @@ function isBarrierMark(value: unknown): value is BarrierMark {
 }
 
 /**
- * The same record with another seq, sealed with a new checksum. For the journal writer's merge of a
+ * The same record with another seq, sealed with a new checksum (of the current version: a version-1
+ * record comes out as version 2). For the journal writer's merge of a
  * multi-member VPG's streams into one journal order (each member numbers its own records): `record`
  * must have been verified, and the new checksum is computed in the same synchronous step, so the bytes
  * are never unprotected while anything else runs. The original is not modified (its memory may still
