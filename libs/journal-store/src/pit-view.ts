@@ -32,6 +32,13 @@ const SPANNING_BYTES = 64 * 1024 * 1024;
 const POOL_MIN_BYTES = 64 * 1024;
 const POOL_BUFFER_BYTES = 1024 * 1024 + 64 * 1024;
 const POOL_BUFFERS = 8;
+/**
+ * Sequential reads fetched ahead of the one asked for. At a few GB/s a client's next request comes
+ * sooner than one fetch of 1 MiB (a thread-pool read and a checksum) takes, so with one ahead a reply
+ * could still wait for its data. Measured through NBD with fio (1 MiB reads at QD4, all-in-one app,
+ * noisy host): two ahead ran at 0.70 to 0.84 of nbdkit where one ran at 0.59 to 0.70.
+ */
+const READ_AHEAD = 2;
 /** Records needed by one read that lie this close together in a segment are read with one call. */
 const COALESCE_GAP_BYTES = 64 * 1024;
 const MAX_RUN_BYTES = 16 * 1024 * 1024;
@@ -122,9 +129,9 @@ export class PitView {
   private readonly freeBuffers: ArrayBuffer[] = [];
   private readonly lent = new WeakSet<ArrayBuffer>();
   private closed: Promise<void> | undefined;
-  /** End of the last read, to tell sequential reads; and the read ahead of the next one. */
+  /** End of the last read, to tell sequential reads; and the reads fetched ahead of them, by offset. */
   private lastEnd = -1;
-  private readAhead: { readonly offset: number; readonly length: number; readonly gathered: Promise<Gathered> } | undefined;
+  private readonly readAhead = new Map<number, { readonly length: number; readonly gathered: Promise<Gathered> }>();
 
   private constructor(
     readonly vpgId: string,
@@ -222,19 +229,29 @@ export class PitView {
       return Buffer.alloc(0);
     }
     const end = offset + length;
-    const ahead = this.readAhead;
-    this.readAhead = undefined;
-    const gathering = ahead && ahead.offset === offset && ahead.length === length ? ahead.gathered : this.gather(offset, end);
-    // A read that starts where the last one ended is likely followed by the next: fetch and verify
-    // its journal records while this one is copied and sent. With several reads in flight (a client
-    // at queue depth n sends n sequential reads at once), each one starts the one after it, so the
-    // fetches run n + 1 deep.
-    if (this.lastEnd === offset && end + length <= this.sizeBytes) {
-      const gathered = this.gather(end, end + length);
-      gathered.catch(() => undefined);
-      this.readAhead = { offset: end, length, gathered };
-    }
+    const ahead = this.readAhead.get(offset);
+    const gathering = ahead && ahead.length === length ? ahead.gathered : this.gather(offset, end);
+    const sequential = this.lastEnd === offset;
     this.lastEnd = end;
+    // Fetched ahead for reads that will not come (this one starts elsewhere, or has passed them).
+    for (const at of this.readAhead.keys()) {
+      if (!sequential || at < end) {
+        this.readAhead.delete(at);
+      }
+    }
+    // A read that starts where the last one ended is likely followed by more: fetch and verify the
+    // journal records of the next READ_AHEAD reads of its size while this one is copied and sent.
+    // With several reads in flight (a client at queue depth n sends n sequential reads at once),
+    // each one tops the window up, so the fetches run n + READ_AHEAD deep.
+    if (sequential) {
+      for (let at = end, k = 0; k < READ_AHEAD && at + length <= this.sizeBytes; k++, at += length) {
+        if (!this.readAhead.has(at)) {
+          const gathered = this.gather(at, at + length);
+          gathered.catch(() => undefined);
+          this.readAhead.set(at, { length, gathered });
+        }
+      }
+    }
     const { pieces, covered, data } = await gathering;
     let buf: Buffer | undefined;
     if (covered < length) {
@@ -372,7 +389,7 @@ export class PitView {
       this.payloads.clear();
       this.spanning.clear();
       this.freeBuffers.length = 0;
-      this.readAhead = undefined;
+      this.readAhead.clear();
       await this.replica?.close().catch(() => undefined);
       await this.segments.close().catch(() => undefined);
       // If this fails the connection is almost certainly gone, and the lock with it.
