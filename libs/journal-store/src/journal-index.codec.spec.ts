@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { RECORD_HEADER_BYTES } from '@cdp/contracts';
-import { JournalIndexError, REGION_BYTES, mergeRows, packBatch, trimRow, unpackRow, type ExtentRow, type IndexedWrite } from './journal-index.codec';
+import { JournalIndexError, REGION_BYTES, RegionWrites, mergeRows, packBatch, trimRow, unpackRow, type ExtentRow, type IndexedWrite } from './journal-index.codec';
 
 /** A batch as the store lays it out: records back to back from `position`, markers in between. */
 function layOut(
@@ -65,6 +65,20 @@ describe('journal index codec', () => {
     const rows = packBatch({ firstSeq: 1, segment: 7, position: 0 }, writes);
     expect(rows).toHaveLength(1);
     expect(rows[0]!.entries.length).toBeLessThanOrEqual(4 * 1000);
+  });
+
+  it('keeps the marked writes of a region, in order, in columns of their size', () => {
+    const writes = layOut(10, 100, Array.from({ length: 20 }, (_, i) => ({ marker: false as const, volumeIndex: 1, offset: i * 1000, length: 700 })));
+    const [row] = packBatch({ firstSeq: 10, segment: 7, position: 100 }, writes);
+    const region = new RegionWrites();
+    region.addRow(row!, 0, Number.MAX_SAFE_INTEGER);
+    const keep = new Uint8Array(20).map((_, i) => (i % 3 === 0 ? 1 : 0));
+    region.retain(keep);
+    expect(region.count).toBe(7);
+    expect(region.seq).toHaveLength(7);
+    expect(Array.from({ length: region.count }, (_, i) => region.write(i, 1))).toEqual(writes.filter((_, i) => i % 3 === 0));
+    region.retain(new Uint8Array(7));
+    expect(region.count).toBe(0);
   });
 
   it('trims a row to the writes after a seq, and drops it when none is left', () => {

@@ -231,6 +231,31 @@ export class RegionWrites {
     }
   }
 
+  /**
+   * Keeps only the writes `keep` marks (by index), in their order, in columns of exactly their size,
+   * so that what is dropped is given back, not just hidden.
+   */
+  retain(keep: Uint8Array): void {
+    let n = 0;
+    for (let i = 0; i < this.count; i++) {
+      if (keep[i] === 1) {
+        this.seq[n] = this.seq[i] as number;
+        this.offset[n] = this.offset[i] as number;
+        this.length[n] = this.length[i] as number;
+        this.position[n] = this.position[i] as number;
+        this.segment[n] = this.segment[i] as number;
+        n++;
+      }
+    }
+    this.count = n;
+    const size = Math.max(1, n);
+    this.seq = this.seq.slice(0, size);
+    this.offset = this.offset.slice(0, size);
+    this.length = this.length.slice(0, size);
+    this.position = this.position.slice(0, size);
+    this.segment = this.segment.slice(0, size);
+  }
+
   write(i: number, volumeIndex: number): IndexedWrite {
     return {
       seq: this.seq[i] as number,

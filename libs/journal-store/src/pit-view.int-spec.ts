@@ -166,6 +166,49 @@ describe('PitView', () => {
     });
   });
 
+
+  it('holds only the writes a read can see: those under a newer write covering their windows whole are dropped', async () => {
+    const MiB = 1024 * 1024;
+    const volume = 8 * MiB;
+    const vpg = randomUUID();
+    const reference = new ReferenceModel(new Map([['v0', volume]]));
+    const random = seededRandom(31);
+    const records = [];
+    let seq = 0;
+    const write = (offset: number, data: Buffer): void => {
+      seq++;
+      reference.record({ seq, volumeId: 'v0', offset, data });
+      records.push(encodeWriteRecord({ seq, volumeIndex: 0, offset, capturedAtMicros: seq, flags: 0, data }));
+    };
+    // Small writes everywhere, then whole windows 0 to 5 written over them, then small writes again
+    // in windows 2 and 7, and one large write that covers no window whole ([6.5 MiB, 7.5 MiB)).
+    const small = Array.from({ length: 600 }, () => Math.floor(random() * (volume / 4096)) * 4096);
+    small.forEach((offset) => write(offset, randomBuffer(random, 4096)));
+    for (let w = 0; w < 6; w++) {
+      write(w * MiB, randomBuffer(random, MiB));
+    }
+    for (let i = 0; i < 10; i++) {
+      write((i % 2 === 0 ? 2 * MiB : 7 * MiB) + i * 8192, randomBuffer(random, 4096));
+    }
+    write(6.5 * MiB, randomBuffer(random, MiB));
+    const cutHere = seq + 1;
+    records.push(encodeCheckpointRecord({ seq: cutHere, capturedAtMicros: cutHere, marker: { id: randomUUID(), kind: 'tagged', name: 'p', vmId: null } }));
+    await store.commit(vpg, records.map((bytes) => ({ bytes, decoded: decodeRecord(bytes) })));
+
+    const want = reference.imagesAt([cutHere]).get(cutHere)!.get('v0')!;
+    const view = await reader.openView(vpg, 0, volume, cutHere);
+    try {
+      expect((await view.read(0, volume)).equals(want)).toBe(true);
+      for (const at of [0, 2 * MiB + 8192, 6 * MiB - 4096, 6.5 * MiB - 4096, 7 * MiB + 4096]) {
+        expect((await view.read(at, 8192)).equals(want.subarray(at, at + 8192))).toBe(true);
+      }
+      // Kept: the six whole-window writes, the small ones in windows 6 and 7, the ten after them and
+      // the large unaligned one.
+      expect(view.heldWrites).toBe(6 + small.filter((offset) => offset >= 6 * MiB).length + 10 + 1);
+    } finally {
+      await view.close();
+    }
+  });
 });
 
 /** Flips one payload byte of the write record whose volume offset is `offset`; `restore` undoes it. */

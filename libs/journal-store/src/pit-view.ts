@@ -381,6 +381,11 @@ export class PitView {
     return this.payloads.get(seq) === payload || this.spanning.get(seq) === payload;
   }
 
+  /** Writes of the loaded regions the view holds in memory (at most about MAX_CACHED_WRITES). */
+  get heldWrites(): number {
+    return this.cachedWrites;
+  }
+
   /** Releases the lock, the connection and the files. Safe to call more than once. */
   close(): Promise<void> {
     this.closed ??= (async () => {
@@ -509,6 +514,7 @@ export class PitView {
     for (const row of rows) {
       writes.addRow({ volumeIndex: this.volumeIndex, region, firstSeq: Number(row.first_seq), segment: row.segment, position: Number(row.position), entries: row.entries }, this.replicaSeq, this.cut);
     }
+    dropHidden(writes, region * REGION_BYTES);
     return { writes, ...listByWindow(writes, region * REGION_BYTES) };
   }
 
@@ -630,6 +636,43 @@ export class PitView {
       this.payloads.delete(oldSeq);
       this.payloadBytes -= old.length;
     }
+  }
+}
+
+/**
+ * Drops the writes no read can see: those for which every window they touch has a newer write that
+ * covers the whole window. (Conservative: a write hidden only by several newer partial writes stays.)
+ * A volume written over sequentially after a day of small random writes keeps a few thousand writes
+ * of millions, so its regions fit the cache: when they did not, each pass of a sequential reader
+ * loaded every region again (measured: 516 loads, 5.3 s of 24 s of reading, with about a million
+ * small writes under the large ones).
+ */
+function dropHidden(writes: RegionWrites, regionStart: number): void {
+  const { offset, length, count } = writes;
+  // The newest write (highest index: they are in seq order) covering each window whole.
+  const cover = new Int32Array(WINDOWS_PER_REGION).fill(-1);
+  for (let i = 0; i < count; i++) {
+    const from = Math.max(0, Math.ceil(((offset[i] as number) - regionStart) / WINDOW_BYTES));
+    const to = Math.min(WINDOWS_PER_REGION, Math.floor(((offset[i] as number) + (length[i] as number) - regionStart) / WINDOW_BYTES));
+    for (let w = from; w < to; w++) {
+      cover[w] = i;
+    }
+  }
+  const keep = new Uint8Array(count);
+  let kept = 0;
+  for (let i = 0; i < count; i++) {
+    const first = Math.max(0, Math.floor(((offset[i] as number) - regionStart) / WINDOW_BYTES));
+    const last = Math.min(WINDOWS_PER_REGION - 1, Math.floor(((offset[i] as number) + (length[i] as number) - 1 - regionStart) / WINDOW_BYTES));
+    for (let w = first; w <= last; w++) {
+      if ((cover[w] as number) <= i) {
+        keep[i] = 1;
+        kept++;
+        break;
+      }
+    }
+  }
+  if (kept < count) {
+    writes.retain(keep);
   }
 }
 
