@@ -91,13 +91,7 @@ describe('PitView', () => {
 
     beforeAll(async () => {
       const random = seededRandom(23);
-      const records = [];
-      let seq = 0;
-      const write = (offset: number, data: Buffer): void => {
-        seq++;
-        seqModel.record({ seq, volumeId: 'v0', offset, data });
-        records.push(encodeWriteRecord({ seq, volumeIndex: 0, offset, capturedAtMicros: seq, flags: 0, data }));
-      };
+      const { write, commit } = volumeJournal(seqModel);
       // 3 MiB writes over the first 12 MiB, 1 MiB writes over the rest, small ones on top of both; the
       // last 1 MiB only partly written (the rest reads as zeros).
       for (let offset = 0; offset < 12 * MiB; offset += 3 * MiB) {
@@ -110,9 +104,7 @@ describe('PitView', () => {
       for (let i = 0; i < 40; i++) {
         write(6 * MiB + Math.floor(random() * ((seqSize - 6 * MiB) / 4096 - 1)) * 4096, randomBuffer(random, 4096));
       }
-      seqCut = seq + 1;
-      records.push(encodeCheckpointRecord({ seq: seqCut, capturedAtMicros: seqCut, marker: { id: randomUUID(), kind: 'tagged', name: 'seq', vmId: null } }));
-      await store.commit(seqVpg, records.map((bytes) => ({ bytes, decoded: decodeRecord(bytes) })));
+      seqCut = await commit(store, seqVpg);
     });
 
     it('returns the volume at the cut; a buffer the caller changes and gives back changes nothing the view keeps', async () => {
@@ -173,13 +165,7 @@ describe('PitView', () => {
     const vpg = randomUUID();
     const reference = new ReferenceModel(new Map([['v0', volume]]));
     const random = seededRandom(31);
-    const records = [];
-    let seq = 0;
-    const write = (offset: number, data: Buffer): void => {
-      seq++;
-      reference.record({ seq, volumeId: 'v0', offset, data });
-      records.push(encodeWriteRecord({ seq, volumeIndex: 0, offset, capturedAtMicros: seq, flags: 0, data }));
-    };
+    const { write, commit } = volumeJournal(reference);
     // Small writes everywhere, then whole windows 0 to 5 written over them, then small writes again
     // in windows 2 and 7, and one large write that covers no window whole ([6.5 MiB, 7.5 MiB)).
     const small = Array.from({ length: 600 }, () => Math.floor(random() * (volume / 4096)) * 4096);
@@ -191,9 +177,7 @@ describe('PitView', () => {
       write((i % 2 === 0 ? 2 * MiB : 7 * MiB) + i * 8192, randomBuffer(random, 4096));
     }
     write(6.5 * MiB, randomBuffer(random, MiB));
-    const cutHere = seq + 1;
-    records.push(encodeCheckpointRecord({ seq: cutHere, capturedAtMicros: cutHere, marker: { id: randomUUID(), kind: 'tagged', name: 'p', vmId: null } }));
-    await store.commit(vpg, records.map((bytes) => ({ bytes, decoded: decodeRecord(bytes) })));
+    const cutHere = await commit(store, vpg);
 
     const want = reference.imagesAt([cutHere]).get(cutHere)!.get('v0')!;
     const view = await reader.openView(vpg, 0, volume, cutHere);
@@ -210,6 +194,28 @@ describe('PitView', () => {
     }
   });
 });
+
+/**
+ * Writes to volume 0 of a VPG, seq 1 on, recorded in `model`; `commit` journals them in one batch
+ * followed by a tagged checkpoint, and returns the checkpoint's cut.
+ */
+function volumeJournal(model: ReferenceModel): { write: (offset: number, data: Buffer) => void; commit: (store: JournalStore, vpgId: string) => Promise<number> } {
+  const records: Buffer[] = [];
+  let seq = 0;
+  return {
+    write: (offset, data) => {
+      seq++;
+      model.record({ seq, volumeId: 'v0', offset, data });
+      records.push(encodeWriteRecord({ seq, volumeIndex: 0, offset, capturedAtMicros: seq, flags: 0, data }));
+    },
+    commit: async (store, vpgId) => {
+      const cut = seq + 1;
+      records.push(encodeCheckpointRecord({ seq: cut, capturedAtMicros: cut, marker: { id: randomUUID(), kind: 'tagged', name: 'cut', vmId: null } }));
+      await store.commit(vpgId, records.map((bytes) => ({ bytes, decoded: decodeRecord(bytes) })));
+      return cut;
+    },
+  };
+}
 
 /** Flips one payload byte of the write record whose volume offset is `offset`; `restore` undoes it. */
 async function damageRecordAt(dir: string, offset: number): Promise<{ restore: () => Promise<void> }> {

@@ -102,13 +102,14 @@ export type PitViewTarget = { readonly vpgId: string; readonly volumeIndex: numb
  *
  * Opening reads no index, so it costs a few round trips whatever the journal's size. A read loads
  * the 64 MiB regions it touches from journal_extents (only the rows of those regions, only batches at
- * or before the cut) into columns of numbers, and builds the extent maps of the 1 MiB windows it
- * touches from them (the window's writes, listed when the region was loaded, from the newest that
- * covers all of it on, through ExtentMap's O(n log n) sweep); regions and windows stay in bounded
- * caches. The payloads a read needs are read from the segments sorted by position, neighbouring
- * records coalesced into one read, all reads of one request issued together, each record verified
- * before a byte of it is used; a read that continues the previous one starts the next one's. A read
- * that one freshly fetched write covers whole is answered with a view of its payload, not a copy.
+ * or before the cut) into columns of numbers, less the writes newer ones hide (see dropHidden), and
+ * builds the extent maps of the 1 MiB windows it touches from them (the window's writes, listed when
+ * the region was loaded, from the newest that covers all of it on, through ExtentMap's O(n log n)
+ * sweep); regions and windows stay in bounded caches. The payloads a read needs are read from the
+ * segments sorted by position, neighbouring records coalesced into one read, all reads of one request
+ * issued together, each record verified before a byte of it is used; a read that continues the
+ * previous one starts the next two. A read that one freshly fetched write covers whole is answered
+ * with a view of its payload, not a copy.
  *
  * While open, the view holds the VPG's replica lock shared on a connection of its own, so promotion
  * cannot change the replica, nor delete index rows or segments at or before the cut, under it (see
