@@ -662,9 +662,7 @@ function dropHidden(writes: RegionWrites, regionStart: number): void {
   const keep = new Uint8Array(count);
   let kept = 0;
   for (let i = 0; i < count; i++) {
-    const first = Math.max(0, Math.floor(((offset[i] as number) - regionStart) / WINDOW_BYTES));
-    const last = Math.min(WINDOWS_PER_REGION - 1, Math.floor(((offset[i] as number) + (length[i] as number) - 1 - regionStart) / WINDOW_BYTES));
-    for (let w = first; w <= last; w++) {
+    for (let w = firstWindow(writes, i, regionStart), last = lastWindow(writes, i, regionStart); w <= last; w++) {
       if ((cover[w] as number) <= i) {
         keep[i] = 1;
         kept++;
@@ -679,12 +677,10 @@ function dropHidden(writes: RegionWrites, regionStart: number): void {
 
 /** Lists, for each window of a region, the writes overlapping it (a counting sort: two passes, no objects). */
 function listByWindow(writes: RegionWrites, regionStart: number): { windowStart: Uint32Array; byWindow: Uint32Array } {
-  const { offset, length, count } = writes;
+  const { count } = writes;
   const windowStart = new Uint32Array(WINDOWS_PER_REGION + 1);
-  const firstWindow = (i: number): number => Math.max(0, Math.floor(((offset[i] as number) - regionStart) / WINDOW_BYTES));
-  const lastWindow = (i: number): number => Math.min(WINDOWS_PER_REGION - 1, Math.floor(((offset[i] as number) + (length[i] as number) - 1 - regionStart) / WINDOW_BYTES));
   for (let i = 0; i < count; i++) {
-    for (let w = firstWindow(i), last = lastWindow(i); w <= last; w++) {
+    for (let w = firstWindow(writes, i, regionStart), last = lastWindow(writes, i, regionStart); w <= last; w++) {
       windowStart[w + 1] = (windowStart[w + 1] as number) + 1;
     }
   }
@@ -694,11 +690,20 @@ function listByWindow(writes: RegionWrites, regionStart: number): { windowStart:
   const byWindow = new Uint32Array(windowStart[WINDOWS_PER_REGION] as number);
   const fill = windowStart.slice(0, WINDOWS_PER_REGION);
   for (let i = 0; i < count; i++) {
-    for (let w = firstWindow(i), last = lastWindow(i); w <= last; w++) {
+    for (let w = firstWindow(writes, i, regionStart), last = lastWindow(writes, i, regionStart); w <= last; w++) {
       byWindow[(fill[w] as number)++] = i;
     }
   }
   return { windowStart, byWindow };
+}
+
+/** The first and last window of its region that write i touches (clipped to the region). */
+function firstWindow(writes: RegionWrites, i: number, regionStart: number): number {
+  return Math.max(0, Math.floor(((writes.offset[i] as number) - regionStart) / WINDOW_BYTES));
+}
+
+function lastWindow(writes: RegionWrites, i: number, regionStart: number): number {
+  return Math.min(WINDOWS_PER_REGION - 1, Math.floor(((writes.offset[i] as number) + (writes.length[i] as number) - 1 - regionStart) / WINDOW_BYTES));
 }
 
 /** Zeroes the bytes of [offset, end) that no piece covers (pieces are sorted and disjoint). */
