@@ -169,6 +169,119 @@ describe('CheckpointCatalog', () => {
     expect((await catalog.stats(vpgId)).count).toBe(0);
   });
 
+  it('keeps checkpoint_hours exactly what checkpoints holds: out of order, ties, deletes, updates, rollbacks, concurrent writers', async () => {
+    const HOUR_US = 3_600_000_000n;
+    const PG_EPOCH_US = 946_684_800_000_000n;
+    /** The packed hours from the table itself, checked against what the trigger-kept table holds. */
+    const expectHoursMatchTable = async (): Promise<number> => {
+      const rows = await dataSource.query<{ vpg_id: string; at_us: string; kind: CheckpointKind }[]>(
+        `SELECT vpg_id, (extract(epoch FROM captured_at) * 1000000)::bigint::text AS at_us, kind FROM checkpoints ORDER BY vpg_id, captured_at, id`,
+      );
+      const expected = new Map<string, { times: bigint[]; marked: number[] }>();
+      for (const row of rows) {
+        const at = BigInt(row.at_us);
+        const hour = at - (((at % HOUR_US) + HOUR_US) % HOUR_US);
+        const key = `${row.vpg_id} ${hour}`;
+        const entry = expected.get(key) ?? { times: [], marked: [] };
+        if (row.kind !== 'automatic') {
+          entry.marked.push(entry.times.length);
+        }
+        entry.times.push(at);
+        expected.set(key, entry);
+      }
+      const hours = await dataSource.query<{ vpg_id: string; hour_us: string; count: number; times: string; marked: number[] }[]>(
+        `SELECT vpg_id, (extract(epoch FROM hour) * 1000000)::bigint::text AS hour_us, count, encode(times, 'hex') AS times, marked FROM checkpoint_hours`,
+      );
+      const actual = new Map<string, { times: bigint[]; marked: number[] }>();
+      for (const h of hours) {
+        const bytes = Buffer.from(h.times, 'hex');
+        const times: bigint[] = [];
+        for (let o = 0; o < bytes.length; o += 8) {
+          times.push(bytes.readBigInt64BE(o) + PG_EPOCH_US);
+        }
+        expect(h.count).toBe(times.length);
+        actual.set(`${h.vpg_id} ${h.hour_us}`, { times, marked: h.marked });
+      }
+      expect(actual).toEqual(expected);
+      return actual.size;
+    };
+    const vpgs = [randomUUID(), randomUUID()];
+    const random = seededRandom(21);
+    // Two VPGs over three hours, inserted in shuffled chunks: every statement lands out of order.
+    const rows = vpgs.flatMap((vpgId, i) => series(vpgId, 3 * HOUR, 5_000, 30 + i));
+    for (let i = rows.length - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      [rows[i], rows[j]] = [rows[j]!, rows[i]!];
+    }
+    for (let i = 0; i < rows.length; i += 500) {
+      await insert(rows.slice(i, i + 500));
+    }
+    expect(await expectHoursMatchTable()).toBe(8);
+    // Ties at an existing capture time, before and after it by id, and one recorded late in an old hour.
+    const tiedAt = rows.find((r) => r.vpgId === vpgs[0] && r.kind === 'automatic')!.capturedAt;
+    await insert([
+      { id: '00000000-0000-4000-8000-000000000000', vpgId: vpgs[0]!, cut: 1, kind: 'tagged', name: 'first', vmId: null, capturedAt: tiedAt },
+      { id: 'ffffffff-ffff-4fff-bfff-ffffffffffff', vpgId: vpgs[0]!, cut: 2, kind: 'automatic', name: null, vmId: null, capturedAt: tiedAt },
+      { id: randomUUID(), vpgId: vpgs[1]!, cut: 3, kind: 'application-consistent', name: 'late', vmId: null, capturedAt: new Date(NOW.getTime() - 2.5 * HOUR).toISOString() },
+    ]);
+    await expectHoursMatchTable();
+    // The promoter's trim: part of an hour, then all of one (its row goes).
+    await dataSource.query(`DELETE FROM checkpoints WHERE vpg_id = $1 AND captured_at < $2`, [vpgs[0], new Date(NOW.getTime() - 2.75 * HOUR)]);
+    await expectHoursMatchTable();
+    await dataSource.query(`DELETE FROM checkpoints WHERE vpg_id = $1 AND captured_at < $2`, [vpgs[1], new Date(Math.floor(NOW.getTime() / HOUR) * HOUR - HOUR)]);
+    await expectHoursMatchTable();
+    // Marks changed, and checkpoints moved to another hour: both hours are rebuilt.
+    await dataSource.query(`UPDATE checkpoints SET kind = 'tagged', name = 'x' WHERE vpg_id = $1 AND kind = 'automatic' AND cut % 7 = 0`, [vpgs[1]]);
+    await expectHoursMatchTable();
+    await dataSource.query(`UPDATE checkpoints SET captured_at = captured_at - interval '1 hour' WHERE vpg_id = $1 AND cut % 5 = 0`, [vpgs[0]]);
+    await expectHoursMatchTable();
+    await expect(
+      dataSource.transaction(async (em) => {
+        await em.query(`DELETE FROM checkpoints WHERE vpg_id = $1`, [vpgs[0]]);
+        throw new Error('rolled back');
+      }),
+    ).rejects.toThrow('rolled back');
+    await expectHoursMatchTable();
+
+    // Two transactions recording into the same hour at once, in an hour that has a row and in one that
+    // does not yet: the second waits for the first's lock on the hour, then sees its checkpoint.
+    for (const at of [new Date(NOW.getTime() - 1_000), new Date(NOW.getTime() + 2 * HOUR)]) {
+      const first = dataSource.createQueryRunner();
+      const second = dataSource.createQueryRunner();
+      try {
+        await first.startTransaction();
+        await second.startTransaction();
+        const record = (runner: typeof first, id: string, offsetMs: number): Promise<unknown> =>
+          runner.query(`INSERT INTO checkpoints (id, vpg_id, cut, kind, name, vm_id, captured_at) VALUES ($1, $2, 9, 'automatic', NULL, NULL, $3)`, [
+            id,
+            vpgs[1],
+            new Date(at.getTime() + offsetMs),
+          ]);
+        await record(first, randomUUID(), 0);
+        const pid = ((await second.query('SELECT pg_backend_pid() AS pid')) as { pid: number }[])[0]?.pid;
+        expect(pid).toEqual(expect.any(Number));
+        const waiting = record(second, randomUUID(), 10);
+        // Synchronised on the server's own view: the second is blocked on a lock before the first commits.
+        for (;;) {
+          const [state] = await dataSource.query<{ wait_event_type: string | null }[]>(`SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1`, [pid]);
+          if (state?.wait_event_type === 'Lock') {
+            break;
+          }
+          await new Promise<void>((resolve) => setImmediate(resolve));
+        }
+        await first.commitTransaction();
+        await waiting;
+        await second.commitTransaction();
+      } finally {
+        await first.release();
+        await second.release();
+      }
+      await expectHoursMatchTable();
+    }
+    await dataSource.query(`DELETE FROM checkpoints WHERE vpg_id = ANY($1::uuid[])`, [vpgs]);
+    expect(await expectHoursMatchTable()).toBe(0);
+  });
+
   it('gives the slider the picks of the rule over the full rows (3 days at 5 s, ties in time, marked ones)', async () => {
     const vpgId = randomUUID();
     // 3 days at 5 s (the query only ever reads the last 24 h; older rows are there to be skipped).

@@ -16,8 +16,9 @@ import {
  * one table. The indexes and the per-VPG counts it relies on are made by migrations (libs/database):
  * the index (vpg_id, captured_at, id) INCLUDE (kind, cut, name, vm_id), which holds every column
  * COLUMNS reads, so every query by VPG and time is an index-only scan (CheckpointListCovering: one
- * VPG's rows are scattered over the heap among the other VPGs'); and checkpoint_stats, kept by triggers
- * (CheckpointCatalog).
+ * VPG's rows are scattered over the heap among the other VPGs'); checkpoint_stats, kept by triggers
+ * (CheckpointCatalog); and checkpoint_hours, each hour's capture times packed in one row, kept by
+ * triggers too (CheckpointHours).
  *
  * Every list is in (capturedAt, id) order, the order the timeline rule uses too.
  */
@@ -192,8 +193,8 @@ export class CheckpointCatalog {
    *
    * 1. The day: for each checkpoint in (capturedAt, id) order its capture time and whether it is
    *    marked, nothing else (the rule needs nothing else). It comes from the day cache (below), or
-   *    from one index-only scan that returns it packed, with nothing formatted per checkpoint (see
-   *    dayColumns).
+   *    from checkpoint_hours: 25 rows of packed times, with nothing formatted per checkpoint (see
+   *    loadDay).
    * 2. The rule (selectTimelineSorted, over the columns: no object per checkpoint) picks at most 180
    *    positions.
    * 3. One query fetches the rows at the picked capture times (an index probe each); a position among
@@ -201,9 +202,9 @@ export class CheckpointCatalog {
    *
    * The day cache: per VPG, the day as typed arrays (about 17 bytes a checkpoint, 300 KB for a day
    * at 5 s), brought up to date on each call by one round trip that reads the VPG's counts and only
-   * the checkpoints after the newest cached one, appended in place (a poll allocates no day-sized
-   * array). It is used only if nothing else changed: the count
-   * grew by exactly the appended ones and no statement removed or changed a checkpoint
+   * the checkpoints after the newest cached one (an index-only scan of a few rows, see dayColumns),
+   * appended in place (a poll allocates no day-sized array). It is used only if nothing else changed:
+   * the count grew by exactly the appended ones and no statement removed or changed a checkpoint
    * (checkpoint_stats.removals); otherwise (a trim by the promoter, a checkpoint recorded behind the
    * newest) the day is read again. So the result is always what the table holds, in any process.
    *
@@ -310,22 +311,28 @@ export class CheckpointCatalog {
     return loaded;
   }
 
-  /** One index-only scan of the checkpoints after `fromUs`, with the VPG's counts, in one snapshot. */
+  /**
+   * The checkpoints of every UTC hour that ends after `fromUs`, from checkpoint_hours (one packed row an
+   * hour, kept by triggers: see the migration CheckpointHours), with the VPG's counts and its newest
+   * checkpoint, in one statement and so one snapshot. The first hour may start before `fromUs`: the
+   * cache then holds a little more than asked, which every reader of it allows for.
+   */
   private async loadDay(vpgId: string, fromUs: number): Promise<DayCache> {
-    const rows = await poolQuery<DayRow>(this.dataSource, 
+    const rows = await poolQuery<HoursRow>(this.dataSource, 
       `SELECT s.automatic + s.tagged + s.application_consistent AS total, s.removals::text AS removals,
-              d.times, d.marked_times, d.marked_ranks, l.last_us, l.last_id
+              d.times, d.counts, d.marked, l.last_us, l.last_id
          FROM (SELECT $1::uuid AS vpg_id) v
          LEFT JOIN checkpoint_stats s ON s.vpg_id = v.vpg_id
-         LEFT JOIN LATERAL (SELECT ${dayColumns('t.vpg_id = $1 AND t.captured_at > $2::timestamptz')}
-                              FROM (SELECT captured_at, kind, id FROM checkpoints
-                                     WHERE vpg_id = $1 AND captured_at > $2::timestamptz
-                                     ORDER BY captured_at, id) r) d ON true
+         LEFT JOIN LATERAL (SELECT encode(string_agg(h.times, ''::bytea ORDER BY h.hour), 'base64') AS times,
+                                   string_agg(h.count::text, ',' ORDER BY h.hour) AS counts,
+                                   string_agg(array_to_string(h.marked, ' '), ',' ORDER BY h.hour) AS marked
+                              FROM checkpoint_hours h
+                             WHERE h.vpg_id = $1 AND h.hour > $2::timestamptz - interval '1 hour') d ON true
          ${NEWEST_JOIN}`,
       [vpgId, microsToTimestamp(BigInt(fromUs))],
     );
     const row = rows[0];
-    const parsed = decodeDay(row);
+    const parsed = decodeHours(row);
     const columns = newColumns(parsed.times.length + DAY_SLACK);
     columns.times.set(parsed.times);
     columns.marked.set(parsed.marked);
@@ -417,6 +424,46 @@ interface DayRow {
   marked_ranks: string | null;
   last_us: string | null;
   last_id: string | null;
+}
+
+/** What the day read from checkpoint_hours returns: per hour, in hour order, its packed times, its count and its marked positions. */
+interface HoursRow {
+  total: string | null;
+  removals: string | null;
+  /** The hours' `times` concatenated, base64. */
+  times: string | null;
+  /** Each hour's count, comma-separated. */
+  counts: string | null;
+  /** Each hour's marked positions (space-separated, possibly none), the hours comma-separated. */
+  marked: string | null;
+  last_us: string | null;
+  last_id: string | null;
+}
+
+/** checkpoint_hours rows (HoursRow) as capture times in (captured_at, id) order and marks (1 for marked). */
+function decodeHours(row: HoursRow | undefined): { times: Float64Array; marked: Uint8Array } {
+  const times = decodeTimes(row?.times ?? null);
+  const marked = new Uint8Array(times.length);
+  const counts = row?.counts ? row.counts.split(',').map(Number) : [];
+  const marks = row?.marked !== null && row?.marked !== undefined ? row.marked.split(',') : [];
+  if (marks.length !== counts.length) {
+    throw new Error(`the day read has ${counts.length} hours but marks for ${marks.length}`);
+  }
+  let base = 0;
+  counts.forEach((count, hour) => {
+    const positions = marks[hour] === '' ? [] : (marks[hour] as string).split(' ').map(Number);
+    for (const p of positions) {
+      if (!Number.isInteger(p) || p < 0 || p >= count) {
+        throw new Error(`the day read has a marked position ${p} outside its hour of ${count}`);
+      }
+      marked[base + p] = 1;
+    }
+    base += count;
+  });
+  if (base !== times.length) {
+    throw new Error(`the day read has ${times.length} times but its hours count ${base}`);
+  }
+  return { times, marked };
 }
 
 /**
