@@ -31,6 +31,9 @@ import { type MigrationInterface, type QueryRunner } from 'typeorm';
  *
  * The cost moves to writes: one rebuild of an hour per checkpoint recorded (a 5.6 KiB row version at
  * 5 s; at the 1 s minimum, 28 KiB), against a day's scan for every first read of a slider.
+ *
+ * The backfill reads and sorts every checkpoint once and blocks writes to checkpoints meanwhile
+ * (minutes with tens of millions of rows); it runs at startup, before any service records one.
  */
 export class CheckpointHours1796256000000 implements MigrationInterface {
   readonly name = 'CheckpointHours1796256000000';
