@@ -82,6 +82,13 @@ const EXPECTED_COLUMNS: Record<string, Record<string, string>> = {
     application_consistent: 'int8 NOT NULL default',
     removals: 'int8 NOT NULL default',
   },
+  checkpoint_hours: {
+    vpg_id: 'uuid NOT NULL',
+    hour: 'timestamptz NOT NULL',
+    count: 'int4 NOT NULL',
+    times: 'bytea NOT NULL',
+    marked: '_int4 NOT NULL',
+  },
   vpg_history_status: {
     vpg_id: 'uuid NOT NULL',
     status: 'text NOT NULL',
