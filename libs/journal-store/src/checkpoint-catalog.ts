@@ -467,8 +467,10 @@ function decodeHours(row: HoursRow | undefined): { times: Float64Array; marked: 
 }
 
 /**
- * The day's columns, from rows (captured_at, kind, id) in (captured_at, id) order, none formatted per
- * row (formatting 17,280 numbers as text was most of the server's time, and parsing them most of ours):
+ * The columns of the checkpoints a poll appends (those after the cached newest one), from rows
+ * (captured_at, kind, id) in (captured_at, id) order, none formatted per row (when a whole day was
+ * read this way, formatting its 17,280 times as text was most of the server's time, and parsing them
+ * most of ours; checkpoint_hours packs them the same way):
  * - times: every capture time as timestamptz_send writes it (int64 microseconds since 2000-01-01 UTC,
  *   big-endian), concatenated, base64 (a bytea's hex text would be half as long again);
  * - marked_times: the same for the marked checkpoints only (tagged, application-consistent: a few);
