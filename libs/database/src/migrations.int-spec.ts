@@ -5,6 +5,7 @@ import { createDataSource, runMigrations } from './data-source';
 import { DatabaseError } from './database.error';
 import { migrations } from './migrations';
 import { CompactJournalIndex1795737600000 } from './migrations/1795737600000-compact-journal-index';
+import { CheckpointHours1796256000000 } from './migrations/1796256000000-checkpoint-hours';
 
 const MIGRATION_NAMES = migrations.map((m) => new m().name);
 
@@ -195,6 +196,35 @@ describe('migrations', () => {
     await old.query(`DELETE FROM journal_writes`);
     expect(await runMigrations(dataSource())).toEqual(MIGRATION_NAMES.slice(before.length));
     expect(await old.query(`SELECT to_regclass('journal_writes') AS t`)).toEqual([{ t: null }]);
+  });
+
+  it('packs the checkpoints a database already holds into checkpoint_hours, as its triggers would, and reverts cleanly', async () => {
+    const before = migrations.slice(0, migrations.indexOf(CheckpointHours1796256000000));
+    const old = createDataSource({ url: db.url, entities: [], migrations: before, applicationName: 'migrations-test' });
+    sources.push(old);
+    await runMigrations(old);
+    // Two VPGs over three hours and a half at 5 s, a marked one every 50, and pairs sharing a capture time.
+    await old.query(`
+      INSERT INTO checkpoints (id, vpg_id, cut, kind, name, captured_at)
+      SELECT gen_random_uuid(), v, i, CASE WHEN i % 50 = 0 THEN 'tagged' ELSE 'automatic' END, NULL,
+             timestamptz '2026-11-25 08:30:00Z' + (i / 2) * interval '5 seconds'
+        FROM generate_series(1, 5040) i, (VALUES ('00000000-0000-4000-8000-000000000001'::uuid), ('00000000-0000-4000-8000-000000000002'::uuid)) vpgs(v)`);
+    const ds = dataSource();
+    expect(await runMigrations(ds)).toEqual(MIGRATION_NAMES.slice(before.length));
+    const hours = (): Promise<unknown[]> => ds.query(`SELECT vpg_id, hour, count, encode(times, 'hex') AS times, marked FROM checkpoint_hours ORDER BY vpg_id, hour`);
+    const backfilled = await hours();
+    // 08:30 to 12:00 inclusive: hours 8 to 12.
+    expect(backfilled).toHaveLength(2 * 5);
+    expect(await ds.query(`SELECT sum(count)::int AS n, sum(cardinality(marked))::int AS marked FROM checkpoint_hours`)).toEqual([{ n: 2 * 5040, marked: 2 * 100 }]);
+    // The triggers' rebuild of every hour gives the same rows.
+    await ds.query(`UPDATE checkpoints SET kind = kind`);
+    expect(await hours()).toEqual(backfilled);
+
+    await ds.undoLastMigration({ transaction: 'each' });
+    expect(await ds.query(`SELECT to_regclass('checkpoint_hours') AS t`)).toEqual([{ t: null }]);
+    // No trigger is left behind on checkpoints: recording and removing checkpoints still works.
+    await ds.query(`DELETE FROM checkpoints WHERE cut % 2 = 0`);
+    await ds.query(`INSERT INTO checkpoints (id, vpg_id, cut, kind, captured_at) VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'automatic', now())`);
   });
 
   it('enforces the checkpoint kinds', async () => {
