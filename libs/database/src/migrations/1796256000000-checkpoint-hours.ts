@@ -27,7 +27,11 @@ import { type MigrationInterface, type QueryRunner } from 'typeorm';
  * Concurrency (READ COMMITTED, as every writer runs): the hour's row is locked before it is recomputed,
  * and the recomputation is a new statement with a new snapshot, so it sees every transaction that
  * changed the hour and committed before the lock was granted. A transaction still running that
- * touches the same hour holds the lock, so it is either fully seen or recomputes after us.
+ * touches the same hour holds the lock, so it is either fully seen or recomputes after us. Lock
+ * order: these triggers fire before checkpoint_stats' (triggers fire in name order), so a statement
+ * locks its hours, in order, then its VPGs' stats rows. The journal writer and the promoter each
+ * change checkpoints in one statement per transaction, so no transaction holds a stats row while it
+ * waits for an hour.
  *
  * The cost moves to writes: one rebuild of an hour per checkpoint recorded (a 5.6 KiB row version at
  * 5 s; at the 1 s minimum, 28 KiB), against a day's scan for every first read of a slider.
