@@ -3,7 +3,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Checkpoint, type Volume, type Vpg } from '@cdp/domain';
 import { type NbdStatus, SplitterNbdService } from '@cdp/splitter';
-import { type ApiClient, type TempDir, itWithTools, runTool, runToolOk, tempDir } from '@cdp/testing';
+import { type ApiClient, type TempDir, itWithTools, runTool, runToolOk, tempDir, waitFor } from '@cdp/testing';
 import { createProtectedVpg, startTestApp, type TestApp } from './all-in-one.test-app';
 
 /**
@@ -155,6 +155,32 @@ describe('protected volumes over NBD', () => {
     expect(job.error).toBe(0);
     expect(job.write.io_bytes).toBe(8 * MiB);
     expect(job.read.io_bytes).toBe(8 * MiB);
+  });
+
+  itWithTools(['qemu-io'], 'receives large writes into the payload ring and gets every region back once the journal has them, none damaged', async () => {
+    // Under test every released region is poisoned at once (CDP_POISON_RELEASED_PAYLOADS, set by the
+    // Jest config): a region given back while the log, the volume, the shipper, the bus, the transport
+    // or the journal still needed it would reach the journal as a corrupt record or a wrong image.
+    const ring = async (): Promise<NonNullable<NbdStatus['payloadRing']>> => {
+      const status = (await api.ok<NbdStatus>('GET', '/splitter/nbd')).payloadRing;
+      expect(status).not.toBeNull();
+      return status!;
+    };
+    const writer = (): Promise<{ corruptMessages: number; gaps: number }> => api.ok('GET', '/journal-writer/status');
+    const servedBefore = (await ring()).served;
+    const writerBefore = await writer();
+    const commands = Array.from({ length: 12 }, (_, i) => ['-c', `write -P ${0x40 + i} ${i}M 1M`]).flat();
+    const { stdout } = await runToolOk('qemu-io', ['-f', 'raw', uri('nbd/db-01/data'), ...commands, '-c', 'flush']);
+    expect(stdout).not.toMatch(/error|failed/i);
+    expect((await ring()).served).toBeGreaterThanOrEqual(servedBefore + 12);
+
+    const checkpoint = await tagCheckpoint('after-ring-writes');
+    const image = await checkpointImage(checkpoint, data());
+    for (let i = 0; i < 12; i++) {
+      expect(image.subarray(i * MiB, (i + 1) * MiB).equals(Buffer.alloc(MiB, 0x40 + i))).toBe(true);
+    }
+    await waitFor(async () => (await ring()).liveRegions === 0, { timeoutMs: 10_000, message: 'the payload ring never got its regions back' });
+    expect(await writer()).toMatchObject({ corruptMessages: writerBefore.corruptMessages, gaps: writerBefore.gaps });
   });
 
   itWithTools(['nbdcopy'], 'a checkpoint recovers every volume exactly as the NBD client reads it', async () => {

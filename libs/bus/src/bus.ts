@@ -18,6 +18,29 @@ export interface BusMessage {
   readonly key: string;
   readonly value: Buffer;
   readonly headers?: Readonly<Record<string, string>>;
+  /**
+   * Set when the memory of `value` belongs to an owner that reuses it (the splitter's ring of write
+   * payloads): the owner may reuse it once every holder has released. The sender keeps its own
+   * reference at least until send() settles. A driver that keeps a reference to `value` after send()
+   * settles must retain() the lease while it stores the value and release() it exactly once when it no
+   * longer does; a driver that copies or encodes the value before send() settles (the Kafka driver, the
+   * in-process driver with 'copy' values) ignores the lease. A handler may use the value until it
+   * settles; a consumer that keeps the value, or a view into it, beyond its handler's return must copy
+   * it. ConsumedMessage extends BusMessage, so a consumed message may carry the lease it was sent with,
+   * and a consumer that forwards the value to another topic must pass the lease on with it.
+   */
+  readonly lease?: BufferLease;
+}
+
+/** Reference counting for a value whose memory its owner reuses (see BusMessage.lease). */
+export interface BufferLease {
+  /**
+   * One more holder. Only a holder, or someone while a holder is sure to keep its hold (a driver
+   * during send()), may call it, so the count never climbs back from zero.
+   */
+  retain(): void;
+  /** One holder fewer, exactly once per retain(); after the last, the owner may reuse the memory. */
+  release(): void;
 }
 
 export interface ConsumedMessage extends BusMessage {

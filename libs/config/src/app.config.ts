@@ -35,6 +35,11 @@ export interface AppConfig {
    * the VMs placed on this host (a VM's `host`; VMs that name none are on 'default').
    */
   readonly splitterHost: string;
+  /**
+   * Bytes of memory the splitter receives NBD write payloads into and reuses (CDP_PAYLOAD_RING_MB,
+   * default 256; 0: a fresh buffer per write). See PayloadRing for why.
+   */
+  readonly payloadRingBytes: number;
   readonly bus: BusConfig;
 }
 
@@ -95,6 +100,7 @@ const envSchema = z.object({
     .string()
     .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, "must be 1 to 63 of lower-case letters, digits, '.', '_' or '-', starting with a letter or digit")
     .default('default'),
+  CDP_PAYLOAD_RING_MB: z.coerce.number().int().min(0).max(65_536).default(256),
   CDP_BUS: z.enum(['in-process', 'kafka']).default('in-process'),
   CDP_KAFKA_BROKERS: z
     .string()
@@ -144,6 +150,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     promotionIntervalSeconds: e.CDP_PROMOTION_INTERVAL_SECONDS,
     journalDir: e.CDP_JOURNAL_DIR === undefined ? join(dataDir, 'journal') : resolve(e.CDP_JOURNAL_DIR),
     splitterHost: e.CDP_SPLITTER_HOST,
+    payloadRingBytes: e.CDP_PAYLOAD_RING_MB * 1024 * 1024,
     bus:
       e.CDP_BUS === 'kafka'
         ? {

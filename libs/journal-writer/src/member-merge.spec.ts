@@ -1,4 +1,11 @@
-import { RecordKind, encodeCheckpointRecord, encodeWriteRecord, decodeRecord, type DecodedRecord } from '@cdp/contracts';
+import {
+  RECORD_HEADER_BYTES,
+  RecordKind,
+  encodeCheckpointRecord,
+  encodeWriteRecord,
+  decodeRecord,
+  type DecodedRecord,
+} from '@cdp/contracts';
 import { MemberMerge, type MergePlan } from './member-merge';
 
 const MEMBERS = ['a', 'b'];
@@ -75,6 +82,22 @@ describe('MemberMerge: the orders of several hosts into one journal order', () =
     // Three writes fitted in the bound; the rest is asked for again.
     expect(journalOrder(released)).toEqual(['cp:1', 'a@2', 'a@3', 'a@4']);
     expect(released.replays).toEqual([{ member: 'a', fromSeq: 5, reason: expect.stringMatching(/dropped while it waited/) as string }]);
+  });
+
+  it('keeps its own copy of a record it holds, since the memory of the batch that brought it may be reused', () => {
+    const merge = new MemberMerge(MEMBERS, MEMBER_OF, null);
+    // The records of a batch are views into one bus message value, as the journal writer gets them.
+    const parts = [barrier('a', 1, 1), write('a', 2)];
+    const value = Buffer.concat(parts);
+    const views = [value.subarray(0, parts[0]!.length), value.subarray(parts[0]!.length)];
+    expect(journalOrder(merge.plan(0, views))).toEqual([]);
+    // Once the handler has returned, the owner of that memory (the splitter's payload ring) reuses it.
+    value.fill(0xdb);
+    const released = merge.plan(0, [barrier('b', 1, 1)]);
+    expect(journalOrder(released)).toEqual(['cp:1', 'a@2']);
+    const applied = released.apply[1]!;
+    expect(applied.bytes.subarray(RECORD_HEADER_BYTES).equals(Buffer.alloc(512, 2))).toBe(true);
+    expect(applied.decoded.kind === RecordKind.Write && applied.decoded.data.equals(Buffer.alloc(512, 2))).toBe(true);
   });
 
   it('starts again from the committed state', () => {

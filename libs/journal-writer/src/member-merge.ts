@@ -1,5 +1,6 @@
 import {
   CorruptRecordError,
+  RECORD_HEADER_BYTES,
   RecordKind,
   decodeRecord,
   encodeCheckpointRecord,
@@ -43,6 +44,7 @@ export interface MergePlan {
 }
 
 interface Held {
+  /** Copies (see ownCopy): they outlive the plan() call that received them. */
   readonly records: { bytes: Buffer; decoded: DecodedRecord }[];
   bytes: number;
   /** Records after the held ones were dropped: the member must replay once it moves again. */
@@ -138,7 +140,7 @@ export class MemberMerge {
       } else if (seq > expected || held.bytes + record.bytes.length > this.heldBytesLimit) {
         held.overflowed = true;
       } else {
-        held.records.push(record);
+        held.records.push(ownCopy(record));
         held.bytes += record.bytes.length;
       }
       return;
@@ -229,6 +231,19 @@ export class MemberMerge {
       }
     }
   }
+}
+
+/**
+ * The record with bytes of its own, and a decoded form whose payload is a view into them. What plan()
+ * is given are views into bus message values; on the in-process bus such a value may be the splitter's
+ * reusable payload memory, lent only until the batch's handler returns, while a held record waits for
+ * later batches. A marker's decoded form holds no view (its body is parsed into strings).
+ */
+function ownCopy(record: { bytes: Buffer; decoded: DecodedRecord }): { bytes: Buffer; decoded: DecodedRecord } {
+  const bytes = Buffer.from(record.bytes);
+  const decoded: DecodedRecord =
+    record.decoded.kind === RecordKind.Write ? { ...record.decoded, data: bytes.subarray(RECORD_HEADER_BYTES) } : record.decoded;
+  return { bytes, decoded };
 }
 
 interface Run {

@@ -59,6 +59,17 @@ export interface BlockDevice {
    * each write with a header of its own can then build the frame without copying the payload.
    */
   readonly writeHeadroom?: number;
+  /**
+   * Where the payload of a write of `length` bytes is received, when the device manages that memory
+   * itself (reusing it, say, once the write has gone wherever it goes): exactly `length` bytes, with
+   * the device's own headroom, if any, in front of them. The server fills the buffer and passes it to
+   * `write`, or, when the request never gets that far (the connection closed mid-payload), to
+   * `discardWrite`: one or the other, exactly once. Undefined: the server allocates this payload itself
+   * (with `writeHeadroom` in front), as it does for a device without this method.
+   */
+  allocateWrite?(length: number): Buffer | undefined;
+  /** A buffer from `allocateWrite` that will never be passed to `write` (see there). */
+  discardWrite?(data: Buffer): void;
   /** `data` belongs to the device once called (the server never reuses it), headroom included. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   /**

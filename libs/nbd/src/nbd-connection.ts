@@ -136,6 +136,8 @@ export class NbdConnection {
   /** The write whose payload is arriving (State.Payload) or being skipped (State.Discard). */
   private payload: Buffer = EMPTY;
   private payloadFilled = 0;
+  /** The payload buffer came from the device's allocateWrite: it goes back to the device either way. */
+  private payloadLent = false;
   private payloadOffset = 0;
   private payloadFua = false;
   private discardRemaining = 0;
@@ -529,8 +531,10 @@ export class NbdConnection {
         }
         return;
       }
-      const headroom = this.device?.writeHeadroom ?? 0;
-      this.payload = Buffer.allocUnsafe(headroom + length).subarray(headroom);
+      const device = this.device as BlockDevice;
+      const lent = device.allocateWrite?.(length);
+      this.payloadLent = lent !== undefined;
+      this.payload = lent ?? Buffer.allocUnsafe((device.writeHeadroom ?? 0) + length).subarray(device.writeHeadroom ?? 0);
       this.payloadFilled = 0;
       this.payloadOffset = offset;
       this.payloadFua = (commandFlags & NBD_CMD_FLAG_FUA) !== 0;
@@ -595,6 +599,7 @@ export class NbdConnection {
   private startWrite(): void {
     const data = this.payload;
     this.payload = EMPTY;
+    this.payloadLent = false;
     const device = this.device as BlockDevice;
     const cookieHi = this.cookieHi;
     const cookieLo = this.cookieLo;
@@ -815,6 +820,11 @@ export class NbdConnection {
     this.closed = true;
     this.state = State.Done;
     this.stash = undefined;
+    if (this.payloadLent) {
+      // A write cut off mid-payload: it never reaches the device, which gets its buffer back.
+      this.payloadLent = false;
+      this.device?.discardWrite?.(this.payload);
+    }
     this.payload = EMPTY;
     this.optionData = EMPTY;
     clearTimeout(this.handshakeTimer);

@@ -484,6 +484,61 @@ describe('NbdServer transmission', () => {
   });
 });
 
+describe('NbdServer write buffers lent by the device', () => {
+  /** A memory device that lends payload buffers out of one arena and counts where each one went. */
+  class LendingDevice extends MemoryBlockDevice {
+    readonly arena = Buffer.alloc(64 * 1024);
+    readonly lent = new Set<Buffer>();
+    written = 0;
+    discarded = 0;
+    refuse = false;
+    allocateWrite(length: number): Buffer | undefined {
+      if (this.refuse || this.lent.size > 0) {
+        return undefined;
+      }
+      const data = this.arena.subarray(16, 16 + length);
+      this.lent.add(data);
+      return data;
+    }
+    discardWrite(data: Buffer): void {
+      expect(this.lent.delete(data)).toBe(true);
+      this.discarded++;
+    }
+    override write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+      if (this.lent.delete(data)) {
+        this.written++;
+      }
+      return super.write(offset, data, fua);
+    }
+  }
+
+  it('receives payloads into them, hands each back once: to write, or to discardWrite when the client vanishes mid-payload', async () => {
+    const device = new LendingDevice({ size: MiB });
+    const p = await start({ lending: () => device });
+    const client = await NbdTestClient.go(p.port, 'lending');
+    const data = Buffer.alloc(4096, 0x5a);
+    expect((await client.call(NBD_CMD_WRITE, 4096, 4096, { data })).error).toBe(0);
+    expect(device.written).toBe(1);
+    expect(device.arena.subarray(16, 16 + 4096).equals(data)).toBe(true);
+    expect(device.bytes.subarray(4096, 8192).equals(data)).toBe(true);
+    // Refused: the server allocates the payload itself, and the write is the same.
+    device.refuse = true;
+    expect((await client.call(NBD_CMD_WRITE, 0, 512, { data: Buffer.alloc(512, 7) })).error).toBe(0);
+    expect(device.bytes.subarray(0, 512).equals(Buffer.alloc(512, 7))).toBe(true);
+    expect(device.written).toBe(1);
+    device.refuse = false;
+    // A request the server refuses (past the end) has its payload skipped, never lent.
+    expect((await client.call(NBD_CMD_WRITE, MiB, 512, { data: Buffer.alloc(512) })).error).toBe(NBD_ENOSPC);
+    client.send(request(NBD_CMD_WRITE, 0, 4096, { data: Buffer.alloc(4096, 1) }).subarray(0, 28 + 1000));
+    await waitFor(() => device.lent.size === 1, { timeoutMs: 2000, message: 'the payload buffer lent' });
+    client.destroy();
+    await waitFor(() => device.discarded === 1, { timeoutMs: 2000, message: 'the cut-off payload handed back' });
+    expect(device.lent.size).toBe(0);
+    expect(device.bytes.subarray(0, 512).equals(Buffer.alloc(512, 7))).toBe(true);
+    await p.server.close();
+  });
+});
+
 describe('NbdServer lifecycle', () => {
   it('close() drops handshakes, drains transmissions and leaves nothing open', async () => {
     const gated = new GatedDevice({ size: MiB });

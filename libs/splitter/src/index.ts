@@ -5,3 +5,4 @@ export * from './protected-volume';
 export * from './splitter-nbd.service';
 export * from './protected-volume.device';
 export * from './nbd-exports';
+export * from './payload-ring';

@@ -47,6 +47,15 @@ export class ProtectedVolumeDevice implements BlockDevice {
     return Promise.resolve(this.volume.read(offset, length));
   }
 
+  /** Large payloads are received into the splitter's payload ring when it has room (see VpgCapture.allocatePayload). */
+  allocateWrite(length: number): Buffer | undefined {
+    return this.capture.allocatePayload(length, this.writeHeadroom);
+  }
+
+  discardWrite(data: Buffer): void {
+    this.capture.discardPayload(data);
+  }
+
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     await this.captured(() => this.capture.write(this.volumeId, offset, data, fua, { headroom: this.writeHeadroom }));
   }

@@ -2,6 +2,7 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
 import { type ExportEntry, type ExportListing, NbdServer } from '@cdp/nbd';
 import { nbdExportCatalog, type NbdExportCatalog } from './nbd-exports';
+import { type PayloadRingStats } from './payload-ring';
 import { ProtectedVolumeDevice } from './protected-volume.device';
 import { type SplitterFrontEnd, SplitterService } from './splitter.service';
 
@@ -17,6 +18,12 @@ export interface NbdStatus {
     readonly sizeBytes: number;
     readonly blockSize: number;
   }[];
+  /**
+   * The memory large write payloads are received into (see PayloadRing): null when turned off or before
+   * the first VPG opens. A `fallbacks` count that keeps growing says CDP_PAYLOAD_RING_MB is too small
+   * for the load (or something downstream, the journal, holds on to writes).
+   */
+  readonly payloadRing: PayloadRingStats | null;
 }
 
 /**
@@ -92,6 +99,7 @@ export class SplitterNbdService implements SplitterFrontEnd {
         sizeBytes: e.sizeBytes,
         blockSize: e.blockSize,
       })),
+      payloadRing: this.splitter.payloadRingStats(),
     };
   }
 

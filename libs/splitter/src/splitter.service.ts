@@ -6,6 +6,7 @@ import { BUS, type Bus, type BusConsumer, type BusProducer, type MessageBatch } 
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
 import { TOPICS, domainEventSchema, journalProgressSchema, splitterCommandSchema, vpgSchema, type BarrierHeld, type SplitterCommand } from '@cdp/contracts';
 import { DEFAULT_HOST, DomainError, hostOf, vpgMembers, type Vpg } from '@cdp/domain';
+import { PayloadRing, type PayloadRingStats } from './payload-ring';
 import { VpgCapture, type CaptureStatus } from './vpg-capture';
 
 /**
@@ -47,6 +48,8 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
   private readonly multiMember = new Set<string>();
   /** VPGs this splitter has seen that have no VM on its host. */
   private readonly elsewhere = new Set<string>();
+  private readonly payloadRingBytes: number;
+  private payloads: PayloadRing | undefined;
 
   constructor(
     @Inject(BUS) private readonly bus: Bus,
@@ -55,6 +58,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
     this.producer = bus.createProducer();
     this.root = join(config.dataDir, 'splitter');
     this.host = config.splitterHost;
+    this.payloadRingBytes = config.payloadRingBytes;
   }
 
   async onApplicationBootstrap(): Promise<void> {
@@ -102,6 +106,11 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
       throw new DomainError('not-found', `VPG ${vpgId} is not protected by this splitter`);
     }
     return capture;
+  }
+
+  /** The payload ring's figures; null when it is turned off (CDP_PAYLOAD_RING_MB=0) or no VPG has opened yet. */
+  payloadRingStats(): PayloadRingStats | null {
+    return this.payloads?.stats() ?? null;
   }
 
   statuses(): CaptureStatus[] {
@@ -225,12 +234,26 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
       if (multiMember) {
         this.multiMember.add(vpg.id);
       }
-      pending = VpgCapture.open(vpg, join(this.root, vpg.id), this.producer, multiMember ? { member: this.host } : {});
+      pending = VpgCapture.open(vpg, join(this.root, vpg.id), this.producer, {
+        ...(multiMember ? { member: this.host } : {}),
+        payloads: this.payloadRing(),
+      });
       this.opening.set(vpg.id, pending);
     }
     const capture = await pending;
     this.captures.set(vpg.id, capture);
     this.opening.delete(vpg.id);
+  }
+
+  /**
+   * The memory every VPG's NBD write payloads are received into (see PayloadRing): one for the process,
+   * so its size does not grow with the number of VPGs; made when the first capture opens.
+   */
+  private payloadRing(): PayloadRing | undefined {
+    if (this.payloadRingBytes > 0) {
+      this.payloads ??= new PayloadRing(this.payloadRingBytes, { poison: PayloadRing.poisonFromEnvironment() });
+    }
+    return this.payloads;
   }
 
   private async readDefinition(vpgId: string): Promise<Vpg | undefined> {

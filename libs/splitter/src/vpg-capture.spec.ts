@@ -6,6 +6,7 @@ import { type Vpg } from '@cdp/domain';
 import { FaultInjectingBus, randomBuffer, seededRandom, tempDir, waitFor, type TempDir } from '@cdp/testing';
 import { REGION_BYTES } from './activity-log';
 import { RESYNC_CHUNK_BYTES, readResyncProgress } from './forced-resync';
+import { PayloadRing } from './payload-ring';
 import { VpgCapture } from './vpg-capture';
 
 const MiB = 1024 * 1024;
@@ -75,6 +76,13 @@ class RecoverySite {
   async stop(): Promise<void> {
     await this.consumer?.stop();
   }
+}
+
+/** A payload with reserved headroom in front, as the NBD server hands it over. */
+function withHeadroom(data: Buffer, headroom: number): Buffer {
+  const backing = Buffer.allocUnsafe(headroom + data.length);
+  data.copy(backing, headroom);
+  return backing.subarray(headroom);
 }
 
 /** Per test: a data directory, a bus, and a recovery site following it; torn down after each test. */
@@ -192,12 +200,6 @@ describe('VpgCapture after crashes', () => {
 describe('VpgCapture batching and shipping', () => {
   const ctx = eachTestWithRecoverySite('capture-batch-');
 
-  /** A payload with reserved headroom in front, as the NBD server hands it over. */
-  const withHeadroom = (data: Buffer, headroom: number): Buffer => {
-    const backing = Buffer.allocUnsafe(headroom + data.length);
-    data.copy(backing, headroom);
-    return backing.subarray(headroom);
-  };
 
   it('writes issued together, overlapping, framed in place or not (alone in a batch framed in place too), land on both sites in seq order, markers among them', async () => {
     const { dir, bus, site } = ctx;
@@ -340,6 +342,164 @@ describe('VpgCapture batching and shipping', () => {
     expect(site.image(0, 8 * size).equals(model)).toBe(true);
     expect(capture.volumeById(volumes[0]!.id).read(0, 8 * size).equals(model)).toBe(true);
     await capture.close();
+  });
+});
+
+describe('VpgCapture payloads received into the payload ring', () => {
+  const HEADROOM = RECORD_HEADER_BYTES + BATCH_HEADER_BYTES;
+  let dir: TempDir;
+  beforeEach(async () => {
+    dir = await tempDir('capture-ring-');
+  });
+  afterEach(() => dir.cleanup());
+
+  it('keeps each region until the log, the volume, the shipper and the bus are all done with it, and only then reuses it', async () => {
+    // The all-in-one's bus: values handed over, kept until consumed. The consumer plays the journal and
+    // can be held, so the test can see the bus holding regions the capture and shipper are done with.
+    const bus = new InProcessBus({ retention: 'consumed', values: 'hand-over' });
+    const received = new Map<number, Buffer>();
+    let gate: Promise<void> | undefined;
+    let open!: () => void;
+    const hold = (): void => {
+      gate = new Promise((resolve) => (open = resolve));
+    };
+    const journal = bus.createConsumer({ groupId: 'journal', topics: [TOPICS.protectedWrites] });
+    await journal.run(async (batch) => {
+      await gate;
+      for (const message of batch.messages) {
+        for (const record of splitRecordBatch(message.value)) {
+          const decoded = decodeRecord(record);
+          if (decoded.kind === RecordKind.Write) {
+            received.set(decoded.seq, Buffer.from(decoded.data));
+          }
+        }
+      }
+    });
+    // Poisoned on release: a region reused or released too early shows up as a corrupt record.
+    const ring = new PayloadRing(6 * MiB, { poison: true });
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1', payloads: ring });
+    const random = seededRandom(5);
+    const size = 512 * 1024;
+    const expected = new Map<number, { offset: number; content: Buffer }>();
+    const writeWave = async (count: number, offsetBase: number): Promise<number> => {
+      const pending: Promise<number>[] = [];
+      let lent = 0;
+      for (let i = 0; i < count; i++) {
+        const content = randomBuffer(random, size);
+        const data = capture.allocatePayload(size, HEADROOM);
+        let payload: Buffer;
+        if (data) {
+          lent++;
+          content.copy(data);
+          payload = data;
+        } else {
+          payload = withHeadroom(content, HEADROOM);
+        }
+        const offset = offsetBase + i * size;
+        pending.push(capture.write(volumes[0]!.id, offset, payload, false, { headroom: HEADROOM }).then((seq) => (expected.set(seq, { offset, content }), seq)));
+      }
+      await Promise.all(pending);
+      return lent;
+    };
+
+    hold();
+    const lentWhileHeld = await writeWave(16, 0);
+    await capture.flush();
+    // 8 MiB asked of a 6 MiB ring: the rest allocated as before. The bus holds what it was sent.
+    expect(lentWhileHeld).toBeGreaterThan(0);
+    expect(lentWhileHeld).toBeLessThan(16);
+    expect(ring.stats().liveRegions).toBeGreaterThan(0);
+    expect(ring.acquire(size)).toBeUndefined();
+    open();
+    gate = undefined;
+    await waitFor(() => received.size === 16, { timeoutMs: 5_000, message: 'the journal never got every write' });
+    await waitFor(() => ring.stats().liveRegions === 0, { timeoutMs: 5_000, message: 'regions never came back' });
+
+    // Free again: the next wave is received into reused memory, and still arrives intact.
+    expect(await writeWave(8, 16 * size)).toBe(8);
+    await capture.flush();
+    await waitFor(() => received.size === 24, { timeoutMs: 5_000, message: 'the second wave never arrived' });
+    const image = capture.volumeById(volumes[0]!.id).read(0, 24 * size);
+    for (const [seq, { offset, content }] of expected) {
+      expect(received.get(seq)?.equals(content)).toBe(true);
+      expect(image.subarray(offset, offset + size).equals(content)).toBe(true);
+    }
+    await waitFor(() => ring.stats().liveRegions === 0, { timeoutMs: 5_000, message: 'regions never came back after the second wave' });
+    await capture.close();
+    await journal.stop();
+    await bus.close();
+  });
+
+  it('ships writes received into the ring from memory even when far behind, where other writes are read back from the log', async () => {
+    // The shipper is held back (a send waits for the test), so it falls 24 MiB behind the capture:
+    // more than the 16 MiB its window keeps of writes outside the ring.
+    const bus = new InProcessBus({ retention: 'consumed', values: 'hand-over' });
+    let held: Promise<void> = Promise.resolve();
+    let open = (): void => undefined;
+    const hold = (): void => {
+      held = new Promise<void>((resolve) => (open = resolve));
+    };
+    const inner = bus.createProducer();
+    const producer: BusProducer = { send: async (topic, messages) => (await held, inner.send(topic, messages)) };
+    const values: Buffer[] = [];
+    const site = bus.createConsumer({ groupId: 'site', topics: [TOPICS.protectedWrites] });
+    await site.run((batch) => {
+      for (const message of batch.messages) {
+        // Only which memory it lies in is looked at, after the handler: the bytes may be reused by then.
+        values.push(message.value);
+      }
+      return Promise.resolve();
+    });
+    const ring = new PayloadRing(64 * MiB, { poison: true });
+    const capture = await VpgCapture.open(vpg, dir.path, producer, { bootId: 'boot-1', payloads: ring });
+    /** 24 writes of 1 MiB while the shipper is held; the memory each payload was received into. */
+    const run = async (lent: boolean, base: number): Promise<Set<ArrayBufferLike>> => {
+      hold();
+      const pending: Promise<number>[] = [];
+      const memory = new Set<ArrayBufferLike>();
+      values.length = 0;
+      for (let i = 0; i < 24; i++) {
+        const payload = lent ? (capture.allocatePayload(MiB, HEADROOM) as Buffer) : withHeadroom(Buffer.alloc(MiB), HEADROOM);
+        payload.fill(i);
+        memory.add(payload.buffer);
+        pending.push(capture.write(volumes[0]!.id, base + i * MiB, payload, false, { headroom: HEADROOM }));
+      }
+      await Promise.all(pending);
+      open();
+      await capture.flush();
+      expect(values).toHaveLength(24);
+      return memory;
+    };
+    const ringMemory = await run(true, 0);
+    expect(ringMemory.size).toBe(1);
+    // Every one shipped from memory, framed in place in the ring.
+    expect(values.filter((value) => !ringMemory.has(value.buffer))).toHaveLength(0);
+
+    const ownMemory = await run(false, 24 * MiB);
+    // Past 16 MiB the window was dropped: what it held then (15 writes and their headers) was read back
+    // from the log.
+    expect(values.filter((value) => !ownMemory.has(value.buffer)).length).toBeGreaterThanOrEqual(15);
+    await capture.close();
+    await site.stop();
+    await bus.close();
+  });
+
+  it('gives a region back at once when its write is refused or never made', async () => {
+    const bus = new InProcessBus();
+    const ring = new PayloadRing(4 * MiB, { poison: true });
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1', payloads: ring });
+    // Small payloads are not worth the ring (see allocatePayload).
+    expect(capture.allocatePayload(4096, HEADROOM)).toBeUndefined();
+    const refused = capture.allocatePayload(128 * 1024, HEADROOM) as Buffer;
+    await expect(capture.write('no-such-volume', 0, refused, false, { headroom: HEADROOM })).rejects.toThrow(/not in VPG/);
+    const outOfRange = capture.allocatePayload(128 * 1024, HEADROOM) as Buffer;
+    await expect(capture.write(volumes[0]!.id, volumes[0]!.sizeBytes, outOfRange, false, { headroom: HEADROOM })).rejects.toThrow();
+    const discarded = capture.allocatePayload(128 * 1024, HEADROOM) as Buffer;
+    capture.discardPayload(discarded);
+    expect(ring.stats().liveRegions).toBe(0);
+    expect(refused.every((byte) => byte === 0xdb)).toBe(true);
+    await capture.close();
+    await bus.close();
   });
 });
 

@@ -19,6 +19,7 @@ import { SegmentLog } from '@cdp/segment-log';
 import { ActivityLog, REGION_BYTES, currentBootId, regionKeys } from './activity-log';
 import { ForcedResync, type ResyncRequest, type ResyncStatus } from './forced-resync';
 import { LogShipper, type ShipperOptions } from './log-shipper';
+import { type PayloadLease, type PayloadRing } from './payload-ring';
 import { ProtectedVolume } from './protected-volume';
 
 export interface CaptureStatus {
@@ -51,6 +52,14 @@ export interface CaptureStatus {
  */
 const ASYNC_BATCH_BYTES = 256 * 1024;
 
+/**
+ * Smaller payloads are allocated per write, not taken from the payload ring. Those are what random
+ * writes are made of: they die young (a batch of them is copied into one bus message), they never
+ * caused the collector trouble, and a ring cycled through at that rate would only trade warm memory
+ * for cold.
+ */
+const RING_MIN_PAYLOAD_BYTES = 64 * 1024;
+
 /** Checkpoint stalls kept for the status percentiles: the most recent ones, a bounded ring. */
 const STALL_SAMPLES = 4096;
 
@@ -65,6 +74,8 @@ export interface CaptureOptions {
    * into this member's own sequence. Unset: every volume of the VPG (a VPG with one member).
    */
   readonly member?: string;
+  /** Memory to receive NBD write payloads into (see allocatePayload); none: each write allocates its own. */
+  readonly payloads?: PayloadRing;
 }
 
 /** How the previous run of this VPG's capture ended, as found at open. */
@@ -123,6 +134,8 @@ export class VpgCapture {
   private barrier: HeldBarrier | undefined;
   /** The newest epoch this capture has put a barrier marker (cut or void) in its order for. */
   private concludedEpoch = 0;
+  /** Payload buffers handed out by allocatePayload and not yet passed to write or discardPayload. */
+  private readonly lent = new WeakMap<Buffer, PayloadLease>();
   private readonly logger: Logger;
 
   private constructor(
@@ -133,6 +146,7 @@ export class VpgCapture {
     private readonly shipper: LogShipper,
     private readonly activity: ActivityLog,
     readonly previousEnd: PreviousEnd,
+    private readonly payloads: PayloadRing | undefined,
   ) {
     this.nextSeq = (log.lastSeq ?? 0) + 1;
     this.logger = new Logger(`capture ${vpg.name}`);
@@ -165,7 +179,7 @@ export class VpgCapture {
       // one costs correctness.
       previousEnd = previous && bootId !== undefined && previous.bootId === bootId ? 'process-crash' : 'host-crash';
     }
-    const capture = new VpgCapture(vpg, dir, log, volumes, new LogShipper(vpg.id, log, producer, options.shipper), activity, previousEnd);
+    const capture = new VpgCapture(vpg, dir, log, volumes, new LogShipper(vpg.id, log, producer, options.shipper), activity, previousEnd, options.payloads);
     if (previousEnd === 'process-crash' || previousEnd === 'host-crash') {
       await capture.redo();
     }
@@ -209,6 +223,35 @@ export class VpgCapture {
   }
 
   /**
+   * A buffer of `length` bytes, with `headroom` bytes in front of it in the same memory, from the
+   * payload ring: for a write that will be passed to `write` (with that headroom), or given back with
+   * `discardPayload`. Undefined when there is no ring or it is full: the caller allocates its own.
+   *
+   * The ring's region is held from here until the write is in the log and on its volume (the capture),
+   * until the shipper has shipped or dropped it (the shipper), and until the bus has let it go (the
+   * in-process bus, through the message's lease; a Kafka send has encoded it by the time it settles).
+   */
+  allocatePayload(length: number, headroom: number): Buffer | undefined {
+    if (length < RING_MIN_PAYLOAD_BYTES) {
+      return undefined;
+    }
+    const lease = this.payloads?.acquire(headroom + length);
+    if (!lease) {
+      return undefined;
+    }
+    const data = lease.data.subarray(headroom);
+    this.lent.set(data, lease);
+    return data;
+  }
+
+  /** A buffer from allocatePayload whose write will never be made. */
+  discardPayload(data: Buffer): void {
+    const lease = this.lent.get(data);
+    this.lent.delete(data);
+    lease?.release();
+  }
+
+  /**
    * Captures one write. Resolves when acknowledged (and, for FUA, when durable as flush() is).
    * `headroom` is how many bytes in front of `data`, in its ArrayBuffer, the caller reserved for the
    * capture to overwrite (and then `data` must not be used by the caller again): with
@@ -216,23 +259,34 @@ export class VpgCapture {
    * RECORD_HEADER_BYTES + BATCH_HEADER_BYTES a bus batch holding that record alone is framed there too.
    */
   async write(volumeId: string, offset: number, data: Buffer, fua = false, options: { readonly headroom?: number } = {}): Promise<number> {
-    const target = this.volumeById(volumeId);
-    validateWriteRange(target.volume, offset, data.length);
-    const keys = regionKeys(target.volume.index, offset, data.length);
-    // The regions must be in the durable activity log before the write touches the volume. The check
-    // and the capture below run without a pause in between, so no eviction can slip in; nor can a
-    // coordinated checkpoint's hold begin in between: a write that arrives while one is held is
-    // captured only after the marker, when the hold is released.
-    for (;;) {
-      if (this.barrier) {
-        await this.barrier.released;
-      } else if (!this.activity.touch(keys, this.epoch)) {
-        await this.activity.activate(keys, this.epoch, () => this.flushedEpoch, () => this.syncLocal());
-      } else {
-        break;
+    // A buffer from allocatePayload: its region is the capture's from here on, whatever happens.
+    const lease = this.lent.get(data);
+    this.lent.delete(data);
+    let captured: { seq: number; applied: Promise<void> };
+    try {
+      const target = this.volumeById(volumeId);
+      validateWriteRange(target.volume, offset, data.length);
+      const keys = regionKeys(target.volume.index, offset, data.length);
+      // The regions must be in the durable activity log before the write touches the volume. The check
+      // and the capture below run without a pause in between, so no eviction can slip in; nor can a
+      // coordinated checkpoint's hold begin in between: a write that arrives while one is held is
+      // captured only after the marker, when the hold is released.
+      for (;;) {
+        if (this.barrier) {
+          await this.barrier.released;
+        } else if (!this.activity.touch(keys, this.epoch)) {
+          await this.activity.activate(keys, this.epoch, () => this.flushedEpoch, () => this.syncLocal());
+        } else {
+          break;
+        }
       }
+      captured = this.capture(target, offset, data, fua, options.headroom ?? 0, lease);
+    } catch (err) {
+      // Never captured: nothing else holds the region.
+      lease?.release();
+      throw err;
     }
-    const { seq, applied } = this.capture(target, offset, data, fua, options.headroom ?? 0);
+    const { seq, applied } = captured;
     await applied;
     if (fua) {
       await this.flush();
@@ -385,7 +439,7 @@ export class VpgCapture {
    * write-ahead log. Nothing is acknowledged before its batch is applied, and everything that needs
    * the log or the volumes complete (a flush, a checkpoint marker, close) drains the batch first.
    */
-  private capture(target: ProtectedVolume, offset: number, data: Buffer, fua: boolean, headroom = 0): { seq: number; applied: Promise<void> } {
+  private capture(target: ProtectedVolume, offset: number, data: Buffer, fua: boolean, headroom = 0, lease?: PayloadLease): { seq: number; applied: Promise<void> } {
     const seq = this.nextSeq++;
     const inPlace = headroom >= RECORD_HEADER_BYTES;
     const record = encodeWriteRecord(
@@ -407,7 +461,23 @@ export class VpgCapture {
       });
       // Writers await it; a failure nobody awaits any more must not surface as unhandled.
       applied.catch(() => undefined);
-      batch = { records: [], batchHeadroom: [], writes: [], bytes: 0, applied, settle };
+      const leases: (PayloadLease | undefined)[] = [];
+      batch = {
+        records: [],
+        batchHeadroom: [],
+        leases,
+        writes: [],
+        bytes: 0,
+        applied,
+        // Settled once the batch's log writes and volume writes are done or failed: the capture is
+        // finished with its payloads (the shipper holds its own references).
+        settle: (err) => {
+          settle(err);
+          for (const held of leases) {
+            held?.release();
+          }
+        },
+      };
       this.batch = batch;
       queueMicrotask(() => {
         try {
@@ -419,6 +489,7 @@ export class VpgCapture {
     }
     batch.records.push(record);
     batch.batchHeadroom.push(headroom >= RECORD_HEADER_BYTES + BATCH_HEADER_BYTES);
+    batch.leases.push(lease);
     batch.writes.push({ volume: target, offset, data });
     batch.bytes += data.length;
     return { seq, applied: batch.applied };
@@ -445,7 +516,7 @@ export class VpgCapture {
       try {
         const placed = this.log.append(batch.records);
         applyInOrder(batch.writes);
-        this.shipper.offer(placed, batch.records, batch.batchHeadroom);
+        this.shipper.offer(placed, batch.records, batch.batchHeadroom, batch.leases);
       } catch (err) {
         throw failed(err);
       }
@@ -459,7 +530,7 @@ export class VpgCapture {
       throw failed(err);
     }
     // The shipper ships only what the log has made durable, and a sync waits for these writes.
-    this.shipper.offer(placed, batch.records, batch.batchHeadroom);
+    this.shipper.offer(placed, batch.records, batch.batchHeadroom, batch.leases);
     const before = this.applying;
     const applying = (async () => {
       // A batch before this one that failed has failed its own writers; this one goes on, as the
@@ -626,6 +697,8 @@ interface CaptureBatch {
   readonly records: Buffer[];
   /** Per record: BATCH_HEADER_BYTES in front of it are ours, so a batch of it alone needs no copy. */
   readonly batchHeadroom: boolean[];
+  /** Per record: the payload ring's region it lies in, if it does (released when the batch settles). */
+  readonly leases: (PayloadLease | undefined)[];
   readonly writes: QueuedWrite[];
   /** Payload bytes of the writes. */
   bytes: number;

@@ -46,7 +46,9 @@ export class FaultInjectingBus implements Bus {
             const damaged = Buffer.from(message.value);
             // The last byte is payload: lengths stay valid, only the checksum can tell.
             damaged.writeUInt8(damaged.readUInt8(damaged.length - 1) ^ 0xff, damaged.length - 1);
-            kept.push({ ...message, value: damaged });
+            // A copy: the original's lease (if any) is not this value's.
+            const { lease: _lease, ...rest } = message;
+            kept.push({ ...rest, value: damaged });
             continue;
           }
           kept.push(message);

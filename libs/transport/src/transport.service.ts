@@ -47,9 +47,13 @@ export class TransportService implements OnApplicationBootstrap, BeforeApplicati
   }
 
   private async forward(batch: MessageBatch): Promise<void> {
+    // A value handed over by the in-process bus may live in its sender's reusable memory: its lease
+    // goes with it, so that the recovery-site topic holds the memory as long as it keeps the value.
     await this.producer.send(
       TOPICS.recoveryWrites,
-      batch.messages.map((m) => ({ key: m.key, value: m.value })),
+      batch.messages.map((m) =>
+        m.lease === undefined ? { key: m.key, value: m.value } : { key: m.key, value: m.value, lease: m.lease },
+      ),
     );
     this.forwardedMessages += batch.messages.length;
     this.forwardedBytes += batch.messages.reduce((sum, m) => sum + m.value.length, 0);

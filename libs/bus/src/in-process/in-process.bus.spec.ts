@@ -1,4 +1,11 @@
-import { type BatchContext, BusError, type BusMessage, type MessageBatch } from '../bus';
+import {
+  type BatchContext,
+  type BufferLease,
+  BusError,
+  type BusMessage,
+  type ConsumedMessage,
+  type MessageBatch,
+} from '../bus';
 import { Recorder, describeBusContract, keyForPartition, uniqueName, waitUntil } from '../bus.contract';
 import { partitionForKey } from '../murmur2';
 import { InProcessBus } from './in-process.bus';
@@ -387,5 +394,203 @@ describe('InProcessBus retention', () => {
     await waitUntil('the first group to consume everything', () => first.messageCount() === 2000, deadlineMs);
     expect(bus.partitionOffsets(topic, 0).low).toBe('0');
     await bus.close();
+  });
+});
+
+/**
+ * A lease that counts its holders as the splitter's payload ring does, starting with the sender's own
+ * hold, and refuses what the ring refuses: a retain after the last release, a release too many. A
+ * refusal is also noted, since one thrown inside a consumer's loop would not reach the test.
+ */
+class CountingLease implements BufferLease {
+  holders = 1;
+  retains = 0;
+  /** How often the last holder let go: the owner may reuse the memory from then on. */
+  freed = 0;
+  readonly misuse: string[] = [];
+
+  retain(): void {
+    if (this.holders === 0) this.refuse('retained after the last release');
+    this.holders++;
+    this.retains++;
+  }
+
+  release(): void {
+    if (this.holders === 0) this.refuse('released more often than retained');
+    this.holders--;
+    if (this.holders === 0) this.freed++;
+  }
+
+  /** Freed exactly once, and nothing refused: every retain was matched by exactly one release. */
+  get settled(): boolean {
+    return this.freed === 1 && this.holders === 0 && this.misuse.length === 0;
+  }
+
+  private refuse(what: string): never {
+    this.misuse.push(what);
+    throw new Error(what);
+  }
+}
+
+/** A handler that keeps what it is given and waits until the test lets it finish. */
+function gatedHandler(): {
+  readonly seen: ConsumedMessage[];
+  readonly open: () => void;
+  readonly handler: (batch: MessageBatch) => Promise<void>;
+} {
+  let open: () => void = () => undefined;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const seen: ConsumedMessage[] = [];
+  return {
+    seen,
+    open: () => open(),
+    handler: async (batch) => {
+      seen.push(...batch.messages);
+      await gate;
+    },
+  };
+}
+
+describe('InProcessBus leases', () => {
+  const deadlineMs = 2_000;
+  const waitFor = (what: string, predicate: () => boolean): Promise<void> => waitUntil(what, predicate, deadlineMs);
+
+  let bus: InProcessBus;
+  afterEach(() => bus.close());
+
+  /** Sends one leased value and ends the sender's own hold, as the owner does once send() settles. */
+  async function sendLeased(topic: string, value: Buffer, key = 'k'): Promise<CountingLease> {
+    const lease = new CountingLease();
+    await bus.createProducer().send(topic, [{ key, value, lease }]);
+    lease.release();
+    return lease;
+  }
+
+  it("with 'hand-over' and 'consumed' retention, holds a value until every subscribed group has committed past it", async () => {
+    bus = new InProcessBus({ defaultPartitions: 1, retention: 'consumed', values: 'hand-over' });
+    const topic = uniqueName('leased');
+    const value = Buffer.from('payload');
+    const lease = await sendLeased(topic, value);
+    expect([lease.retains, lease.holders]).toEqual([1, 1]);
+
+    const slowGroup = uniqueName('slow');
+    const slow = gatedHandler();
+    await bus.createConsumer({ groupId: slowGroup, topics: [topic] }).run(slow.handler);
+    const fastGroup = uniqueName('fast');
+    await bus.createConsumer({ groupId: fastGroup, topics: [topic] }).run(new Recorder().handler());
+    try {
+      await waitFor(
+        'the fast group to commit, the slow one to be handling it',
+        () => bus.committedOffset(fastGroup, topic, 0) === '1' && slow.seen.length === 1,
+      );
+      expect(slow.seen[0]?.value).toBe(value);
+      expect(slow.seen[0]?.lease).toBe(lease);
+      expect(lease.freed).toBe(0);
+    } finally {
+      slow.open();
+    }
+    await waitFor('the slow group to commit', () => bus.committedOffset(slowGroup, topic, 0) === '1');
+    expect(lease.settled).toBe(true);
+    expect(bus.partitionOffsets(topic, 0).low).toBe('1');
+    await bus.close();
+    expect(lease.settled).toBe(true);
+  });
+
+  it("with 'consumed' retention, releases a value as soon as it is consumed, not when the log next compacts", async () => {
+    bus = new InProcessBus({ defaultPartitions: 1, retention: 'consumed', values: 'hand-over' });
+    const topic = uniqueName('eager');
+    const leases: CountingLease[] = [];
+    for (let n = 0; n < 10; n++) leases.push(await sendLeased(topic, Buffer.from(`m${n}`)));
+    const gated = gatedHandler();
+    let batches = 0;
+    const groupId = uniqueName('group');
+    await bus
+      .createConsumer({ groupId, topics: [topic], maxBatchMessages: 1 })
+      .run((batch) => (++batches === 1 ? Promise.resolve() : gated.handler(batch)));
+    try {
+      await waitFor('the second batch to be in progress', () => gated.seen.length === 1);
+      // One of ten consumed: too little to compact the log for, but its owner gets it back now.
+      expect(leases.map((l) => l.freed)).toEqual([1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+      expect(bus.partitionOffsets(topic, 0)).toEqual({ low: '1', high: '10' });
+    } finally {
+      gated.open();
+    }
+    await waitFor('everything consumed', () => bus.committedOffset(groupId, topic, 0) === '10');
+    expect(leases.every((l) => l.settled)).toBe(true);
+  });
+
+  it("with 'hand-over' and 'all' retention, holds every value until close(), then releases each once", async () => {
+    bus = new InProcessBus({ defaultPartitions: 1, values: 'hand-over' });
+    const topic = uniqueName('kept');
+    const leases = [await sendLeased(topic, Buffer.from('a')), await sendLeased(topic, Buffer.from('b'))];
+    const recorder = new Recorder();
+    const groupId = uniqueName('group');
+    await bus.createConsumer({ groupId, topics: [topic] }).run(recorder.handler());
+    await waitFor('both consumed', () => bus.committedOffset(groupId, topic, 0) === '2');
+    expect(leases.map((l) => l.holders)).toEqual([1, 1]);
+    expect(leases.map((l) => l.freed)).toEqual([0, 0]);
+    await bus.close();
+    expect(leases.map((l) => l.settled)).toEqual([true, true]);
+  });
+
+  it("with 'hand-over', deleteRecordsBefore releases what it drops, but not while a handler still has it", async () => {
+    bus = new InProcessBus({ defaultPartitions: 1, values: 'hand-over' });
+    const topic = uniqueName('trimmed');
+    const leases = [
+      await sendLeased(topic, Buffer.from('m0')),
+      await sendLeased(topic, Buffer.from('m1')),
+      await sendLeased(topic, Buffer.from('m2')),
+    ];
+    const gated = gatedHandler();
+    const groupId = uniqueName('group');
+    await bus.createConsumer({ groupId, topics: [topic], maxBatchMessages: 1 }).run(gated.handler);
+    try {
+      await waitFor('the first batch to be in progress', () => gated.seen.length === 1);
+      expect(bus.deleteRecordsBefore(topic, 0, 2)).toBe('2');
+      // m1 was only stored; m0 is still in its handler's hands.
+      expect(leases.map((l) => l.freed)).toEqual([0, 1, 0]);
+    } finally {
+      gated.open();
+    }
+    await waitFor('the consumer to resume past the trim', () => bus.committedOffset(groupId, topic, 0) === '3');
+    expect(gated.seen.map((m) => m.value.toString())).toEqual(['m0', 'm2']);
+    expect(leases.map((l) => l.freed)).toEqual([1, 1, 0]);
+    await bus.close();
+    expect(leases.map((l) => l.settled)).toEqual([true, true, true]);
+  });
+
+  it("with 'copy' values, never retains a lease and hands consumers a copy without it", async () => {
+    bus = new InProcessBus({ defaultPartitions: 1, retention: 'consumed' });
+    const topic = uniqueName('copied');
+    const value = Buffer.from('payload');
+    const lease = await sendLeased(topic, value);
+    const recorder = new Recorder();
+    await bus.createConsumer({ groupId: uniqueName('group'), topics: [topic] }).run(recorder.handler());
+    await waitFor('the message', () => recorder.messageCount() === 1);
+    const [received] = recorder.messages();
+    expect(received?.value).not.toBe(value);
+    expect(received?.value.equals(value)).toBe(true);
+    expect(received?.lease).toBeUndefined();
+    await bus.close();
+    expect(lease.retains).toBe(0);
+    expect(lease.settled).toBe(true);
+  });
+
+  it('retains no lease for a send it rejects', async () => {
+    bus = new InProcessBus({ defaultPartitions: 1, values: 'hand-over' });
+    const topic = uniqueName('rejected');
+    const producer = bus.createProducer();
+    const lease = new CountingLease();
+    const good: BusMessage = { key: 'k', value: Buffer.from('good'), lease };
+    const bad: BusMessage[] = [
+      { key: 'k', value: 'not a buffer' as unknown as Buffer },
+      { key: 7 as unknown as string, value: Buffer.from('bad key') },
+      { key: 'k', value: Buffer.from('bad lease'), lease: {} as unknown as BufferLease },
+    ];
+    for (const message of bad) {
+      await expect(producer.send(topic, [good, message])).rejects.toBeInstanceOf(BusError);
+    }
+    expect(lease.retains).toBe(0);
+    expect(bus.partitionOffsets(topic, 0)).toEqual({ low: '0', high: '0' });
   });
 });

@@ -35,7 +35,10 @@ export interface InProcessBusOptions {
    * reuse its buffer, and a consumer may change what it gets. 'hand-over' stores the sender's buffer
    * itself and hands it to every consumer, which saves a copy of every byte: only for a process whose
    * producers never touch a value after sending it and whose consumers never change one (the
-   * services of the all-in-one).
+   * services of the all-in-one). A handed-over value's lease (BusMessage.lease) is retained while the
+   * bus stores the value and while a handler is given it, and released once for each: when the message
+   * is dropped (consumed, deleteRecordsBefore, close()) and when the handler settles. 'copy' ignores
+   * leases: the stored copy has none.
    */
   readonly values?: 'copy' | 'hand-over';
 }
@@ -93,14 +96,19 @@ export class InProcessBus implements Bus {
     return this.broker.createConsumer(options);
   }
 
-  /** Stops every consumer (each after its batch in progress) and drops all messages. Idempotent. */
+  /**
+   * Stops every consumer (each after its batch in progress) and drops all messages, releasing the
+   * leases of those stored. Idempotent.
+   */
   close(): Promise<void> {
     return this.broker.close();
   }
 
   /**
    * Drops a partition's messages below `offset`, as Kafka's deleteRecords does; later offsets keep their
-   * numbers. A group positioned before the new start resumes at it. Returns the new start offset.
+   * numbers. A group positioned before the new start resumes at it. Returns the new start offset. A
+   * dropped message's lease is released at once, unless a handler is still given it: then once that
+   * handler settles.
    */
   deleteRecordsBefore(topic: string, partition: number, offset: number | string): string {
     const before = Number(offset);
@@ -133,7 +141,7 @@ class Broker {
   private readonly consumers = new Set<InProcessConsumer>();
   private closed = false;
   private closing: Promise<void> | undefined;
-  private readonly handOver: boolean;
+  readonly handOver: boolean;
 
   constructor(options: InProcessBusOptions) {
     this.defaultPartitions = checkPartitionCount(options.defaultPartitions ?? DEFAULT_PARTITIONS);
@@ -155,7 +163,7 @@ class Broker {
       if (committed === undefined) return;
       lowest = Math.min(lowest, committed);
     }
-    if (Number.isFinite(lowest)) log.trimConsumed(lowest);
+    if (Number.isFinite(lowest)) log.trimBefore(lowest);
   }
 
   ensureTopics(specs: readonly TopicSpec[]): void {
@@ -182,12 +190,13 @@ class Broker {
   send(topicName: string, messages: readonly BusMessage[]): void {
     this.assertOpen();
     const topic = this.topic(topicName);
-    // Route and copy everything before storing anything, so a bad message stores none of the send.
+    // Route, check and copy everything before storing anything, so a bad message stores none of the
+    // send and retains no lease of it.
     const routed = messages.map((message) => {
       if (typeof message.key !== 'string') throw new BusError('message key must be a string', false);
       const log = topic.partitions[partitionForKey(message.key, topic.partitions.length)];
       if (log === undefined) throw new BusError(`no partition for key ${message.key}`, false);
-      return { log, message: this.handOver ? checkMessage(message) : copyMessage(message) };
+      return { log, message: this.handOver ? checkLease(checkMessage(message)) : copyMessage(message) };
     });
     const touched = new Set<PartitionLog>();
     for (const { log, message } of routed) {
@@ -312,6 +321,10 @@ class Broker {
     await Promise.all([...this.consumers].map((consumer) => consumer.stop()));
     this.consumers.clear();
     this.groups.clear();
+    // No handler runs any more: every stored value goes back to its owner.
+    for (const topic of this.topics.values()) {
+      for (const log of topic.partitions) log.trimBefore(log.end);
+    }
     this.topics.clear();
   }
 }
@@ -473,6 +486,11 @@ class PartitionWorker {
   }
 
   private async handle(batch: MessageBatch): Promise<boolean> {
+    // The handler's own hold on handed-over values: the log may drop a message while its handler still
+    // reads it (deleteRecordsBefore, or another group's commit once this member has left its group),
+    // and the owner must not reuse the memory before the handler settles.
+    const leased = this.broker.handOver ? batch.messages : [];
+    for (const message of leased) message.lease?.retain();
     try {
       await this.handler(batch, this.context);
       return true;
@@ -485,6 +503,8 @@ class PartitionWorker {
         }
       }
       return false;
+    } finally {
+      for (const message of leased) message.lease?.release();
     }
   }
 
@@ -567,8 +587,9 @@ class Topic {
 
 class PartitionLog {
   readonly key: string;
+  /** messages[i] has offset base + i. Those below startOffset are dropped, kept only until compaction. */
   private messages: ConsumedMessage[] = [];
-  /** Offset of messages[0]. */
+  private base = 0;
   private startOffset = 0;
   private readonly watchers = new Set<() => void>();
 
@@ -584,36 +605,41 @@ class PartitionLog {
   }
 
   get end(): number {
-    return this.startOffset + this.messages.length;
+    return this.base + this.messages.length;
   }
 
+  /** Only a handed-over message carries a lease here: a copy has none. */
   append(message: BusMessage): void {
+    message.lease?.retain();
     this.messages.push(
       Object.freeze({ ...message, topic: this.topic, partition: this.partition, offset: String(this.end) }),
     );
   }
 
+  /** `from` is at least start: readers resume at start when messages were dropped under them. */
   read(from: number, max: number): ConsumedMessage[] {
-    const index = from - this.startOffset;
+    const index = from - this.base;
     return this.messages.slice(index, index + max);
   }
 
   /**
-   * Drops messages below `offset` when that frees enough to be worth copying the rest (a quarter of
-   * what is kept, or 1024 messages), so trimming after every batch stays amortised O(1) per message.
+   * Drops messages below `offset` and releases their leases, each exactly once. Both happen at once,
+   * since an owner reusing its memory in order waits for the oldest holder; only the array is compacted
+   * lazily, when that frees enough to be worth copying the rest (a quarter of it, or 1024 messages), so
+   * trimming after every batch stays amortised O(1) per message. Returns the new start offset.
    */
-  trimConsumed(offset: number): void {
-    const drop = Math.min(offset, this.end) - this.startOffset;
-    if (drop >= 1024 || (drop > 0 && drop * 4 >= this.messages.length)) {
-      this.trimBefore(offset);
-    }
-  }
-
   trimBefore(offset: number): number {
-    const drop = Math.min(offset, this.end) - this.startOffset;
-    if (drop > 0) {
-      this.messages = this.messages.slice(drop);
-      this.startOffset += drop;
+    const until = Math.min(offset, this.end);
+    while (this.startOffset < until) {
+      const message = this.messages[this.startOffset - this.base];
+      // Moved past first, so that a lease whose release throws is still never released twice.
+      this.startOffset++;
+      message?.lease?.release();
+    }
+    const dropped = this.startOffset - this.base;
+    if (dropped >= 1024 || (dropped > 0 && dropped * 4 >= this.messages.length)) {
+      this.messages = this.messages.slice(dropped);
+      this.base = this.startOffset;
     }
     return this.startOffset;
   }
@@ -636,7 +662,11 @@ function partitionKey(topic: string, partition: number): string {
   return `${partition}:${topic}`;
 }
 
-/** Kafka hands consumers their own bytes; copying keeps a producer reusing its buffer from changing the log. */
+/**
+ * Kafka hands consumers their own bytes; copying keeps a producer reusing its buffer from changing the
+ * log. The copy carries no lease: its memory is the bus's, and the sender's may be reused once send()
+ * settles.
+ */
 function copyMessage(message: BusMessage): BusMessage {
   const value = Buffer.from(checkMessage(message).value);
   return message.headers === undefined
@@ -646,6 +676,20 @@ function copyMessage(message: BusMessage): BusMessage {
 
 function checkMessage(message: BusMessage): BusMessage {
   if (!Buffer.isBuffer(message.value)) throw new BusError('message value must be a Buffer', false);
+  return message;
+}
+
+/**
+ * Checked with the rest of the send: a lease without retain() would otherwise fail the send halfway
+ * through its appends, and one without release() only once its message is dropped.
+ */
+function checkLease(message: BusMessage): BusMessage {
+  const lease: unknown = message.lease;
+  if (lease === undefined) return message;
+  const { retain, release } = (typeof lease === 'object' && lease !== null ? lease : {}) as Record<string, unknown>;
+  if (typeof retain !== 'function' || typeof release !== 'function') {
+    throw new BusError('message lease must have retain() and release()', false);
+  }
   return message;
 }
 
