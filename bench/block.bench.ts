@@ -101,6 +101,8 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
         return journal.journal.appliedSeq >= splitter.lastSeq;
       }, 300_000, 'the journal to catch up');
 
+    const ringStats = async (): Promise<{ served: number; fallbacks: number } | null> =>
+      (await json<{ payloadRing: { served: number; fallbacks: number } | null }>('GET', `${api}/splitter/nbd`)).payloadRing;
     const compare = (name: string, unit: 'IOPS' | 'MB/s', goal: number, jobArgs: string[], pick: (r: FioResult) => number, baselineName = 'nbdkit file plugin, same fio job'): Promise<Figure> =>
       (async () => {
         const runs: number[] = [];
@@ -109,10 +111,16 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
         let command = '';
         for (let i = 0; i < REPEATS; i++) {
           baselineRuns.push(pick(fio([...jobArgs, '--ioengine=nbd', `--uri=${nbdkitUri}`]).result));
+          const ringBefore = await ringStats();
           const measured = fio([...jobArgs, '--ioengine=nbd', `--uri=${splitterUri}`]);
           command = measured.command;
           runs.push(pick(measured.result));
           catchUps.push(await catchUp());
+          const ringAfter = await ringStats();
+          if (ringBefore && ringAfter && ringAfter.served + ringAfter.fallbacks > ringBefore.served + ringBefore.fallbacks) {
+            // Large payloads the ring had no room for: many mean the journal fell behind by more than the ring.
+            ctx.log(`  run ${i + 1}: ${ringAfter.served - ringBefore.served} payloads received into the payload ring, ${ringAfter.fallbacks - ringBefore.fallbacks} allocated because it was full`);
+          }
         }
         const value = median(runs);
         const baselineValue = median(baselineRuns);
