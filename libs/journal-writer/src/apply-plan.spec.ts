@@ -22,7 +22,20 @@ describe('planApply', () => {
   it('stops at a gap and applies nothing after it', () => {
     const plan = planApply(4, [write(5), write(7), write(8)]);
     expect(plan.apply.map((r) => r.decoded.seq)).toEqual([5]);
-    expect(plan.gap).toMatchObject({ expectedSeq: 6, receivedSeq: 7 });
+    expect(plan.gap).toMatchObject({ expectedSeq: 6, receivedSeq: 7, reason: 'seq 6 missing' });
+  });
+
+  it('fills a gap from a replay that arrived in the same batch behind newer records', () => {
+    // Records 8 and 9 were sent while the replay from 5 was asked for; the replay (5 to 9) comes after them.
+    const plan = planApply(4, [write(8), write(9), write(5), write(6), write(7), write(8), write(9)]);
+    expect(plan.apply.map((r) => r.decoded.seq)).toEqual([5, 6, 7, 8, 9]);
+    expect(plan.apply.map((r) => r.bytes[r.bytes.length - 1])).toEqual([5, 6, 7, 8, 9]);
+    expect(plan.duplicates).toBe(2);
+    expect(plan.gap).toBeUndefined();
+    // Still a gap when the replay stops short of the newer records: only the run from 5 is applied.
+    const short = planApply(4, [write(9), write(5), write(6)]);
+    expect(short.apply.map((r) => r.decoded.seq)).toEqual([5, 6]);
+    expect(short.gap).toMatchObject({ expectedSeq: 7, receivedSeq: 9 });
   });
 
   it('treats a corrupt record as a gap at its place and never applies it', () => {
@@ -32,5 +45,10 @@ describe('planApply', () => {
     expect(plan.apply.map((r) => r.decoded.seq)).toEqual([5]);
     expect(plan.gap?.expectedSeq).toBe(6);
     expect(plan.gap?.reason).toMatch(/corrupt/);
+    // Its good copy in the same batch (a replay) fills its place; the damaged one is still reported.
+    const healed = planApply(4, [write(5), damaged, write(6), write(7)]);
+    expect(healed.apply.map((r) => r.decoded.seq)).toEqual([5, 6, 7]);
+    expect(healed.gap).toMatchObject({ expectedSeq: 8, receivedSeq: -1 });
+    expect(healed.gap?.reason).toMatch(/corrupt/);
   });
 });

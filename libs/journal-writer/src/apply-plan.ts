@@ -2,43 +2,63 @@ import { CorruptRecordError, decodeRecord } from '@cdp/contracts';
 import { type VerifiedRecord } from '@cdp/journal-store';
 
 export interface ApplyPlan {
-  /** Records that continue the order exactly, verified, ready to commit. */
+  /** Records that continue the order exactly, verified, in seq order, ready to commit. */
   readonly apply: VerifiedRecord[];
   readonly duplicates: number;
-  /** Set when the order broke: a record after appliedSeq + 1 arrived first, or a record was corrupt. */
+  /** Set when the order broke: a record after the applied ones is missing, or a record was corrupt. */
   readonly gap?: { readonly expectedSeq: number; readonly receivedSeq: number; readonly reason: string };
 }
 
 /**
- * Decides what to do with a VPG's records as they arrived, given how far its journal is. Pure.
- * Records at or below the applied seq are duplicates (a redelivery or a replay) and are dropped. The
- * first record that does not continue the order exactly stops the plan: nothing after a gap is
- * applied, because the journal must only ever hold a prefix of the write order. A corrupt record is a
- * gap at its position: it is never stored.
+ * Decides what to do with a VPG's records as they arrived in one batch, given how far its journal is.
+ * Pure. Records at or below the applied seq are duplicates (a redelivery or a replay) and are dropped.
+ * What is applied is the run of seqs that continues the order exactly (applied + 1, + 2, …), taken
+ * from anywhere in the batch: a replay can arrive in the same batch as, and behind, newer records that
+ * were sent while it was asked for, and it still fills the gap at once (stopping at the first record
+ * out of order threw the replay away, and the journal asked again only after REPLAY_RETRY_MS). Nothing
+ * past a missing seq is applied, because the journal must only ever hold a prefix of the write order.
+ * A corrupt record is never stored; its seq cannot be trusted, so it is reported as a gap at the end
+ * of what was applied, and the replay asked for from there brings it again.
  */
 export function planApply(appliedSeq: number, records: readonly Buffer[]): ApplyPlan {
-  const apply: VerifiedRecord[] = [];
   let duplicates = 0;
-  let expected = appliedSeq + 1;
+  let corrupt: CorruptRecordError | undefined;
+  // A seq is one record whatever path it came by (the log holds it once), so the first copy is kept.
+  const ahead = new Map<number, VerifiedRecord>();
   for (const bytes of records) {
     let decoded;
     try {
       decoded = decodeRecord(bytes);
     } catch (err) {
       if (err instanceof CorruptRecordError) {
-        return { apply, duplicates, gap: { expectedSeq: expected, receivedSeq: -1, reason: `corrupt record: ${err.message}` } };
+        corrupt ??= err;
+        continue;
       }
       throw err;
     }
-    if (decoded.seq < expected) {
+    if (decoded.seq <= appliedSeq || ahead.has(decoded.seq)) {
       duplicates++;
       continue;
     }
-    if (decoded.seq > expected) {
-      return { apply, duplicates, gap: { expectedSeq: expected, receivedSeq: decoded.seq, reason: `seq ${expected} missing` } };
-    }
-    apply.push({ bytes, decoded });
+    ahead.set(decoded.seq, { bytes, decoded });
+  }
+  const apply: VerifiedRecord[] = [];
+  let expected = appliedSeq + 1;
+  for (let next = ahead.get(expected); next !== undefined; next = ahead.get(expected)) {
+    apply.push(next);
+    ahead.delete(expected);
     expected++;
+  }
+  if (ahead.size > 0) {
+    let receivedSeq = Number.POSITIVE_INFINITY;
+    for (const seq of ahead.keys()) {
+      receivedSeq = Math.min(receivedSeq, seq);
+    }
+    const reason = corrupt ? `corrupt record: ${corrupt.message}` : `seq ${expected} missing`;
+    return { apply, duplicates, gap: { expectedSeq: expected, receivedSeq, reason } };
+  }
+  if (corrupt) {
+    return { apply, duplicates, gap: { expectedSeq: expected, receivedSeq: -1, reason: `corrupt record: ${corrupt.message}` } };
   }
   return { apply, duplicates };
 }
