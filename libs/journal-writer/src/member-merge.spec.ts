@@ -74,6 +74,16 @@ describe('MemberMerge: the orders of several hosts into one journal order', () =
     expect(replayed.duplicates).toBe(1);
   });
 
+  it('takes a replay that arrived in one batch behind newer records of the same member, without asking again', () => {
+    const merge = new MemberMerge(MEMBERS, MEMBER_OF, null);
+    // b's 3 and 4 were sent while its replay from 1 was asked for; the replay (1 to 4) comes behind them.
+    const plan = merge.plan(0, [write('a', 1), write('b', 3), write('b', 4), write('b', 1), write('b', 2), write('b', 3), write('b', 4), write('a', 2)]);
+    expect(journalOrder(plan)).toEqual(['a@1', 'b@1', 'b@2', 'b@3', 'b@4', 'a@2']);
+    expect(plan.duplicates).toBe(2);
+    expect(plan.replays).toEqual([]);
+    expect(plan.state.members).toMatchObject({ a: { applied: 2 }, b: { applied: 4 } });
+  });
+
   it('holds a waiting member within a bound, then drops and asks for the rest again once it moves', () => {
     const merge = new MemberMerge(MEMBERS, MEMBER_OF, null, 3 * 600);
     const plan = merge.plan(0, [barrier('a', 1, 1), write('a', 2), write('a', 3), write('a', 4), write('a', 5), write('a', 6)]);

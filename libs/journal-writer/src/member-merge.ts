@@ -51,6 +51,37 @@ interface Held {
   overflowed: boolean;
 }
 
+interface Arrived {
+  readonly member: string;
+  readonly record: { bytes: Buffer; decoded: DecodedRecord };
+}
+
+/**
+ * The batch with each member's records put in that member's seq order, in the places its records
+ * took (the members' interleaving is kept; it is arbitrary anyway). A replay often arrives behind
+ * newer records of the same member sent while it was asked for: taken as they came, the first newer
+ * record broke the member's order for the rest of the batch, the replay was thrown away, and the
+ * member was asked again only after the journal writer's retry delay.
+ */
+function inMemberOrder(arrived: readonly Arrived[]): Arrived[] {
+  const places = new Map<string, number[]>();
+  arrived.forEach(({ member }, i) => {
+    let mine = places.get(member);
+    if (!mine) {
+      mine = [];
+      places.set(member, mine);
+    }
+    mine.push(i);
+  });
+  const ordered = [...arrived];
+  for (const mine of places.values()) {
+    // Array.prototype.sort is stable: copies of one seq keep their order (the first is the one applied).
+    const sorted = mine.map((i) => arrived[i] as Arrived).sort((x, y) => x.record.decoded.seq - y.record.decoded.seq);
+    mine.forEach((place, k) => (ordered[place] = sorted[k] as Arrived));
+  }
+  return ordered;
+}
+
 /** Records a waiting member may have ahead of the others before the rest is dropped (and replayed later). */
 const DEFAULT_HELD_BYTES = 32 * 1024 * 1024;
 
@@ -95,6 +126,7 @@ export class MemberMerge {
 
   plan(journalApplied: number, records: readonly Buffer[]): MergePlan {
     const run: Run = { next: journalApplied + 1, apply: [], duplicates: 0, replays: [], voided: 0, broken: new Set() };
+    const arrived: Arrived[] = [];
     for (const bytes of records) {
       let decoded: DecodedRecord;
       try {
@@ -107,10 +139,12 @@ export class MemberMerge {
         throw err;
       }
       const member = this.memberOf(decoded);
-      if (member === undefined) {
-        continue;
+      if (member !== undefined) {
+        arrived.push({ member, record: { bytes, decoded } });
       }
-      this.accept(run, member, { bytes, decoded });
+    }
+    for (const { member, record } of inMemberOrder(arrived)) {
+      this.accept(run, member, record);
     }
     return {
       apply: run.apply,
