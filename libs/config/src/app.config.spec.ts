@@ -6,6 +6,15 @@ describe('loadConfig', () => {
     expect(config.databaseUrl).toBeNull();
     expect(config.http).toEqual({ host: '127.0.0.1', port: 8080 });
     expect(config.demo).toBe(false);
+    expect(config.payloadRingBytes).toBe(256 * 1024 * 1024);
+  });
+
+  it('takes the payload ring size in MiB, 0 to turn it off, and refuses what Node cannot allocate', () => {
+    expect(loadConfig({ CDP_PAYLOAD_RING_MB: '0' }).payloadRingBytes).toBe(0);
+    expect(loadConfig({ CDP_PAYLOAD_RING_MB: '4096' }).payloadRingBytes).toBe(4096 * 1024 * 1024);
+    for (const bad of ['4097', '-1', '1.5', 'lots']) {
+      expect(() => loadConfig({ CDP_PAYLOAD_RING_MB: bad })).toThrow(/CDP_PAYLOAD_RING_MB/);
+    }
   });
 
   it('names every bad variable in one error', () => {

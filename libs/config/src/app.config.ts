@@ -100,7 +100,8 @@ const envSchema = z.object({
     .string()
     .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, "must be 1 to 63 of lower-case letters, digits, '.', '_' or '-', starting with a letter or digit")
     .default('default'),
-  CDP_PAYLOAD_RING_MB: z.coerce.number().int().min(0).max(65_536).default(256),
+  // 4096 MiB is the largest Buffer Node allocates: a larger ring would only fail when the first VPG opens.
+  CDP_PAYLOAD_RING_MB: z.coerce.number().int().min(0).max(4096).default(256),
   CDP_BUS: z.enum(['in-process', 'kafka']).default('in-process'),
   CDP_KAFKA_BROKERS: z
     .string()
