@@ -532,7 +532,13 @@ export class NbdConnection {
         return;
       }
       const device = this.device as BlockDevice;
-      const lent = device.allocateWrite?.(length);
+      let lent = device.allocateWrite?.(length);
+      if (lent !== undefined && lent.length !== length) {
+        // A device bug; filling a buffer of another size would put the stream out of step.
+        this.ctx.logger.error(`nbd connection ${this.id}: the device lent a ${lent.length}-byte buffer for a ${length}-byte write; not used`);
+        device.discardWrite?.(lent);
+        lent = undefined;
+      }
       this.payloadLent = lent !== undefined;
       this.payload = lent ?? Buffer.allocUnsafe((device.writeHeadroom ?? 0) + length).subarray(device.writeHeadroom ?? 0);
       this.payloadFilled = 0;

@@ -492,11 +492,13 @@ describe('NbdServer write buffers lent by the device', () => {
     written = 0;
     discarded = 0;
     refuse = false;
+    /** Lends a buffer this much too long: a device bug the server must not trust. */
+    wrongBy = 0;
     allocateWrite(length: number): Buffer | undefined {
       if (this.refuse || this.lent.size > 0) {
         return undefined;
       }
-      const data = this.arena.subarray(16, 16 + length);
+      const data = this.arena.subarray(16, 16 + length + this.wrongBy);
       this.lent.add(data);
       return data;
     }
@@ -529,10 +531,17 @@ describe('NbdServer write buffers lent by the device', () => {
     device.refuse = false;
     // A request the server refuses (past the end) has its payload skipped, never lent.
     expect((await client.call(NBD_CMD_WRITE, MiB, 512, { data: Buffer.alloc(512) })).error).toBe(NBD_ENOSPC);
+    // A buffer of the wrong size is handed back, logged, and the write made from the server's own.
+    device.wrongBy = 512;
+    expect((await client.call(NBD_CMD_WRITE, 8192, 512, { data: Buffer.alloc(512, 9) })).error).toBe(0);
+    expect(device.bytes.subarray(8192, 8192 + 512).equals(Buffer.alloc(512, 9))).toBe(true);
+    expect(device.discarded).toBe(1);
+    expect(p.logged.some((line) => /lent a 1024-byte buffer for a 512-byte write/.test(line))).toBe(true);
+    device.wrongBy = 0;
     client.send(request(NBD_CMD_WRITE, 0, 4096, { data: Buffer.alloc(4096, 1) }).subarray(0, 28 + 1000));
     await waitFor(() => device.lent.size === 1, { timeoutMs: 2000, message: 'the payload buffer lent' });
     client.destroy();
-    await waitFor(() => device.discarded === 1, { timeoutMs: 2000, message: 'the cut-off payload handed back' });
+    await waitFor(() => device.discarded === 2, { timeoutMs: 2000, message: 'the cut-off payload handed back' });
     expect(device.lent.size).toBe(0);
     expect(device.bytes.subarray(0, 512).equals(Buffer.alloc(512, 7))).toBe(true);
     await p.server.close();
