@@ -19,7 +19,15 @@ export interface TestApp {
 export async function startTestApp(options: { readonly bus?: Bus } = {}): Promise<TestApp> {
   const database = await createTestDatabase();
   const dir = await tempDir('all-in-one-');
-  const config = loadConfig({ CDP_DATA_DIR: dir.path, DATABASE_URL: database.url, CDP_HTTP_PORT: '0', CDP_NBD_PORT: '0', CDP_RECOVERY_NBD_PORT: '0' });
+  const config = loadConfig({
+    CDP_DATA_DIR: dir.path,
+    DATABASE_URL: database.url,
+    CDP_HTTP_PORT: '0',
+    CDP_NBD_PORT: '0',
+    CDP_RECOVERY_NBD_PORT: '0',
+    // Set by the Jest configuration for every test run (see PayloadRing).
+    CDP_POISON_RELEASED_PAYLOADS: process.env['CDP_POISON_RELEASED_PAYLOADS'],
+  });
   const app = await NestFactory.create(AllInOneModule.forRoot(config, options), { bodyParser: false, logger: ['error', 'warn'] });
   configureHttp(app);
   const api = new ApiClient(await listen(app, '127.0.0.1', 0));

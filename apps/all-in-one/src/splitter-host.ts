@@ -9,7 +9,14 @@ import { SplitterModule, SplitterService } from '@cdp/splitter';
 @Module({})
 class SplitterHostModule {
   static forRoot(dataDir: string, host: string, bus: Bus): DynamicModule {
-    const config = loadConfig({ CDP_DATA_DIR: dataDir, CDP_SPLITTER_HOST: host, CDP_NBD_PORT: '0', CDP_HTTP_PORT: '0' });
+    const config = loadConfig({
+      CDP_DATA_DIR: dataDir,
+      CDP_SPLITTER_HOST: host,
+      CDP_NBD_PORT: '0',
+      CDP_HTTP_PORT: '0',
+      // Set by the Jest configuration for every test run (see PayloadRing).
+      CDP_POISON_RELEASED_PAYLOADS: process.env['CDP_POISON_RELEASED_PAYLOADS'],
+    });
     return { module: SplitterHostModule, imports: [InfrastructureModule.forRoot(config, { service: `splitter-${host}`, database: false, bus }), SplitterModule] };
   }
 }

@@ -7,6 +7,7 @@ describe('loadConfig', () => {
     expect(config.http).toEqual({ host: '127.0.0.1', port: 8080 });
     expect(config.demo).toBe(false);
     expect(config.payloadRingBytes).toBe(256 * 1024 * 1024);
+    expect(config.poisonReleasedPayloads).toBe(false);
   });
 
   it('takes the payload ring size in MiB, 0 to turn it off, and refuses what Node cannot allocate', () => {
@@ -15,6 +16,8 @@ describe('loadConfig', () => {
     for (const bad of ['4097', '-1', '1.5', 'lots']) {
       expect(() => loadConfig({ CDP_PAYLOAD_RING_MB: bad })).toThrow(/CDP_PAYLOAD_RING_MB/);
     }
+    expect(loadConfig({ CDP_POISON_RELEASED_PAYLOADS: '1' }).poisonReleasedPayloads).toBe(true);
+    expect(() => loadConfig({ CDP_POISON_RELEASED_PAYLOADS: 'sometimes' })).toThrow(/CDP_POISON_RELEASED_PAYLOADS/);
   });
 
   it('names every bad variable in one error', () => {

@@ -40,6 +40,12 @@ export interface AppConfig {
    * default 256; 0: a fresh buffer per write). See PayloadRing for why.
    */
   readonly payloadRingBytes: number;
+  /**
+   * Overwrite payload ring regions the moment their last holder releases them
+   * (CDP_POISON_RELEASED_PAYLOADS, default false): a check for tests, which the Jest configuration
+   * turns on, at the cost of a memset per large write.
+   */
+  readonly poisonReleasedPayloads: boolean;
   readonly bus: BusConfig;
 }
 
@@ -102,6 +108,7 @@ const envSchema = z.object({
     .default('default'),
   // 4096 MiB is the largest Buffer Node allocates: a larger ring would only fail when the first VPG opens.
   CDP_PAYLOAD_RING_MB: z.coerce.number().int().min(0).max(4096).default(256),
+  CDP_POISON_RELEASED_PAYLOADS: bool.default(false),
   CDP_BUS: z.enum(['in-process', 'kafka']).default('in-process'),
   CDP_KAFKA_BROKERS: z
     .string()
@@ -152,6 +159,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     journalDir: e.CDP_JOURNAL_DIR === undefined ? join(dataDir, 'journal') : resolve(e.CDP_JOURNAL_DIR),
     splitterHost: e.CDP_SPLITTER_HOST,
     payloadRingBytes: e.CDP_PAYLOAD_RING_MB * 1024 * 1024,
+    poisonReleasedPayloads: e.CDP_POISON_RELEASED_PAYLOADS,
     bus:
       e.CDP_BUS === 'kafka'
         ? {

@@ -17,7 +17,7 @@
  *
  * Safety rests on every holder counting itself: `retain()` while it keeps a reference into the
  * region, `release()` exactly once when it stops. Releasing more often than retained throws. With
- * `poison` set (the test suites set CDP_POISON_RELEASED_PAYLOADS) a region is overwritten as soon as
+ * `poison` set (CDP_POISON_RELEASED_PAYLOADS, which the Jest configuration sets) a region is overwritten as soon as
  * its last holder releases it, so a holder that forgot to retain reads garbage in tests (and checksums
  * fail) instead of reading the right bytes by luck.
  */
@@ -40,11 +40,6 @@ export class PayloadRing {
     }
     // Allocated whole, never from Node's small-buffer pool; its pages are touched only as it fills.
     this.memory = Buffer.allocUnsafeSlow(capacity);
-  }
-
-  /** Whether the poisoning of released regions is asked for by the environment (the test suites). */
-  static poisonFromEnvironment(): boolean {
-    return process.env['CDP_POISON_RELEASED_PAYLOADS'] === '1';
   }
 
   /**

@@ -49,6 +49,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
   /** VPGs this splitter has seen that have no VM on its host. */
   private readonly elsewhere = new Set<string>();
   private readonly payloadRingBytes: number;
+  private readonly poisonReleasedPayloads: boolean;
   private payloads: PayloadRing | undefined;
 
   constructor(
@@ -59,6 +60,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
     this.root = join(config.dataDir, 'splitter');
     this.host = config.splitterHost;
     this.payloadRingBytes = config.payloadRingBytes;
+    this.poisonReleasedPayloads = config.poisonReleasedPayloads;
   }
 
   async onApplicationBootstrap(): Promise<void> {
@@ -251,7 +253,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
    */
   private payloadRing(): PayloadRing | undefined {
     if (this.payloadRingBytes > 0) {
-      this.payloads ??= new PayloadRing(this.payloadRingBytes, { poison: PayloadRing.poisonFromEnvironment() });
+      this.payloads ??= new PayloadRing(this.payloadRingBytes, { poison: this.poisonReleasedPayloads });
     }
     return this.payloads;
   }
