@@ -6,6 +6,14 @@ import { type Checkpoint } from '@cdp/domain';
 import { SegmentLog } from '@cdp/segment-log';
 import { packBatch, type ExtentRow, type IndexedWrite } from './journal-index.codec';
 
+/**
+ * A commit's segment write of at least this many bytes bypasses the page cache (see direct-io.ts in
+ * segment-log): the journal only ever writes new pages, the costliest kind on a virtual machine.
+ * Smaller ones stay buffered, so that the recent small writes a point-in-time view reads back are
+ * usually still in memory.
+ */
+const DIRECT_WRITE_MIN_BYTES = 256 * 1024;
+
 export interface VerifiedRecord {
   /** The record's bytes exactly as captured (header, checksum, body). */
   readonly bytes: Buffer;
@@ -285,6 +293,7 @@ export class JournalStore {
       dir: JournalStore.segmentDir(this.rootDir, vpgId),
       tail: { segment: row.segment, position: Number(row.segment_end) },
       segmentBytes: this.options.segmentBytes,
+      directWriteMinBytes: DIRECT_WRITE_MIN_BYTES,
     });
     const newest = await this.dataSource.query<{ captured_upto: string }[]>(
       `SELECT captured_upto FROM journal_batches WHERE vpg_key = $1 ORDER BY first_seq DESC LIMIT 1`,

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { fdatasync as fdatasyncCb, fsync as fsyncCb } from 'node:fs';
 import { CorruptRecordError, RECORD_HEADER_BYTES, peekRecordLength, recordSeq, verifyRecord } from '@cdp/contracts';
+import { DIRECT_IO_ALIGNMENT, alignDown, isDirectIoRefusal, openDirect, writeDirect } from './direct-io';
 
 const fdatasync = promisify(fdatasyncCb);
 const fsync = promisify(fsyncCb);
@@ -43,6 +44,14 @@ export interface SegmentLogOptions {
    * index recorded, dropping bytes that were appended but never indexed.
    */
   readonly tail?: 'scan' | LogPosition;
+  /**
+   * An appendAsync of at least this many bytes is written with O_DIRECT, past the page cache (see
+   * direct-io.ts for why). Undefined: never. With it set, every write that is not synchronous goes
+   * through one queue, in order, because a direct write rewrites the block it starts in: an `append`
+   * made while the queue is busy joins the queue rather than write under it. A segment may then end
+   * with up to DIRECT_IO_ALIGNMENT - 1 zero bytes past its last record; `open` allows for them.
+   */
+  readonly directWriteMinBytes?: number;
 }
 
 export class SegmentLogError extends Error {
@@ -82,19 +91,32 @@ export class SegmentLog {
   private readonly readHandles = new Map<number, Promise<FileHandle>>();
   private syncing: Promise<void> | undefined;
   /** appendAsync writes still running. */
-  private readonly writing = new Set<Promise<void>>();
+  private readonly writing = new Map<Promise<void>, LogPosition>();
   private closed = false;
   private failure: SegmentLogError | undefined;
   /** Everything before this position has been fdatasynced. */
   private durable: LogPosition = { segment: 1, position: 0 };
+  /**
+   * With direct writes: the last write queued (each waits for the one before), the bytes of the active
+   * segment from its last aligned position to its end (a direct write's head), the direct descriptor
+   * of each segment still written to, and whether the file system refused direct writes.
+   */
+  private queue: Promise<void> = Promise.resolve();
+  private readonly tailBlock = Buffer.alloc(DIRECT_IO_ALIGNMENT);
+  private readonly directFds = new Map<number, number>();
+  private directRefused = false;
 
   private constructor(
     readonly dir: string,
     private readonly segmentBytes: number,
+    private readonly directWriteMinBytes: number | undefined,
   ) {}
 
   static async open(options: SegmentLogOptions): Promise<SegmentLog> {
-    const log = new SegmentLog(options.dir, options.segmentBytes ?? DEFAULT_SEGMENT_BYTES);
+    if (options.directWriteMinBytes !== undefined && !(options.directWriteMinBytes >= 0)) {
+      throw new RangeError(`directWriteMinBytes must be a number of bytes, not ${options.directWriteMinBytes}`);
+    }
+    const log = new SegmentLog(options.dir, options.segmentBytes ?? DEFAULT_SEGMENT_BYTES, options.directWriteMinBytes);
     await mkdir(options.dir, { recursive: true });
     await log.load(options.tail ?? 'scan');
     return log;
@@ -135,13 +157,18 @@ export class SegmentLog {
 
   /**
    * Appends whole, already encoded records in one vectored write. Returns where each one landed.
-   * Not durable until `sync()` resolves.
+   * Not durable until `sync()` resolves. With direct writes, while a queued write is still running
+   * (`writesInFlight`), the records join the queue instead: in the file once `written()` resolves.
    */
   append(records: readonly Buffer[]): AppendedRecord[] {
+    if (this.directWriteMinBytes !== undefined && this.writing.size > 0) {
+      return this.appendAsync(records);
+    }
     const reserved = this.reserve(records);
     if (!reserved) {
       return [];
     }
+    this.noteTail(records, reserved.offset, reserved.bytes);
     let { offset, bytes } = reserved;
     // writev may write fewer bytes than asked; loop until all of them are in.
     let pending: Buffer[] = [...records];
@@ -166,7 +193,7 @@ export class SegmentLog {
     if (!reserved) {
       return [];
     }
-    const writing = (async () => {
+    const buffered = async (): Promise<void> => {
       let { offset, bytes } = reserved;
       let pending: Buffer[] = [...records];
       while (bytes > 0) {
@@ -175,28 +202,112 @@ export class SegmentLog {
         bytes -= written;
         pending = dropBytes(pending, written);
       }
-    })().catch((err: unknown) => {
+    };
+    let write = buffered;
+    if (this.directWriteMinBytes !== undefined) {
+      if (reserved.bytes >= this.directWriteMinBytes) {
+        // What the file holds from the aligned position before the records: copied now, as the next
+        // append changes the tail block.
+        const head = Buffer.from(this.tailBlock.subarray(0, reserved.offset % DIRECT_IO_ALIGNMENT));
+        write = () => this.writeDirect(reserved.segment, reserved.offset, head, records, buffered);
+      }
+      this.noteTail(records, reserved.offset, reserved.bytes);
+      // One at a time, in order: a direct write rewrites the block it starts in.
+      const previous = this.queue;
+      const queued = write;
+      write = async () => {
+        await previous;
+        await queued();
+      };
+    }
+    const writing = write().catch((err: unknown) => {
       this.failure ??= new SegmentLogError(`write failed in ${this.dir}; the log must be reopened`, { cause: err });
     });
-    this.writing.add(writing);
+    if (this.directWriteMinBytes !== undefined) {
+      this.queue = writing;
+    }
+    this.writing.set(writing, { segment: reserved.segment, position: reserved.offset });
     void writing.finally(() => this.writing.delete(writing));
     return reserved.placed;
   }
 
+  /** True while an appendAsync write (or a queued `append`) is not yet in the file. */
+  get writesInFlight(): boolean {
+    return this.writing.size > 0;
+  }
+
+  /** One queued direct write, or the buffered one if the file system refuses (then and from then on). */
+  private async writeDirect(segment: number, offset: number, head: Buffer, records: readonly Buffer[], buffered: () => Promise<void>): Promise<void> {
+    let fd = this.directFds.get(segment);
+    if (fd === undefined && !this.directRefused) {
+      fd = openDirect(join(this.dir, segmentFileName(segment)));
+      if (fd === undefined) {
+        this.directRefused = true;
+      } else {
+        this.directFds.set(segment, fd);
+      }
+    }
+    if (fd === undefined || this.directRefused) {
+      return buffered();
+    }
+    try {
+      await writeDirect(fd, alignDown(offset), head, records);
+    } catch (err) {
+      if (!isDirectIoRefusal(err)) {
+        throw err;
+      }
+      this.directRefused = true;
+      await buffered();
+    }
+  }
+
+  /** Keeps tailBlock equal to the active segment's bytes from its last aligned position to its end. */
+  private noteTail(records: readonly Buffer[], offset: number, bytes: number): void {
+    if (this.directWriteMinBytes === undefined) {
+      return;
+    }
+    const end = offset + bytes;
+    const blockStart = alignDown(end);
+    if (blockStart <= offset) {
+      // Still in the block the tail holds: the records go after what it has.
+      let at = offset - blockStart;
+      for (const record of records) {
+        at += record.copy(this.tailBlock, at);
+      }
+      return;
+    }
+    // A new block: it holds only the records' last bytes.
+    let left = end - blockStart;
+    for (let i = records.length - 1; i >= 0 && left > 0; i--) {
+      const record = records[i] as Buffer;
+      const take = Math.min(left, record.length);
+      record.copy(this.tailBlock, left - take, record.length - take);
+      left -= take;
+    }
+  }
+
   /**
    * Resolves once every appendAsync write begun before the call is in the file (not yet durable: that
-   * is `sync`); rejects if one failed. For a caller that must not act on records before their bytes
-   * are written, such as a write-ahead log's owner applying them elsewhere.
+   * is `sync`), or with `through`, every one that starts at or before that position (a record's
+   * place: its own write and the earlier ones, not those queued after it); rejects if one failed. For a caller
+   * that must not act on records before their bytes are written, such as a write-ahead log's owner
+   * applying them elsewhere.
    */
-  async written(): Promise<void> {
-    await Promise.all([...this.writing]);
+  async written(through?: LogPosition): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const [writing, start] of this.writing) {
+      if (through === undefined || comparePositions(start, through) <= 0) {
+        waits.push(writing);
+      }
+    }
+    await Promise.all(waits);
     if (this.failure) {
       throw this.failure;
     }
   }
 
   /** The places of records about to be written at the end of the active segment (rolling it first if full). */
-  private reserve(records: readonly Buffer[]): { fd: number; offset: number; bytes: number; placed: AppendedRecord[] } | undefined {
+  private reserve(records: readonly Buffer[]): { fd: number; segment: number; offset: number; bytes: number; placed: AppendedRecord[] } | undefined {
     this.assertOpen();
     if (records.length === 0) {
       return undefined;
@@ -220,7 +331,7 @@ export class SegmentLog {
     active.size = position;
     // Before the bytes are in: a roll must not close this descriptor, and the next sync covers it.
     this.unsynced.add(fd);
-    return { fd, offset, bytes, placed };
+    return { fd, segment: active.segment, offset, bytes, placed };
   }
 
   /**
@@ -254,7 +365,7 @@ export class SegmentLog {
     this.dirUnsynced = false;
     try {
       // Writes begun before this sync (appendAsync) must be in before their descriptors are synced.
-      await Promise.all([...this.writing]);
+      await Promise.all([...this.writing.keys()]);
       if (this.failure) {
         throw this.failure;
       }
@@ -403,7 +514,11 @@ export class SegmentLog {
       return;
     }
     await this.sync();
+    await this.queue;
     this.closed = true;
+    for (const segment of [...this.directFds.keys()]) {
+      this.closeDirect(segment);
+    }
     if (this.activeFd !== undefined) {
       closeSync(this.activeFd);
       this.activeFd = undefined;
@@ -452,7 +567,7 @@ export class SegmentLog {
       }
       const validEnd = this.scanSegment(info, i === this.segments.length - 1);
       if (validEnd < info.size) {
-        if (i !== this.segments.length - 1) {
+        if (i !== this.segments.length - 1 && !this.isPadding(info.segment, validEnd, info.size)) {
           throw new SegmentLogError(`segment ${info.segment} of ${this.dir} is corrupt at byte ${validEnd}, before the log's tail`);
         }
         info.size = validEnd;
@@ -469,6 +584,11 @@ export class SegmentLog {
         await handle.close();
       }
       this.activeFd = openSync(join(this.dir, segmentFileName(last.segment)), constants.O_RDWR);
+      if (this.directWriteMinBytes !== undefined) {
+        // The next direct write starts at the last aligned position: it needs what is there.
+        const blockStart = alignDown(last.size);
+        readSync(this.activeFd, this.tailBlock, 0, last.size - blockStart, blockStart);
+      }
       // A process crash leaves written but unsynced pages behind; make them durable now, so that what
       // this log holds at open is what it will hold after a power loss too.
       for (const info of this.segments.slice(0, -1)) {
@@ -487,6 +607,21 @@ export class SegmentLog {
       }
       this.durable = { segment: last.segment, position: last.size };
     }
+  }
+
+  /** Whether a sealed segment's bytes from `from` to its end are a direct write's zero padding. */
+  private isPadding(segment: number, from: number, size: number): boolean {
+    if (size - from >= DIRECT_IO_ALIGNMENT) {
+      return false;
+    }
+    const bytes = Buffer.alloc(size - from);
+    const fd = openSync(join(this.dir, segmentFileName(segment)), 'r');
+    try {
+      readSync(fd, bytes, 0, bytes.length, from);
+    } finally {
+      closeSync(fd);
+    }
+    return bytes.every((b) => b === 0);
   }
 
   /** Verifies records from the start of a segment; returns the end of the last whole, valid record. */
@@ -511,7 +646,8 @@ export class SegmentLog {
           try {
             length = peekRecordLength(buf, pos);
           } catch (err) {
-            if (isLast && err instanceof CorruptRecordError) {
+            // Not a record: a torn tail, a direct write's padding, or damage (the caller tells which).
+            if (err instanceof CorruptRecordError) {
               return position;
             }
             throw err;
@@ -573,9 +709,22 @@ export class SegmentLog {
       }
       this.activeFd = undefined;
     }
+    if (this.directWriteMinBytes !== undefined) {
+      // After the sealed segment's queued writes (one may not have opened its descriptor yet).
+      const sealed = this.active().segment;
+      this.queue = this.queue.then(() => this.closeDirect(sealed));
+    }
     const next: SegmentInfo = { segment: this.active().segment + 1, firstSeq: undefined, lastSeq: undefined, size: 0 };
     this.segments.push(next);
     return next;
+  }
+
+  private closeDirect(segment: number): void {
+    const fd = this.directFds.get(segment);
+    this.directFds.delete(segment);
+    if (fd !== undefined) {
+      closeSync(fd);
+    }
   }
 
   /** A position at the very end of a sealed segment is the start of the next one. */

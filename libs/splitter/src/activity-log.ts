@@ -53,6 +53,25 @@ export function regionKeys(volumeIndex: number, offset: number, length: number):
   return keys;
 }
 
+/**
+ * The regions a sequential stream will write next: when the region before `keys` is active (the
+ * stream came from there), the `count` after them, within the volume. Otherwise none: a random write
+ * says nothing about its neighbours.
+ */
+export function regionsAhead(keys: readonly number[], volumeBytes: number, isActive: (key: number) => boolean, count: number): number[] {
+  const first = keys[0];
+  const last = keys[keys.length - 1];
+  if (first === undefined || last === undefined || first % VOLUME_FACTOR === 0 || !isActive(first - 1)) {
+    return [];
+  }
+  const regions = Math.ceil(volumeBytes / REGION_BYTES);
+  const ahead: number[] = [];
+  for (let key = last + 1; ahead.length < count && (key % VOLUME_FACTOR) < regions; key++) {
+    ahead.push(key);
+  }
+  return ahead;
+}
+
 function regionOf(key: number): Region {
   return { volumeIndex: Math.floor(key / VOLUME_FACTOR), regionIndex: key % VOLUME_FACTOR };
 }
@@ -140,7 +159,7 @@ export class ActivityLog {
    * written regions whose writes are all covered by a completed flush (epoch < cleanBefore()); if that
    * is not enough it asks for a flush first. Concurrent callers share one write of the file.
    */
-  async activate(keys: readonly number[], epoch: number, cleanBefore: () => number, flush: () => Promise<void>): Promise<void> {
+  async activate(keys: readonly number[], epoch: number, cleanBefore: () => number, flush: () => Promise<void>, ahead: readonly number[] = []): Promise<void> {
     const missing = keys.filter((key) => !this.active.has(key));
     if (missing.length === 0) {
       return;
@@ -152,7 +171,22 @@ export class ActivityLog {
     for (const key of missing) {
       this.active.set(key, epoch);
     }
+    // Regions the caller expects to write next, in the same update while there is room: one update of
+    // the file (an fdatasync) then covers several regions of a sequential stream, not one each.
+    for (const key of ahead) {
+      if (this.active.size >= this.capacity) {
+        break;
+      }
+      if (!this.active.has(key)) {
+        this.active.set(key, epoch);
+      }
+    }
     await this.persist();
+  }
+
+  /** Whether the region is in the log. */
+  has(key: number): boolean {
+    return this.active.has(key);
   }
 
   /** Records the current set (and this boot's id) durably. */

@@ -4,12 +4,33 @@ import { InProcessBus, type BusConsumer, type BusProducer } from '@cdp/bus';
 import { BATCH_HEADER_BYTES, RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch } from '@cdp/contracts';
 import { type Vpg } from '@cdp/domain';
 import { FaultInjectingBus, randomBuffer, seededRandom, tempDir, waitFor, type TempDir } from '@cdp/testing';
+import { SegmentLog } from '@cdp/segment-log';
 import { REGION_BYTES } from './activity-log';
 import { RESYNC_CHUNK_BYTES, readResyncProgress } from './forced-resync';
 import { PayloadRing } from './payload-ring';
 import { VpgCapture } from './vpg-capture';
 
 const MiB = 1024 * 1024;
+
+/**
+ * Once every write is acknowledged: applies them to `models` in seq order (the order the capture gave
+ * them) and checks that each volume's first `bytes` equal the model.
+ */
+async function expectVolumesHold(
+  capture: VpgCapture,
+  writes: readonly { index: number; offset: number; data: Buffer; seq: Promise<number> }[],
+  models: Buffer[],
+  bytes: number,
+): Promise<void> {
+  const seqs = await Promise.all(writes.map((w) => w.seq));
+  writes
+    .map((w, i) => ({ ...w, at: seqs[i]! }))
+    .sort((a, b) => a.at - b.at)
+    .forEach((w) => w.data.copy(models[w.index]!, w.offset));
+  for (const volume of volumes) {
+    expect(capture.volumeById(volume.id).read(0, bytes).equals(models[volume.index]!.subarray(0, bytes))).toBe(true);
+  }
+}
 
 const vpg: Vpg = {
   id: '6f1d2c3b-4a59-4e8f-9a7b-1c2d3e4f5a6b',
@@ -273,14 +294,7 @@ describe('VpgCapture batching and shipping', () => {
         await new Promise((resolve) => setImmediate(resolve));
       }
     }
-    const seqs = await Promise.all(all.map((w) => w.seq));
-    all
-      .map((w, i) => ({ ...w, at: seqs[i]! }))
-      .sort((a, b) => a.at - b.at)
-      .forEach((w) => w.data.copy(models[w.index]!, w.offset));
-    for (const volume of volumes) {
-      expect(capture.volumeById(volume.id).read(0, 2 * MiB).equals(models[volume.index]!.subarray(0, 2 * MiB))).toBe(true);
-    }
+    await expectVolumesHold(capture, all, models, 2 * MiB);
     await capture.flush();
     expect(site.highestContiguousSeq()).toBe(capture.lastSeq);
     for (const volume of volumes) {
@@ -293,6 +307,73 @@ describe('VpgCapture batching and shipping', () => {
       expect(again.volumeById(volume.id).read(0, 2 * MiB).equals(models[volume.index]!.subarray(0, 2 * MiB))).toBe(true);
     }
     await again.close();
+  });
+
+  it('large writes in flight side by side: disjoint ones together, overlapping ones in seq order, aligned or not', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(47);
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    const area = 6 * MiB;
+    const models = volumes.map((v) => Buffer.alloc(v.sizeBytes));
+    const all: { index: number; offset: number; data: Buffer; seq: Promise<number> }[] = [];
+    for (let turn = 0; turn < 40; turn++) {
+      // Each turn one large write (its own batch on the thread pool), none awaited: many in flight at
+      // once. Aligned ones go past the page cache; unaligned ones through it; they overlap often.
+      const volume = volumes[turn % volumes.length]!;
+      const aligned = turn % 3 !== 0;
+      const length = aligned ? (64 + Math.floor(random() * 192)) * 4096 : 256 * 1024 + Math.floor(random() * 512 * 1024);
+      const offset = aligned ? Math.floor(random() * ((area - length) / 4096)) * 4096 : Math.floor(random() * (area - length));
+      const data = randomBuffer(random, length);
+      all.push({ index: volume.index, offset, data, seq: capture.write(volume.id, offset, Buffer.from(data)) });
+      if (turn % 10 === 9) {
+        // A small write behind them, synchronous only once none is in flight.
+        const small = randomBuffer(random, 4096);
+        all.push({ index: volume.index, offset: 4096, data: small, seq: capture.write(volume.id, 4096, Buffer.from(small)) });
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    for (let round = 0; round < 4; round++) {
+      // A write of several chunks, then one over its last chunk that alone would be done first.
+      const volume = volumes[round % volumes.length]!;
+      const big = randomBuffer(random, 5 * MiB);
+      all.push({ index: volume.index, offset: 0, data: big, seq: capture.write(volume.id, 0, Buffer.from(big)) });
+      await new Promise((resolve) => setImmediate(resolve));
+      const over = randomBuffer(random, 256 * 1024);
+      all.push({ index: volume.index, offset: 4 * MiB + 512 * 1024, data: over, seq: capture.write(volume.id, 4 * MiB + 512 * 1024, Buffer.from(over)) });
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await expectVolumesHold(capture, all, models, area);
+    await capture.flush();
+    // Acknowledged by the bus; the site consumes the last large messages a moment later.
+    await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 5_000, message: 'the large writes never arrived' });
+    for (const volume of volumes) {
+      expect(site.image(volume.index, area).equals(models[volume.index]!.subarray(0, area))).toBe(true);
+    }
+    await capture.close();
+  });
+
+  it('groups the fdatasyncs the shipper asks for itself: a steady stream does not sync the log per write', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(48);
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    const syncs = jest.spyOn(SegmentLog.prototype, 'sync');
+    try {
+      const started = performance.now();
+      let writes = 0;
+      // A client writing steadily (its pace, not a wait for the system) for about 400 ms, never flushing.
+      while (performance.now() - started < 400) {
+        await capture.write(volumes[0]!.id, (writes++ % 256) * 4096, randomBuffer(random, 4096));
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+      const elapsed = performance.now() - started;
+      await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 5_000, message: 'the writes never arrived' });
+      // One sync per 50 ms at most (and one to end with), however many writes: there were ~100+.
+      expect(writes).toBeGreaterThan(60);
+      expect(syncs.mock.calls.length).toBeLessThanOrEqual(Math.ceil(elapsed / 50) + 2);
+    } finally {
+      syncs.mockRestore();
+    }
+    await capture.close();
   });
 
   it('replays from the log after a rewind the very bytes it first shipped from memory', async () => {
