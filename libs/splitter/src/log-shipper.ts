@@ -23,16 +23,6 @@ export const DEFAULT_SHIPPER_OPTIONS: ShipperOptions = { maxBatchBytes: 1024 * 1
  */
 const RECENT_WINDOW_BYTES = 16 * 1024 * 1024;
 
-/**
- * Least time between two fdatasyncs of the log that the shipper asks for itself (a flush or FUA write
- * from the client, and a waiter for shipping, do not wait for it). Each one is a cache flush of the
- * device and, as the log grows, a file system journal commit: under 1 MiB sequential writes the
- * shipper synced 53 times a second, the most frequent fdatasync of the process, and three streams of
- * direct writes on this disk lose more than half their bandwidth to an fdatasync every 4 MiB (fio:
- * 620 MB/s against 1458). Adds at most this much to the RPO.
- */
-const SYNC_INTERVAL_MS = 50;
-
 interface RecentRecord extends AppendedRecord {
   readonly record: Buffer;
   /** BATCH_HEADER_BYTES in front of the record are the capture's: a batch of it alone is framed there. */
@@ -65,7 +55,6 @@ export class LogShipper {
   private recentHead = 0;
   private recentBytes = 0;
   private retryDelay: number;
-  private lastSyncAt = -Infinity;
   private readonly logger: Logger;
 
   constructor(
@@ -154,10 +143,7 @@ export class LogShipper {
     if (this.shipped >= seq) {
       return Promise.resolve();
     }
-    const shipped = new Promise<void>((resolve) => this.waiters.push({ seq, resolve }));
-    // Someone waits (a flush): the shipper must not hold a sync back to group it with later appends.
-    this.notify();
-    return shipped;
+    return new Promise((resolve) => this.waiters.push({ seq, resolve }));
   }
 
   private async run(): Promise<void> {
@@ -192,20 +178,6 @@ export class LogShipper {
     // data). The shipper itself drives the fsync, so one fdatasync covers everything appended since
     // the last round (group commit).
     if (comparePositions(this.cursor, this.log.durableEnd) >= 0 && comparePositions(this.cursor, this.log.end) < 0) {
-      const early = this.lastSyncAt + SYNC_INTERVAL_MS - performance.now();
-      if (early > 0 && this.waiters.length === 0 && this.rewindTo === undefined) {
-        // Too soon after the last one: wait for more appends to share the fdatasync. A waiter or a
-        // rewind cuts the wait short; either way the round starts again from the top (a flush may
-        // have made the log durable meanwhile).
-        let timer: NodeJS.Timeout | undefined;
-        await new Promise<void>((resolve) => {
-          this.wake = resolve;
-          timer = setTimeout(() => this.notify(), early);
-        });
-        clearTimeout(timer);
-        return;
-      }
-      this.lastSyncAt = performance.now();
       await this.log.sync();
     }
     const { records, next } = this.takeRecent() ?? (await this.log.readChunk(this.cursor, this.options.maxBatchBytes, this.log.durableEnd));
