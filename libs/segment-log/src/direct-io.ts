@@ -31,9 +31,23 @@ const pool: Buffer[] = [];
 export const alignDown = (n: number): number => n - (n % DIRECT_IO_ALIGNMENT);
 export const alignUp = (n: number): number => alignDown(n + DIRECT_IO_ALIGNMENT - 1);
 
+/** Direct writes cannot be made here (no aligned memory to stage them in). */
+class DirectIoUnavailable extends Error {
+  override readonly name = 'DirectIoUnavailable';
+}
+
 /** Page-aligned staging memory of DIRECT_CHUNK_BYTES, reused across writes (see the module comment). */
 function takeStaging(): Buffer {
-  return pool.pop() ?? Buffer.from(new Memory({ initial: DIRECT_CHUNK_BYTES / WASM_PAGE_BYTES }).buffer);
+  const reused = pool.pop();
+  if (reused) {
+    return reused;
+  }
+  try {
+    return Buffer.from(new Memory({ initial: DIRECT_CHUNK_BYTES / WASM_PAGE_BYTES }).buffer);
+  } catch (err) {
+    // V8 reserves address space generously for it: a process under a tight `ulimit -v` may get none.
+    throw new DirectIoUnavailable('no page-aligned staging memory for direct writes', { cause: err });
+  }
 }
 
 function giveBack(staging: Buffer): void {
@@ -54,9 +68,12 @@ export function openDirect(path: string): number | undefined {
   }
 }
 
-/** True for the error a direct write gets when the file system or device will not take it as aligned. */
+/**
+ * True for the error a direct write gets when the file system or device will not take it as aligned,
+ * or when there is no aligned memory to stage it in: nothing was written, and a buffered write will do.
+ */
 export function isDirectIoRefusal(err: unknown): boolean {
-  return (err as NodeJS.ErrnoException | undefined)?.code === 'EINVAL';
+  return err instanceof DirectIoUnavailable || (err as NodeJS.ErrnoException | undefined)?.code === 'EINVAL';
 }
 
 const writeAt = (fd: number, data: Buffer, length: number, position: number): Promise<number> =>
