@@ -3,7 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CorruptRecordError, decodeRecord, encodeWriteRecord, type WriteRecord } from '@cdp/contracts';
 import { SegmentLog, SegmentLogError, segmentFileName } from './segment-log';
-import { DIRECT_CHUNK_BYTES, DIRECT_IO_ALIGNMENT, openDirect } from './direct-io';
+import { DIRECT_CHUNK_BYTES, DIRECT_IO_ALIGNMENT, openDirect, writeDirect } from './direct-io';
+
+// The real functions, made replaceable call by call: a file system that refuses O_DIRECT is made to
+// order below, on any machine.
+jest.mock('./direct-io', () => {
+  const actual = jest.requireActual<typeof import('./direct-io')>('./direct-io');
+  return { ...actual, openDirect: jest.fn(actual.openDirect), writeDirect: jest.fn(actual.writeDirect) };
+});
 
 function record(seq: number, size = 100): Buffer {
   return encodeWriteRecord({ seq, volumeIndex: 0, offset: seq * 512, capturedAtMicros: seq, flags: 0, data: Buffer.alloc(size, seq % 251) });
@@ -260,6 +267,29 @@ describe('SegmentLog', () => {
       expect(decodeRecord(await reopened.read(more[0]!)).seq).toBe(seq);
       expect((await reopened.read(placed[placed.length - 1]!)).equals(written.get(seq - 1)!)).toBe(true);
       await reopened.close();
+    });
+
+    // A file system that refuses O_DIRECT (tmpfs and the like), made to order on any machine: at open
+    // (EINVAL from open), and at the first write (EINVAL from the write).
+    it.each([
+      ['open', (): unknown => jest.mocked(openDirect).mockReturnValueOnce(undefined)],
+      ['write', (): unknown => jest.mocked(writeDirect).mockRejectedValueOnce(Object.assign(new Error('EINVAL: invalid argument, write'), { code: 'EINVAL' }))],
+    ])('falls back to buffered writes, and says so, when the file system refuses O_DIRECT at %s', async (_when, refuse) => {
+      const log = await SegmentLog.open({ dir, segmentBytes: 1 << 20, directWriteMinBytes: 64 * 1024 });
+      expect(log.directWrites).toBe('on');
+      refuse();
+      {
+        const placed = [...log.appendAsync([record(1, 100_000)]), ...log.append([record(2, 10)]), ...log.appendAsync([record(3, 200_000)])];
+        await log.sync();
+        expect(log.directWrites).toBe('refused');
+        for (const [i, at] of placed.entries()) {
+          expect(decodeRecord(await log.read(at)).seq).toBe(i + 1);
+        }
+        // Buffered from then on: the file ends where the last record does, with no padding.
+        expect(statSync(join(dir, segmentFileName(1))).size).toBe(placed[2]!.position + placed[2]!.length);
+      }
+      await log.close();
+      expect((await SegmentLog.open({ dir, segmentBytes: 1 << 20 })).directWrites).toBe('off');
     });
 
     it('still refuses a sealed segment that ends in anything but padding', async () => {

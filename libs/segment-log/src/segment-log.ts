@@ -231,6 +231,18 @@ export class SegmentLog {
     return reserved.placed;
   }
 
+  /**
+   * Whether large appends bypass the page cache: 'off' when the log was not asked to, 'refused' once
+   * the file system refused O_DIRECT (appends are buffered from then on: correct, only costlier in
+   * CPU), 'on' otherwise. For an operator's status page: nothing else reports the fallback.
+   */
+  get directWrites(): 'off' | 'on' | 'refused' {
+    if (this.directWriteMinBytes === undefined) {
+      return 'off';
+    }
+    return this.directRefused ? 'refused' : 'on';
+  }
+
   /** True while an appendAsync write (or a queued `append`) is not yet in the file. */
   get writesInFlight(): boolean {
     return this.writing.size > 0;

@@ -30,6 +30,8 @@ export interface CaptureStatus {
   readonly logFirstSeq: number | null;
   readonly activeRegions: number;
   readonly shipError: string | null;
+  /** Whether the log writes its large batches past the page cache ('refused': the file system would not, so they go through it). */
+  readonly logDirectWrites: 'off' | 'on' | 'refused';
   /**
    * How long inserting a checkpoint held up this VPG's writes, in microseconds, over the most recent
    * checkpoints: nothing else runs on the capture while a marker is placed, so this is the stall each
@@ -217,6 +219,7 @@ export class VpgCapture {
       logFirstSeq: this.log.firstSeq ?? null,
       activeRegions: this.activity.regions().length,
       shipError: this.shipper.error ?? null,
+      logDirectWrites: this.log.directWrites,
       checkpointStall: this.stallStats(),
       barrier: this.barrier
         ? { epoch: this.barrier.epoch, checkpointId: this.barrier.marker.id, heldForMicros: (performance.now() - this.barrier.startedAt) * 1000 }
