@@ -16,9 +16,10 @@ import { type BenchContext, type BenchSuite, type Figure, median, percentile } f
  * (slider) at the end of the loaded period, a page of 100 of the manual list at a random time (half of
  * them resumed from a cursor), and the stats. The timeline is measured twice: the first query for each
  * VPG (the reader's day cache empty: the whole day is read) and the rest, as a slider polled while
- * protection goes on (each VPG's day read once, untimed, before the polls): before each of those a new checkpoint of that VPG is recorded 5 s after its
- * newest, and the timeline is asked for at that moment (only what was appended since is read). Each figure is the median over the runs of that run's percentile. Quick mode: 4 VPGs of
- * 2,000 checkpoints, to show the suite works.
+ * protection goes on (each VPG's day read once, untimed, before the polls): before each of those a
+ * new checkpoint of that VPG is recorded 5 s after its newest, and the timeline is asked for at that
+ * moment (only what was appended since is read). Each figure is the median over the runs of that
+ * run's percentile. Quick mode: 4 VPGs of 2,000 checkpoints, to show the suite works.
  */
 const STEP_MS = 5_000;
 const END = Date.parse('2026-11-25T12:00:00Z');

@@ -12,8 +12,8 @@ import { packBatch, type ExtentRow, type IndexedWrite } from './journal-index.co
  * Smaller ones stay buffered, so that the recent small writes a point-in-time view reads back are
  * usually still in memory, and a small commit does not wait on the disk for its write as well as for
  * its fdatasync. Measured (session 18, docs/architecture.md "Large appends past the page cache"):
- * under 1 MiB sequential writes the journal writer commits 4 to 16 MiB at a time, and writing those
- * direct cut the all-in-one's CPU per GB by a third; at 256 KiB the journal bench's commits of 1,000
+ * under 1 MiB sequential writes the journal writer commits more than 1 MiB at a time (mostly 4 to 16),
+ * and writing those direct cut the all-in-one's CPU per GB by a third; at 256 KiB the journal bench's commits of 1,000
  * small writes (about 540 KB) went direct too and its ingest fell from 144k to 106k writes/s.
  */
 const DIRECT_WRITE_MIN_BYTES = 1024 * 1024;

@@ -278,18 +278,18 @@ describe('SegmentLog', () => {
       const log = await SegmentLog.open({ dir, segmentBytes: 1 << 20, directWriteMinBytes: 64 * 1024 });
       expect(log.directWrites).toBe('on');
       refuse();
-      {
-        const placed = [...log.appendAsync([record(1, 100_000)]), ...log.append([record(2, 10)]), ...log.appendAsync([record(3, 200_000)])];
-        await log.sync();
-        expect(log.directWrites).toBe('refused');
-        for (const [i, at] of placed.entries()) {
-          expect(decodeRecord(await log.read(at)).seq).toBe(i + 1);
-        }
-        // Buffered from then on: the file ends where the last record does, with no padding.
-        expect(statSync(join(dir, segmentFileName(1))).size).toBe(placed[2]!.position + placed[2]!.length);
+      const placed = [...log.appendAsync([record(1, 100_000)]), ...log.append([record(2, 10)]), ...log.appendAsync([record(3, 200_000)])];
+      await log.sync();
+      expect(log.directWrites).toBe('refused');
+      for (const [i, at] of placed.entries()) {
+        expect(decodeRecord(await log.read(at)).seq).toBe(i + 1);
       }
+      // Buffered from then on: the file ends where the last record does, with no padding.
+      expect(statSync(join(dir, segmentFileName(1))).size).toBe(placed[2]!.position + placed[2]!.length);
       await log.close();
-      expect((await SegmentLog.open({ dir, segmentBytes: 1 << 20 })).directWrites).toBe('off');
+      const plain = await SegmentLog.open({ dir, segmentBytes: 1 << 20 });
+      expect(plain.directWrites).toBe('off');
+      await plain.close();
     });
 
     it('still refuses a sealed segment that ends in anything but padding', async () => {
