@@ -234,7 +234,8 @@ export class SegmentLog {
   /**
    * Whether large appends bypass the page cache: 'off' when the log was not asked to, 'refused' once
    * the file system refused O_DIRECT (appends are buffered from then on: correct, only costlier in
-   * CPU), 'on' otherwise. For an operator's status page: nothing else reports the fallback.
+   * CPU), 'on' otherwise, which before the first large append means only that nothing was refused
+   * yet. For an operator's status page: nothing else reports the fallback.
    */
   get directWrites(): 'off' | 'on' | 'refused' {
     if (this.directWriteMinBytes === undefined) {
