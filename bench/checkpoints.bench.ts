@@ -97,6 +97,9 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
   try {
     const loaded = await load(ctx, pg.url, vpgCount, perVpg);
     ctx.log(`  ${loaded.rows} checkpoints of ${vpgCount} VPGs loaded with COPY in ${loaded.seconds.toFixed(1)} s`);
+    // The queries run in the process that generated the load: its heap, for telling that apart from a fresh one.
+    const memory = process.memoryUsage();
+    ctx.log(`  this process after the load: heap used ${(memory.heapUsed / 2 ** 20).toFixed(0)} MiB of ${(memory.heapTotal / 2 ** 20).toFixed(0)} MiB, rss ${(memory.rss / 2 ** 20).toFixed(0)} MiB`);
     const dataSource = createDataSource({ url: pg.url, entities: [], migrations, poolSize: 4 });
     await dataSource.initialize();
     const reader = new JournalReader(dataSource, join(ctx.work, 'journal'));

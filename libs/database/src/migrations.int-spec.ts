@@ -6,6 +6,7 @@ import { DatabaseError } from './database.error';
 import { migrations } from './migrations';
 import { CompactJournalIndex1795737600000 } from './migrations/1795737600000-compact-journal-index';
 import { CheckpointHours1796256000000 } from './migrations/1796256000000-checkpoint-hours';
+import { CheckpointHourOffsets1796342400000 } from './migrations/1796342400000-checkpoint-hour-offsets';
 
 const MIGRATION_NAMES = migrations.map((m) => new m().name);
 
@@ -120,6 +121,15 @@ describe('migrations', () => {
     return ds;
   }
 
+  /** A database migrated up to, not including, `migration`, as a release before it left it. */
+  async function migratedUpTo(migration: (typeof migrations)[number]): Promise<{ before: typeof migrations; old: DataSource }> {
+    const before = migrations.slice(0, migrations.indexOf(migration));
+    const old = createDataSource({ url: db.url, entities: [], migrations: before, applicationName: 'migrations-test' });
+    sources.push(old);
+    await runMigrations(old);
+    return { before, old };
+  }
+
   beforeEach(async () => {
     db = await createTestDatabase();
   });
@@ -184,10 +194,7 @@ describe('migrations', () => {
   });
 
   it('refuses to drop a pre-release journal_writes index that holds writes, and changes nothing', async () => {
-    const before = migrations.slice(0, migrations.indexOf(CompactJournalIndex1795737600000));
-    const old = createDataSource({ url: db.url, entities: [], migrations: before, applicationName: 'migrations-test' });
-    sources.push(old);
-    await runMigrations(old);
+    const { before, old } = await migratedUpTo(CompactJournalIndex1795737600000);
     await old.query(`INSERT INTO journal_writes (vpg_key, seq, volume_index, byte_offset, length, segment, position) VALUES (1, 1, 0, 0, 512, 1, 0)`);
     await expect(runMigrations(dataSource())).rejects.toThrow(/journal_writes holds journaled writes from a pre-release version/);
     expect(await old.query(`SELECT seq FROM journal_writes`)).toEqual([{ seq: '1' }]);
@@ -199,10 +206,7 @@ describe('migrations', () => {
   });
 
   it('packs the checkpoints a database already holds into checkpoint_hours, as its triggers would, and reverts cleanly', async () => {
-    const before = migrations.slice(0, migrations.indexOf(CheckpointHours1796256000000));
-    const old = createDataSource({ url: db.url, entities: [], migrations: before, applicationName: 'migrations-test' });
-    sources.push(old);
-    await runMigrations(old);
+    const { before, old } = await migratedUpTo(CheckpointHours1796256000000);
     // Two VPGs over three hours and a half at 5 s, a marked one every 50, and pairs sharing a capture time.
     await old.query(`
       INSERT INTO checkpoints (id, vpg_id, cut, kind, name, captured_at)
@@ -220,11 +224,80 @@ describe('migrations', () => {
     await ds.query(`UPDATE checkpoints SET kind = kind`);
     expect(await hours()).toEqual(backfilled);
 
-    await ds.undoLastMigration({ transaction: 'each' });
+    // The migrations after it first, then CheckpointHours itself.
+    for (let i = migrations.indexOf(CheckpointHours1796256000000); i < migrations.length; i++) {
+      await ds.undoLastMigration({ transaction: 'each' });
+    }
     expect(await ds.query(`SELECT to_regclass('checkpoint_hours') AS t`)).toEqual([{ t: null }]);
     // No trigger is left behind on checkpoints: recording and removing checkpoints still works.
     await ds.query(`DELETE FROM checkpoints WHERE cut % 2 = 0`);
     await ds.query(`INSERT INTO checkpoints (id, vpg_id, cut, kind, captured_at) VALUES (gen_random_uuid(), gen_random_uuid(), 1, 'automatic', now())`);
+  });
+
+  it('re-encodes the packed hours as 4-byte offsets in their hour, exactly, and back', async () => {
+    const { before, old } = await migratedUpTo(CheckpointHourOffsets1796342400000);
+    // Microsecond times, the first and last microsecond of an hour, ties, and times before 1970 and 2000.
+    await old.query(`
+      INSERT INTO checkpoints (id, vpg_id, cut, kind, name, captured_at)
+      SELECT gen_random_uuid(), '00000000-0000-4000-8000-000000000001', i, CASE WHEN i % 7 = 0 THEN 'tagged' ELSE 'automatic' END, NULL, t
+        FROM unnest(ARRAY[timestamptz '2026-11-25 08:00:00Z', '2026-11-25 08:59:59.999999Z', '2026-11-25 08:59:59.999999Z',
+                          '2026-11-25 09:17:03.000001Z', '1999-12-31 23:59:59.999999Z', '1969-07-20 20:17:40.123456Z']) WITH ORDINALITY AS r(t, i)`);
+    await old.query(`
+      INSERT INTO checkpoints (id, vpg_id, cut, kind, name, captured_at)
+      SELECT gen_random_uuid(), '00000000-0000-4000-8000-000000000002', i, 'automatic', NULL,
+             timestamptz '2026-11-25 10:00:00Z' + i * interval '4999.777 milliseconds'
+        FROM generate_series(1, 2000) i`);
+    const expected = async (source: DataSource): Promise<Map<string, number[]>> => {
+      const rows = await source.query<{ vpg_id: string; hour_us: string; at_us: string }[]>(
+        `SELECT vpg_id, (extract(epoch FROM date_trunc('hour', captured_at, 'UTC')) * 1000000)::bigint::text AS hour_us,
+                (extract(epoch FROM captured_at) * 1000000)::bigint::text AS at_us
+           FROM checkpoints ORDER BY vpg_id, captured_at, id`,
+      );
+      const byHour = new Map<string, number[]>();
+      for (const row of rows) {
+        const key = `${row.vpg_id} ${row.hour_us}`;
+        byHour.set(key, [...(byHour.get(key) ?? []), Number(row.at_us)]);
+      }
+      return byHour;
+    };
+    const packed = async (source: DataSource, bytesEach: 4 | 8): Promise<Map<string, number[]>> => {
+      const rows = await source.query<{ vpg_id: string; hour_us: string; count: number; times: string }[]>(
+        `SELECT vpg_id, (extract(epoch FROM hour) * 1000000)::bigint::text AS hour_us, count, encode(times, 'hex') AS times FROM checkpoint_hours`,
+      );
+      const byHour = new Map<string, number[]>();
+      for (const row of rows) {
+        const bytes = Buffer.from(row.times, 'hex');
+        expect(bytes.length).toBe(row.count * bytesEach);
+        const times: number[] = [];
+        for (let o = 0; o < bytes.length; o += bytesEach) {
+          times.push(
+            bytesEach === 4
+              ? Number(row.hour_us) + bytes.readUInt32BE(o)
+              : Number(bytes.readBigInt64BE(o) + 946_684_800_000_000n),
+          );
+        }
+        byHour.set(`${row.vpg_id} ${row.hour_us}`, times);
+      }
+      return byHour;
+    };
+    const truth = await expected(old);
+    expect(await packed(old, 8)).toEqual(truth);
+
+    const ds = dataSource();
+    expect(await runMigrations(ds)).toEqual(MIGRATION_NAMES.slice(before.length));
+    expect(await packed(ds, 4)).toEqual(truth);
+    // The triggers' rebuild, with the new encoding, gives the same rows; and keeps them as checkpoints change.
+    await ds.query(`UPDATE checkpoints SET kind = kind`);
+    expect(await packed(ds, 4)).toEqual(truth);
+    await ds.query(`DELETE FROM checkpoints WHERE cut % 3 = 0`);
+    await ds.query(`INSERT INTO checkpoints (id, vpg_id, cut, kind, captured_at) VALUES (gen_random_uuid(), '00000000-0000-4000-8000-000000000001', 99, 'automatic', '2026-11-25 08:59:59.999998Z')`);
+    const changed = await expected(ds);
+    expect(await packed(ds, 4)).toEqual(changed);
+
+    await ds.undoLastMigration({ transaction: 'each' });
+    expect(await packed(ds, 8)).toEqual(changed);
+    await ds.query(`UPDATE checkpoints SET kind = kind`);
+    expect(await packed(ds, 8)).toEqual(changed);
   });
 
   it('enforces the checkpoint kinds', async () => {

@@ -171,7 +171,6 @@ describe('CheckpointCatalog', () => {
 
   it('keeps checkpoint_hours exactly what checkpoints holds: out of order, ties, deletes, updates, rollbacks, concurrent writers', async () => {
     const HOUR_US = 3_600_000_000n;
-    const PG_EPOCH_US = 946_684_800_000_000n;
     /** The packed hours from the table itself, checked against what the trigger-kept table holds. */
     const expectHoursMatchTable = async (): Promise<number> => {
       const rows = await dataSource.query<{ vpg_id: string; at_us: string; kind: CheckpointKind }[]>(
@@ -194,10 +193,11 @@ describe('CheckpointCatalog', () => {
       );
       const actual = new Map<string, { times: bigint[]; marked: number[] }>();
       for (const h of hours) {
+        // Each time in 4 bytes: microseconds since the hour's start (CheckpointHourOffsets).
         const bytes = Buffer.from(h.times, 'hex');
         const times: bigint[] = [];
-        for (let o = 0; o < bytes.length; o += 8) {
-          times.push(bytes.readBigInt64BE(o) + PG_EPOCH_US);
+        for (let o = 0; o < bytes.length; o += 4) {
+          times.push(BigInt(h.hour_us) + BigInt(bytes.readUInt32BE(o)));
         }
         expect(h.count).toBe(times.length);
         actual.set(`${h.vpg_id} ${h.hour_us}`, { times, marked: h.marked });
@@ -474,7 +474,7 @@ describe('CheckpointCatalog', () => {
     // waits for its rows; then A appends its one where B's first one is.
     const behind = row(NOW.getTime() + 5_000, 'tagged');
     await insert([behind]);
-    holdNext = (sql) => sql.includes('ANY($2::timestamptz[])');
+    holdNext = (sql) => sql.includes('unnest($2::bigint[])');
     const b = catalog.timeline(vpgId, later);
     await heldCount(2);
     held[0]!();

@@ -15,7 +15,7 @@ import {
  * milliseconds with 30 days of 5-second checkpoints per VPG (about 518,000 rows) and a hundred VPGs in
  * one table. The indexes and the per-VPG counts it relies on are made by migrations (libs/database):
  * the index (vpg_id, captured_at, id) INCLUDE (kind, cut, name, vm_id), which holds every column
- * COLUMNS reads, so every query by VPG and time is an index-only scan (CheckpointListCovering: one
+ * PACKED reads, so every query by VPG and time is an index-only scan (CheckpointListCovering: one
  * VPG's rows are scattered over the heap among the other VPGs'); checkpoint_stats, kept by triggers
  * (CheckpointCatalog); and checkpoint_hours, each hour's capture times packed in one row, kept by
  * triggers too (CheckpointHours).
@@ -56,32 +56,25 @@ export interface TimelineResult {
   readonly checkpoints: (Checkpoint & { readonly marked: boolean })[];
 }
 
-interface CheckpointRow {
-  id: string;
-  vpg_id: string;
-  cut: string;
-  kind: CheckpointKind;
-  name: string | null;
-  vm_id: string | null;
-  captured_at: Date;
-  /** Capture time in whole microseconds since the epoch (timestamptz's own precision), as text. */
-  at_us: string;
-}
+/**
+ * A checkpoint as every catalog query sends it: a JSON array, all of a query's checkpoints in one json
+ * value, which node-pg parses with one JSON.parse. Sent as rows, node-pg made a string of every field
+ * and a Date of every capture time: for the 180 rows of a timeline that was most of what a poll
+ * allocated (sampled with the heap profiler), the garbage that set the pace of the young-generation
+ * collections. The capture time is in whole microseconds since the epoch (timestamptz's own
+ * precision): a JSON number holds it exactly until the year 2255.
+ */
+type PackedCheckpoint = [atUs: number, id: string, cut: number, kind: CheckpointKind, name: string | null, vmId: string | null];
 
-/** A row through row_to_json: timestamptz as ISO text with the server's offset, bigint as a JSON number. */
-interface CheckpointJson {
-  id: string;
-  vpg_id: string;
-  cut: number;
-  kind: CheckpointKind;
-  name: string | null;
-  vm_id: string | null;
-  captured_at: string;
-}
+/** What a checkpoint query selects. Every column read here is in the index (vpg_id, captured_at, id) INCLUDE (...): keep them in step. */
+const PACKED = 'json_build_array((extract(epoch FROM captured_at) * 1000000)::bigint, id, cut, kind, name, vm_id)';
+/** The columns PACKED reads, for the subqueries packedList wraps. */
+const PACKED_COLUMNS = 'captured_at, id, cut, kind, name, vm_id';
 
-/** What a checkpoint query returns. Every column read here is in the index (vpg_id, captured_at, id) INCLUDE (...): keep them in step. */
-const COLUMNS = `id, vpg_id, cut, kind, name, vm_id, captured_at,
-  (extract(epoch FROM captured_at) * 1000000)::bigint::text AS at_us`;
+/** The checkpoints `inner` selects (it selects PACKED_COLUMNS), in (captured_at, id) order, as one json array in the column `list`. */
+function packedList(inner: string): string {
+  return `SELECT coalesce(json_agg(${PACKED} ORDER BY captured_at, id), '[]'::json) AS list FROM (${inner}) c`;
+}
 
 const CURSOR_VERSION = 'c1';
 const HOUR_MS = 3_600_000;
@@ -111,45 +104,39 @@ export class CheckpointCatalog {
       params.push(microsToTimestamp(after.atMicros), after.id);
       conditions.push(`(captured_at, id) > ($${params.length - 1}::timestamptz, $${params.length}::uuid)`);
     }
-    const rows = await poolQuery<CheckpointRow>(this.dataSource, 
-      `SELECT ${COLUMNS} FROM checkpoints WHERE ${conditions.join(' AND ')} ORDER BY captured_at, id LIMIT $2`,
+    const rows = await this.packed(
+      `SELECT ${PACKED_COLUMNS} FROM checkpoints WHERE ${conditions.join(' AND ')} ORDER BY captured_at, id LIMIT $2`,
       params,
     );
     const more = rows.length > query.limit;
     const pageRows = more ? rows.slice(0, query.limit) : rows;
     const last = pageRows[pageRows.length - 1];
-    return { checkpoints: pageRows.map(toCheckpoint), next: more && last ? encodeCursor(last) : null };
+    return { checkpoints: pageRows.map((row) => unpack(vpgId, row)), next: more && last ? encodeCursor(last) : null };
   }
 
   /** The newest `limit` checkpoints captured in [from, to], oldest first ("what can I recover to now"). */
   async newest(vpgId: string, query: { readonly from?: Date; readonly to?: Date; readonly limit: number }): Promise<Checkpoint[]> {
-    const rows = await poolQuery<CheckpointRow>(this.dataSource, 
-      `SELECT * FROM (
-         SELECT ${COLUMNS} FROM checkpoints
-          WHERE vpg_id = $1 AND ($2::timestamptz IS NULL OR captured_at >= $2) AND ($3::timestamptz IS NULL OR captured_at <= $3)
-          ORDER BY captured_at DESC, id DESC LIMIT $4) newest
-        ORDER BY captured_at, id`,
+    const rows = await this.packed(
+      `SELECT ${PACKED_COLUMNS} FROM checkpoints
+        WHERE vpg_id = $1 AND ($2::timestamptz IS NULL OR captured_at >= $2) AND ($3::timestamptz IS NULL OR captured_at <= $3)
+        ORDER BY captured_at DESC, id DESC LIMIT $4`,
       [vpgId, query.from ?? null, query.to ?? null, query.limit],
     );
-    return rows.map(toCheckpoint);
+    return rows.map((row) => unpack(vpgId, row));
   }
 
   /** Every checkpoint captured in (from, to], oldest first. Unbounded: for short ranges only. */
   async within(vpgId: string, from: Date, to: Date): Promise<Checkpoint[]> {
-    const rows = await poolQuery<CheckpointRow>(this.dataSource, 
-      `SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 AND captured_at > $2 AND captured_at <= $3 ORDER BY captured_at, id`,
-      [vpgId, from, to],
-    );
-    return rows.map(toCheckpoint);
+    const rows = await this.packed(`SELECT ${PACKED_COLUMNS} FROM checkpoints WHERE vpg_id = $1 AND captured_at > $2 AND captured_at <= $3`, [vpgId, from, to]);
+    return rows.map((row) => unpack(vpgId, row));
   }
 
   async get(vpgId: string, checkpointId: string): Promise<Checkpoint> {
-    const rows = await poolQuery<CheckpointRow>(this.dataSource, `SELECT ${COLUMNS} FROM checkpoints WHERE id = $1 AND vpg_id = $2`, [checkpointId, vpgId]);
-    const row = rows[0];
+    const row = (await this.packed(`SELECT ${PACKED_COLUMNS} FROM checkpoints WHERE id = $1 AND vpg_id = $2`, [checkpointId, vpgId]))[0];
     if (!row) {
       throw new DomainError('not-found', `checkpoint ${checkpointId} is not recorded for VPG ${vpgId}`);
     }
-    return toCheckpoint(row);
+    return unpack(vpgId, row);
   }
 
   /**
@@ -162,14 +149,14 @@ export class CheckpointCatalog {
         automatic: string | null;
         tagged: string | null;
         application_consistent: string | null;
-        earliest: CheckpointJson | null;
-        latest: CheckpointJson | null;
+        earliest: PackedCheckpoint | null;
+        latest: PackedCheckpoint | null;
       }
     >(
       this.dataSource,
       `SELECT s.automatic, s.tagged, s.application_consistent,
-              (SELECT row_to_json(e) FROM (SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 ORDER BY captured_at, id LIMIT 1) e) AS earliest,
-              (SELECT row_to_json(l) FROM (SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 ORDER BY captured_at DESC, id DESC LIMIT 1) l) AS latest
+              (SELECT ${PACKED} FROM checkpoints WHERE vpg_id = $1 ORDER BY captured_at, id LIMIT 1) AS earliest,
+              (SELECT ${PACKED} FROM checkpoints WHERE vpg_id = $1 ORDER BY captured_at DESC, id DESC LIMIT 1) AS latest
          FROM (SELECT $1::uuid AS vpg_id) v LEFT JOIN checkpoint_stats s ON s.vpg_id = v.vpg_id`,
       [vpgId],
     );
@@ -182,8 +169,8 @@ export class CheckpointCatalog {
     return {
       count: CHECKPOINT_KINDS.reduce((sum, kind) => sum + byKind[kind], 0),
       byKind,
-      earliest: row?.earliest ? fromJsonRow(row.earliest) : null,
-      latest: row?.latest ? fromJsonRow(row.latest) : null,
+      earliest: row?.earliest ? unpack(vpgId, row.earliest) : null,
+      latest: row?.latest ? unpack(vpgId, row.latest) : null,
     };
   }
 
@@ -251,7 +238,7 @@ export class CheckpointCatalog {
       const row = byTime.get(day.times[p]!)?.[p - firstOfTime];
       // Missing only if the promoter trimmed it since step 1: it is no longer recoverable.
       if (row) {
-        checkpoints.push({ ...toCheckpoint(row), marked: selected.marked[i]! });
+        checkpoints.push({ ...unpack(vpgId, row), marked: selected.marked[i]! });
       }
     });
     return { ...base, checkpoints };
@@ -266,20 +253,30 @@ export class CheckpointCatalog {
    * young-generation GCs: with 100 VPGs polled, every scavenge copied megabytes of them and paused the
    * event loop 4 to 10 ms, which was the p99 of every catalog query (measured with --trace-gc-nvp).
    */
-  private async rowsAt(vpgId: string, times: readonly number[]): Promise<Map<number, CheckpointRow[]>> {
-    const rows = await poolQuery<CheckpointRow>(
-      this.dataSource,
-      `SELECT ${COLUMNS} FROM checkpoints WHERE vpg_id = $1 AND captured_at = ANY($2::timestamptz[]) ORDER BY captured_at, id`,
-      [vpgId, times.map((t) => microsToTimestamp(BigInt(t)))],
+  private async rowsAt(vpgId: string, times: readonly number[]): Promise<Map<number, PackedCheckpoint[]>> {
+    // The times go as integers and become timestamps in the server, exactly (an interval's arithmetic
+    // is in whole microseconds): formatting 180 timestamps here, and node-pg quoting each into an array
+    // literal, was a tenth of what a poll allocated. ARRAY(...) is computed once, before the scan, so
+    // the index still takes every time as one of its keys.
+    const rows = await this.packed(
+      `SELECT ${PACKED_COLUMNS} FROM checkpoints
+        WHERE vpg_id = $1 AND captured_at = ANY(ARRAY(SELECT 'epoch'::timestamptz + t * interval '1 microsecond' FROM unnest($2::bigint[]) t))`,
+      [vpgId, `{${times.join(',')}}`],
     );
-    const found = new Map<number, CheckpointRow[]>();
+    const found = new Map<number, PackedCheckpoint[]>();
     for (const row of rows) {
-      const t = Number(row.at_us);
-      const list = found.get(t) ?? [];
-      list.push(row);
-      found.set(t, list);
+      const list = found.get(row[0]);
+      if (list) {
+        list.push(row);
+      } else {
+        found.set(row[0], [row]);
+      }
     }
     return found;
+  }
+
+  private async packed(inner: string, params: readonly unknown[]): Promise<PackedCheckpoint[]> {
+    return (await poolQuery<{ list: PackedCheckpoint[] }>(this.dataSource, packedList(inner), params))[0]?.list ?? [];
   }
 
   /** The VPG's checkpoints captured after `fromUs` (at least), from the day cache brought up to date, or read afresh. */
@@ -320,10 +317,11 @@ export class CheckpointCatalog {
   private async loadDay(vpgId: string, fromUs: number): Promise<DayCache> {
     const rows = await poolQuery<HoursRow>(this.dataSource, 
       `SELECT s.automatic + s.tagged + s.application_consistent AS total, s.removals::text AS removals,
-              d.times, d.counts, d.marked, l.last_us, l.last_id
+              d.hours, d.times, d.counts, d.marked, l.last_us, l.last_id
          FROM (SELECT $1::uuid AS vpg_id) v
          LEFT JOIN checkpoint_stats s ON s.vpg_id = v.vpg_id
-         LEFT JOIN LATERAL (SELECT encode(string_agg(h.times, ''::bytea ORDER BY h.hour), 'base64') AS times,
+         LEFT JOIN LATERAL (SELECT string_agg((extract(epoch FROM h.hour) * 1000000)::bigint::text, ',' ORDER BY h.hour) AS hours,
+                                   encode(string_agg(h.times, ''::bytea ORDER BY h.hour), 'base64') AS times,
                                    string_agg(h.count::text, ',' ORDER BY h.hour) AS counts,
                                    string_agg(array_to_string(h.marked, ' '), ',' ORDER BY h.hour) AS marked
                               FROM checkpoint_hours h
@@ -430,7 +428,9 @@ interface DayRow {
 interface HoursRow {
   total: string | null;
   removals: string | null;
-  /** The hours' `times` concatenated, base64. */
+  /** Each hour's start, microseconds since the Unix epoch, comma-separated. */
+  hours: string | null;
+  /** The hours' `times` concatenated, base64: 4 bytes a checkpoint, microseconds since its hour's start (CheckpointHourOffsets). */
   times: string | null;
   /** Each hour's count, comma-separated. */
   counts: string | null;
@@ -442,15 +442,27 @@ interface HoursRow {
 
 /** checkpoint_hours rows (HoursRow) as capture times in (captured_at, id) order and marks (1 for marked). */
 function decodeHours(row: HoursRow | undefined): { times: Float64Array; marked: Uint8Array } {
-  const times = decodeTimes(row?.times ?? null);
-  const marked = new Uint8Array(times.length);
   const counts = row?.counts ? row.counts.split(',').map(Number) : [];
+  const starts = row?.hours ? row.hours.split(',').map(Number) : [];
   const marks = row?.marked !== null && row?.marked !== undefined ? row.marked.split(',') : [];
-  if (marks.length !== counts.length) {
-    throw new Error(`the day read has ${counts.length} hours but marks for ${marks.length}`);
+  if (marks.length !== counts.length || starts.length !== counts.length) {
+    throw new Error(`the day read has ${counts.length} hours but marks for ${marks.length} and starts for ${starts.length}`);
   }
+  const bytes = row?.times ? Buffer.from(row.times, 'base64') : Buffer.alloc(0);
+  if (bytes.length % 4 !== 0) {
+    throw new Error(`the day read's times are ${bytes.length} bytes, not a multiple of 4`);
+  }
+  const times = new Float64Array(bytes.length / 4);
+  const marked = new Uint8Array(times.length);
   let base = 0;
   counts.forEach((count, hour) => {
+    if (base + count > times.length) {
+      throw new Error(`the day read's hours count more than its ${times.length} times`);
+    }
+    const start = starts[hour]!;
+    for (let i = base, o = base * 4; i < base + count; i++, o += 4) {
+      times[i] = start + bytes.readUInt32BE(o);
+    }
     const positions = marks[hour] === '' ? [] : (marks[hour] as string).split(' ').map(Number);
     for (const p of positions) {
       if (!Number.isInteger(p) || p < 0 || p >= count) {
@@ -579,8 +591,8 @@ function appendDay(
 }
 
 /** The cursor: version, capture time in microseconds, id; base64url so it travels in a query string. */
-function encodeCursor(row: CheckpointRow): string {
-  return Buffer.from(`${CURSOR_VERSION}:${row.at_us}:${row.id}`, 'utf8').toString('base64url');
+function encodeCursor(row: PackedCheckpoint): string {
+  return Buffer.from(`${CURSOR_VERSION}:${row[0]}:${row[1]}`, 'utf8').toString('base64url');
 }
 
 export function decodeCursor(cursor: string): { atMicros: bigint; id: string } {
@@ -605,26 +617,15 @@ function microsToTimestamp(micros: bigint): string {
   return `${iso.slice(0, -1)}${rest.toString().padStart(3, '0')}Z`;
 }
 
-function toCheckpoint(row: CheckpointRow): Checkpoint {
+/** capturedAt to the millisecond, as a Date made by node-pg from the timestamptz had it (truncated, not rounded). */
+function unpack(vpgId: string, row: PackedCheckpoint): Checkpoint {
   return {
-    id: row.id,
-    vpgId: row.vpg_id,
-    cut: Number(row.cut),
-    kind: row.kind,
-    name: row.name,
-    vmId: row.vm_id,
-    capturedAt: row.captured_at.toISOString(),
-  };
-}
-
-function fromJsonRow(row: CheckpointJson): Checkpoint {
-  return {
-    id: row.id,
-    vpgId: row.vpg_id,
-    cut: Number(row.cut),
-    kind: row.kind,
-    name: row.name,
-    vmId: row.vm_id,
-    capturedAt: new Date(row.captured_at).toISOString(),
+    id: row[1],
+    vpgId,
+    cut: row[2],
+    kind: row[3],
+    name: row[4],
+    vmId: row[5],
+    capturedAt: new Date(Math.floor(row[0] / 1000)).toISOString(),
   };
 }
