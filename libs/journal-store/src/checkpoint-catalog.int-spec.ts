@@ -451,7 +451,14 @@ describe('CheckpointCatalog', () => {
       return result;
     };
     const gated = interceptPool(dataSource, (sql, _params, run) => gate(sql, run));
-    const heldCount = (n: number): Promise<void> => (held.length >= n ? Promise.resolve() : new Promise((resolve) => waiting.push({ n, resolve })));
+    // Fails fast rather than at the test's timeout when the query to hold never comes (its SQL changed).
+    const heldCount = (n: number): Promise<void> =>
+      held.length >= n
+        ? Promise.resolve()
+        : new Promise((resolve, reject) => {
+            const timer = setTimeout(() => reject(new Error(`only ${held.length} of ${n} queries were held: did the catalog's SQL change?`)), 10_000);
+            waiting.push({ n, resolve: () => (clearTimeout(timer), resolve()) });
+          });
     const catalog = new CheckpointCatalog(gated);
     const row = (at: number, kind: CheckpointKind): Checkpoint => ({
       id: randomUUID(),
