@@ -185,10 +185,13 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
             `page ${percentile(page, 50).toFixed(2)}/${percentile(page, 99).toFixed(2)}, stats ${percentile(stats, 50).toFixed(2)}/${percentile(stats, 99).toFixed(2)}`,
         );
       }
-      // How a page is read, to tell I/O from CPU in the tail: the plan of one at a random time.
+      // How a page is read, to tell I/O from CPU in the tail: the plan of one at a random time, in the
+      // shape CheckpointCatalog.page sends (the page's rows as one JSON array).
       const plan = await dataSource.query<{ 'QUERY PLAN': string }[]>(
-        `EXPLAIN (ANALYZE, BUFFERS) SELECT id, vpg_id, cut, kind, name, vm_id, captured_at FROM checkpoints
-          WHERE vpg_id = $1 AND captured_at >= $2 ORDER BY captured_at, id LIMIT 101`,
+        `EXPLAIN (ANALYZE, BUFFERS)
+         SELECT json_agg(json_build_array((extract(epoch FROM captured_at) * 1000000)::bigint, id, cut, kind, name, vm_id) ORDER BY captured_at, id)
+           FROM (SELECT captured_at, id, cut, kind, name, vm_id FROM checkpoints
+                  WHERE vpg_id = $1 AND captured_at >= $2 ORDER BY captured_at, id LIMIT 101) c`,
         [pick(), new Date(firstMs + Math.random() * (END - firstMs - 100 * STEP_MS))],
       );
       const lines = plan.map((p) => p['QUERY PLAN'].trim()).filter((l) => /Scan|Heap Fetches|Buffers|Execution Time/.test(l));

@@ -631,7 +631,7 @@ function microsToTimestamp(micros: bigint): string {
   return `${iso.slice(0, -1)}${rest.toString().padStart(3, '0')}Z`;
 }
 
-/** capturedAt to the millisecond, as a Date made by node-pg from the timestamptz had it (truncated, not rounded). */
+/** A packed checkpoint as the API shows it; capturedAt truncated to the millisecond, as node-pg's Date of the timestamptz was. */
 function unpack(vpgId: string, row: PackedCheckpoint): Checkpoint {
   return {
     id: row[1],
