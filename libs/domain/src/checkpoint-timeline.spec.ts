@@ -344,9 +344,21 @@ describe('selectTimelineSorted', () => {
         const { positions, marked } = selectTimelineSorted(times, marks, NOW, { maxPoints });
         expect(positions.map((p) => sorted[p]!.id)).toEqual(expected.map((e) => e.id));
         expect(marked).toEqual(expected.map((e) => e.marked));
+        // The same times in microseconds (the catalog's unit) pick the same positions.
+        const micros = Float64Array.from(times, (t) => t * 1000);
+        expect(selectTimelineSorted(micros, marks, NOW, { maxPoints }, 1000)).toEqual({ positions, marked });
       }),
       { numRuns: 60 },
     );
+  });
+
+  it('takes a window edge in microseconds exactly', () => {
+    // One microsecond past the window's start is in it; the start itself and one past now are not.
+    const startUs = (NOW_MS - 24 * HOUR) * 1000;
+    const times = [startUs, startUs + 1, NOW_MS * 1000, NOW_MS * 1000 + 1];
+    expect(selectTimelineSorted(times, [0, 0, 0, 0], NOW, {}, 1000).positions).toEqual([1, 2]);
+    expect(() => selectTimelineSorted(times, [0, 0, 0, 0], NOW, {}, 0)).toThrow(/unitsPerMs/);
+    expect(() => selectTimelineSorted(times, [0, 0, 0, 0], NOW, {}, Number.NaN)).toThrow(/unitsPerMs/);
   });
 
   it('rejects unsorted or mismatched columns and bad options', () => {

@@ -156,17 +156,20 @@ export function selectTimeline(
 
 /**
  * The same rule over a day given as sorted columns, for a caller that holds capture times and marks
- * rather than objects (the checkpoint catalog keeps a day of them per VPG). `times[i]` is epoch
- * milliseconds (fractions allowed) and `marked[i]` is 1 for tagged or application-consistent; the
- * columns must be sorted by capture time and, among equal times, in the caller's tie order (the
- * result is then what selectTimeline gives for objects whose ids sort in that order). Returns the
- * picked indexes into the columns, ascending, with their marks.
+ * rather than objects (the checkpoint catalog keeps a day of them per VPG). `times[i]` is epoch time
+ * in units of 1/`unitsPerMs` milliseconds (1: milliseconds, fractions allowed; 1000: microseconds, the
+ * catalog's exact times, so that it keeps one column rather than two) and `marked[i]` is 1 for tagged
+ * or application-consistent; the columns must be sorted by capture time and, among equal times, in
+ * the caller's tie order (the result is then what selectTimeline gives for objects whose ids sort in
+ * that order). The rule sees each time as `times[i] / unitsPerMs` milliseconds. Returns the picked
+ * indexes into the columns, ascending, with their marks.
  */
 export function selectTimelineSorted(
   times: ArrayLike<number>,
   marked: ArrayLike<number>,
   now: Date,
   options: TimelineOptions = {},
+  unitsPerMs = 1,
 ): { readonly positions: number[]; readonly marked: boolean[] } {
   const maxPoints = positiveInteger(options.maxPoints ?? TIMELINE_DEFAULTS.maxPoints, 'maxPoints');
   const windowHours = positiveInteger(options.windowHours ?? TIMELINE_DEFAULTS.windowHours, 'windowHours');
@@ -177,10 +180,14 @@ export function selectTimelineSorted(
   if (marked.length !== times.length) {
     throw new DomainError('invalid-argument', `times and marks differ in length (${times.length} and ${marked.length})`);
   }
+  if (!(unitsPerMs > 0) || !Number.isFinite(unitsPerMs)) {
+    throw new DomainError('invalid-argument', `unitsPerMs must be a positive number, got ${unitsPerMs}`);
+  }
   const startMs = nowMs - windowHours * HOUR_MS;
   // Sorted, so the window is one run: the first time after startMs up to the last at or before now.
-  const first = upperBound(times, startMs);
-  const end = upperBound(times, nowMs);
+  // Whole milliseconds times the unit are exact (microseconds stay below 2^53 until the year 2255).
+  const first = upperBound(times, startMs * unitsPerMs);
+  const end = upperBound(times, nowMs * unitsPerMs);
   if (end <= first) {
     return { positions: [], marked: [] };
   }
@@ -190,7 +197,7 @@ export function selectTimelineSorted(
     }
   }
   const picked = pickPositions(
-    { length: end - first, time: (p) => times[first + p]!, marked: (p) => marked[first + p] === 1 },
+    { length: end - first, time: (p) => times[first + p]! / unitsPerMs, marked: (p) => marked[first + p] === 1 },
     maxPoints,
     windowHours,
   );

@@ -187,7 +187,7 @@ export class CheckpointCatalog {
    * 3. One query fetches the rows at the picked capture times (an index probe each); a position among
    *    checkpoints sharing its time is resolved by id order, the order of step 1.
    *
-   * The day cache: per VPG, the day as typed arrays (about 17 bytes a checkpoint, 300 KB for a day
+   * The day cache: per VPG, the day as typed arrays (9 bytes a checkpoint, 160 KB for a day
    * at 5 s), brought up to date on each call by one round trip that reads the VPG's counts and only
    * the checkpoints after the newest cached one (an index-only scan of a few rows, see dayColumns),
    * appended in place (a poll allocates no day-sized array). It is used only if nothing else changed:
@@ -223,7 +223,7 @@ export class CheckpointCatalog {
     if (count === 0) {
       return { ...base, checkpoints: [] };
     }
-    const selected = selectTimelineSorted(day.millis.subarray(first, day.length), day.marked.subarray(first, day.length), now, options);
+    const selected = selectTimelineSorted(day.times.subarray(first, day.length), day.marked.subarray(first, day.length), now, options, 1000);
     if (selected.positions.length === 0) {
       return { ...base, checkpoints: [] };
     }
@@ -238,7 +238,7 @@ export class CheckpointCatalog {
       const row = byTime.get(day.times[p]!)?.[p - firstOfTime];
       // Missing only if the promoter trimmed it since step 1: it is no longer recoverable.
       if (row) {
-        checkpoints.push({ ...unpack(vpgId, row), marked: selected.marked[i]! });
+        checkpoints.push(unpackMarked(vpgId, row, selected.marked[i]!));
       }
     });
     return { ...base, checkpoints };
@@ -331,12 +331,10 @@ export class CheckpointCatalog {
     );
     const row = rows[0];
     const { columns, length } = decodeHours(row);
-    fillMillis(columns, 0, length);
     columns.used = length;
     return {
       fromUs,
       times: columns.times,
-      millis: columns.millis,
       marked: columns.marked,
       columns,
       length,
@@ -362,15 +360,13 @@ export class CheckpointCatalog {
 
 /**
  * A VPG's checkpoints from `fromUs` on, oldest first: capture times in microseconds since the epoch
- * (exact in a float64 until the year 2255; ties are found by them), the same in milliseconds (what the
- * timeline rule takes) and marks, in (capturedAt, id) order, in the first `length` entries of the
- * columns. `lastUs`/`lastId` is the newest checkpoint of the VPG when read; `total` and `removals`
+ * (exact in a float64 until the year 2255; ties are found by them; the timeline rule takes them as
+ * they are) and marks, in (capturedAt, id) order, in the first `length` entries of the columns. `lastUs`/`lastId` is the newest checkpoint of the VPG when read; `total` and `removals`
  * are checkpoint_stats then.
  */
 interface DayCache {
   readonly fromUs: number;
   readonly times: Float64Array;
-  readonly millis: Float64Array;
   readonly marked: Uint8Array;
   /** The columns' owner, shared by the day's versions; a version appends in place only at the end of what is used. */
   readonly columns: DayColumns;
@@ -389,35 +385,29 @@ interface DayCache {
  */
 interface DayColumns {
   readonly times: Float64Array;
-  readonly millis: Float64Array;
   readonly marked: Uint8Array;
   used: number;
 }
 
 /**
- * The three columns in one ArrayBuffer: a first read allocates one backing store, not three, and
- * decodeHours fills it directly. Backing stores are memory outside V8's heap that still paces its
- * old-generation collections, and first reads were seen overlapping their work (incremental marking
- * steps of 6 to 10 ms). An A/B of first reads on the 51.8M-checkpoint catalog showed no change above
- * the noise (Dec 5); kept because it only removes an allocation and a copy.
+ * The two columns in one ArrayBuffer, 9 bytes a checkpoint: a first read allocates one backing store,
+ * and decodeHours fills it directly. The times are kept once, in microseconds (the rule divides), not
+ * a second time in milliseconds beside them (17 bytes a checkpoint before Dec 5): the cache of 256 VPGs
+ * at 5 s is 41 MB rather than 77 MB, and backing stores, though outside V8's heap, pace its full
+ * collections, which mark the whole heap on both cores. On the 51.8M-checkpoint catalog, first reads
+ * that took over 10 ms used more CPU than wall time (collector threads beside the query), and dropping
+ * each day right after it was read brought their p99 from 13-21 ms to 8-10 ms.
  */
 function newColumns(capacity: number): DayColumns {
-  const buffer = new ArrayBuffer(capacity * 17);
+  const buffer = new ArrayBuffer(capacity * 9);
   return {
     times: new Float64Array(buffer, 0, capacity),
-    millis: new Float64Array(buffer, capacity * 8, capacity),
-    marked: new Uint8Array(buffer, capacity * 16, capacity),
+    marked: new Uint8Array(buffer, capacity * 8, capacity),
     used: 0,
   };
 }
 
-function fillMillis(columns: DayColumns, from: number, to: number): void {
-  for (let i = from; i < to; i++) {
-    columns.millis[i] = columns.times[i]! / 1000;
-  }
-}
-
-/** VPGs whose day is cached (about 300 KB each at 5 s). */
+/** VPGs whose day is cached (about 160 KB each at 5 s). */
 const MAX_CACHED_DAYS = 256;
 /** Room for appends past a day read whole: an hour at 5 s. */
 const DAY_SLACK = 720;
@@ -582,18 +572,15 @@ function appendDay(
   if (keepFrom > 0 || columns.used !== day.length || length > columns.times.length) {
     columns = newColumns(length + Math.max(DAY_SLACK, length >>> 2));
     columns.times.set(day.times.subarray(keepFrom, day.length));
-    columns.millis.set(day.millis.subarray(keepFrom, day.length));
     columns.marked.set(day.marked.subarray(keepFrom, day.length));
   }
   const at = day.length - keepFrom;
   columns.times.set(added.times, at);
   columns.marked.set(added.marked, at);
-  fillMillis(columns, at, length);
   columns.used = length;
   return {
     fromUs: keepFrom > 0 ? fromUs : day.fromUs,
     times: columns.times,
-    millis: columns.millis,
     marked: columns.marked,
     columns,
     length,
@@ -633,13 +620,20 @@ function microsToTimestamp(micros: bigint): string {
 
 /** A packed checkpoint as the API shows it; capturedAt truncated to the millisecond, as node-pg's Date of the timestamptz was. */
 function unpack(vpgId: string, row: PackedCheckpoint): Checkpoint {
-  return {
-    id: row[1],
-    vpgId,
-    cut: row[2],
-    kind: row[3],
-    name: row[4],
-    vmId: row[5],
-    capturedAt: new Date(Math.floor(row[0] / 1000)).toISOString(),
-  };
+  return { id: row[1], vpgId, cut: row[2], kind: row[3], name: row[4], vmId: row[5], capturedAt: capturedAtOf(row) };
+}
+
+/**
+ * unpack with the timeline's mark, written out in one literal. `{ ...unpack(vpgId, row), marked }`
+ * gives the same object, but on Node 20 (V8 11.3) a spread with a property added after it left every
+ * copy alive through young-generation collections until the next full one: 1.3 MB promoted per
+ * scavenge and 4 to 7 ms pauses during first timelines, against 40 to 70 KB and 2 ms written out
+ * (--trace-gc-nvp, Dec 5; a standalone script shows the same, and `{ ...x }` alone does not).
+ */
+function unpackMarked(vpgId: string, row: PackedCheckpoint, marked: boolean): Checkpoint & { marked: boolean } {
+  return { id: row[1], vpgId, cut: row[2], kind: row[3], name: row[4], vmId: row[5], capturedAt: capturedAtOf(row), marked };
+}
+
+function capturedAtOf(row: PackedCheckpoint): string {
+  return new Date(Math.floor(row[0] / 1000)).toISOString();
 }

@@ -109,7 +109,9 @@ export class LogShipper {
         this.forgetWindow();
       }
       lease?.retain();
-      this.recent.push({ ...at, record, batchHeadroom: batchHeadroom[i] === true, lease });
+      // Written out, not `{ ...at, record, ... }`: on Node 20 a spread with properties added after it
+      // made each copy outlive young-generation collections (see the checkpoint catalog's unpackMarked).
+      this.recent.push({ segment: at.segment, position: at.position, length: at.length, seq: at.seq, record, batchHeadroom: batchHeadroom[i] === true, lease });
       this.recentBytes += lease ? 0 : record.length;
     }
     this.notify();
