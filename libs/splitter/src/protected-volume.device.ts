@@ -30,6 +30,7 @@ export class ProtectedVolumeDevice implements BlockDevice {
    * capture frames the record, and the shipper a batch of a large write alone, without copying it.
    */
   readonly writeHeadroom = RECORD_HEADER_BYTES + BATCH_HEADER_BYTES;
+  private readonly writeOptions = { headroom: this.writeHeadroom };
   private readonly volume: ProtectedVolume;
 
   constructor(
@@ -56,8 +57,9 @@ export class ProtectedVolumeDevice implements BlockDevice {
     this.capture.discardPayload(data);
   }
 
-  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.captured(() => this.capture.write(this.volumeId, offset, data, fua, { headroom: this.writeHeadroom }));
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    // A promise chain, not an async function: this runs for every write (see VpgCapture.write).
+    return this.capture.write(this.volumeId, offset, data, fua, this.writeOptions).then(acknowledged, asNbdError);
   }
 
   flush(): Promise<void> {
@@ -83,30 +85,30 @@ export class ProtectedVolumeDevice implements BlockDevice {
     for (let at = offset; at < end; at += ZERO_CHUNK_BYTES) {
       const chunk = Math.min(ZERO_CHUNK_BYTES, end - at);
       const last = at + chunk >= end;
-      await this.captured(() => this.capture.write(this.volumeId, at, ZEROES.subarray(0, chunk), fua && last));
+      await this.capture.write(this.volumeId, at, ZEROES.subarray(0, chunk), fua && last).then(acknowledged, asNbdError);
     }
   }
+}
 
-  /** Domain errors become the NBD errors the spec names; anything else is an I/O error (NBD_EIO). */
-  private async captured(capture: () => Promise<number>): Promise<void> {
-    try {
-      await capture();
-    } catch (err) {
-      if (err instanceof DomainError) {
-        switch (err.code) {
-          case 'out-of-range':
-            // The server checks bounds before calling; this is the spec's answer should one slip by.
-            throw new NbdError(NBD_ENOSPC, err.message, { cause: err });
-          case 'invalid-argument':
-            throw new NbdError(NBD_EINVAL, err.message, { cause: err });
-          case 'not-found':
-          case 'already-exists':
-          case 'conflict':
-          case 'failed-precondition':
-            break;
-        }
-      }
-      throw err;
+function acknowledged(): void {
+  // The seq is the capture's business; NBD acknowledges with no data.
+}
+
+/** Domain errors become the NBD errors the spec names; anything else is an I/O error (NBD_EIO). */
+function asNbdError(err: unknown): never {
+  if (err instanceof DomainError) {
+    switch (err.code) {
+      case 'out-of-range':
+        // The server checks bounds before calling; this is the spec's answer should one slip by.
+        throw new NbdError(NBD_ENOSPC, err.message, { cause: err });
+      case 'invalid-argument':
+        throw new NbdError(NBD_EINVAL, err.message, { cause: err });
+      case 'not-found':
+      case 'already-exists':
+      case 'conflict':
+      case 'failed-precondition':
+        break;
     }
   }
+  throw err;
 }

@@ -273,19 +273,52 @@ export class VpgCapture {
    * RECORD_HEADER_BYTES the record is framed there around the payload instead of copying it; with
    * RECORD_HEADER_BYTES + BATCH_HEADER_BYTES a bus batch holding that record alone is framed there too.
    */
-  async write(volumeId: string, offset: number, data: Buffer, fua = false, options: { readonly headroom?: number } = {}): Promise<number> {
-    // A buffer from allocatePayload: its region is the capture's from here on, whatever happens.
-    const lease = this.lent.get(data);
-    this.lent.delete(data);
+  write(volumeId: string, offset: number, data: Buffer, fua = false, options: { readonly headroom?: number } = {}): Promise<number> {
+    // A buffer from allocatePayload: its region is the capture's from here on, whatever happens. (A
+    // smaller one never came from there: no weak-map lookup for it.)
+    const lease = data.length >= RING_MIN_PAYLOAD_BYTES ? this.lent.get(data) : undefined;
+    if (lease) {
+      this.lent.delete(data);
+    }
+    const headroom = options.headroom ?? 0;
+    let target: ProtectedVolume;
+    let keys: number[];
+    try {
+      target = this.volumeById(volumeId);
+      validateWriteRange(target.volume, offset, data.length);
+      keys = regionKeys(target.volume.index, offset, data.length);
+      // The common case, captured at once: no hold, and the regions already in the activity log. It is
+      // not an async function: one was the largest allocation per write (its suspended frame), twice
+      // over with the NBD device's, and every write of a random 4 KiB job takes this path.
+      if (!this.barrier && this.activity.touch(keys, this.epoch)) {
+        return this.acknowledged(this.capture(target, offset, data, fua, headroom, lease), fua);
+      }
+    } catch (err) {
+      // Never captured: nothing else holds the region.
+      lease?.release();
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+    return this.captureAfterWait(target, keys, offset, data, fua, headroom, lease);
+  }
+
+  /**
+   * write() when its regions are not active yet or a coordinated checkpoint holds writes. The regions
+   * must be in the durable activity log before the write touches the volume. The check and the capture
+   * run without a pause in between, so no eviction can slip in; nor can a coordinated checkpoint's hold
+   * begin in between: a write that arrives while one is held is captured only after the marker, when
+   * the hold is released.
+   */
+  private async captureAfterWait(
+    target: ProtectedVolume,
+    keys: readonly number[],
+    offset: number,
+    data: Buffer,
+    fua: boolean,
+    headroom: number,
+    lease: PayloadLease | undefined,
+  ): Promise<number> {
     let captured: { seq: number; applied: Promise<void> };
     try {
-      const target = this.volumeById(volumeId);
-      validateWriteRange(target.volume, offset, data.length);
-      const keys = regionKeys(target.volume.index, offset, data.length);
-      // The regions must be in the durable activity log before the write touches the volume. The check
-      // and the capture below run without a pause in between, so no eviction can slip in; nor can a
-      // coordinated checkpoint's hold begin in between: a write that arrives while one is held is
-      // captured only after the marker, when the hold is released.
       for (;;) {
         if (this.barrier) {
           await this.barrier.released;
@@ -296,18 +329,17 @@ export class VpgCapture {
           break;
         }
       }
-      captured = this.capture(target, offset, data, fua, options.headroom ?? 0, lease);
+      captured = this.capture(target, offset, data, fua, headroom, lease);
     } catch (err) {
-      // Never captured: nothing else holds the region.
       lease?.release();
       throw err;
     }
-    const { seq, applied } = captured;
-    await applied;
-    if (fua) {
-      await this.flush();
-    }
-    return seq;
+    return this.acknowledged(captured, fua);
+  }
+
+  /** The write's seq once it is in the log and on its volume, and with FUA once flush() covers it. */
+  private acknowledged({ seq, applied }: { seq: number; applied: Promise<void> }, fua: boolean): Promise<number> {
+    return (fua ? applied.then(() => this.flush()) : applied).then(() => seq);
   }
 
   /** Inserts a checkpoint marker at the current end of the write order; returns its seq, the cut. */
