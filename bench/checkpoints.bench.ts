@@ -1,17 +1,18 @@
-import { spawnSync } from 'node:child_process';
+import { fork, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { EmbeddedPostgresServer, createDataSource, migrations, poolQuery, runMigrations } from '@cdp/database';
-import { JournalReader } from '@cdp/journal-store';
-import { type BenchContext, type BenchSuite, type Figure, median, percentile } from './suite';
+import { EmbeddedPostgresServer, createDataSource, migrations, runMigrations } from '@cdp/database';
+import { type QueryInput, type QueryMessage, type QueryRuns } from './checkpoints.queries';
+import { type BenchContext, type BenchSuite, type Figure, ROOT, median, percentile } from './suite';
 
 /**
  * The checkpoint catalog at scale: 100 VPGs with 30 days of 5-second checkpoints each (518,401 per
  * VPG, 51.8M in all), a tagged or application-consistent one at random about once an hour, loaded
  * in time order with the VPGs side by side (as protection records them) with COPY into a dedicated
- * embedded PostgreSQL server. Then the three queries an operator's screen
+ * embedded PostgreSQL server. Then, in a process of its own (checkpoints.queries.ts: as in a service,
+ * not in the process that generated the load), the three queries an operator's screen
  * makes, through the same JournalReader methods the HTTP API calls, for random VPGs: the timeline
  * (slider) at the end of the loaded period, a page of 100 of the manual list at a random time (half of
  * them resumed from a cursor), and the stats. The timeline is measured twice: the first query for each
@@ -88,6 +89,33 @@ async function load(ctx: BenchContext, url: string, vpgCount: number, perVpg: nu
   return { vpgs, rows, seconds: (performance.now() - started) / 1000 };
 }
 
+/** Runs checkpoints.queries.ts in a child process over the loaded catalog; its progress lines go to the log. */
+function queriesApart(ctx: BenchContext, input: QueryInput): Promise<QueryRuns> {
+  const child = fork(join(__dirname, 'checkpoints.queries.ts'), [], { execArgv: ['-r', join(ROOT, 'tools', 'register.cjs')], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  return new Promise<QueryRuns>((resolve, reject) => {
+    let runs: QueryRuns | undefined;
+    let error: string | undefined;
+    child.on('message', (message: QueryMessage) => {
+      if ('log' in message) {
+        ctx.log(message.log);
+      } else if ('runs' in message) {
+        runs = message.runs;
+      } else {
+        error = message.error;
+      }
+    });
+    child.once('error', reject);
+    child.once('exit', (code, signal) => {
+      if (runs && code === 0) {
+        resolve(runs);
+      } else {
+        reject(new Error(`the query process ended (code ${String(code)}, signal ${String(signal)})${error ? `: ${error}` : ' without its results'}`));
+      }
+    });
+    child.send(input);
+  });
+}
+
 async function run(ctx: BenchContext): Promise<Figure[]> {
   const vpgCount = ctx.quick ? 4 : 100;
   const perVpg = ctx.quick ? 2_000 : 30 * 24 * 720 + 1;
@@ -97,109 +125,10 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
   try {
     const loaded = await load(ctx, pg.url, vpgCount, perVpg);
     ctx.log(`  ${loaded.rows} checkpoints of ${vpgCount} VPGs loaded with COPY in ${loaded.seconds.toFixed(1)} s`);
-    // The queries run in the process that generated the load: its heap, for telling that apart from a fresh one.
     const memory = process.memoryUsage();
-    ctx.log(`  this process after the load: heap used ${(memory.heapUsed / 2 ** 20).toFixed(0)} MiB of ${(memory.heapTotal / 2 ** 20).toFixed(0)} MiB, rss ${(memory.rss / 2 ** 20).toFixed(0)} MiB`);
-    const dataSource = createDataSource({ url: pg.url, entities: [], migrations, poolSize: 4 });
-    await dataSource.initialize();
-    const reader = new JournalReader(dataSource, join(ctx.work, 'journal'));
-    const now = new Date(END + 1000);
-    const firstMs = END - (perVpg - 1) * STEP_MS;
-    const pick = (): string => loaded.vpgs[Math.floor(Math.random() * loaded.vpgs.length)]!;
-    const runs = { timeline: [] as number[][], page: [] as number[][], stats: [] as number[][], cold: [] as number[][] };
-    // Checkpoints recorded per VPG after the load, at END + k × 5 s (k = 1, 2, ...).
-    const appended = new Map<string, number>();
-    try {
-      // The first timeline of each VPG reads its whole day (the reader's day cache is empty); later
-      // ones only what was appended since. Measured apart, each VPG once per run with a new reader.
-      for (let r = 0; r < ctx.repeats; r++) {
-        const coldReader = new JournalReader(dataSource, join(ctx.work, 'journal'));
-        const cold: number[] = [];
-        for (const vpgId of loaded.vpgs) {
-          const t = performance.now();
-          await coldReader.timeline(vpgId, now);
-          cold.push(performance.now() - t);
-        }
-        runs.cold.push(cold);
-        await coldReader.close();
-        ctx.log(`  run ${r + 1}: first timeline of each VPG p50/p99 ms ${percentile(cold, 50).toFixed(2)}/${percentile(cold, 99).toFixed(2)}`);
-      }
-      // The polled figure is of a warm day cache: each VPG's first timeline (the whole day read, measured
-      // above) is made before the polls are timed. Otherwise those 100 first reads are 5% of the polls
-      // and most of their p99.
-      for (const vpgId of loaded.vpgs) {
-        await reader.timeline(vpgId, now);
-      }
-      for (let r = 0; r < ctx.repeats; r++) {
-        const timeline: number[] = [];
-        const page: number[] = [];
-        const stats: number[] = [];
-        let cursor: { vpgId: string; next: string } | null = null;
-        for (let i = 0; i < queries; i++) {
-          const polled = pick();
-          const k = (appended.get(polled) ?? 0) + 1;
-          appended.set(polled, k);
-          // Stands in for the journal writer recording it; through the pool, like the queries, so that
-          // TypeORM's per-call garbage (see poolQuery) is not charged to the queries being measured.
-          await poolQuery(
-            dataSource,
-            `INSERT INTO checkpoints (id, vpg_id, cut, kind, name, vm_id, captured_at) VALUES ($1, $2, $3, 'automatic', NULL, NULL, $4)`,
-            [randomUUID(), polled, 10 ** 12 + k, new Date(END + k * STEP_MS)],
-          );
-          let t = performance.now();
-          const slider = await reader.timeline(polled, new Date(END + k * STEP_MS + 1000));
-          timeline.push(performance.now() - t);
-          if (slider.checkpoints.length === 0) {
-            throw new Error('the timeline came back empty');
-          }
-
-          t = performance.now();
-          if (cursor && i % 2 === 1) {
-            const resumed = await reader.checkpointPage(cursor.vpgId, { after: cursor.next, limit: 100 });
-            page.push(performance.now() - t);
-            cursor = null;
-            if (resumed.checkpoints.length === 0) {
-              throw new Error('a page resumed from a cursor came back empty');
-            }
-          } else {
-            const vpgId = pick();
-            const from = new Date(firstMs + Math.random() * (END - firstMs - 100 * STEP_MS));
-            const first = await reader.checkpointPage(vpgId, { from, limit: 100 });
-            page.push(performance.now() - t);
-            cursor = first.next ? { vpgId, next: first.next } : null;
-          }
-
-          const counting = pick();
-          t = performance.now();
-          const counted = await reader.checkpointStats(counting);
-          stats.push(performance.now() - t);
-          if (counted.count !== perVpg + (appended.get(counting) ?? 0)) {
-            throw new Error(`stats counted ${counted.count} checkpoints, ${perVpg + (appended.get(counting) ?? 0)} were recorded`);
-          }
-        }
-        runs.timeline.push(timeline);
-        runs.page.push(page);
-        runs.stats.push(stats);
-        ctx.log(
-          `  run ${r + 1}: p50/p99 ms timeline ${percentile(timeline, 50).toFixed(2)}/${percentile(timeline, 99).toFixed(2)}, ` +
-            `page ${percentile(page, 50).toFixed(2)}/${percentile(page, 99).toFixed(2)}, stats ${percentile(stats, 50).toFixed(2)}/${percentile(stats, 99).toFixed(2)}`,
-        );
-      }
-      // How a page is read, to tell I/O from CPU in the tail: the plan of one at a random time, in the
-      // shape CheckpointCatalog.page sends (the page's rows as one JSON array).
-      const plan = await dataSource.query<{ 'QUERY PLAN': string }[]>(
-        `EXPLAIN (ANALYZE, BUFFERS)
-         SELECT json_agg(json_build_array((extract(epoch FROM captured_at) * 1000000)::bigint, id, cut, kind, name, vm_id) ORDER BY captured_at, id)
-           FROM (SELECT captured_at, id, cut, kind, name, vm_id FROM checkpoints
-                  WHERE vpg_id = $1 AND captured_at >= $2 ORDER BY captured_at, id LIMIT 101) c`,
-        [pick(), new Date(firstMs + Math.random() * (END - firstMs - 100 * STEP_MS))],
-      );
-      const lines = plan.map((p) => p['QUERY PLAN'].trim()).filter((l) => /Scan|Heap Fetches|Buffers|Execution Time/.test(l));
-      ctx.log(`  a page's plan: ${lines.join('; ')}`);
-    } finally {
-      await reader.close();
-      await dataSource.destroy();
-    }
+    ctx.log(`  the loading process after the load: heap used ${(memory.heapUsed / 2 ** 20).toFixed(0)} MiB of ${(memory.heapTotal / 2 ** 20).toFixed(0)} MiB, rss ${(memory.rss / 2 ** 20).toFixed(0)} MiB`);
+    // The queries run in a process of their own: see checkpoints.queries.ts for why.
+    const runs = await queriesApart(ctx, { url: pg.url, work: ctx.work, vpgs: loaded.vpgs, perVpg, queries, repeats: ctx.repeats, end: END, stepMs: STEP_MS });
 
     const scale = `${vpgCount} VPGs × ${perVpg.toLocaleString('en-US')} checkpoints (${ctx.quick ? 'quick' : '30 days at 5 s'})`;
     const command = `npm run bench -- --only checkpoints${ctx.quick ? ' --quick' : ''}`;
