@@ -4,7 +4,7 @@ import { createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EmbeddedPostgresServer, createDataSource, migrations, runMigrations } from '@cdp/database';
-import { type QueryInput, type QueryMessage, type QueryRuns } from './checkpoints.queries';
+import { QUERY_INPUT_ENV, type QueryInput, type QueryMessage, type QueryRuns } from './checkpoints.queries';
 import { type BenchContext, type BenchSuite, type Figure, ROOT, median, percentile } from './suite';
 
 /**
@@ -91,7 +91,12 @@ async function load(ctx: BenchContext, url: string, vpgCount: number, perVpg: nu
 
 /** Runs checkpoints.queries.ts in a child process over the loaded catalog; its progress lines go to the log. */
 function queriesApart(ctx: BenchContext, input: QueryInput): Promise<QueryRuns> {
-  const child = fork(join(__dirname, 'checkpoints.queries.ts'), [], { execArgv: ['-r', join(ROOT, 'tools', 'register.cjs')], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // The input goes in the environment, there before the child's first line runs; results come back over IPC.
+  const child = fork(join(__dirname, 'checkpoints.queries.ts'), [], {
+    execArgv: ['-r', join(ROOT, 'tools', 'register.cjs')],
+    env: { ...process.env, [QUERY_INPUT_ENV]: JSON.stringify(input) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
   return new Promise<QueryRuns>((resolve, reject) => {
     let runs: QueryRuns | undefined;
     let error: string | undefined;
@@ -112,7 +117,6 @@ function queriesApart(ctx: BenchContext, input: QueryInput): Promise<QueryRuns> 
         reject(new Error(`the query process ended (code ${String(code)}, signal ${String(signal)})${error ? `: ${error}` : ' without its results'}`));
       }
     });
-    child.send(input);
   });
 }
 

@@ -145,18 +145,23 @@ async function measure(input: QueryInput, log: (line: string) => void): Promise<
   return runs;
 }
 
+/** The environment variable that carries the QueryInput to the child, as JSON. */
+export const QUERY_INPUT_ENV = 'CDP_BENCH_CHECKPOINT_QUERIES';
+
 if (require.main === module) {
   // The channel is closed once the last message is handed over, and then the process ends by itself.
   const sendLast = (message: QueryMessage): void => {
     process.send?.(message, undefined, {}, () => process.disconnect?.());
   };
-  process.once('message', (input: QueryInput) => {
-    measure(input, (line) => process.send?.({ log: line } satisfies QueryMessage)).then(
-      (runs) => sendLast({ runs }),
-      (err: unknown) => {
-        process.exitCode = 1;
-        sendLast({ error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
-      },
-    );
-  });
+  const input = JSON.parse(process.env[QUERY_INPUT_ENV] ?? 'null') as QueryInput | null;
+  if (!input) {
+    throw new Error(`${QUERY_INPUT_ENV} is not set: this script is run by checkpoints.bench.ts`);
+  }
+  measure(input, (line) => process.send?.({ log: line } satisfies QueryMessage)).then(
+    (runs) => sendLast({ runs }),
+    (err: unknown) => {
+      process.exitCode = 1;
+      sendLast({ error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+    },
+  );
 }
