@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, ftruncateSync, openSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -60,6 +60,28 @@ export async function startAllInOne(dataDir: string): Promise<{ child: ChildProc
   return { child, api, output: () => output };
 }
 
+/** Our NBD server alone over a plain file (bench/nbd-front-end.ts), in a process of its own. */
+async function startFrontEnd(file: string): Promise<{ child: ChildProcess; uri: string }> {
+  const child = fork(join(__dirname, 'nbd-front-end.ts'), [file], {
+    execArgv: ['-r', join(ROOT, 'tools', 'register.cjs')],
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.once('message', (message: { port: number }) => resolve(message.port));
+    child.once('error', reject);
+    child.once('exit', (code, signal) => reject(new Error(`the NBD front-end reference ended (code ${String(code)}, signal ${String(signal)}) before it listened`)));
+  });
+  return { child, uri: `nbd://127.0.0.1:${port}/` };
+}
+
+async function stopChild(child: ChildProcess | undefined): Promise<void> {
+  if (child?.pid && child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    process.kill(child.pid, 'SIGTERM');
+    await exited;
+  }
+}
+
 async function run(ctx: BenchContext): Promise<Figure[]> {
   const { quick, work } = ctx;
   const REPEATS = ctx.repeats;
@@ -69,6 +91,7 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
   let system: ChildProcess | undefined;
   let systemOutput = (): string => '';
   let nbdkit: ChildProcess | undefined;
+  let frontEnd: ChildProcess | undefined;
   try {
     // Baseline: nbdkit's file plugin serving a plain file on the same disk.
     const plainFile = join(work, 'plain.img');
@@ -144,6 +167,36 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
     const random = ['--name=randwrite', '--rw=randwrite', '--bs=4k', '--iodepth=16', `--runtime=${RANDOM_SECONDS}`, '--time_based', `--size=${VOLUME_BYTES}`, '--randrepeat=0'];
     figures.push(await compare('4 KiB random writes, QD16, through the splitter (NBD, replication and journal on)', 'IOPS', 0.7, random, (r) => r.iops));
     figures.push(await compare('4 KiB random writes, QD16, flush every 32 writes', 'IOPS', 0.7, [...random, '--fsync=32'], (r) => r.iops));
+
+    // A reference, not a goal: our NBD server alone (no capture, replication or journal) over the file
+    // nbdkit serves, runs alternated with nbdkit's. Beside the figure above it says how much of the gap
+    // to nbdkit is the protocol handling in this runtime and how much what the splitter does per write.
+    const front = await startFrontEnd(plainFile);
+    frontEnd = front.child;
+    const frontRuns: number[] = [];
+    const frontBaseline: number[] = [];
+    let frontCommand = '';
+    for (let i = 0; i < REPEATS; i++) {
+      frontBaseline.push(fio([...random, '--ioengine=nbd', `--uri=${nbdkitUri}`]).result.iops);
+      const measured = fio([...random, '--ioengine=nbd', `--uri=${front.uri}`]);
+      frontCommand = measured.command;
+      frontRuns.push(measured.result.iops);
+    }
+    await stopChild(frontEnd);
+    ctx.log(`NBD front end alone: ${median(frontRuns).toFixed(0)} IOPS vs nbdkit ${median(frontBaseline).toFixed(0)} (ratio ${(median(frontRuns) / median(frontBaseline)).toFixed(2)})`);
+    figures.push({
+      name: '4 KiB random writes, QD16, through our NBD server alone over a plain file (no capture, replication or journal): a reference',
+      value: median(frontRuns),
+      unit: 'IOPS',
+      baseline: 'nbdkit file plugin, same fio job, same file',
+      baselineValue: median(frontBaseline),
+      ratio: median(frontRuns) / median(frontBaseline),
+      goal: 'report',
+      met: null,
+      command: `node -r ./tools/register.cjs bench/nbd-front-end.ts <file>, then ${frontCommand}`,
+      runs: frontRuns,
+      baselineRuns: frontBaseline,
+    });
 
     // Sequential: every byte is written twice (volume and journal), so the limit is half of what fio
     // writes to a plain file on the same disk.
@@ -244,13 +297,11 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
     process.stderr.write(`the system's last output:\n${systemOutput().slice(-4000)}\n`);
     throw err;
   } finally {
-    if (system?.pid && system.exitCode === null) {
-      process.kill(system.pid, 'SIGTERM');
-      await new Promise((resolve) => system?.once('exit', resolve));
-    }
+    await stopChild(system);
     if (nbdkit?.pid && nbdkit.exitCode === null) {
       process.kill(nbdkit.pid, 'SIGTERM');
     }
+    await stopChild(frontEnd);
   }
   return figures;
 }
