@@ -26,6 +26,12 @@ export interface AppConfig {
    */
   readonly promotionIntervalSeconds: number;
   /**
+   * Group commit in the journal writer (CDP_JOURNAL_COMMIT_INTERVAL_MS, default 25, 0 to 1000): it takes
+   * a batch off the bus at most once in this time, so a busy journal commits less often and more at a
+   * time. An idle journal is not held. See CommitPacer in the journal writer.
+   */
+  readonly journalCommitIntervalMs: number;
+  /**
    * Where the journal lives (CDP_JOURNAL_DIR, default <dataDir>/journal): the journal writer writes it,
    * the recovery orchestrator reads it. Separate processes with separate data directories share it.
    */
@@ -101,6 +107,7 @@ const envSchema = z.object({
   CDP_DEMO: bool.default(false),
   CDP_BUS_PARTITIONS: z.coerce.number().int().min(1).max(1024).default(8),
   CDP_PROMOTION_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(86_400).default(30),
+  CDP_JOURNAL_COMMIT_INTERVAL_MS: z.coerce.number().int().min(0).max(1_000).default(25),
   CDP_JOURNAL_DIR: z.string().min(1).optional(),
   CDP_SPLITTER_HOST: z
     .string()
@@ -156,6 +163,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     demo: e.CDP_DEMO,
     busPartitions: e.CDP_BUS_PARTITIONS,
     promotionIntervalSeconds: e.CDP_PROMOTION_INTERVAL_SECONDS,
+    journalCommitIntervalMs: e.CDP_JOURNAL_COMMIT_INTERVAL_MS,
     journalDir: e.CDP_JOURNAL_DIR === undefined ? join(dataDir, 'journal') : resolve(e.CDP_JOURNAL_DIR),
     splitterHost: e.CDP_SPLITTER_HOST,
     payloadRingBytes: e.CDP_PAYLOAD_RING_MB * 1024 * 1024,

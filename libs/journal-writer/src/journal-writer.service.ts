@@ -14,6 +14,7 @@ import {
 import { JournalCompactor, JournalPromoter, JournalStore, PromotionPostponedError, type OutboxMessage, type PromotionResult } from '@cdp/journal-store';
 import { memberOfVolume, vpgMembers, type Checkpoint, type Vpg } from '@cdp/domain';
 import { planApply } from './apply-plan';
+import { CommitPacer } from './commit-pacer';
 import { MemberMerge } from './member-merge';
 import { OutboxRelay } from './outbox.relay';
 
@@ -69,6 +70,7 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
   private readonly compactor: JournalCompactor;
   private compactionTimer: NodeJS.Timeout | undefined;
   private compactionRound: Promise<void> | undefined;
+  private readonly pacer: CommitPacer;
   private stopped = false;
 
   constructor(
@@ -82,6 +84,7 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
     this.store = new JournalStore(dataSource, config.journalDir, { onIndexed: (vpgId, vpgKey, rows) => this.compactor.noteCommitted(vpgId, vpgKey, rows) });
     this.promoter = new JournalPromoter(dataSource, this.store);
     this.promotionIntervalMs = config.promotionIntervalSeconds * 1000;
+    this.pacer = new CommitPacer(config.journalCommitIntervalMs);
   }
 
   async onApplicationBootstrap(): Promise<void> {
@@ -112,6 +115,7 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
 
   async beforeApplicationShutdown(): Promise<void> {
     this.stopped = true;
+    this.pacer.stop();
     clearInterval(this.promotionTimer);
     clearInterval(this.compactionTimer);
     await this.promotionRound?.catch(() => undefined);
@@ -198,7 +202,18 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
     return results;
   }
 
+  /**
+   * One bus batch, then the group commit's pause (CommitPacer): the handler resolves only when the next
+   * batch may be taken, and what arrives meanwhile waits in the bus for it. Progress and events of this
+   * batch are out before the pause.
+   */
   private async onBatch(batch: MessageBatch): Promise<void> {
+    this.pacer.started();
+    await this.journal(batch);
+    await this.pacer.ready();
+  }
+
+  private async journal(batch: MessageBatch): Promise<void> {
     const byVpg = new Map<string, Buffer[]>();
     for (const message of batch.messages) {
       let records: Buffer[];
