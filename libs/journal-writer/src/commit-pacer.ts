@@ -20,8 +20,8 @@ const realClock: PacerClock = {
  * journal makes fewer, larger commits, and a commit's fixed costs (its PostgreSQL transaction and its
  * WAL flush, the index rows of every region it touches, the segment's fdatasync) are shared by more
  * writes. An idle writer is never held: a batch that comes more than `intervalMs` after the previous
- * one started is taken at once, so the delay falls only on a writer that is already behind by a
- * commit, and adds at most `intervalMs` to the RPO. Measured in the all-in-one under 4 KiB random
+ * one started is taken at once; one that comes sooner waits for the rest of the interval, which adds
+ * at most `intervalMs` to the RPO. Measured in the all-in-one under 4 KiB random
  * writes (docs/architecture.md, "Group commit in the journal writer").
  */
 export class CommitPacer {
