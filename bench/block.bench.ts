@@ -2,7 +2,7 @@ import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, ftruncateSync, openSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type BenchContext, type BenchSuite, type Figure, ROOT, freePort, json, median, until } from './suite';
+import { type BenchContext, type BenchSuite, type Figure, ROOT, freePort, json, median, stopChild, until } from './suite';
 
 /**
  * The block path: fio through the splitter's NBD export (replication and journal on) beside nbdkit's
@@ -72,14 +72,6 @@ async function startFrontEnd(file: string): Promise<{ child: ChildProcess; uri: 
     child.once('exit', (code, signal) => reject(new Error(`the NBD front-end reference ended (code ${String(code)}, signal ${String(signal)}) before it listened`)));
   });
   return { child, uri: `nbd://127.0.0.1:${port}/` };
-}
-
-async function stopChild(child: ChildProcess | undefined): Promise<void> {
-  if (child?.pid && child.exitCode === null && child.signalCode === null) {
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    process.kill(child.pid, 'SIGTERM');
-    await exited;
-  }
 }
 
 async function run(ctx: BenchContext): Promise<Figure[]> {
@@ -298,9 +290,7 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
     throw err;
   } finally {
     await stopChild(system);
-    if (nbdkit?.pid && nbdkit.exitCode === null) {
-      process.kill(nbdkit.pid, 'SIGTERM');
-    }
+    await stopChild(nbdkit);
     await stopChild(frontEnd);
   }
   return figures;

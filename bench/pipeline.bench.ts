@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fio, startAllInOne, type FioResult } from './block.bench';
-import { type BenchContext, type BenchSuite, type Figure, json, median, percentile, until } from './suite';
+import { type BenchContext, type BenchSuite, type Figure, json, median, percentile, stopChild, until } from './suite';
 
 /**
  * The pipeline under sustained load, driven as a user would (the all-in-one process, VPGs over HTTP,
@@ -233,10 +233,7 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
     log(`the system's last output:\n${system.output().slice(-4000)}`);
     throw err;
   } finally {
-    if (system.child.exitCode === null) {
-      process.kill(pid, 'SIGTERM');
-      await new Promise((resolve) => system.child.once('exit', resolve));
-    }
+    await stopChild(system.child);
   }
   return figures;
 }

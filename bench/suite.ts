@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { cpus, release, totalmem } from 'node:os';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -60,6 +60,15 @@ export const percentile = (values: readonly number[], p: number): number => {
   const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
   return sorted[rank] as number;
 };
+
+/** Ends a process this suite started, by its PID, and waits until it has exited; nothing if it already has. */
+export async function stopChild(child: ChildProcess | undefined): Promise<void> {
+  if (child?.pid && child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    process.kill(child.pid, 'SIGTERM');
+    await exited;
+  }
+}
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
