@@ -3,6 +3,7 @@ import {
   RECORD_HEADER_BYTES,
   RecordKind,
   decodeRecord,
+  decodeWriteRecordParts,
   encodeCheckpointRecord,
   encodeRecordBatch,
   encodeWriteRecord,
@@ -86,6 +87,38 @@ describe('record codec', () => {
       future.writeUInt32LE(Number(xxh64(future.subarray(8)) & 0xffff_ffffn), 4);
       expect(() => decodeRecord(future)).toThrow(/unsupported record version/);
     }
+  });
+
+  it('verifies a write read into two buffers as it verifies a whole one, in either version, and refuses what is not one', () => {
+    const payload = Buffer.alloc(70_000);
+    for (let i = 0; i < payload.length; i++) payload[i] = (i * 31) & 0xff;
+    const big = { ...write, data: payload };
+    for (const version of [2, 1] as const) {
+      const record = reseal(encodeWriteRecord(big), version);
+      const header = Buffer.from(record.subarray(0, RECORD_HEADER_BYTES));
+      const body = Buffer.from(record.subarray(RECORD_HEADER_BYTES));
+      const decoded = decodeWriteRecordParts(header, body);
+      expect(decoded).toEqual({ kind: RecordKind.Write, ...big });
+      // The payload is the caller's buffer, not a copy.
+      expect(decoded.data).toBe(body);
+      // Any flipped bit, in either part, is corruption.
+      for (const at of [4, 9, 16, 33, 47]) {
+        const damaged = Buffer.from(header);
+        damaged[at] = damaged[at]! ^ 0x04;
+        expect(() => decodeWriteRecordParts(damaged, body)).toThrow(CorruptRecordError);
+      }
+      for (const at of [0, 1, 35_000, body.length - 1]) {
+        const damaged = Buffer.from(body);
+        damaged[at] = damaged[at]! ^ 0x80;
+        expect(() => decodeWriteRecordParts(header, damaged)).toThrow(CorruptRecordError);
+      }
+      // A payload one byte short or long does not match the header's lengths.
+      expect(() => decodeWriteRecordParts(header, body.subarray(1))).toThrow(/does not match/);
+      expect(() => decodeWriteRecordParts(header, Buffer.concat([body, Buffer.alloc(1)]))).toThrow(/does not match/);
+    }
+    const marker = encodeCheckpointRecord({ seq: 7, capturedAtMicros: 5, marker: { id: 'a', kind: 'automatic', name: null, vmId: null } });
+    expect(() => decodeWriteRecordParts(marker.subarray(0, RECORD_HEADER_BYTES), marker.subarray(RECORD_HEADER_BYTES))).toThrow(/where a write was expected/);
+    expect(() => decodeWriteRecordParts(Buffer.alloc(47), Buffer.alloc(0))).toThrow(RangeError);
   });
 
   it('round-trips a checkpoint marker', () => {

@@ -1,5 +1,5 @@
 import { crc32c } from '@node-rs/crc32';
-import { xxh64 } from '@node-rs/xxhash';
+import { Xxh64, xxh64 } from '@node-rs/xxhash';
 
 /**
  * The replication record: one captured write or one checkpoint marker. The same bytes travel from the
@@ -208,34 +208,16 @@ export function verifyRecord(record: Buffer): void {
   if (total !== record.length) {
     throw new CorruptRecordError(`record length ${String(total)} does not match its ${record.length} bytes`);
   }
-  const version = record.readUInt8(12);
-  if (version !== RECORD_VERSION && version !== RECORD_VERSION_CRC32C) {
-    throw new CorruptRecordError(`unsupported record version ${version}`);
-  }
-  const expected = record.readUInt32LE(4);
-  const actual = version === RECORD_VERSION ? checksum(record.subarray(8)) : crc32c(record.subarray(8));
-  if (expected !== actual) {
-    throw new CorruptRecordError(`record checksum mismatch (stored ${expected.toString(16)}, computed ${actual.toString(16)})`);
-  }
+  verifyChecksum(record, record.subarray(8), undefined);
 }
 
 /** Header fields without copying the body; `data`/`marker` are views into `record`. Verifies first. */
 export function decodeRecord(record: Buffer): DecodedRecord {
   verifyRecord(record);
   const kind = record.readUInt8(13);
-  const seq = readUInt64(record, 16);
-  const capturedAtMicros = readUInt64(record, 24);
   const body = record.subarray(RECORD_HEADER_BYTES);
   if (kind === (RecordKind.Write as number)) {
-    return {
-      kind: RecordKind.Write,
-      seq,
-      volumeIndex: record.readUInt16LE(14),
-      offset: readUInt64(record, 32),
-      capturedAtMicros,
-      flags: record.readUInt32LE(44),
-      data: body,
-    };
+    return writeOf(record, body);
   }
   if (kind === (RecordKind.Checkpoint as number)) {
     let marker: unknown;
@@ -247,9 +229,71 @@ export function decodeRecord(record: Buffer): DecodedRecord {
     if (!isMarkerBody(marker)) {
       throw new CorruptRecordError('checkpoint marker body has the wrong shape');
     }
-    return { kind: RecordKind.Checkpoint, seq, capturedAtMicros, marker };
+    return { kind: RecordKind.Checkpoint, seq: readUInt64(record, 16), capturedAtMicros: readUInt64(record, 24), marker };
   }
   throw new CorruptRecordError(`unknown record kind ${kind}`);
+}
+
+/**
+ * A write record read into two buffers, its header and its payload, for a reader that scatters
+ * payloads straight to where they are wanted instead of copying them out of a whole record: verified
+ * as decodeRecord verifies one (magic, lengths, version, the checksum over header and payload), and
+ * refused unless it is a write. `data` is `payload` itself.
+ */
+export function decodeWriteRecordParts(header: Buffer, payload: Buffer): WriteRecord {
+  if (header.length !== RECORD_HEADER_BYTES) {
+    throw new RangeError(`a record header is ${RECORD_HEADER_BYTES} bytes, not ${header.length}`);
+  }
+  const total = peekRecordLength(header, 0);
+  if (total !== RECORD_HEADER_BYTES + payload.length) {
+    throw new CorruptRecordError(`record length ${String(total)} does not match its header and ${payload.length} payload bytes`);
+  }
+  verifyChecksum(header, header.subarray(8), payload);
+  const kind = header.readUInt8(13);
+  if (kind !== (RecordKind.Write as number)) {
+    throw new CorruptRecordError(`record of kind ${kind} where a write was expected`);
+  }
+  return writeOf(header, payload);
+}
+
+/** A write record's fields from its (verified) header, its payload being `data`. */
+function writeOf(header: Buffer, data: Buffer): WriteRecord {
+  return {
+    kind: RecordKind.Write,
+    seq: readUInt64(header, 16),
+    volumeIndex: header.readUInt16LE(14),
+    offset: readUInt64(header, 32),
+    capturedAtMicros: readUInt64(header, 24),
+    flags: header.readUInt32LE(44),
+    data,
+  };
+}
+
+/** One hasher, reset for each record split in two: the binding's object costs more to make than to reset. */
+const partsHasher = new Xxh64();
+
+/**
+ * Checks the version in `header` and the checksum stored there against `covered` (the record from
+ * byte 8 on, or the header's part of it) followed by `rest`, when the payload lies elsewhere.
+ */
+function verifyChecksum(header: Buffer, covered: Buffer, rest: Buffer | undefined): void {
+  const version = header.readUInt8(12);
+  if (version !== RECORD_VERSION && version !== RECORD_VERSION_CRC32C) {
+    throw new CorruptRecordError(`unsupported record version ${version}`);
+  }
+  const expected = header.readUInt32LE(4);
+  let actual: number;
+  if (version === RECORD_VERSION_CRC32C) {
+    actual = rest ? crc32c(rest, crc32c(covered)) : crc32c(covered);
+  } else if (rest) {
+    partsHasher.reset();
+    actual = Number(BigInt.asUintN(32, partsHasher.update(covered).update(rest).digest()));
+  } else {
+    actual = checksum(covered);
+  }
+  if (expected !== actual) {
+    throw new CorruptRecordError(`record checksum mismatch (stored ${expected.toString(16)}, computed ${actual.toString(16)})`);
+  }
 }
 
 function isMarkerBody(value: unknown): value is CheckpointMarkerBody {

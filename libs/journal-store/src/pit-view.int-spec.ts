@@ -5,6 +5,7 @@ import { type DataSource } from 'typeorm';
 import { CorruptRecordError, RECORD_HEADER_BYTES, decodeRecord, encodeCheckpointRecord, encodeWriteRecord } from '@cdp/contracts';
 import { DomainError } from '@cdp/domain';
 import { ReferenceModel, createMigratedDatabase, randomBuffer, seededRandom, tempDir, type TempDir } from '@cdp/testing';
+import { SegmentReader } from '@cdp/segment-log';
 import { journalEntities } from './journal.entities';
 import { JournalReader } from './journal.reader';
 import { JournalStore } from './journal.store';
@@ -158,6 +159,83 @@ describe('PitView', () => {
     });
   });
 
+
+  it('reads the writes a read takes whole straight into its reply, beside the records it copies, and verifies every one', async () => {
+    const KiB = 1024;
+    const MiB = KiB * KiB;
+    const volume = 4 * MiB;
+    const vpg = randomUUID();
+    const reference = new ReferenceModel(new Map([['v0', volume]]));
+    const random = seededRandom(41);
+    const { write, commit } = volumeJournal(reference);
+    // The first 3 MiB front to back in 64 KiB writes, each of which a 1 MiB read takes whole. Between
+    // them in the segment: 512-byte writes to the last MiB, hidden later (bytes between the records a
+    // read wants), and a 4 KiB write over every fifth 64 KiB write (which is then copied, not placed).
+    // Then a 96 KiB write across the first 1 MiB boundary, and the last MiB in 256 KiB writes, so the
+    // journal covers every byte.
+    for (let offset = 0, k = 0; offset < 3 * MiB; offset += 64 * KiB, k++) {
+      write(offset, randomBuffer(random, 64 * KiB));
+      write(3 * MiB + Math.floor(random() * 2048) * 512, randomBuffer(random, 512));
+      if (k % 5 === 0) {
+        write(offset + 4096, randomBuffer(random, 4096));
+      }
+    }
+    write(MiB - 48 * KiB, randomBuffer(random, 96 * KiB));
+    for (let offset = 3 * MiB; offset < volume; offset += 256 * KiB) {
+      write(offset, randomBuffer(random, 256 * KiB));
+    }
+    const cutHere = await commit(store, vpg);
+    const want = reference.imagesAt([cutHere]).get(cutHere)!.get('v0')!;
+    const scattered = jest.spyOn(SegmentReader.prototype, 'readScattered');
+    try {
+      const view = await reader.openView(vpg, 0, volume, cutHere);
+      try {
+        for (const size of [MiB, 256 * KiB, volume]) {
+          for (let pass = 0; pass < 2; pass++) {
+            for (let offset = 0; offset < volume; offset += 4 * size) {
+              const batch = await Promise.all([0, 1, 2, 3].filter((k) => offset + (k + 1) * size <= volume).map((k) => view.read(offset + k * size, size)));
+              batch.forEach((got, k) => {
+                const at = offset + k * size;
+                if (!got.equals(want.subarray(at, at + size))) {
+                  throw new Error(`${size}-byte reads, pass ${pass}: read [${at}, ${at + size}) differs`);
+                }
+                got.fill(0xee);
+                view.release(got);
+              });
+            }
+          }
+        }
+        for (let i = 0; i < 100; i++) {
+          const length = 1 + Math.floor(random() * 300 * KiB);
+          const offset = Math.floor(random() * (volume - length + 1));
+          expect((await view.read(offset, length)).equals(want.subarray(offset, offset + length))).toBe(true);
+        }
+      } finally {
+        await view.close();
+      }
+      expect(scattered).toHaveBeenCalled();
+
+      // A payload read into a reply is verified before the reply is given: damaged, the read fails.
+      const damaged = await damageRecordAt(JournalStore.segmentDir(dir.path, vpg), 2 * MiB);
+      try {
+        const again = await reader.openView(vpg, 0, volume, cutHere);
+        try {
+          const calls = scattered.mock.calls.length;
+          await expect(again.read(MiB, MiB)).resolves.toHaveLength(MiB);
+          await expect(again.read(2 * MiB, MiB)).rejects.toThrow(CorruptRecordError);
+          await expect(again.read(2 * MiB, 64 * KiB)).rejects.toThrow(CorruptRecordError);
+          expect((await again.read(3 * MiB, MiB)).equals(want.subarray(3 * MiB, 4 * MiB))).toBe(true);
+          expect(scattered.mock.calls.length).toBeGreaterThan(calls);
+        } finally {
+          await again.close();
+        }
+      } finally {
+        await damaged.restore();
+      }
+    } finally {
+      scattered.mockRestore();
+    }
+  });
 
   it('holds only the writes a read can see: those under a newer write covering their windows whole are dropped', async () => {
     const MiB = 1024 * 1024;

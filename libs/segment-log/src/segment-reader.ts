@@ -51,6 +51,38 @@ export class SegmentReader {
     return buf;
   }
 
+  /**
+   * Reads the bytes from `at` on into `buffers`, one after the other, filling each (a scatter read: a
+   * caller that wants a record's payload in one place and its header in another). Unverified, as
+   * readRange. A short read (the kernel, or libuv past IOV_MAX buffers, may stop early) goes on from
+   * where it stopped.
+   */
+  async readScattered(at: LogPosition, buffers: readonly Buffer[]): Promise<void> {
+    const handle = await this.handle(at.segment);
+    const left = buffers.filter((b) => b.length > 0);
+    let position = at.position;
+    let first = 0;
+    while (first < left.length) {
+      const pending = first === 0 ? left : left.slice(first);
+      const { bytesRead } = await handle.readv(pending, position);
+      if (bytesRead === 0) {
+        throw new CorruptRecordError(`${this.dir}: segment ${at.segment} ends at byte ${position}, before the range the index points at`);
+      }
+      position += bytesRead;
+      let consumed = bytesRead;
+      while (consumed > 0) {
+        const head = left[first] as Buffer;
+        if (head.length <= consumed) {
+          consumed -= head.length;
+          first++;
+        } else {
+          left[first] = head.subarray(consumed);
+          consumed = 0;
+        }
+      }
+    }
+  }
+
   async close(): Promise<void> {
     const handles = [...this.handles.values()];
     this.handles.clear();
