@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { createTestDatabase, serviceCommand, startAllInOne, tempDir, type AllInOneProcess, type TempDir } from '@cdp/testing';
 
@@ -49,8 +49,53 @@ describe('process guards', () => {
     expect(bad.stderr).toContain('DATABASE_URL');
   });
 
+  it('`npm start` hands a SIGTERM sent to npm (by a service manager, `docker stop`) to the application, which shuts down cleanly', async () => {
+    const { options } = serviceCommand('all-in-one', { CDP_DATA_DIR: join(dir.path, 'd'), DATABASE_URL: database.url });
+    const npm = spawn('npm', ['start'], { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    npm.stdout.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
+    npm.stderr.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
+    const npmExited = new Promise<void>((resolve) => npm.once('exit', () => resolve()));
+    const appPid = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`npm start did not come up within 60 s:\n${output}`)), 60_000);
+      const check = (): void => {
+        // Nest's log lines carry the process id; the app is up once it listens.
+        const pid = /\[Nest\] (\d+) /.exec(output)?.[1];
+        if (pid && /listening on http:\/\//.test(output)) {
+          clearTimeout(timer);
+          npm.stdout.off('data', check);
+          resolve(Number(pid));
+        }
+      };
+      npm.stdout.on('data', check);
+      npm.once('exit', (code) => reject(new Error(`npm start exited (${String(code)}) before it was up:\n${output}`)));
+    });
+    expect(appPid).not.toBe(npm.pid);
+    process.kill(npm.pid as number, 'SIGTERM');
+    await npmExited;
+    // The application got the signal (no shell in between to swallow it) and stopped by itself.
+    const deadline = Date.now() + 20_000;
+    while (isAlive(appPid) && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    if (isAlive(appPid)) {
+      process.kill(appPid, 'SIGKILL');
+      throw new Error(`the application (pid ${appPid}) outlived npm:\n${output}`);
+    }
+    expect(output).toContain('SIGTERM: shutting down');
+  });
+
   it('the first process is unaffected', async () => {
     const response = await fetch(`${first.url}/api/health`);
     expect(response.status).toBe(200);
   });
 });
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
