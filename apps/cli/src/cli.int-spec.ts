@@ -114,5 +114,19 @@ describe('continuum CLI', () => {
     const unreachable = spawnSync(process.execPath, ['-r', join(ROOT, 'tools', 'register.cjs'), join(ROOT, 'apps', 'cli', 'src', 'main.ts'), '--api', 'http://127.0.0.1:1', 'vpg', 'list'], { encoding: 'utf8' });
     expect(unreachable.status).toBe(2);
     expect(unreachable.stderr).toContain('cannot reach');
+    for (const bad of ['ftp://127.0.0.1:1', 'not a url']) {
+      const refused = cli('--api', bad, 'vpg', 'list');
+      expect(refused.status).toBe(2);
+      expect(refused.stderr).toContain('must be an http:// or https:// URL');
+    }
+  });
+
+  it('takes for --api the address of the system or of its API (the README sets $API to the latter)', () => {
+    for (const given of [system.url, `${system.url}/`, `${system.url}/api`, `${system.url}/api/`]) {
+      const listed = cli('--api', given, 'vpg', 'list');
+      expect(listed.stderr).toBe('');
+      expect(listed.status).toBe(0);
+      expect(listed.stdout).toContain('cli-vpg');
+    }
   });
 });

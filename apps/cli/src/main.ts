@@ -22,25 +22,44 @@ class CliError extends Error {
 const program = new Command()
   .name('continuum')
   .description('Continuous data protection: VPGs, checkpoints and point-in-time images')
-  .option('--api <url>', 'where the system is reachable', process.env['CDP_API_URL'] ?? 'http://127.0.0.1:8080')
+  .option('--api <url>', 'where the system is reachable (its address, or its API under /api)', process.env['CDP_API_URL'] ?? 'http://127.0.0.1:8080')
   .showHelpAfterError();
 
-const api = (): string => `${(program.opts<{ api: string }>().api).replace(/\/$/, '')}/api`;
+/**
+ * The API's base URL. `--api` (or CDP_API_URL) may name the system (http://127.0.0.1:8080) or its API
+ * (…/api, as the README's curl examples set it): both mean the same place. A path in front of /api (a
+ * reverse proxy's prefix) is kept.
+ */
+const api = (): string => {
+  const given = program.opts<{ api: string }>().api;
+  let url: URL;
+  try {
+    url = new URL(given);
+  } catch {
+    throw new CliError(`--api (or CDP_API_URL) must be an http:// or https:// URL, not ${JSON.stringify(given)}`, 2);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new CliError(`--api (or CDP_API_URL) must be an http:// or https:// URL, not ${JSON.stringify(given)}`, 2);
+  }
+  const prefix = url.pathname.replace(/\/+$/, '').replace(/\/api$/, '');
+  return `${url.origin}${prefix}/api`;
+};
 
 async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
   return (await requestWithHeaders<T>(method, path, body)).body;
 }
 
 async function requestWithHeaders<T>(method: string, path: string, body?: unknown): Promise<{ body: T; headers: Headers }> {
+  const base = api();
   let response: Response;
   try {
-    response = await fetch(`${api()}${path}`, {
+    response = await fetch(`${base}${path}`, {
       method,
       headers: body === undefined ? {} : { 'content-type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (err) {
-    throw new CliError(`cannot reach ${api()}: ${err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err)}`, 2);
+    throw new CliError(`cannot reach ${base}: ${err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err)}`, 2);
   }
   const text = await response.text();
   const parsed: unknown = text ? JSON.parse(text) : undefined;
