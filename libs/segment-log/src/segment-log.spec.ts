@@ -307,4 +307,130 @@ describe('SegmentLog', () => {
       await expect(SegmentLog.open({ dir })).rejects.toThrow(/corrupt/);
     });
   });
+
+  // A full disk, made to order: the file system's error (ENOSPC) from the write system call, after some
+  // of the bytes went in or before any did. Everything else is the real file.
+  describe('when a write fails (a full disk)', () => {
+    // The module object the log calls into (an `import * as` would be a copy of it).
+    const fs = jest.requireActual<typeof import('node:fs')>('node:fs');
+    const enospc = (): NodeJS.ErrnoException => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28 });
+    afterEach(() => jest.restoreAllMocks());
+
+    /** Every record of the log, in order, read back after a reopen. */
+    async function reopenAndReadAll(options: { segmentBytes?: number; directWriteMinBytes?: number } = {}): Promise<Buffer[]> {
+      const reopened = await SegmentLog.open({ dir, ...options });
+      const all: Buffer[] = [];
+      let cursor = reopened.start;
+      for (;;) {
+        const { records, next } = await reopened.readChunk(cursor, 8 << 20);
+        if (records.length === 0) {
+          break;
+        }
+        all.push(...records.map((r) => Buffer.from(r.record)));
+        cursor = next;
+      }
+      await reopened.close();
+      return all;
+    }
+
+    it('a synchronous append that fails part way leaves the log as it was, and the next one takes its place', async () => {
+      const log = await SegmentLog.open({ dir });
+      const first = [record(1), record(2)];
+      log.append(first);
+      const realWritev = fs.writevSync;
+      // The kernel takes 10 bytes, then has no room for the rest.
+      jest
+        .spyOn(fs, 'writevSync')
+        .mockImplementationOnce((fd, buffers, position) => realWritev(fd, [(buffers[0] as Buffer).subarray(0, 10)], position))
+        .mockImplementationOnce(() => {
+          throw enospc();
+        });
+      const error = (() => {
+        try {
+          log.append([record(3), record(4)]);
+        } catch (err) {
+          return err;
+        }
+        return undefined;
+      })();
+      expect(error).toBeInstanceOf(SegmentLogError);
+      expect((error as SegmentLogError).code).toBe('ENOSPC');
+      expect(log.lastSeq).toBe(2);
+      const end = first[0]!.length + first[1]!.length;
+      expect(log.end).toEqual({ segment: 1, position: end });
+      expect(statSync(join(dir, segmentFileName(1))).size).toBe(end);
+      // Room again: the same seqs go where the failed ones would have.
+      const retried = [record(3, 300), record(4)];
+      expect(log.append(retried).map((p) => [p.position, p.seq])).toEqual([
+        [end, 3],
+        [end + retried[0]!.length, 4],
+      ]);
+      await log.close();
+      expect(await reopenAndReadAll()).toEqual([...first, ...retried]);
+    });
+
+    it.each([
+      ['direct', 64 * 1024, (): unknown => jest.mocked(writeDirect).mockRejectedValueOnce(enospc())],
+      [
+        'buffered',
+        undefined,
+        (): unknown =>
+          jest.spyOn(fs, 'writev').mockImplementationOnce(((_fd: number, _buffers: unknown, _position: unknown, callback: (err: Error | null, written: number) => void) =>
+            callback(enospc(), 0)) as unknown as typeof fs.writev),
+      ],
+    ])('a failed write on the thread pool (%s): the records before it stay, it and those after are refused, and recover cuts them off', async (_kind, directWriteMinBytes, fail) => {
+      const segmentBytes = 600 * 1024;
+      const log = await SegmentLog.open({ dir, segmentBytes, directWriteMinBytes });
+      const kept = [record(1, 100_000), record(2, 100)];
+      const keptAt = log.appendAsync(kept);
+      await log.written();
+      fail();
+      const failedAt = log.appendAsync([record(3, 300_000)]);
+      // Behind it, still in flight or queued: a record in the same segment, and one that rolls the segment.
+      const afterAt = [...log.appendAsync([record(4, 200_000)]), ...log.appendAsync([record(5, 400_000)])];
+      expect(afterAt[1]!.segment).toBe(2);
+      await expect(log.written(keptAt[1])).resolves.toBeUndefined();
+      await expect(log.written(failedAt[0])).rejects.toMatchObject({ name: 'SegmentLogError', code: 'ENOSPC' });
+      await expect(log.written(afterAt[1])).rejects.toMatchObject({ code: 'ENOSPC' });
+      expect(log.failedAt).toEqual({ segment: 1, position: failedAt[0]!.position });
+      // Nothing is appended until the failed write is cut off, synchronously or not.
+      expect(() => log.append([record(6)])).toThrow(/earlier append .* failed/);
+      expect(() => log.appendAsync([record(6)])).toThrow(SegmentLogError);
+      // A sync makes what precedes it durable, and says that what followed is lost.
+      await expect(log.sync()).rejects.toMatchObject({ code: 'ENOSPC' });
+      expect(log.durableEnd).toEqual({ segment: 1, position: failedAt[0]!.position });
+
+      await expect(log.recover()).resolves.toEqual({ position: { segment: 1, position: failedAt[0]!.position }, seq: 3 });
+      expect(log.failedAt).toBeUndefined();
+      expect(log.lastSeq).toBe(2);
+      expect(log.end).toEqual({ segment: 1, position: failedAt[0]!.position });
+      expect(readdirSync(dir).filter((n) => n.endsWith('.seg'))).toEqual([segmentFileName(1)]);
+      await expect(log.recover()).resolves.toBeUndefined();
+
+      // Appends go on from there, with the seqs the refused records had, buffered and on the pool.
+      const again = [record(3, 5_000), record(4, 250_000), record(5, 500_000)];
+      const againAt = [...log.append([again[0]!]), ...log.appendAsync([again[1]!]), ...log.appendAsync([again[2]!])];
+      expect(againAt[0]!.position).toBe(failedAt[0]!.position);
+      await log.sync();
+      for (const [i, at] of againAt.entries()) {
+        expect((await log.read(at)).equals(again[i]!)).toBe(true);
+      }
+      await log.close();
+      expect(await reopenAndReadAll({ segmentBytes, directWriteMinBytes })).toEqual([...kept, ...again]);
+    });
+
+    it('close cuts a failed write off, so the log opens again with everything before it', async () => {
+      const log = await SegmentLog.open({ dir, segmentBytes: 300 * 1024, directWriteMinBytes: 64 * 1024 });
+      const kept = [record(1, 70_000)];
+      log.appendAsync(kept);
+      await log.written();
+      jest.mocked(writeDirect).mockRejectedValueOnce(enospc());
+      log.appendAsync([record(2, 100_000)]);
+      // Written after the hole, into the next segment: still refused, and cut off with it.
+      log.appendAsync([record(3, 250_000)]);
+      await expect(log.written()).rejects.toMatchObject({ code: 'ENOSPC' });
+      await log.close();
+      expect(await reopenAndReadAll()).toEqual(kept);
+    });
+  });
 });

@@ -1,4 +1,4 @@
-import { closeSync, constants, openSync, readSync, writev as writevCb, writevSync } from 'node:fs';
+import { closeSync, constants, ftruncateSync, openSync, readSync, writev as writevCb, writevSync } from 'node:fs';
 import { mkdir, open, readdir, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -57,6 +57,26 @@ export interface SegmentLogOptions {
 export class SegmentLogError extends Error {
   override readonly name = 'SegmentLogError';
   readonly retriable = false;
+  /**
+   * The system error's code when a write or a sync failed (ENOSPC, EDQUOT, EIO...): a caller tells a
+   * full disk from damage by it, and an NBD client gets NBD_ENOSPC for the first kind.
+   */
+  readonly code: string | undefined;
+
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    const cause = options?.cause;
+    this.code = cause instanceof SegmentLogError ? cause.code : (cause as NodeJS.ErrnoException | undefined)?.code;
+  }
+}
+
+/** Where an append that failed had its place, and what its segment held before it (see `recover`). */
+interface FailedWrite {
+  readonly at: LogPosition;
+  readonly seq: number;
+  readonly firstSeqBefore: number | undefined;
+  readonly lastSeqBefore: number | undefined;
+  readonly error: unknown;
 }
 
 interface SegmentInfo {
@@ -93,7 +113,14 @@ export class SegmentLog {
   /** appendAsync writes still running. */
   private readonly writing = new Map<Promise<void>, LogPosition>();
   private closed = false;
+  /** A failure the log cannot recover from by itself (a failed fsync, a failed truncate): reopen it. */
   private failure: SegmentLogError | undefined;
+  /**
+   * The earliest appendAsync write that did not make it into the file (a full disk). Nothing is
+   * appended while it is set; `recover` cuts the log back to where it began.
+   */
+  private writeFailure: FailedWrite | undefined;
+  private recovering: Promise<{ position: LogPosition; seq: number } | undefined> | undefined;
   /** Everything before this position has been fdatasynced. */
   private durable: LogPosition = { segment: 1, position: 0 };
   /**
@@ -157,7 +184,8 @@ export class SegmentLog {
 
   /**
    * Appends whole, already encoded records in one vectored write. Returns where each one landed.
-   * Not durable until `sync()` resolves. With direct writes, while a queued write is still running
+   * Not durable until `sync()` resolves. If the write fails (a full disk), nothing of it stays in the
+   * log: it throws a SegmentLogError carrying the system error's code, and the next append takes its place. With direct writes, while a queued write is still running
    * (`writesInFlight`), the records join the queue instead: in the file once `written()` resolves.
    */
   append(records: readonly Buffer[]): AppendedRecord[] {
@@ -172,13 +200,55 @@ export class SegmentLog {
     let { offset, bytes } = reserved;
     // writev may write fewer bytes than asked; loop until all of them are in.
     let pending: Buffer[] = [...records];
-    while (bytes > 0) {
-      const written = writevSync(reserved.fd, pending, offset);
-      offset += written;
-      bytes -= written;
-      pending = dropBytes(pending, written);
+    try {
+      while (bytes > 0) {
+        const written = writevSync(reserved.fd, pending, offset);
+        offset += written;
+        bytes -= written;
+        pending = dropBytes(pending, written);
+      }
+    } catch (err) {
+      // A full disk, typically, after some of the bytes went in: cut them off again, so the log holds
+      // exactly what it held before and the next append takes this place. Nothing else can have seen
+      // the records: the write was synchronous.
+      this.undoReservation(reserved);
+      throw new SegmentLogError(`append to ${this.dir} failed, nothing was appended: ${messageOf(err)}`, { cause: err });
     }
     return reserved.placed;
+  }
+
+  /** Takes back a reservation whose bytes did not all go in (see `append`). */
+  private undoReservation(reserved: Reservation): void {
+    const info = this.segments.find((s) => s.segment === reserved.segment);
+    try {
+      ftruncateSync(reserved.fd, reserved.offset);
+    } catch (err) {
+      this.failure ??= new SegmentLogError(`could not cut a failed append off ${this.dir}; the log must be reopened`, { cause: err });
+      throw this.failure;
+    }
+    if (info) {
+      info.size = reserved.offset;
+      info.firstSeq = reserved.firstSeqBefore;
+      info.lastSeq = reserved.lastSeqBefore;
+    }
+    this.reloadTail(reserved.fd, reserved.offset);
+  }
+
+  /** Reads the active segment's bytes from its last aligned position to `end` into tailBlock (direct writes). */
+  private reloadTail(fd: number, end: number): void {
+    if (this.directWriteMinBytes === undefined) {
+      return;
+    }
+    const blockStart = alignDown(end);
+    this.tailBlock.fill(0);
+    let got = 0;
+    while (got < end - blockStart) {
+      const n = readSync(fd, this.tailBlock, got, end - blockStart - got, blockStart + got);
+      if (n === 0) {
+        break;
+      }
+      got += n;
+    }
   }
 
   /**
@@ -186,7 +256,8 @@ export class SegmentLog {
    * (the journal writer: its batches are large, and the capture shares its event loop). The places
    * are reserved at once; `sync()` waits for every write begun before it, so a record is durable, as
    * with `append`, once a later sync resolves. The caller must not read the records back before that.
-   * A failed write fails the log as a failed fsync does (the reserved bytes would be a hole).
+   * A failed write (a full disk) leaves a hole: from then on the log takes no append, `written` and
+   * `sync` reject for records at or after it, and `recover` cuts it and everything after it off.
    */
   appendAsync(records: readonly Buffer[]): AppendedRecord[] {
     const reserved = this.reserve(records);
@@ -212,16 +283,31 @@ export class SegmentLog {
         write = () => this.writeDirect(reserved.segment, reserved.offset, head, records, buffered);
       }
       this.noteTail(records, reserved.offset, reserved.bytes);
-      // One at a time, in order: a direct write rewrites the block it starts in.
+      // One at a time, in order: a direct write rewrites the block it starts in. Once one has failed,
+      // those queued behind it are not made: `recover` cuts them off with it.
       const previous = this.queue;
       const queued = write;
       write = async () => {
         await previous;
+        if (this.writeFailure) {
+          throw new SegmentLogError(`not written: an earlier append to ${this.dir} failed`, { cause: this.writeFailure.error });
+        }
         await queued();
       };
     }
     const writing = write().catch((err: unknown) => {
-      this.failure ??= new SegmentLogError(`write failed in ${this.dir}; the log must be reopened`, { cause: err });
+      // The records' place is now a hole (or holds part of them): no append may follow until `recover`
+      // has cut the log back to where they began. The earliest failure is the one that counts.
+      const at = { segment: reserved.segment, position: reserved.offset };
+      if (!this.writeFailure || comparePositions(at, this.writeFailure.at) < 0) {
+        this.writeFailure = {
+          at,
+          seq: (reserved.placed[0] as AppendedRecord).seq,
+          firstSeqBefore: reserved.firstSeqBefore,
+          lastSeqBefore: reserved.lastSeqBefore,
+          error: err,
+        };
+      }
     });
     if (this.directWriteMinBytes !== undefined) {
       this.queue = writing;
@@ -229,6 +315,82 @@ export class SegmentLog {
     this.writing.set(writing, { segment: reserved.segment, position: reserved.offset });
     void writing.finally(() => this.writing.delete(writing));
     return reserved.placed;
+  }
+
+  /** Where the earliest failed appendAsync write began, while the log waits for `recover`. */
+  get failedAt(): LogPosition | undefined {
+    return this.writeFailure?.at;
+  }
+
+  /**
+   * After an appendAsync write failed (a full disk): waits for every write still in flight, then cuts
+   * the log back to where the failed write began, dropping its records and every record appended
+   * after it (their writes were refused: `written` rejects for them), and takes appends again.
+   * Returns that place and the seq of the first record dropped, which the owner should give the next
+   * record so that no seq is skipped; undefined when no write had failed. Concurrent calls share one cut.
+   */
+  recover(): Promise<{ position: LogPosition; seq: number } | undefined> {
+    this.recovering ??= this.cutFailedTail().finally(() => {
+      this.recovering = undefined;
+    });
+    return this.recovering;
+  }
+
+  private async cutFailedTail(): Promise<{ position: LogPosition; seq: number } | undefined> {
+    while (this.writing.size > 0) {
+      await Promise.all([...this.writing.keys()]);
+    }
+    await this.queue;
+    const failed = this.writeFailure;
+    if (!failed || this.failure) {
+      return undefined;
+    }
+    // Make what precedes the failed write durable first (a sync stops there), which also closes the
+    // sealed segments' descriptors: the cut then has only the active one to deal with.
+    while (this.syncing) {
+      await this.syncing.catch(() => undefined);
+    }
+    if (this.unsynced.size > 0 || this.dirUnsynced) {
+      // It reports the loss this cut is about; only a failure of its own (fsync) stops the cut.
+      await this.doSync().catch((err: unknown) => {
+        if (this.failure) {
+          throw err;
+        }
+      });
+    }
+    const index = this.segments.findIndex((s) => s.segment === failed.at.segment);
+    const info = this.segments[index];
+    if (!info) {
+      this.failure = new SegmentLogError(`segment ${failed.at.segment} of ${this.dir} is gone; the log must be reopened`, { cause: failed.error });
+      throw this.failure;
+    }
+    try {
+      // Segments begun after the failed write hold only records refused with it.
+      const later = this.segments.splice(index + 1);
+      if (later.length > 0 && this.activeFd !== undefined) {
+        // It belongs to the last of them.
+        closeSync(this.activeFd);
+        this.activeFd = undefined;
+      }
+      for (const dropped of later) {
+        this.closeDirect(dropped.segment);
+        await this.closeReadHandle(dropped.segment);
+        await rm(join(this.dir, segmentFileName(dropped.segment)), { force: true });
+        this.dirUnsynced = true;
+      }
+      const fd = this.ensureActiveFd();
+      ftruncateSync(fd, failed.at.position);
+      this.unsynced.add(fd);
+      info.size = failed.at.position;
+      info.firstSeq = failed.firstSeqBefore;
+      info.lastSeq = failed.lastSeqBefore;
+      this.reloadTail(fd, failed.at.position);
+    } catch (err) {
+      this.failure = new SegmentLogError(`could not cut a failed append off ${this.dir}; the log must be reopened`, { cause: err });
+      throw this.failure;
+    }
+    this.writeFailure = undefined;
+    return { position: failed.at, seq: failed.seq };
   }
 
   /**
@@ -317,13 +479,24 @@ export class SegmentLog {
     if (this.failure) {
       throw this.failure;
     }
+    // Writes before the failed one are in the file: only those at or after it failed.
+    const failed = this.writeFailure;
+    if (failed && (through === undefined || comparePositions(through, failed.at) >= 0)) {
+      throw new SegmentLogError(`append to ${this.dir} failed: ${messageOf(failed.error)}`, { cause: failed.error });
+    }
   }
 
   /** The places of records about to be written at the end of the active segment (rolling it first if full). */
-  private reserve(records: readonly Buffer[]): { fd: number; segment: number; offset: number; bytes: number; placed: AppendedRecord[] } | undefined {
+  private reserve(records: readonly Buffer[]): Reservation | undefined {
     this.assertOpen();
     if (records.length === 0) {
       return undefined;
+    }
+    const failed = this.writeFailure;
+    if (failed) {
+      throw new SegmentLogError(`an earlier append to ${this.dir} failed (${messageOf(failed.error)}); nothing is appended until it is cut off`, {
+        cause: failed.error,
+      });
     }
     let active = this.active();
     const bytes = records.reduce((sum, r) => sum + r.length, 0);
@@ -333,6 +506,7 @@ export class SegmentLog {
     const fd = this.ensureActiveFd();
     const placed: AppendedRecord[] = [];
     const offset = active.size;
+    const { firstSeq: firstSeqBefore, lastSeq: lastSeqBefore } = active;
     let position = offset;
     for (const record of records) {
       const seq = recordSeq(record);
@@ -344,7 +518,7 @@ export class SegmentLog {
     active.size = position;
     // Before the bytes are in: a roll must not close this descriptor, and the next sync covers it.
     this.unsynced.add(fd);
-    return { fd, segment: active.segment, offset, bytes, placed };
+    return { fd, segment: active.segment, offset, bytes, placed, firstSeqBefore, lastSeqBefore };
   }
 
   /**
@@ -354,6 +528,9 @@ export class SegmentLog {
    */
   async sync(): Promise<void> {
     this.assertOpen();
+    while (this.recovering) {
+      await this.recovering.catch(() => undefined);
+    }
     while (this.syncing) {
       await this.syncing.catch(() => undefined);
     }
@@ -370,7 +547,8 @@ export class SegmentLog {
   }
 
   private async doSync(): Promise<void> {
-    const target = this.segments.length > 0 ? this.end : this.durable;
+    let target = this.segments.length > 0 ? this.end : this.durable;
+    let lost: FailedWrite | undefined;
     const fds = [...this.unsynced];
     this.unsynced.clear();
     fds.forEach((fd) => this.syncingFds.add(fd));
@@ -381,6 +559,12 @@ export class SegmentLog {
       await Promise.all([...this.writing.keys()]);
       if (this.failure) {
         throw this.failure;
+      }
+      // What lies past a failed write is not the log's (recover cuts it off): durable up to it only,
+      // and this sync then fails, since records appended before it are lost.
+      if (this.writeFailure && comparePositions(target, this.writeFailure.at) > 0) {
+        target = this.writeFailure.at;
+        lost = this.writeFailure;
       }
       await Promise.all(fds.map((fd) => fdatasync(fd)));
       if (dir) {
@@ -408,6 +592,9 @@ export class SegmentLog {
     }
     if (comparePositions(target, this.durable) > 0) {
       this.durable = target;
+    }
+    if (lost) {
+      throw new SegmentLogError(`append to ${this.dir} failed: ${messageOf(lost.error)}`, { cause: lost.error });
     }
   }
 
@@ -526,6 +713,9 @@ export class SegmentLog {
     if (this.closed) {
       return;
     }
+    // A failed write left a hole with records after it: cut them off, or the next open would find the
+    // hole in the middle of the log.
+    await this.recover();
     await this.sync();
     await this.queue;
     this.closed = true;
@@ -779,6 +969,21 @@ export class SegmentLog {
       throw new SegmentLogError(`segment log ${this.dir} is closed`);
     }
   }
+}
+
+/** A reservation's place, and what its segment held before it (so that a failed append can be taken back). */
+interface Reservation {
+  readonly fd: number;
+  readonly segment: number;
+  readonly offset: number;
+  readonly bytes: number;
+  readonly placed: AppendedRecord[];
+  readonly firstSeqBefore: number | undefined;
+  readonly lastSeqBefore: number | undefined;
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 function dropBytes(buffers: Buffer[], count: number): Buffer[] {

@@ -117,6 +117,31 @@ export class LogShipper {
     this.notify();
   }
 
+  /**
+   * The log was cut back to `position` after a failed append (see SegmentLog.recover): the records
+   * offered from there on are not in it any more, and their seqs, from `seq`, will be handed out again.
+   * None of them was shipped: only durable records are, and the log's durable end stops at the failed
+   * write.
+   */
+  forgetFrom(position: LogPosition, seq: number): void {
+    let keep = this.recent.length;
+    while (keep > this.recentHead && comparePositions(this.recent[keep - 1] as RecentRecord, position) >= 0) {
+      keep--;
+    }
+    for (let i = keep; i < this.recent.length; i++) {
+      const dropped = this.recent[i] as RecentRecord;
+      this.recentBytes -= dropped.lease ? 0 : dropped.record.length;
+      dropped.lease?.release();
+    }
+    this.recent.length = keep;
+    // A flush waiting for a seq that is gone waits for the records before it: none after was acknowledged.
+    for (const waiter of this.waiters) {
+      waiter.seq = Math.min(waiter.seq, seq - 1);
+    }
+    this.releaseWaiters();
+    this.notify();
+  }
+
   /** Drops every record of the window (releasing what they hold). */
   private forgetWindow(): void {
     for (let i = this.recentHead; i < this.recent.length; i++) {

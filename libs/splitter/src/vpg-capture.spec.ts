@@ -795,3 +795,153 @@ describe('VpgCapture coordinated checkpoints (one member of a VPG on several hos
     await capture.close();
   });
 });
+
+/**
+ * A full disk, made to order: the file system's ENOSPC from the write system calls on the splitter log's
+ * files or on the volume files (told apart by the path of the descriptor), while `faults.on` says so.
+ * Every other call, and every call while it is off, is the real one on the real file.
+ */
+function diskFullFaults(): { on: '/log/' | '/volumes/' | undefined } {
+  const faults: { on: '/log/' | '/volumes/' | undefined } = { on: undefined };
+  // The module object the log and the volumes call into (an `import * as` would be a copy of it).
+  const fs = jest.requireActual<typeof import('node:fs')>('node:fs');
+  const enospc = (): NodeJS.ErrnoException => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28 });
+  const hit = (fd: unknown): boolean => faults.on !== undefined && typeof fd === 'number' && fs.readlinkSync(`/proc/self/fd/${fd}`).includes(faults.on);
+  beforeEach(() => {
+    for (const name of ['writeSync', 'writevSync'] as const) {
+      const real = fs[name] as (...args: unknown[]) => number;
+      jest.spyOn(fs, name).mockImplementation(((...args: unknown[]) => {
+        if (hit(args[0])) {
+          throw enospc();
+        }
+        return real(...args);
+      }) as never);
+    }
+    for (const name of ['write', 'writev'] as const) {
+      const real = fs[name] as (...args: unknown[]) => void;
+      jest.spyOn(fs, name).mockImplementation(((...args: unknown[]) => {
+        if (hit(args[0])) {
+          const callback = args[args.length - 1] as (err: Error) => void;
+          process.nextTick(callback, enospc());
+          return;
+        }
+        real(...args);
+      }) as never);
+    }
+  });
+  afterEach(() => {
+    faults.on = undefined;
+    jest.restoreAllMocks();
+  });
+  return faults;
+}
+
+describe('VpgCapture when the disk is full', () => {
+  const ctx = eachTestWithRecoverySite('capture-full-');
+  const faults = diskFullFaults();
+  const volume = volumes[0]!;
+  const size = 8 * MiB;
+
+  /** Every record the capture made, shipped, in order with no gap; the recovery site's image equals the volume. */
+  async function expectStreamMatchesVolume(capture: VpgCapture): Promise<void> {
+    await capture.flush();
+    await waitFor(() => ctx.site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 5_000, message: 'the stream has a gap or stops short' });
+    expect(ctx.site.records.size).toBe(capture.lastSeq);
+    expect(ctx.site.image(volume.index, size).equals(capture.volumeById(volume.id).read(0, size))).toBe(true);
+  }
+
+  // Both paths of the capture: small batches go to log and volume in system calls on the event loop,
+  // large ones on the thread pool.
+  const paths: [string, number][] = [
+    ['small writes, on the event loop', 4096],
+    ['large writes, on the thread pool', MiB],
+  ];
+
+  it.each(paths)('refuses with ENOSPC the writes the log cannot take (%s), hands their seqs out again, and takes writes once there is room', async (_kind, length) => {
+    const capture = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), { bootId: 'boot-1' });
+    const random = seededRandom(11);
+    const write = (slot: number): Promise<number> => capture.write(volume.id, (slot * length) % size, randomBuffer(random, length));
+    for (let i = 0; i < 4; i++) {
+      await write(i);
+    }
+    const before = capture.lastSeq;
+    faults.on = '/log/';
+    const refused = await Promise.allSettled([write(4), write(5), write(6)]);
+    expect(refused.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected']);
+    for (const r of refused) {
+      expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'ENOSPC' });
+    }
+    faults.on = undefined;
+    // The next writes take the seqs the refused ones had, in a log with no hole.
+    expect(await write(7)).toBe(before + 1);
+    await Promise.all([write(8), write(9), write(1)]);
+    expect(capture.status().volumeBehind).toBeNull();
+    await expectStreamMatchesVolume(capture);
+    await capture.close();
+    // And the log opens again whole.
+    const reopened = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), { bootId: 'boot-1' });
+    expect(reopened.previousEnd).toBe('clean');
+    expect(reopened.lastSeq).toBe(capture.lastSeq);
+    await reopened.close();
+  });
+
+  it.each(paths)('keeps logged writes that failed on their volume, retries them before any new write, and cuts no checkpoint meanwhile (%s)', async (_kind, length) => {
+    const capture = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), { bootId: 'boot-1' });
+    const random = seededRandom(12);
+    await capture.write(volume.id, 0, randomBuffer(random, length));
+    faults.on = '/volumes/';
+    const failedData = randomBuffer(random, length);
+    await expect(capture.write(volume.id, length, failedData)).rejects.toMatchObject({ code: 'ENOSPC' });
+    const logged = capture.lastSeq;
+    expect(capture.status().volumeBehind).toMatchObject({ writes: 1, bytes: length });
+    expect(capture.status().volumeBehind?.error).toContain('ENOSPC');
+    // Still no room: a new write is refused before it gets a seq, and no checkpoint is cut.
+    await expect(capture.write(volume.id, 3 * length, randomBuffer(random, length))).rejects.toMatchObject({ name: 'VolumeBehindError', code: 'ENOSPC' });
+    expect(capture.lastSeq).toBe(logged);
+    expect(capture.insertCheckpoint({ id: '0a1b2c3d-0000-4000-8000-0000000000c1', kind: 'tagged', name: 'during', vmId: null })).toBeNull();
+    expect(capture.lastSeq).toBe(logged);
+
+    faults.on = undefined;
+    const after = randomBuffer(random, length);
+    await capture.write(volume.id, 2 * length, after);
+    expect(capture.status().volumeBehind).toBeNull();
+    // The failed write is on the volume now, as the stream has it.
+    expect(capture.volumeById(volume.id).read(length, length).equals(failedData)).toBe(true);
+    expect(capture.volumeById(volume.id).read(2 * length, length).equals(after)).toBe(true);
+    expect(capture.insertCheckpoint({ id: '0a1b2c3d-0000-4000-8000-0000000000c2', kind: 'tagged', name: 'after', vmId: null })).toBe(capture.lastSeq);
+    await expectStreamMatchesVolume(capture);
+    await capture.close();
+  });
+
+  /** A capture with one 4 KiB write of `fill` at `offset` in the log and not on its volume; the disk full still. */
+  async function openWithOneWriteBehind(offset: number, fill: number): Promise<VpgCapture> {
+    const capture = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), { bootId: 'boot-1' });
+    faults.on = '/volumes/';
+    await expect(capture.write(volume.id, offset, Buffer.alloc(4096, fill))).rejects.toMatchObject({ code: 'ENOSPC' });
+    expect(capture.status().volumeBehind).toMatchObject({ writes: 1 });
+    return capture;
+  }
+
+  it('retries on its own once there is room, with no new write to prompt it', async () => {
+    const capture = await openWithOneWriteBehind(0, 7);
+    faults.on = undefined;
+    await waitFor(() => capture.status().volumeBehind === null, { timeoutMs: 5_000, message: 'the failed write was never retried' });
+    expect(capture.volumeById(volume.id).read(0, 4096).equals(Buffer.alloc(4096, 7))).toBe(true);
+    await expectStreamMatchesVolume(capture);
+    await capture.close();
+  });
+
+  it('closes without a clean mark while writes are behind, so the next start re-applies them from the log', async () => {
+    const first = await openWithOneWriteBehind(8192, 9);
+    // The journal has it, and says so: the log keeps it all the same, for the redo.
+    await first.flush();
+    await first.confirm(first.lastSeq);
+    await first.close();
+    faults.on = undefined;
+    const second = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), { bootId: 'boot-1' });
+    expect(second.previousEnd).toBe('process-crash');
+    expect(second.volumeById(volume.id).read(8192, 4096).equals(Buffer.alloc(4096, 9))).toBe(true);
+    await expectStreamMatchesVolume(second);
+    await second.close();
+  });
+});

@@ -42,6 +42,28 @@ export interface CaptureStatus {
   readonly barrier: { readonly epoch: number; readonly checkpointId: string; readonly heldForMicros: number } | null;
   /** The operator-forced resync running now, if any. */
   readonly resync: ResyncStatus | null;
+  /**
+   * Writes that are in the log (and so in the replication stream) but not on their volume, because
+   * the volume's write failed (a full disk): retried, oldest first, before any new write is taken.
+   * Null when there are none.
+   */
+  readonly volumeBehind: { readonly writes: number; readonly bytes: number; readonly since: string; readonly error: string } | null;
+}
+
+/**
+ * A write refused because earlier writes have not reached their volume yet (see VpgCapture): `code` is
+ * the file system's error the last retry got (ENOSPC for a full disk), which an NBD client receives.
+ */
+export class VolumeBehindError extends Error {
+  override readonly name = 'VolumeBehindError';
+
+  constructor(
+    message: string,
+    readonly code: string | undefined,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
 }
 
 /**
@@ -64,6 +86,10 @@ const RING_MIN_PAYLOAD_BYTES = 64 * 1024;
 
 /** Checkpoint stalls kept for the status percentiles: the most recent ones, a bounded ring. */
 const STALL_SAMPLES = 4096;
+
+/** First and longest pause between retries of writes that did not reach their volume. */
+const CATCH_UP_RETRY_FIRST_MS = 100;
+const CATCH_UP_RETRY_MAX_MS = 5_000;
 
 export interface CaptureOptions {
   readonly shipper?: ShipperOptions;
@@ -148,6 +174,10 @@ export class VpgCapture {
   private concludedEpoch = 0;
   /** Payload buffers handed out by allocatePayload and not yet passed to write or discardPayload. */
   private readonly lent = new WeakMap<Buffer, PayloadLease>();
+  /** Logged writes whose volume write failed, oldest first (see fallBehind); undefined when none. */
+  private behind: Behind | undefined;
+  /** The cut of the log after a failed append, while it runs (see recoverLog). */
+  private logRecovery: Promise<void> | undefined;
   private readonly logger: Logger;
 
   private constructor(
@@ -225,6 +255,14 @@ export class VpgCapture {
         ? { epoch: this.barrier.epoch, checkpointId: this.barrier.marker.id, heldForMicros: (performance.now() - this.barrier.startedAt) * 1000 }
         : null,
       resync: this.forced?.status() ?? null,
+      volumeBehind: this.behind
+        ? {
+            writes: this.behind.writes.length,
+            bytes: this.behind.writes.reduce((sum, w) => sum + w.data.length, 0),
+            since: this.behind.since.toISOString(),
+            error: this.behind.error,
+          }
+        : null,
     };
   }
 
@@ -290,7 +328,7 @@ export class VpgCapture {
       // The common case, captured at once: no hold, and the regions already in the activity log. It is
       // not an async function: one was the largest allocation per write (its suspended frame), twice
       // over with the NBD device's, and every write of a random 4 KiB job takes this path.
-      if (!this.barrier && this.activity.touch(keys, this.epoch)) {
+      if (!this.barrier && !this.behind && !this.logRecovery && this.activity.touch(keys, this.epoch)) {
         return this.acknowledged(this.capture(target, offset, data, fua, headroom, lease), fua);
       }
     } catch (err) {
@@ -320,7 +358,13 @@ export class VpgCapture {
     let captured: { seq: number; applied: Promise<void> };
     try {
       for (;;) {
-        if (this.barrier) {
+        if (this.logRecovery) {
+          // The log is being cut back after a failed append (milliseconds): then it takes appends again.
+          await this.logRecovery;
+        } else if (this.behind) {
+          // Earlier writes are in the stream but not on their volume: they go first, or this one fails.
+          await this.catchUp();
+        } else if (this.barrier) {
           await this.barrier.released;
         } else if (!this.activity.touch(keys, this.epoch)) {
           const ahead = regionsAhead(keys, target.volume.sizeBytes, (key) => this.activity.has(key), ACTIVITY_AHEAD_REGIONS);
@@ -348,13 +392,19 @@ export class VpgCapture {
     if (this.forced?.intercept(marker)) {
       return null;
     }
+    if (this.behind) {
+      // The stream holds writes the volume does not: a cut now would describe no state the volume was
+      // ever in. Skipped; a tagged or application-consistent request is sent again by the scheduler.
+      this.logger.warn(`checkpoint ${marker.id} (${marker.kind}) skipped: ${this.behind.writes.length} logged write(s) are not on their volume yet`);
+      return null;
+    }
     // Writes captured earlier in this turn have smaller seqs: they go into the log first (that is
     // their own work, done now rather than at the end of the turn, so not counted as the stall).
     this.drain();
     const started = performance.now();
     const seq = this.nextSeq++;
     const record = encodeCheckpointRecord({ seq, capturedAtMicros: nowMicros(), marker });
-    this.shipper.offer(this.log.append([record]), [record]);
+    this.shipper.offer(this.appendOwn(seq, record), [record]);
     this.stalls[this.stallCount++ % STALL_SAMPLES] = (performance.now() - started) * 1000;
     return seq;
   }
@@ -382,8 +432,8 @@ export class VpgCapture {
       // An older epoch never got its cut; it cannot be consistent any more.
       this.concludeBarrier(true);
     }
-    if (this.resyncInProgress) {
-      // No cut may fall inside a forced resync. Voided at once, and reported all the same so that the
+    if (this.resyncInProgress || this.behind) {
+      // No cut may fall inside a forced resync, nor while logged writes are not on their volume. Voided at once, and reported all the same so that the
       // round ends without waiting for its timeout and the other members hold only briefly.
       this.appendBarrierMarker(marker, { epoch, member, void: true });
       return 'voided';
@@ -428,7 +478,8 @@ export class VpgCapture {
     }
     clearTimeout(barrier.timer);
     try {
-      this.appendBarrierMarker(barrier.marker, { epoch: barrier.epoch, member: barrier.member, void: voided });
+      // Writes that failed on their volume during the hold are in the stream only: no cut there.
+      this.appendBarrierMarker(barrier.marker, { epoch: barrier.epoch, member: barrier.member, void: voided || this.behind !== undefined });
     } finally {
       this.barrier = undefined;
       this.stalls[this.stallCount++ % STALL_SAMPLES] = (performance.now() - barrier.startedAt) * 1000;
@@ -438,8 +489,9 @@ export class VpgCapture {
 
   private appendBarrierMarker(marker: Omit<CheckpointMarkerBody, 'barrier'>, barrier: BarrierMark): void {
     this.drain();
-    const record = encodeCheckpointRecord({ seq: this.nextSeq++, capturedAtMicros: nowMicros(), marker: { ...marker, barrier } });
-    this.shipper.offer(this.log.append([record]), [record]);
+    const seq = this.nextSeq++;
+    const record = encodeCheckpointRecord({ seq, capturedAtMicros: nowMicros(), marker: { ...marker, barrier } });
+    this.shipper.offer(this.appendOwn(seq, record), [record]);
     this.concludedEpoch = Math.max(this.concludedEpoch, barrier.epoch);
   }
 
@@ -447,7 +499,8 @@ export class VpgCapture {
   async flush(): Promise<void> {
     const target = this.lastSeq;
     await this.syncLocal();
-    await this.shipper.waitShipped(target);
+    // A failed append may have taken seqs back meanwhile (see recoverLog): none of those was acknowledged.
+    await this.shipper.waitShipped(Math.min(target, this.lastSeq));
   }
 
   /** The journal holds every record up to `appliedSeq`: the log may forget them. */
@@ -456,7 +509,10 @@ export class VpgCapture {
       return;
     }
     this.confirmed = appliedSeq;
-    await this.log.deleteThrough(appliedSeq);
+    // A write not yet on its volume keeps its record: a crash before the retry succeeds is repaired by
+    // the redo at the next start, which reads it from the log.
+    const firstBehind = this.behind?.writes[0]?.seq;
+    await this.log.deleteThrough(firstBehind === undefined ? appliedSeq : Math.min(appliedSeq, firstBehind - 1));
   }
 
   /** The journal found a gap: ship again from `seq`. */
@@ -467,13 +523,28 @@ export class VpgCapture {
   async close(): Promise<void> {
     await this.forced?.stop();
     this.concludeBarrier(true);
-    this.drain();
+    try {
+      this.drain();
+    } catch {
+      // The batch's writers have the error.
+    }
+    await this.logRecovery;
+    if (this.behind) {
+      await this.catchUp().catch(() => undefined);
+      clearTimeout(this.behind?.timer);
+    }
     await this.shipper.stop();
     await this.syncLocal();
     await this.log.close();
     await this.activity.close();
     for (const volume of this.volumes.values()) {
       volume.close();
+    }
+    if (this.behind) {
+      // No clean-shutdown marker: the next start takes this for a crash and re-applies the log to the
+      // volumes (redo), which puts these writes where they belong.
+      this.logger.error(`closing with ${this.behind.writes.length} logged write(s) not on their volume (${this.behind.error}); the next start re-applies them`);
+      return;
     }
     await writeFile(join(this.dir, CLEAN_MARKER), new Date().toISOString());
     await syncDir(this.dir);
@@ -511,6 +582,7 @@ export class VpgCapture {
       applied.catch(() => undefined);
       const leases: (PayloadLease | undefined)[] = [];
       batch = {
+        firstSeq: seq,
         records: [],
         batchHeadroom: [],
         leases,
@@ -538,7 +610,7 @@ export class VpgCapture {
     batch.records.push(record);
     batch.batchHeadroom.push(headroom >= RECORD_HEADER_BYTES + BATCH_HEADER_BYTES);
     batch.leases.push(lease);
-    batch.writes.push({ volume: target, offset, data });
+    batch.writes.push({ volume: target, offset, data, seq });
     batch.bytes += data.length;
     return { seq, applied: batch.applied };
   }
@@ -563,12 +635,19 @@ export class VpgCapture {
     // A log write still queued (a marker appended behind a large batch) would let a synchronous append
     // join the queue and return before its bytes are in: the volume must not change before they are.
     if (this.inFlight.size === 0 && !this.log.writesInFlight && batch.bytes < ASYNC_BATCH_BYTES) {
+      let placed;
       try {
-        const placed = this.log.append(batch.records);
-        applyInOrder(batch.writes);
-        this.shipper.offer(placed, batch.records, batch.batchHeadroom, batch.leases);
+        placed = this.log.append(batch.records);
       } catch (err) {
-        throw failed(err);
+        throw failed(this.afterFailedAppend(batch.firstSeq, err));
+      }
+      const failure = applyInOrder(batch.writes);
+      // In the log, so in the stream, whether or not the volume took them.
+      this.shipper.offer(placed, batch.records, batch.batchHeadroom, batch.leases);
+      if (failure) {
+        this.fallBehind(batch.writes.slice(failure.from), failure.error);
+        failed(failure.error);
+        return;
       }
       batch.settle();
       return;
@@ -577,7 +656,7 @@ export class VpgCapture {
     try {
       placed = this.log.appendAsync(batch.records);
     } catch (err) {
-      throw failed(err);
+      throw failed(this.afterFailedAppend(batch.firstSeq, err));
     }
     // The shipper ships only what the log has made durable, and a sync waits for these writes.
     this.shipper.offer(placed, batch.records, batch.batchHeadroom, batch.leases);
@@ -593,8 +672,23 @@ export class VpgCapture {
       // synchronous path does after a failed batch.
       await Promise.all(before);
       // Write-ahead: the records are in the log (written, if not yet durable) before the volumes change.
-      await logged;
-      await applyInOrderAsync(batch.writes);
+      try {
+        await logged;
+      } catch (err) {
+        // Its records, and every one after them, are being cut off the log: the volumes never see them.
+        this.recoverLog(err);
+        throw err;
+      }
+      if (this.behind) {
+        // Earlier writes failed on their volume: these go after them, in order.
+        this.fallBehind(batch.writes, undefined);
+        throw new VolumeBehindError(`not applied: ${this.behind.writes.length} earlier write(s) are not on their volume yet (${this.behind.error})`, this.behind.code);
+      }
+      const failure = await applyInOrderAsync(batch.writes);
+      if (failure) {
+        this.fallBehind(batch.writes.slice(failure.from), failure.error);
+        throw failure.error;
+      }
     })().then(
       () => batch.settle(),
       (err: unknown) => void failed(err),
@@ -602,6 +696,136 @@ export class VpgCapture {
     const entry = { ranges, done: applying };
     this.inFlight.add(entry);
     void applying.then(() => this.inFlight.delete(entry));
+  }
+
+  /**
+   * A record of this capture's own (a marker, a resync chunk) into the log; if the append fails, its
+   * seq is taken back, as a failed batch's are.
+   */
+  private appendOwn(seq: number, record: Buffer): ReturnType<SegmentLog['append']> {
+    try {
+      return this.log.append([record]);
+    } catch (err) {
+      throw this.afterFailedAppend(seq, err);
+    }
+  }
+
+  /**
+   * An append to the log failed (a full disk): nothing of it is in the log, so its seqs, the last ones
+   * handed out, are handed out again. When the failure was a write on the thread pool, the log is cut
+   * back to it first (recoverLog), which may take seqs further back.
+   */
+  private afterFailedAppend(firstSeq: number, err: unknown): unknown {
+    this.nextSeq = Math.min(this.nextSeq, firstSeq);
+    if (this.log.failedAt) {
+      this.recoverLog(err);
+    }
+    return err;
+  }
+
+  /**
+   * A write on the thread pool failed to go into the log: once nothing is in flight, the log cuts off
+   * that write's records and all after it (their writers were refused), and the capture hands out
+   * their seqs again and drops them from the shipper's window, so the stream goes on without a gap.
+   */
+  private recoverLog(cause: unknown): void {
+    if (this.logRecovery) {
+      return;
+    }
+    this.logRecovery = this.log
+      .recover()
+      .then(
+        (cut) => {
+          if (!cut) {
+            return;
+          }
+          // Captured after the failure, not yet drained: their seqs are past the cut.
+          const open = this.batch;
+          this.batch = undefined;
+          open?.settle(new VolumeBehindError('refused: an earlier append to the splitter log failed', codeOf(cause), { cause }));
+          this.nextSeq = cut.seq;
+          this.shipper.forgetFrom(cut.position, cut.seq);
+          this.logger.warn(`an append to the splitter log failed (${messageOf(cause)}): the log goes on from seq ${cut.seq}; the writes from there on were refused`);
+        },
+        (err: unknown) => {
+          this.logger.error(`the splitter log could not be cut back after a failed append: ${messageOf(err)}`);
+        },
+      )
+      .finally(() => {
+        this.logRecovery = undefined;
+      });
+  }
+
+  /**
+   * Writes in the log whose volume write failed, or that come after one that did (`error` undefined):
+   * the stream has them, the volume does not. They are kept, copied, oldest first, and applied again
+   * before any new write is taken (catchUp), so the volume and the stream agree before anything else
+   * happens to them; until then new writes fail with the volume's error and no checkpoint is cut.
+   * Their writers were told the write failed, so their bytes are undefined for the client, as after a
+   * disk's failed write; the retry makes them what the stream says. A timer retries meanwhile.
+   */
+  private fallBehind(writes: readonly QueuedWrite[], error: unknown): void {
+    let behind = this.behind;
+    if (!behind) {
+      let release!: () => void;
+      const caughtUp = new Promise<void>((resolve) => (release = resolve));
+      behind = { writes: [], since: new Date(), error: messageOf(error), code: codeOf(error), caughtUp, release, attempt: undefined, timer: undefined, delayMs: CATCH_UP_RETRY_FIRST_MS };
+      this.behind = behind;
+      this.logger.error(`a write to a protected volume failed (${behind.error}): the writes from seq ${writes[0]?.seq ?? '?'} on are in the stream but not on their volume; retrying them, and refusing new writes until they are in`);
+      this.scheduleCatchUp(behind);
+    }
+    for (const w of writes) {
+      // A copy: the payload's memory goes back to its owner when the writer is answered.
+      behind.writes.push({ volume: w.volume, offset: w.offset, data: Buffer.from(w.data), seq: w.seq });
+    }
+  }
+
+  private scheduleCatchUp(behind: Behind): void {
+    clearTimeout(behind.timer);
+    behind.timer = setTimeout(() => {
+      this.catchUp().catch(() => {
+        if (this.behind === behind) {
+          behind.delayMs = Math.min(behind.delayMs * 2, CATCH_UP_RETRY_MAX_MS);
+          this.scheduleCatchUp(behind);
+        }
+      });
+    }, behind.delayMs);
+    behind.timer.unref();
+  }
+
+  /**
+   * Applies the writes that fell behind, oldest first; resolves once all are on their volumes, or
+   * rejects (VolumeBehindError, with the file system's code) with those still left. Callers arriving
+   * together share one attempt.
+   */
+  private catchUp(): Promise<void> {
+    const behind = this.behind;
+    if (!behind) {
+      return Promise.resolve();
+    }
+    behind.attempt ??= Promise.resolve()
+      .then(() => {
+        let done = 0;
+        try {
+          for (const w of behind.writes) {
+            w.volume.write(w.offset, w.data);
+            done++;
+          }
+        } catch (err) {
+          behind.writes.splice(0, done);
+          behind.error = messageOf(err);
+          behind.code = codeOf(err);
+          throw new VolumeBehindError(`${behind.writes.length} logged write(s) are not on their volume yet: ${behind.error}`, behind.code, { cause: err });
+        }
+        clearTimeout(behind.timer);
+        this.behind = undefined;
+        behind.release();
+        this.logger.warn(`the ${done} logged write(s) that had not reached their volume since ${behind.since.toISOString()} are on it now; taking writes again`);
+      })
+      .finally(() => {
+        behind.attempt = undefined;
+      });
+    return behind.attempt;
   }
 
   /** Settles once every batch now on its way to the volumes is there; undefined when none is. */
@@ -707,7 +931,8 @@ export class VpgCapture {
       vpg: this.vpg,
       volumes: this.volumes,
       captureChunk: (volume, offset, length) => this.captureResyncChunk(volume, offset, length),
-      applying: () => this.applying,
+      // While writes are behind their volume, it is their retry the resync waits for.
+      applying: () => this.behind?.caughtUp ?? this.applying,
       shippedSeq: () => this.shipper.shippedSeq,
       waitShipped: (seq) => this.shipper.waitShipped(seq),
       heldBarrier: () => this.barrier?.released,
@@ -724,13 +949,13 @@ export class VpgCapture {
    */
   private captureResyncChunk(volume: ProtectedVolume, offset: number, length: number): number | undefined {
     this.drain();
-    if (this.inFlight.size > 0) {
+    if (this.inFlight.size > 0 || this.behind) {
       // The volume does not hold every write before this seq yet: the resync waits for them and asks again.
       return undefined;
     }
     const seq = this.nextSeq++;
     const record = encodeWriteRecord({ seq, volumeIndex: volume.volume.index, offset, capturedAtMicros: nowMicros(), flags: 0, data: volume.read(offset, length) });
-    this.shipper.offer(this.log.append([record]), [record]);
+    this.shipper.offer(this.appendOwn(seq, record), [record]);
     return seq;
   }
 }
@@ -760,9 +985,27 @@ interface QueuedWrite {
   readonly volume: ProtectedVolume;
   readonly offset: number;
   readonly data: Buffer;
+  readonly seq: number;
+}
+
+/** Logged writes that did not reach their volume (see fallBehind). */
+interface Behind {
+  readonly writes: QueuedWrite[];
+  readonly since: Date;
+  /** The last error a volume write (or its retry) got, and its code (ENOSPC...). */
+  error: string;
+  code: string | undefined;
+  /** Resolves once every one of them is on its volume. */
+  readonly caughtUp: Promise<void>;
+  readonly release: () => void;
+  attempt: Promise<void> | undefined;
+  timer: NodeJS.Timeout | undefined;
+  delayMs: number;
 }
 
 interface CaptureBatch {
+  /** Seq of its first write: every seq from there to the last one handed out is this batch's. */
+  readonly firstSeq: number;
   readonly records: Buffer[];
   /** Per record: BATCH_HEADER_BYTES in front of it are ours, so a batch of it alone needs no copy. */
   readonly batchHeadroom: boolean[];
@@ -775,25 +1018,58 @@ interface CaptureBatch {
   readonly settle: (err?: Error) => void;
 }
 
-/** Applies writes in seq order; runs of adjacent writes to one volume go down in one vectored write. */
-function applyInOrder(writes: readonly QueuedWrite[]): void {
+/** Where applying a batch stopped: the index of the first write of the run that failed, and why. */
+interface ApplyFailure {
+  readonly from: number;
+  readonly error: unknown;
+}
+
+/**
+ * Applies writes in seq order; runs of adjacent writes to one volume go down in one vectored write.
+ * Stops at the first run that fails (part of it may be on the volume) and says where.
+ */
+function applyInOrder(writes: readonly QueuedWrite[]): ApplyFailure | undefined {
+  let from = 0;
   for (const run of adjacentRuns(writes)) {
-    if (run.length === 1) {
-      const only = run[0] as QueuedWrite;
-      only.volume.write(only.offset, only.data);
-    } else {
-      const first = run[0] as QueuedWrite;
-      first.volume.writeVector(first.offset, run.map((w) => w.data));
+    try {
+      if (run.length === 1) {
+        const only = run[0] as QueuedWrite;
+        only.volume.write(only.offset, only.data);
+      } else {
+        const first = run[0] as QueuedWrite;
+        first.volume.writeVector(first.offset, run.map((w) => w.data));
+      }
+    } catch (error) {
+      return { from, error };
     }
+    from += run.length;
   }
+  return undefined;
 }
 
 /** As applyInOrder, on the thread pool: one run after the other, so overlapping writes land in seq order. */
-async function applyInOrderAsync(writes: readonly QueuedWrite[]): Promise<void> {
+async function applyInOrderAsync(writes: readonly QueuedWrite[]): Promise<ApplyFailure | undefined> {
+  let from = 0;
   for (const run of adjacentRuns(writes)) {
     const first = run[0] as QueuedWrite;
-    await first.volume.writeVectorAsync(first.offset, run.map((w) => w.data));
+    try {
+      await first.volume.writeVectorAsync(first.offset, run.map((w) => w.data));
+    } catch (error) {
+      return { from, error };
+    }
+    from += run.length;
   }
+  return undefined;
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The system error's code an error carries (ENOSPC...), if any. */
+function codeOf(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' ? code : undefined;
 }
 
 /** The writes split, in order, into runs of back-to-back writes to one volume. */
