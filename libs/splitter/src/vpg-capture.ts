@@ -178,6 +178,8 @@ export class VpgCapture {
   private behind: Behind | undefined;
   /** The cut of the log after a failed append, while it runs (see recoverLog). */
   private logRecovery: Promise<void> | undefined;
+  /** Records refused since the log's appends began to fail (a full disk), for the operator's log; 0 when they succeed. */
+  private refusedRecords = 0;
   private readonly logger: Logger;
 
   private constructor(
@@ -639,7 +641,10 @@ export class VpgCapture {
       try {
         placed = this.log.append(batch.records);
       } catch (err) {
-        throw failed(this.afterFailedAppend(batch.firstSeq, err));
+        throw failed(this.afterFailedAppend(batch.firstSeq, err, batch.records.length));
+      }
+      if (this.refusedRecords > 0) {
+        this.appendsResumed();
       }
       const failure = applyInOrder(batch.writes);
       // In the log, so in the stream, whether or not the volume took them.
@@ -656,7 +661,7 @@ export class VpgCapture {
     try {
       placed = this.log.appendAsync(batch.records);
     } catch (err) {
-      throw failed(this.afterFailedAppend(batch.firstSeq, err));
+      throw failed(this.afterFailedAppend(batch.firstSeq, err, batch.records.length));
     }
     // The shipper ships only what the log has made durable, and a sync waits for these writes.
     this.shipper.offer(placed, batch.records, batch.batchHeadroom, batch.leases);
@@ -676,8 +681,12 @@ export class VpgCapture {
         await logged;
       } catch (err) {
         // Its records, and every one after them, are being cut off the log: the volumes never see them.
+        this.noteRefused(err, batch.records.length);
         this.recoverLog(err);
         throw err;
+      }
+      if (this.refusedRecords > 0) {
+        this.appendsResumed();
       }
       if (this.behind) {
         // Earlier writes failed on their volume: these go after them, in order.
@@ -706,7 +715,7 @@ export class VpgCapture {
     try {
       return this.log.append([record]);
     } catch (err) {
-      throw this.afterFailedAppend(seq, err);
+      throw this.afterFailedAppend(seq, err, 1);
     }
   }
 
@@ -715,12 +724,26 @@ export class VpgCapture {
    * handed out, are handed out again. When the failure was a write on the thread pool, the log is cut
    * back to it first (recoverLog), which may take seqs further back.
    */
-  private afterFailedAppend(firstSeq: number, err: unknown): unknown {
+  private afterFailedAppend(firstSeq: number, err: unknown, records: number): unknown {
     this.nextSeq = Math.min(this.nextSeq, firstSeq);
+    this.noteRefused(err, records);
     if (this.log.failedAt) {
       this.recoverLog(err);
     }
     return err;
+  }
+
+  /** Says once, when appends begin to fail, that writes are being refused; appendsResumed says when it ends. */
+  private noteRefused(err: unknown, records: number): void {
+    if (this.refusedRecords === 0) {
+      this.logger.error(`the splitter log cannot take writes (${messageOf(err)}): refusing them (${codeOf(err) ?? 'EIO'}) until it can`);
+    }
+    this.refusedRecords += records;
+  }
+
+  private appendsResumed(): void {
+    this.logger.warn(`the splitter log takes writes again; ${this.refusedRecords} record(s) were refused meanwhile`);
+    this.refusedRecords = 0;
   }
 
   /**
