@@ -106,6 +106,39 @@ describe('EmbeddedPostgresServer', () => {
     await again.stop();
   });
 
+  it('starts the server again on the same port when it dies without being stopped, and stops that one', async () => {
+    const said: string[] = [];
+    const server = track(new EmbeddedPostgresServer({ dataDir: join(dir.path, 'pg'), logger: { log: () => undefined, warn: (m) => said.push(m) } }));
+    const running = await server.start();
+    await query(running.url, 'CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)');
+    const first = running.pid;
+    // The postmaster this test started (through the server), killed as the OOM killer would.
+    process.kill(first, 'SIGKILL');
+    await waitFor(async () => running.pid !== first && (await query(running.url, 'SELECT 1').then(() => true, () => false)), {
+      timeoutMs: 60_000,
+      intervalMs: 100,
+      message: 'PostgreSQL was not started again',
+    });
+    expect(await query<{ v: number }>(running.url, 'SELECT v FROM kept')).toEqual([{ v: 42 }]);
+    expect(said.some((m) => m.includes(`pid ${first}`) && m.includes('died (killed by SIGKILL)'))).toBe(true);
+    const second = running.pid;
+    await server.stop();
+    expect(await isGone(second)).toBe(true);
+    expect(await pidFileExists(join(dir.path, 'pg'))).toBe(false);
+  });
+
+  it('leaves a server down that was asked to shut down (a Ctrl-C that reached it, pg_ctl stop)', async () => {
+    const said: string[] = [];
+    const server = track(new EmbeddedPostgresServer({ dataDir: join(dir.path, 'pg'), logger: { log: () => undefined, warn: (m) => said.push(m) } }));
+    const running = await server.start();
+    process.kill(running.pid, 'SIGINT');
+    // The decision is taken when its exit is seen: either this message or the one that starts it again.
+    await waitFor(() => said.length > 0, { timeoutMs: 30_000, message: 'the shutdown was never noticed' });
+    expect(said).toEqual([expect.stringContaining('shut down without being stopped by this process; not starting it again')]);
+    expect(await isGone(running.pid)).toBe(true);
+    await server.stop();
+  });
+
   it('rejects a wrong password: the cluster uses password authentication', async () => {
     const server = track(new EmbeddedPostgresServer({ dataDir: dir.path, logger: quiet }));
     const running = await server.start();

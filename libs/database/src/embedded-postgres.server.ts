@@ -30,7 +30,7 @@ export interface RunningPostgres {
   /** Superuser URL of the `postgres` database, e.g. postgres://postgres:…@127.0.0.1:54321/postgres */
   readonly url: string;
   readonly port: number;
-  /** The postmaster's process id. */
+  /** The postmaster's process id (a new one once the server has been started again after dying). */
   readonly pid: number;
   /** True when a server left running by a previous owner was taken over instead of started. */
   readonly adopted: boolean;
@@ -43,6 +43,9 @@ const SUPERUSER = 'postgres';
 const READY_LINE = 'database system is ready to accept connections';
 const MAX_PORT_ATTEMPTS = 3;
 const POLL_MS = 25;
+/** First and longest pause between attempts to start a server that died under its owner again. */
+const RESTART_FIRST_MS = 1_000;
+const RESTART_MAX_MS = 30_000;
 
 interface Binaries {
   readonly dir: string;
@@ -57,8 +60,14 @@ interface Owner {
   readonly gid: number;
 }
 
+/** How a server process ended: its exit code, or the signal that killed it. */
+interface ExitStatus {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
 type Running =
-  | { readonly kind: 'child'; readonly pid: number; readonly port: number; readonly exited: Promise<void> }
+  | { readonly kind: 'child'; readonly pid: number; readonly port: number; readonly exited: Promise<ExitStatus> }
   | { readonly kind: 'adopted'; readonly pid: number; readonly port: number };
 
 /**
@@ -80,6 +89,12 @@ export class EmbeddedPostgresServer {
   private readonly stopTimeoutMs: number;
   private running: Running | undefined;
   private exitHook: (() => void) | undefined;
+  /** What the server was last started with: a server that dies is started again with the same. */
+  private launchedWith: { readonly binaries: Binaries; readonly owner: Owner | undefined } | undefined;
+  private stopping = false;
+  /** Starting a server that died again, while it runs; `wakeRestart` cuts its pause short for stop(). */
+  private restarting: Promise<void> | undefined;
+  private wakeRestart: (() => void) | undefined;
 
   constructor(private readonly options: EmbeddedPostgresOptions) {
     this.dataDir = resolve(options.dataDir);
@@ -102,11 +117,13 @@ export class EmbeddedPostgresServer {
         { dir: dirname(this.dataDir), what: `the data directory ${this.dataDir}` },
       ]);
     }
+    this.stopping = false;
     const adopted = await this.adoptOrphan();
     if (adopted !== undefined) {
       return adopted;
     }
     await this.ensureCluster(binaries, owner);
+    this.launchedWith = { binaries, owner };
     const password = await this.readPassword();
     const wanted = this.options.port ?? 0;
     for (let attempt = 1; ; attempt++) {
@@ -136,6 +153,9 @@ export class EmbeddedPostgresServer {
 
   /** Stops the server this instance started or adopted; does nothing if there is none. */
   async stop(): Promise<void> {
+    this.stopping = true;
+    this.wakeRestart?.();
+    await this.restarting;
     const running = this.running;
     if (running === undefined) {
       return;
@@ -158,25 +178,78 @@ export class EmbeddedPostgresServer {
   }
 
   private handle(running: Running, password: string): RunningPostgres {
-    this.running = running;
-    this.exitHook = () => signal(running.pid, 'SIGINT');
-    // If the owner exits without stop(), ask the server for a fast shutdown rather than orphan it.
-    // Only a synchronous signal is possible in 'exit'; the server finishes on its own.
-    process.on('exit', this.exitHook);
-    if (running.kind === 'child') {
-      void running.exited.then(() => {
-        if (this.running === running) {
-          this.forget();
-        }
-      });
-    }
+    this.watch(running);
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the getter below reads the server's current process
+    const server = this;
     return {
       url: `postgres://${SUPERUSER}:${encodeURIComponent(password)}@127.0.0.1:${running.port}/postgres`,
       port: running.port,
-      pid: running.pid,
+      get pid(): number {
+        return server.running?.pid ?? running.pid;
+      },
       adopted: running.kind === 'adopted',
       stop: () => this.stop(),
     };
+  }
+
+  /**
+   * Makes `running` the server, and watches it: one of ours that exits when nobody stopped it (the
+   * OOM killer, a PANIC it could not recover from, such as a full disk at startup) is started again.
+   * The applications' connection pools point at its port and reconnect once it is back; meanwhile
+   * the splitter keeps serving its volumes and logging their writes.
+   */
+  private watch(running: Running): void {
+    this.running = running;
+    // If the owner exits without stop(), ask the server for a fast shutdown rather than orphan it.
+    // Only a synchronous signal is possible in 'exit'; the server finishes on its own.
+    this.exitHook = () => signal(running.pid, 'SIGINT');
+    process.on('exit', this.exitHook);
+    if (running.kind === 'child') {
+      void running.exited.then((status) => {
+        if (this.running === running) {
+          this.forget();
+          if (!this.stopping && status.code === 0) {
+            // It was asked to shut down, not killed: someone (pg_ctl, a Ctrl-C that reached the whole
+            // process group) wants it down, or the owner is on its way out and stops it next.
+            this.logger.warn(`PostgreSQL (pid ${running.pid}, data ${this.dataDir}) shut down without being stopped by this process; not starting it again`);
+          } else if (!this.stopping && this.launchedWith !== undefined) {
+            this.restarting = this.startAgain(running, status, this.launchedWith).finally(() => {
+              this.restarting = undefined;
+            });
+          }
+        }
+      });
+    }
+  }
+
+  private async startAgain(dead: Running, status: ExitStatus, { binaries, owner }: { readonly binaries: Binaries; readonly owner: Owner | undefined }): Promise<void> {
+    const how = status.signal !== null ? `killed by ${status.signal}` : `exit code ${String(status.code)}`;
+    this.logger.warn(`PostgreSQL (pid ${dead.pid}, data ${this.dataDir}) died (${how}); starting it again on port ${dead.port}`);
+    let pauseMs = RESTART_FIRST_MS;
+    while (!this.stopping) {
+      const outcome = await this.launch(binaries, owner, dead.port).catch((error: unknown) => ({
+        kind: 'failed' as const,
+        reason: error instanceof Error ? error.message : String(error),
+        log: [] as string[],
+      }));
+      if (outcome.kind === 'ready') {
+        this.watch(outcome.running);
+        // A stop() that came meanwhile stops this one once this returns.
+        this.logger.warn(`PostgreSQL started again on 127.0.0.1:${dead.port} (pid ${outcome.running.pid})`);
+        return;
+      }
+      // Its children may still hold the shared memory for a moment, or the disk may still be full.
+      this.logger.warn(`PostgreSQL did not start again (${outcome.reason}${outcome.log.length > 0 ? `: ${outcome.log[outcome.log.length - 1]}` : ''}); next attempt in ${pauseMs} ms`);
+      await new Promise<void>((resolveWait) => {
+        const timer = setTimeout(resolveWait, pauseMs);
+        this.wakeRestart = () => {
+          clearTimeout(timer);
+          resolveWait();
+        };
+      });
+      this.wakeRestart = undefined;
+      pauseMs = Math.min(pauseMs * 2, RESTART_MAX_MS);
+    }
   }
 
   private forget(): void {
@@ -417,7 +490,7 @@ export class EmbeddedPostgresServer {
     for (const stream of [child.stdout, child.stderr]) {
       createInterface({ input: stream, crlfDelay: Infinity }).on('line', onLine);
     }
-    const exited = new Promise<void>((resolveExit) => child.once('exit', () => resolveExit()));
+    const exited = new Promise<ExitStatus>((resolveExit) => child.once('exit', (code, signalName) => resolveExit({ code, signal: signalName })));
     // Undefined once ready, else why it never got there.
     const failure = await new Promise<string | undefined>((settle) => {
       const timer = setTimeout(() => settle(`not ready after ${this.startTimeoutMs} ms`), this.startTimeoutMs);
