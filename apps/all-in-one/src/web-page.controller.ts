@@ -71,13 +71,24 @@ function timeline(slider) {
     '<div class="muted">' + points.length + ' checkpoints from ' + fmtTime(points[0].capturedAt) + ' to ' + fmtTime(points[points.length - 1].capturedAt) + ' (the slider shows at most 180 of the last 24 h; tagged ones always)</div>';
 }
 
+// What the protected site's splitter says is wrong (a full disk, a stream it cannot read back):
+// each of these means writes fail for the VMs or stop reaching the journal.
+function splitterTrouble(capture) {
+  if (!capture) return '';
+  let out = '';
+  if (capture.logRefusing) out += '<p class="error">writes refused since ' + fmtTime(capture.logRefusing.since) + ' (' + capture.logRefusing.records + ' so far): the splitter log cannot take them: ' + esc(capture.logRefusing.error) + '</p>';
+  if (capture.volumeBehind) out += '<p class="error">' + capture.volumeBehind.writes + ' logged write(s) not on their volume since ' + fmtTime(capture.volumeBehind.since) + ', retrying; new writes are refused until they are: ' + esc(capture.volumeBehind.error) + '</p>';
+  if (capture.shipError) out += '<p class="error">replication cannot ship: ' + esc(capture.shipError) + '</p>';
+  return out;
+}
+
 async function render() {
   const root = document.getElementById('vpgs');
   try {
     const vpgs = await api('/vpgs');
     if (vpgs.length === 0) { root.innerHTML = '<p class="muted">No VPG yet. Create one with POST /api/vpgs.</p>'; return; }
     const parts = await Promise.all(vpgs.map(async (vpg) => {
-      const [{ journal, history, alerts }, slider, latest] = await Promise.all([api('/vpgs/' + vpg.id), api('/vpgs/' + vpg.id + '/timeline'), api('/vpgs/' + vpg.id + '/checkpoints?limit=12')]);
+      const [{ journal, history, alerts }, slider, latest, capture] = await Promise.all([api('/vpgs/' + vpg.id), api('/vpgs/' + vpg.id + '/timeline'), api('/vpgs/' + vpg.id + '/checkpoints?limit=12'), api('/splitter/vpgs/' + vpg.id).catch(() => null)]);
       const newest = latest.slice().reverse();
       const rpo = journal.lastCapturedAt ? ((Date.now() - Date.parse(journal.lastCapturedAt)) / 1000).toFixed(1) + ' s' : 'n/a';
       return '<div class="vpg"><h2>' + esc(vpg.name) + ' <span class="muted">' + esc(vpg.id) + '</span></h2>' +
@@ -86,6 +97,7 @@ async function render() {
         '<div class="stat"><b>' + rpo + '</b>since newest journaled write</div><div class="stat"><b>' + vpg.settings.checkpointIntervalSeconds + ' s</b>checkpoint interval</div>' +
         '<div class="stat"><b class="history-' + history.status + '">' + history.status + '</b>history ' + fmtDuration(history.actualSeconds) + ' of ' + fmtDuration(history.configuredSeconds) + '</div></div>' +
         (alerts || []).map((a) => '<p class="error">alert since ' + fmtTime(a.raisedAt) + ': ' + esc(a.message) + '</p>').join('') +
+        splitterTrouble(capture) +
         timeline(slider) +
         '<table><tr><th>time</th><th>kind</th><th>name</th><th>cut (seq)</th></tr>' + newest.map((c) => '<tr><td>' + fmtTime(c.capturedAt) + '</td><td class="' + c.kind + '">' + c.kind + '</td><td>' + esc(c.name) + '</td><td>' + c.cut + '</td></tr>').join('') + '</table>' +
         '<form data-vpg="' + vpg.id + '"><input name="name" placeholder="checkpoint name" maxlength="128" required><button>Tag checkpoint</button><span class="result"></span></form></div>';

@@ -871,9 +871,12 @@ describe('VpgCapture when the disk is full', () => {
     for (const r of refused) {
       expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'ENOSPC' });
     }
+    expect(capture.status().logRefusing).toMatchObject({ records: 3 });
+    expect(capture.status().logRefusing?.error).toContain('ENOSPC');
     faults.on = undefined;
     // The next writes take the seqs the refused ones had, in a log with no hole.
     expect(await write(7)).toBe(before + 1);
+    expect(capture.status().logRefusing).toBeNull();
     await Promise.all([write(8), write(9), write(1)]);
     expect(capture.status().volumeBehind).toBeNull();
     await expectStreamMatchesVolume(capture);

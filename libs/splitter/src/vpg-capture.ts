@@ -48,6 +48,12 @@ export interface CaptureStatus {
    * Null when there are none.
    */
   readonly volumeBehind: { readonly writes: number; readonly bytes: number; readonly since: string; readonly error: string } | null;
+  /**
+   * Since when the splitter log has refused appends (a full disk), how many records it refused, and
+   * the last error; null while it takes them. Refused writes failed for their clients: nothing of
+   * them is anywhere.
+   */
+  readonly logRefusing: { readonly since: string; readonly records: number; readonly error: string } | null;
 }
 
 /**
@@ -178,8 +184,8 @@ export class VpgCapture {
   private behind: Behind | undefined;
   /** The cut of the log after a failed append, while it runs (see recoverLog). */
   private logRecovery: Promise<void> | undefined;
-  /** Records refused since the log's appends began to fail (a full disk), for the operator's log; 0 when they succeed. */
-  private refusedRecords = 0;
+  /** Since when the log's appends fail (a full disk), how many records it refused, why; undefined while they succeed. */
+  private refusing: { readonly since: Date; records: number; error: string } | undefined;
   private readonly logger: Logger;
 
   private constructor(
@@ -265,6 +271,7 @@ export class VpgCapture {
             error: this.behind.error,
           }
         : null,
+      logRefusing: this.refusing ? { since: this.refusing.since.toISOString(), records: this.refusing.records, error: this.refusing.error } : null,
     };
   }
 
@@ -643,7 +650,7 @@ export class VpgCapture {
       } catch (err) {
         throw failed(this.afterFailedAppend(batch.firstSeq, err, batch.records.length));
       }
-      if (this.refusedRecords > 0) {
+      if (this.refusing) {
         this.appendsResumed();
       }
       const failure = applyInOrder(batch.writes);
@@ -685,7 +692,7 @@ export class VpgCapture {
         this.recoverLog(err);
         throw err;
       }
-      if (this.refusedRecords > 0) {
+      if (this.refusing) {
         this.appendsResumed();
       }
       if (this.behind) {
@@ -735,15 +742,17 @@ export class VpgCapture {
 
   /** Says once, when appends begin to fail, that writes are being refused; appendsResumed says when it ends. */
   private noteRefused(err: unknown, records: number): void {
-    if (this.refusedRecords === 0) {
+    if (!this.refusing) {
+      this.refusing = { since: new Date(), records: 0, error: '' };
       this.logger.error(`the splitter log cannot take writes (${messageOf(err)}): refusing them (${codeOf(err) ?? 'EIO'}) until it can`);
     }
-    this.refusedRecords += records;
+    this.refusing.records += records;
+    this.refusing.error = messageOf(err);
   }
 
   private appendsResumed(): void {
-    this.logger.warn(`the splitter log takes writes again; ${this.refusedRecords} record(s) were refused meanwhile`);
-    this.refusedRecords = 0;
+    this.logger.warn(`the splitter log takes writes again; ${this.refusing?.records ?? 0} record(s) were refused since ${this.refusing?.since.toISOString() ?? '?'}`);
+    this.refusing = undefined;
   }
 
   /**
