@@ -184,6 +184,8 @@ export class VpgCapture {
   private behind: Behind | undefined;
   /** The cut of the log after a failed append, while it runs (see recoverLog). */
   private logRecovery: Promise<void> | undefined;
+  /** Set by close(): the retries of writes behind their volume stop (the volumes are closing). */
+  private closing = false;
   /** Since when the log's appends fail (a full disk), how many records it refused, why; undefined while they succeed. */
   private refusing: { readonly since: Date; records: number; error: string } | undefined;
   private readonly logger: Logger;
@@ -530,6 +532,7 @@ export class VpgCapture {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     await this.forced?.stop();
     this.concludeBarrier(true);
     try {
@@ -539,8 +542,9 @@ export class VpgCapture {
     }
     await this.logRecovery;
     if (this.behind) {
+      // One last try; the timer stops retrying (closing), and what is still behind is for the redo.
+      clearTimeout(this.behind.timer);
       await this.catchUp().catch(() => undefined);
-      clearTimeout(this.behind?.timer);
     }
     await this.shipper.stop();
     await this.syncLocal();
@@ -814,9 +818,15 @@ export class VpgCapture {
 
   private scheduleCatchUp(behind: Behind): void {
     clearTimeout(behind.timer);
+    if (this.closing) {
+      return;
+    }
     behind.timer = setTimeout(() => {
+      if (this.closing) {
+        return;
+      }
       this.catchUp().catch(() => {
-        if (this.behind === behind) {
+        if (this.behind === behind && !this.closing) {
           behind.delayMs = Math.min(behind.delayMs * 2, CATCH_UP_RETRY_MAX_MS);
           this.scheduleCatchUp(behind);
         }
