@@ -185,8 +185,9 @@ export class SegmentLog {
   /**
    * Appends whole, already encoded records in one vectored write. Returns where each one landed.
    * Not durable until `sync()` resolves. If the write fails (a full disk), nothing of it stays in the
-   * log: it throws a SegmentLogError carrying the system error's code, and the next append takes its place. With direct writes, while a queued write is still running
-   * (`writesInFlight`), the records join the queue instead: in the file once `written()` resolves.
+   * log: it throws a SegmentLogError carrying the system error's code, and the next append takes its
+   * place. With direct writes, while a queued write is still running (`writesInFlight`), the records
+   * join the queue instead: in the file once `written()` resolves.
    */
   append(records: readonly Buffer[]): AppendedRecord[] {
     if (this.directWriteMinBytes !== undefined && this.writing.size > 0) {

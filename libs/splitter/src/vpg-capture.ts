@@ -444,8 +444,9 @@ export class VpgCapture {
       this.concludeBarrier(true);
     }
     if (this.resyncInProgress || this.behind) {
-      // No cut may fall inside a forced resync, nor while logged writes are not on their volume. Voided at once, and reported all the same so that the
-      // round ends without waiting for its timeout and the other members hold only briefly.
+      // No cut may fall inside a forced resync, nor while logged writes are not on their volume.
+      // Voided at once, and reported all the same so that the round ends without waiting for its
+      // timeout and the other members hold only briefly.
       this.appendBarrierMarker(marker, { epoch, member, void: true });
       return 'voided';
     }
@@ -668,6 +669,9 @@ export class VpgCapture {
       batch.settle();
       return;
     }
+    // Appended while earlier appends were being refused: once in, the log takes appends again. (A batch
+    // appended before the refusals began says nothing about that when it completes.)
+    const retrying = this.refusing !== undefined;
     let placed;
     try {
       placed = this.log.appendAsync(batch.records);
@@ -696,7 +700,7 @@ export class VpgCapture {
         this.recoverLog(err);
         throw err;
       }
-      if (this.refusing) {
+      if (retrying && this.refusing) {
         this.appendsResumed();
       }
       if (this.behind) {
