@@ -15,7 +15,7 @@ import {
   type CheckpointMarkerBody,
 } from '@cdp/contracts';
 import { DomainError, hostOf, validateWriteRange, volumesOf, type Vpg } from '@cdp/domain';
-import { SegmentLog } from '@cdp/segment-log';
+import { SegmentLog, SegmentLogError } from '@cdp/segment-log';
 import { ActivityLog, REGION_BYTES, currentBootId, regionKeys, regionsAhead } from './activity-log';
 import { ForcedResync, type ResyncRequest, type ResyncStatus } from './forced-resync';
 import { LogShipper, type ShipperOptions } from './log-shipper';
@@ -782,7 +782,8 @@ export class VpgCapture {
           // Captured after the failure, not yet drained: their seqs are past the cut.
           const open = this.batch;
           this.batch = undefined;
-          open?.settle(new VolumeBehindError('refused: an earlier append to the splitter log failed', codeOf(cause), { cause }));
+          // The log's own error, carrying the file system's code (ENOSPC) from its cause.
+          open?.settle(new SegmentLogError(`refused: an earlier append to the splitter log failed (${messageOf(cause)})`, { cause }));
           this.nextSeq = cut.seq;
           this.shipper.forgetFrom(cut.position, cut.seq);
           this.logger.warn(`an append to the splitter log failed (${messageOf(cause)}): the log goes on from seq ${cut.seq}; the writes from there on were refused`);
