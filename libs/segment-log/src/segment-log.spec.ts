@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, truncateSync, statSync, openSync, writeSync, closeSync, readdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, truncateSync, statSync, openSync, writeSync, closeSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CorruptRecordError, decodeRecord, encodeWriteRecord, type WriteRecord } from '@cdp/contracts';
@@ -431,6 +431,156 @@ describe('SegmentLog', () => {
       await expect(log.written()).rejects.toMatchObject({ code: 'ENOSPC' });
       await log.close();
       expect(await reopenAndReadAll()).toEqual(kept);
+    });
+  });
+
+  describe('with spare segment files (spareSegments)', () => {
+    const files = (): string[] => readdirSync(dir).sort();
+    // Same-sized records: a reused file's older records then start exactly where the new ones end,
+    // the hardest case to tell apart (whole records, valid checksums).
+    const seqs = (from: number, to: number): Buffer[] => Array.from({ length: to - from + 1 }, (_, i) => record(from + i));
+    const put = (segment: number, ...parts: Buffer[][]): void => writeFileSync(join(dir, segmentFileName(segment)), Buffer.concat(parts.flat()));
+    const readAll = async (log: SegmentLog): Promise<number[]> => {
+      const out: number[] = [];
+      let cursor = log.start;
+      for (;;) {
+        const { records, next } = await log.readChunk(cursor, 1 << 20);
+        if (records.length === 0) {
+          return out;
+        }
+        out.push(...records.map((r) => r.seq));
+        cursor = next;
+      }
+    };
+
+    it('keeps deleted segments as spares, up to the number asked for, and writes new segments into them', async () => {
+      const size = record(1).length;
+      const log = await SegmentLog.open({ dir, segmentBytes: 4 * size, spareSegments: 2 });
+      let seq = 1;
+      const appendSegments = async (count: number): Promise<void> => {
+        for (let i = 0; i < count * 4; i++) {
+          log.append([record(seq++)]);
+        }
+        await log.sync();
+      };
+      await appendSegments(4);
+      expect(log.segmentFiles).toEqual({ reused: 0, created: 4, spare: 0 });
+      // Segments 1 to 3 go; two become spares, the third is deleted.
+      await log.deleteThrough(12);
+      expect(files()).toEqual([segmentFileName(4), '0000000000000001.spare', '0000000000000002.spare'].sort());
+      expect(log.segmentFiles).toEqual({ reused: 0, created: 4, spare: 2 });
+      // The next segments take the spares' files (their size shows it before anything is overwritten), then new files.
+      log.append([record(seq++)]);
+      expect(statSync(join(dir, segmentFileName(5))).size).toBe(4 * size);
+      // Four to a segment: the rest of segment 5, segment 6 (the other spare), then a new file for 7.
+      for (let i = 0; i < 8; i++) {
+        log.append([record(seq++)]);
+      }
+      await log.sync();
+      expect(log.segmentFiles).toEqual({ reused: 2, created: 5, spare: 0 });
+      expect(files().filter((n) => n.endsWith('.spare'))).toEqual([]);
+      expect(await readAll(log)).toEqual(Array.from({ length: seq - 13 }, (_, i) => 13 + i));
+      await log.close();
+    });
+
+    it('at open, ends a segment where a reused file\'s older records begin, and appends after the newest record', async () => {
+      // Segment 2 reused segment 1's file: two new records, then the rest of what it held before.
+      put(1, seqs(11, 14));
+      put(2, seqs(15, 16), seqs(3, 4));
+      const log = await SegmentLog.open({ dir, spareSegments: 2 });
+      expect(log.lastSeq).toBe(16);
+      expect(log.end).toEqual({ segment: 2, position: 2 * record(1).length });
+      expect(await readAll(log)).toEqual([11, 12, 13, 14, 15, 16]);
+      log.append([record(17)]);
+      await log.sync();
+      await log.close();
+      const reopened = await SegmentLog.open({ dir, spareSegments: 2 });
+      expect(await readAll(reopened)).toEqual([11, 12, 13, 14, 15, 16, 17]);
+      await reopened.close();
+    });
+
+    it('accepts a sealed segment that ends before its file when the next one takes the log on from it', async () => {
+      put(1, seqs(21, 23), seqs(5, 6));
+      put(2, seqs(24, 25), seqs(7, 8));
+      const log = await SegmentLog.open({ dir, spareSegments: 2 });
+      expect(await readAll(log)).toEqual([21, 22, 23, 24, 25]);
+      await log.close();
+    });
+
+    it('ends the log in a torn sealed segment when the last one holds only older records (a power loss before the roll\'s record was on disk)', async () => {
+      const torn = record(24).subarray(0, 60);
+      put(1, seqs(21, 23), [torn], seqs(2, 3));
+      put(2, seqs(5, 8));
+      const log = await SegmentLog.open({ dir, spareSegments: 2 });
+      expect(log.lastSeq).toBe(23);
+      expect(await readAll(log)).toEqual([21, 22, 23]);
+      // The next record goes into the empty last segment, and the log reads whole after a reopen.
+      expect(log.append([record(24)])[0]).toMatchObject({ segment: 2, position: 0 });
+      await log.sync();
+      await log.close();
+      const reopened = await SegmentLog.open({ dir, spareSegments: 2 });
+      expect(await readAll(reopened)).toEqual([21, 22, 23, 24]);
+      await reopened.close();
+    });
+
+    it('refuses a log with records missing between segments, or a sealed segment that the next does not continue', async () => {
+      put(1, seqs(21, 23), seqs(2, 3));
+      put(2, seqs(26, 27));
+      await expect(SegmentLog.open({ dir, spareSegments: 2 })).rejects.toThrow(/seq 26 where 24 was next: records are missing/);
+      put(2, seqs(2, 3));
+      put(3, seqs(24, 25));
+      await expect(SegmentLog.open({ dir, spareSegments: 2 })).rejects.toThrow(/segment 1 of .* is corrupt at byte \d+, before the log's tail/);
+    });
+
+    it('deletes a segment only once a later one holds a durable record', async () => {
+      const size = record(1).length;
+      const log = await SegmentLog.open({ dir, segmentBytes: 2 * size, spareSegments: 1 });
+      log.append(seqs(1, 2));
+      await log.sync();
+      // Rolled: segment 2's record is only in the page cache. A power loss now would leave no record
+      // at all, had segment 1 gone.
+      log.append([record(3)]);
+      expect(await log.deleteThrough(2)).toBe(0);
+      expect(files()).toEqual([segmentFileName(1), segmentFileName(2)]);
+      await log.sync();
+      expect(await log.deleteThrough(2)).toBe(1);
+      expect(files()).toEqual(['0000000000000001.spare', segmentFileName(2)]);
+      await log.close();
+    });
+
+    it('reuses spares left by the last run, up to the number now asked for, and removes the others', async () => {
+      put(1, seqs(30, 31));
+      for (const n of [7, 8, 9]) {
+        writeFileSync(join(dir, `000000000000000${n}.spare`), Buffer.concat(seqs(1, 2)));
+      }
+      const log = await SegmentLog.open({ dir, spareSegments: 2 });
+      expect(log.segmentFiles.spare).toBe(2);
+      expect(files()).toEqual([segmentFileName(1), '0000000000000007.spare', '0000000000000008.spare']);
+      await log.close();
+      const without = await SegmentLog.open({ dir });
+      expect(files()).toEqual([segmentFileName(1)]);
+      expect(without.lastSeq).toBe(31);
+      await without.close();
+    });
+
+    it('does not reuse spares in a log with no segment left, whose seqs may start again below theirs', async () => {
+      writeFileSync(join(dir, '0000000000000009.spare'), Buffer.concat(seqs(500, 503)));
+      const log = await SegmentLog.open({ dir, spareSegments: 2 });
+      expect(files()).toEqual([]);
+      log.append([record(1), record(2)]);
+      await log.sync();
+      expect(log.segmentFiles).toEqual({ reused: 0, created: 1, spare: 0 });
+      await log.close();
+      const reopened = await SegmentLog.open({ dir, spareSegments: 2 });
+      expect(await readAll(reopened)).toEqual([1, 2]);
+      await reopened.close();
+    });
+
+    it.each([-1, 1.5, Number.NaN])('refuses spareSegments %p, and segmentBytes too', async (bad) => {
+      await expect(SegmentLog.open({ dir, spareSegments: bad })).rejects.toThrow(/spareSegments must be a whole number/);
+      await expect(SegmentLog.open({ dir, segmentBytes: bad })).rejects.toThrow(/segmentBytes must be a whole number/);
+      await expect(SegmentLog.open({ dir, segmentBytes: 0 })).rejects.toThrow(RangeError);
+      expect(files()).toEqual([]);
     });
   });
 });

@@ -1,5 +1,5 @@
-import { closeSync, constants, ftruncateSync, openSync, readSync, writev as writevCb, writevSync } from 'node:fs';
-import { mkdir, open, readdir, rm, stat, type FileHandle } from 'node:fs/promises';
+import { closeSync, constants, existsSync, ftruncateSync, openSync, readSync, renameSync, writev as writevCb, writevSync } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { fdatasync as fdatasyncCb, fsync as fsyncCb } from 'node:fs';
@@ -52,6 +52,19 @@ export interface SegmentLogOptions {
    * with up to DIRECT_IO_ALIGNMENT - 1 zero bytes past its last record; `open` allows for them.
    */
   readonly directWriteMinBytes?: number;
+  /**
+   * How many deleted segments to keep as spare files, each reused for a later segment (as PostgreSQL
+   * recycles WAL files). Writing over blocks a file already has is cheaper than growing a file: no
+   * block is allocated, the size does not change, and an fdatasync is then little more than a cache
+   * flush (measured in docs/architecture.md). Default 0: segments are deleted.
+   *
+   * A reused file holds an older segment's records past the new ones, whole and with valid checksums.
+   * `open` tells them apart by their seqs, so this needs a log whose records' seqs rise by exactly one
+   * from each record to the next, as the splitter's stream does: a record that does not continue the
+   * log ends the segment, and a segment that ends before its file does is accepted only where the next
+   * segment continues from its last record (or is the last one and holds none).
+   */
+  readonly spareSegments?: number;
 }
 
 export class SegmentLogError extends Error {
@@ -91,6 +104,7 @@ const writevAsync = (fd: number, buffers: readonly Buffer[], position: number): 
   new Promise((resolve, reject) => writevCb(fd, buffers, position, (err, written) => (err ? reject(err) : resolve(written))));
 
 const SEGMENT_NAME = /^(\d{16})\.seg$/;
+const SPARE_NAME = /^(\d{16})\.spare$/;
 const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
 const SCAN_CHUNK_BYTES = 4 * 1024 * 1024;
 
@@ -98,8 +112,17 @@ export function segmentFileName(segment: number): string {
   return `${String(segment).padStart(16, '0')}.seg`;
 }
 
+function spareFileName(segment: number): string {
+  return `${String(segment).padStart(16, '0')}.spare`;
+}
+
 export class SegmentLog {
   private readonly segments: SegmentInfo[] = [];
+  /** Files of deleted segments waiting to be reused for new ones (`spareSegments`). */
+  private readonly spares: string[] = [];
+  private sparesPending = 0;
+  private segmentFilesReused = 0;
+  private segmentFilesCreated = 0;
   private activeFd: number | undefined;
   /** File descriptors written since the last sync; sealed ones are closed after their sync. */
   private readonly unsynced = new Set<number>();
@@ -137,13 +160,20 @@ export class SegmentLog {
     readonly dir: string,
     private readonly segmentBytes: number,
     private readonly directWriteMinBytes: number | undefined,
+    private readonly spareSegments: number,
   ) {}
 
   static async open(options: SegmentLogOptions): Promise<SegmentLog> {
     if (options.directWriteMinBytes !== undefined && !(options.directWriteMinBytes >= 0)) {
       throw new RangeError(`directWriteMinBytes must be a number of bytes, not ${options.directWriteMinBytes}`);
     }
-    const log = new SegmentLog(options.dir, options.segmentBytes ?? DEFAULT_SEGMENT_BYTES, options.directWriteMinBytes);
+    if (options.segmentBytes !== undefined && !(Number.isInteger(options.segmentBytes) && options.segmentBytes > 0)) {
+      throw new RangeError(`segmentBytes must be a whole number of bytes above 0, not ${options.segmentBytes}`);
+    }
+    if (options.spareSegments !== undefined && !(Number.isInteger(options.spareSegments) && options.spareSegments >= 0)) {
+      throw new RangeError(`spareSegments must be a whole number of files, not ${options.spareSegments}`);
+    }
+    const log = new SegmentLog(options.dir, options.segmentBytes ?? DEFAULT_SEGMENT_BYTES, options.directWriteMinBytes, options.spareSegments ?? 0);
     await mkdir(options.dir, { recursive: true });
     await log.load(options.tail ?? 'scan');
     return log;
@@ -366,7 +396,8 @@ export class SegmentLog {
       throw this.failure;
     }
     try {
-      // Segments begun after the failed write hold only records refused with it.
+      // Segments begun after the failed write hold only records refused with it. They are deleted, never
+      // kept as spares: their seqs are handed out again, so in a reused file they would pass for the log's.
       const later = this.segments.splice(index + 1);
       if (later.length > 0 && this.activeFd !== undefined) {
         // It belongs to the last of them.
@@ -699,15 +730,45 @@ export class SegmentLog {
     let deleted = 0;
     while (this.segments.length > 1) {
       const oldest = this.segments[0];
-      if (!oldest || (oldest.lastSeq !== undefined && oldest.lastSeq > seq)) {
+      const next = this.segments[1];
+      if (!oldest || !next || (oldest.lastSeq !== undefined && oldest.lastSeq > seq)) {
+        break;
+      }
+      // Only once a later segment holds a durable record: until then a power loss could leave the log
+      // with none (a new segment's first record still in the page cache), and its owner, which learns
+      // its last seq from the log, would hand the same seqs out again.
+      if (comparePositions(this.durable, { segment: next.segment, position: 0 }) <= 0) {
         break;
       }
       this.segments.shift();
       await this.closeReadHandle(oldest.segment);
-      await rm(join(this.dir, segmentFileName(oldest.segment)), { force: true });
+      const path = join(this.dir, segmentFileName(oldest.segment));
+      if (!(this.spares.length + this.sparesPending < this.spareSegments && (await this.keepAsSpare(path, oldest.segment)))) {
+        await rm(path, { force: true });
+      }
       deleted++;
     }
     return deleted;
+  }
+
+  /** Renames a deleted segment's file to a spare's name; false if that failed (the caller deletes it). */
+  private async keepAsSpare(path: string, segment: number): Promise<boolean> {
+    const spare = join(this.dir, spareFileName(segment));
+    this.sparesPending++;
+    try {
+      await rename(path, spare);
+      this.spares.push(spare);
+      return true;
+    } catch {
+      return false;
+    } finally {
+      this.sparesPending--;
+    }
+  }
+
+  /** Files for new segments so far: reused spares, files created, and spares waiting (`spareSegments`). */
+  get segmentFiles(): { readonly reused: number; readonly created: number; readonly spare: number } {
+    return { reused: this.segmentFilesReused, created: this.segmentFilesCreated, spare: this.spares.length };
   }
 
   async close(): Promise<void> {
@@ -733,11 +794,22 @@ export class SegmentLog {
   }
 
   private async load(tail: 'scan' | LogPosition): Promise<void> {
-    const names = (await readdir(this.dir)).flatMap((name) => {
+    const entries = await readdir(this.dir);
+    const names = entries.flatMap((name) => {
       const match = SEGMENT_NAME.exec(name);
       return match?.[1] ? [Number(match[1])] : [];
     });
     names.sort((a, b) => a - b);
+    // Spares left by the last run are reused as they are (their records are older by seq), up to the
+    // number now configured. Not in a log with no segment left: its seqs start again from its owner's
+    // idea of them, and a spare's could be higher.
+    for (const name of entries.filter((n) => SPARE_NAME.test(n)).sort()) {
+      if (this.spares.length < this.spareSegments && names.length > 0) {
+        this.spares.push(join(this.dir, name));
+      } else {
+        await rm(join(this.dir, name), { force: true });
+      }
+    }
     if (tail !== 'scan') {
       for (const segment of names.filter((s) => s > tail.segment)) {
         await rm(join(this.dir, segmentFileName(segment)));
@@ -763,20 +835,29 @@ export class SegmentLog {
       }
     }
     // Every segment is scanned once at open: it verifies what the log holds and learns each segment's
-    // seq range (needed to trim and to find a seq). A torn tail can only be in the last segment.
-    for (let i = 0; i < this.segments.length; i++) {
-      const info = this.segments[i];
-      if (!info) {
-        continue;
+    // seq range (needed to trim and to find a seq). A torn tail can only be in the last segment, unless
+    // files are reused: then any segment may end before its file does (see `spareSegments`).
+    const continuity: Continuity | undefined = this.spareSegments > 0 ? { next: undefined } : undefined;
+    const validEnds = this.segments.map((info, i) => this.scanSegment(info, i === this.segments.length - 1, continuity));
+    this.segments.forEach((info, i) => {
+      const validEnd = validEnds[i] as number;
+      if (validEnd >= info.size) {
+        return;
       }
-      const validEnd = this.scanSegment(info, i === this.segments.length - 1);
-      if (validEnd < info.size) {
-        if (i !== this.segments.length - 1 && !this.isPadding(info.segment, validEnd, info.size)) {
-          throw new SegmentLogError(`segment ${info.segment} of ${this.dir} is corrupt at byte ${validEnd}, before the log's tail`);
-        }
-        info.size = validEnd;
+      const next = this.segments[i + 1];
+      const nextIsLast = i + 1 === this.segments.length - 1;
+      // With reused files the rest is an older segment's records, or a write a power loss tore (and
+      // nothing then reached the next segment), provided the next segment takes the log on from this
+      // one's last record or is the last and holds none. Records missing in between (a seq skipped) made
+      // scanSegment throw already.
+      const fine =
+        next === undefined ||
+        (continuity ? info.lastSeq !== undefined && (next.firstSeq !== undefined || nextIsLast) : this.isPadding(info.segment, validEnd, info.size));
+      if (!fine) {
+        throw new SegmentLogError(`segment ${info.segment} of ${this.dir} is corrupt at byte ${validEnd}, before the log's tail`);
       }
-    }
+      info.size = validEnd;
+    });
     const last = this.segments[this.segments.length - 1];
     if (last) {
       // Cut off a torn or unindexed tail for good, so the next append starts at a record boundary.
@@ -829,7 +910,7 @@ export class SegmentLog {
   }
 
   /** Verifies records from the start of a segment; returns the end of the last whole, valid record. */
-  private scanSegment(info: SegmentInfo, isLast: boolean): number {
+  private scanSegment(info: SegmentInfo, isLast: boolean, continuity: Continuity | undefined): number {
     const fd = openSync(join(this.dir, segmentFileName(info.segment)), 'r');
     try {
       let position = 0;
@@ -863,7 +944,8 @@ export class SegmentLog {
           try {
             verifyRecord(record);
           } catch (err) {
-            if (isLast && err instanceof CorruptRecordError) {
+            // With reused files a record torn by a power loss can be in any segment (the caller decides).
+            if ((isLast || continuity) && err instanceof CorruptRecordError) {
               return position;
             }
             throw new SegmentLogError(
@@ -871,6 +953,19 @@ export class SegmentLog {
             );
           }
           const seq = recordSeq(record);
+          if (continuity) {
+            const expected = continuity.next;
+            if (expected !== undefined && seq < expected) {
+              // A reused file's older record: the segment's own records end here.
+              return position;
+            }
+            if (expected !== undefined && seq > expected) {
+              throw new SegmentLogError(
+                `segment ${info.segment} of ${this.dir}: the record at byte ${position} has seq ${seq} where ${expected} was next: records are missing`,
+              );
+            }
+            continuity.next = seq + 1;
+          }
           info.firstSeq ??= seq;
           info.lastSeq = seq;
           pos += length;
@@ -897,11 +992,33 @@ export class SegmentLog {
   private ensureActiveFd(): number {
     if (this.activeFd === undefined) {
       const active = this.active();
+      const path = join(this.dir, segmentFileName(active.segment));
+      if (!existsSync(path)) {
+        const spare = this.spares.shift();
+        if (spare !== undefined && this.reuse(spare, path)) {
+          this.segmentFilesReused++;
+        } else {
+          this.segmentFilesCreated++;
+        }
+      }
       // Not O_APPEND: positioned writes must land where we say, and on Linux O_APPEND ignores the position.
-      this.activeFd = openSync(join(this.dir, segmentFileName(active.segment)), constants.O_RDWR | constants.O_CREAT, 0o644);
+      this.activeFd = openSync(path, constants.O_RDWR | constants.O_CREAT, 0o644);
       this.dirUnsynced = true;
     }
     return this.activeFd;
+  }
+
+  /**
+   * Renames a spare to a new segment's name. Its old records stay past the new ones until overwritten;
+   * `open` knows them by their seqs. A spare that cannot be renamed is dropped: the segment is created.
+   */
+  private reuse(spare: string, path: string): boolean {
+    try {
+      renameSync(spare, path);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   private roll(): SegmentInfo {
@@ -970,6 +1087,11 @@ export class SegmentLog {
       throw new SegmentLogError(`segment log ${this.dir} is closed`);
     }
   }
+}
+
+/** The seq the next record must have to continue the log, while `open` scans a log of reused files. */
+interface Continuity {
+  next: number | undefined;
 }
 
 /** A reservation's place, and what its segment held before it (so that a failed append can be taken back). */

@@ -26,7 +26,8 @@ export interface SplitterFrontEnd {
  * definition on disk, because the protected site must keep capturing when the recovery site (and the
  * bus) are away, and must know its volumes again after a restart without asking anyone.
  *
- * Layout under <dataDir>/splitter/<vpgId>/: vpg.json, volumes/<index>.img, log/<segment>.seg.
+ * Layout under <dataDir>/splitter/<vpgId>/: vpg.json, volumes/<index>.img, log/<segment>.seg (and up to two
+ * log/<segment>.spare: confirmed segments kept for reuse).
  */
 @Injectable()
 export class SplitterService implements OnApplicationBootstrap, BeforeApplicationShutdown {

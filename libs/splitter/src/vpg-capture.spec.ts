@@ -217,6 +217,83 @@ describe('VpgCapture after crashes', () => {
   });
 });
 
+describe('VpgCapture reusing its log\'s segment files', () => {
+  const ctx = eachTestWithRecoverySite('capture-reuse-');
+
+  it('writes new segments into the files of confirmed ones, and loses nothing across a process crash or a power loss', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(31337);
+    let linkUp = true;
+    const lossyBus = new FaultInjectingBus(bus, () => (linkUp ? 'deliver' : 'drop'));
+    // Small segments: a few writes fill one, so rolls, confirmations and reuse all happen many times.
+    const options = { logSegmentBytes: 128 * 1024 };
+    const write = async (capture: VpgCapture): Promise<void> => {
+      const volume = volumes[Math.floor(random() * volumes.length)]!;
+      const length = 1 + Math.floor(random() * 48 * 1024);
+      const offset = Math.floor(random() * (volume.sizeBytes - length + 1));
+      await capture.write(volume.id, offset, randomBuffer(random, length));
+    };
+    // Confirms, as the journal does, what the recovery site holds.
+    const writeAndConfirm = async (capture: VpgCapture, count: number): Promise<void> => {
+      for (let i = 1; i <= count; i++) {
+        await write(capture);
+        if (i % 10 === 0) {
+          await capture.flush();
+          const last = capture.lastSeq;
+          await waitFor(() => site.highestContiguousSeq() >= last, { timeoutMs: 5_000, message: `seq ${last} never arrived` });
+          await capture.confirm(last);
+        }
+      }
+    };
+    const expectSitesAgree = async (capture: VpgCapture): Promise<void> => {
+      await capture.flush();
+      await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 5_000, message: 'the writes never arrived' });
+      for (const volume of volumes) {
+        expect(site.image(volume.index, volume.sizeBytes).equals(capture.volumeById(volume.id).read(0, volume.sizeBytes))).toBe(true);
+      }
+    };
+
+    const first = await VpgCapture.open(vpg, dir.path, lossyBus.createProducer(), { ...options, bootId: 'boot-1' });
+    await writeAndConfirm(first, 200);
+    const files = first.status().logSegmentFiles;
+    expect(files.reused).toBeGreaterThan(10);
+    // The spares cover the turnover: a new file only now and then.
+    expect(files.created).toBeLessThan(files.reused);
+
+    // A process crash (abandoned without close): the log's files end in older records.
+    const second = await VpgCapture.open(vpg, dir.path, lossyBus.createProducer(), { ...options, bootId: 'boot-1' });
+    expect(second.previousEnd).toBe('process-crash');
+    expect(second.lastSeq).toBe(first.lastSeq);
+    await writeAndConfirm(second, 100);
+    await expectSitesAgree(second);
+
+    // A power loss: the link is down (so nothing past the durable point leaves), the log is what the
+    // last flush made durable, the volumes hold every write.
+    linkUp = false;
+    for (let i = 0; i < 30; i++) {
+      await write(second);
+    }
+    await second.flush();
+    const durableSeq = second.lastSeq;
+    cpSync(join(dir.path, 'log'), join(dir.path, 'log-durable'), { recursive: true });
+    for (let i = 0; i < 30; i++) {
+      await write(second);
+    }
+    rmSync(join(dir.path, 'log'), { recursive: true });
+    cpSync(join(dir.path, 'log-durable'), join(dir.path, 'log'), { recursive: true });
+    // The link stays down for the abandoned instances; the new one ships on a link of its own.
+    const third = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { ...options, bootId: 'boot-2' });
+    expect(third.previousEnd).toBe('host-crash');
+    expect(third.lastSeq).toBeGreaterThan(durableSeq);
+    await writeAndConfirm(third, 100);
+    await expectSitesAgree(third);
+    await third.close();
+    // The abandoned instances are closed only now, when what they write no longer matters.
+    await second.close();
+    await first.close();
+  });
+});
+
 describe('VpgCapture batching and shipping', () => {
   const ctx = eachTestWithRecoverySite('capture-batch-');
 

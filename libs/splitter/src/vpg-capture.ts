@@ -32,6 +32,8 @@ export interface CaptureStatus {
   readonly shipError: string | null;
   /** Whether the log writes its large batches past the page cache ('refused': the file system would not, so they go through it). */
   readonly logDirectWrites: 'off' | 'on' | 'refused';
+  /** The log's new segments since this start: how many reused a spare file and how many needed a new one; spares waiting. */
+  readonly logSegmentFiles: { readonly reused: number; readonly created: number; readonly spare: number };
   /**
    * How long inserting a checkpoint held up this VPG's writes, in microseconds, over the most recent
    * checkpoints: nothing else runs on the capture while a marker is placed, so this is the stall each
@@ -83,6 +85,14 @@ export class VolumeBehindError extends Error {
 const ASYNC_BATCH_BYTES = 256 * 1024;
 
 /**
+ * Segments of the log kept as spare files once the journal has them, each reused for a later segment:
+ * appends then overwrite blocks the file already has, and the log's fdatasync is little more than a
+ * cache flush (docs/architecture.md, "Reusing the log's segment files"). Two of 64 MiB per VPG cover
+ * the log's turnover between two confirmations from the journal under sustained large writes.
+ */
+const LOG_SPARE_SEGMENTS = 2;
+
+/**
  * Smaller payloads are allocated per write, not taken from the payload ring. Those are what random
  * writes are made of: they die young (a batch of them is copied into one bus message), they never
  * caused the collector trouble, and a ring cycled through at that rate would only trade warm memory
@@ -110,6 +120,8 @@ export interface CaptureOptions {
   readonly member?: string;
   /** Memory to receive NBD write payloads into (see allocatePayload); none: each write allocates its own. */
   readonly payloads?: PayloadRing;
+  /** The size at which the log starts a new segment; default 64 MiB (tests make rolls and reuse frequent with small ones). */
+  readonly logSegmentBytes?: number;
 }
 
 /** How the previous run of this VPG's capture ended, as found at open. */
@@ -208,7 +220,13 @@ export class VpgCapture {
     await mkdir(join(dir, 'volumes'), { recursive: true });
     // The large batches bypass the page cache (see direct-io.ts in segment-log): the log only ever
     // writes new pages, the costliest kind on a virtual machine.
-    const log = await SegmentLog.open({ dir: join(dir, 'log'), tail: 'scan', directWriteMinBytes: ASYNC_BATCH_BYTES });
+    const log = await SegmentLog.open({
+      dir: join(dir, 'log'),
+      tail: 'scan',
+      directWriteMinBytes: ASYNC_BATCH_BYTES,
+      spareSegments: LOG_SPARE_SEGMENTS,
+      segmentBytes: options.logSegmentBytes,
+    });
     const volumes = new Map<number, ProtectedVolume>();
     const local = options.member === undefined ? vpg : { vms: vpg.vms.filter((vm) => hostOf(vm) === options.member) };
     for (const volume of volumesOf(local)) {
@@ -260,6 +278,7 @@ export class VpgCapture {
       activeRegions: this.activity.regions().length,
       shipError: this.shipper.error ?? null,
       logDirectWrites: this.log.directWrites,
+      logSegmentFiles: this.log.segmentFiles,
       checkpointStall: this.stallStats(),
       barrier: this.barrier
         ? { epoch: this.barrier.epoch, checkpointId: this.barrier.marker.id, heldForMicros: (performance.now() - this.barrier.startedAt) * 1000 }
