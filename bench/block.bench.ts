@@ -116,6 +116,20 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
         return journal.journal.appliedSeq >= splitter.lastSeq;
       }, 300_000, 'the journal to catch up');
 
+    // Before every run, baselines included: whatever the run before left dirty is written out first
+    // (logged), so that no run pays for its predecessor's writeback. nbdkit's file plugin writes through
+    // the page cache and can leave gigabytes dirty after a sequential run; the next run would then share
+    // the disk with that writeback, and each splitter run follows one of nbdkit's.
+    const settle = (before: string): void => {
+      const dirty = /Dirty:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? '?';
+      const start = performance.now();
+      spawnSync('sync');
+      const ms = performance.now() - start;
+      if (ms >= 100) {
+        ctx.log(`  sync ${before}: ${dirty} kB dirty written out in ${ms.toFixed(0)} ms`);
+      }
+    };
+
     const ringStats = async (): Promise<{ served: number; fallbacks: number } | null> =>
       (await json<{ payloadRing: { served: number; fallbacks: number } | null }>('GET', `${api}/splitter/nbd`)).payloadRing;
     const compare = (name: string, unit: 'IOPS' | 'MB/s', goal: number, jobArgs: string[], pick: (r: FioResult) => number, baselineName = 'nbdkit file plugin, same fio job'): Promise<Figure> =>
@@ -125,8 +139,10 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
         const catchUps: number[] = [];
         let command = '';
         for (let i = 0; i < REPEATS; i++) {
+          settle(`before nbdkit's run ${i + 1}`);
           baselineRuns.push(pick(fio([...jobArgs, '--ioengine=nbd', `--uri=${nbdkitUri}`]).result));
           const ringBefore = await ringStats();
+          settle(`before the splitter's run ${i + 1}`);
           const measured = fio([...jobArgs, '--ioengine=nbd', `--uri=${splitterUri}`]);
           command = measured.command;
           runs.push(pick(measured.result));
@@ -169,7 +185,9 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
     const frontBaseline: number[] = [];
     let frontCommand = '';
     for (let i = 0; i < REPEATS; i++) {
+      settle(`before nbdkit's run ${i + 1}`);
       frontBaseline.push(fio([...random, '--ioengine=nbd', `--uri=${nbdkitUri}`]).result.iops);
+      settle(`before the front end's run ${i + 1}`);
       const measured = fio([...random, '--ioengine=nbd', `--uri=${front.uri}`]);
       frontCommand = measured.command;
       frontRuns.push(measured.result.iops);
@@ -194,6 +212,7 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
     // writes to a plain file on the same disk.
     const diskRuns: number[] = [];
     for (let i = 0; i < REPEATS; i++) {
+      settle(`before the disk's run ${i + 1}`);
       diskRuns.push(
         fio(['--name=disk', `--filename=${join(work, 'fio-disk.dat')}`, '--rw=write', '--bs=1M', '--iodepth=4', '--ioengine=libaio', '--direct=1', `--size=${VOLUME_BYTES}`, `--runtime=${SEQUENTIAL_SECONDS}`, '--time_based'])
           .result.mbPerSecond,
@@ -214,15 +233,7 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
 
     // Point-in-time export of the state after all of that: time to first read, sequential read.
     const tagged = await json<{ checkpoint: { id: string } }>('POST', `${api}/vpgs/${vpg.id}/checkpoints?waitMs=60000`, { name: 'bench' });
-    // Whatever the runs above left dirty is written out first (logged), for the baseline too, so that
-    // their writeback is not counted as the export's (measured: under 1 MB left by then).
-    const settle = (): void => {
-      const dirty = /Dirty:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? '?';
-      const start = performance.now();
-      spawnSync('sync');
-      ctx.log(`sync: ${dirty} kB dirty written out in ${(performance.now() - start).toFixed(0)} ms`);
-    };
-    settle();
+    settle('before the point-in-time export');
     const firstReads: number[] = [];
     let exportUrl = '';
     for (let i = 0; i < Math.max(REPEATS, 3); i++) {
@@ -243,7 +254,7 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
       }
     }
     const qemuIoBaseline: number[] = [];
-    settle();
+    settle('before the baseline of the first read');
     for (let i = 0; i < 3; i++) {
       const start = performance.now();
       spawnSync('qemu-io', ['-r', '-f', 'raw', nbdkitUri, '-c', 'read 0 4096']);
