@@ -1,5 +1,5 @@
 import { closeSync, constants, existsSync, ftruncateSync, openSync, readSync, renameSync, writev as writevCb, writevSync } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, truncate, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { fdatasync as fdatasyncCb, fsync as fsyncCb } from 'node:fs';
@@ -800,15 +800,11 @@ export class SegmentLog {
       return match?.[1] ? [Number(match[1])] : [];
     });
     names.sort((a, b) => a - b);
-    // Spares left by the last run are reused as they are (their records are older by seq), up to the
-    // number now configured. Not in a log with no segment left: its seqs start again from its owner's
-    // idea of them, and a spare's could be higher.
-    for (const name of entries.filter((n) => SPARE_NAME.test(n)).sort()) {
-      if (this.spares.length < this.spareSegments && names.length > 0) {
-        this.spares.push(join(this.dir, name));
-      } else {
-        await rm(join(this.dir, name), { force: true });
-      }
+    // Spares left by the last run are deleted, not reused: after a power loss one may be a new segment
+    // whose new name was lost, holding records with seqs the log hands out again, which in a reused file
+    // could pass for the log's own.
+    for (const name of entries.filter((n) => SPARE_NAME.test(n))) {
+      await rm(join(this.dir, name), { force: true });
     }
     if (tail !== 'scan') {
       for (const segment of names.filter((s) => s > tail.segment)) {
@@ -839,6 +835,7 @@ export class SegmentLog {
     // files are reused: then any segment may end before its file does (see `spareSegments`).
     const continuity: Continuity | undefined = this.spareSegments > 0 ? { next: undefined } : undefined;
     const validEnds = this.segments.map((info, i) => this.scanSegment(info, i === this.segments.length - 1, continuity));
+    const endedEarly: SegmentInfo[] = [];
     this.segments.forEach((info, i) => {
       const validEnd = validEnds[i] as number;
       if (validEnd >= info.size) {
@@ -857,7 +854,16 @@ export class SegmentLog {
         throw new SegmentLogError(`segment ${info.segment} of ${this.dir} is corrupt at byte ${validEnd}, before the log's tail`);
       }
       info.size = validEnd;
+      if (continuity && next !== undefined) {
+        endedEarly.push(info);
+      }
     });
+    // A sealed segment that ended early may hold, past its records, whole records a power loss left
+    // behind a torn one, with the seqs the log now hands out again. Cut off (and made durable below),
+    // so that whatever a file holds past its records is older than they are: what reuse relies on.
+    for (const info of endedEarly) {
+      await truncate(join(this.dir, segmentFileName(info.segment)), info.size);
+    }
     const last = this.segments[this.segments.length - 1];
     if (last) {
       // Cut off a torn or unindexed tail for good, so the next append starts at a record boundary.
