@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, truncateSync, statSync, openSync, writeSync, closeSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, truncateSync, statSync, openSync, writeSync, closeSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CorruptRecordError, decodeRecord, encodeWriteRecord, type WriteRecord } from '@cdp/contracts';
@@ -576,6 +576,38 @@ describe('SegmentLog', () => {
       const reopened = await SegmentLog.open({ dir, spareSegments: 2 });
       expect(await readAll(reopened)).toEqual([21, 22, 23, 24, 25]);
       expect((await reopened.read((await reopened.find(25).then((at) => ({ ...at!, length: record(25, 300).length }))))).equals(record(25, 300))).toBe(true);
+      await reopened.close();
+    });
+
+    it('pads a synchronous append into a reused file with zeros to the next 4 KiB, so that no page is read from disk to write part of it', async () => {
+      const log = await SegmentLog.open({ dir, segmentBytes: 64 * 1024, spareSegments: 1, directWriteMinBytes: 1 << 20 });
+      let seq = 1;
+      const fill = (segment: number): void => {
+        while (log.end.segment === segment) {
+          log.append([record(seq++, 1000)]);
+        }
+      };
+      fill(1);
+      await log.sync();
+      await log.deleteThrough(seq - 2);
+      expect(log.segmentFiles.spare).toBe(1);
+      fill(2);
+      // The record that rolled into segment 3, the spare's file: zeros after it to the 4 KiB boundary,
+      // the older records past that.
+      const first = (await log.readChunk({ segment: 3, position: 0 }, 1)).records[0]!;
+      expect(first.seq).toBe(seq - 1);
+      const file = readFileSync(join(dir, segmentFileName(3)));
+      expect(log.segmentFiles).toEqual({ reused: 1, created: 2, spare: 0 });
+      expect(file.subarray(first.length, 4096).every((b) => b === 0)).toBe(true);
+      expect(file.subarray(4096, 8192).some((b) => b !== 0)).toBe(true);
+      // A new file (segment 2) is not padded: nothing there to read.
+      const second = (await log.readChunk({ segment: 2, position: 0 }, 1 << 20)).records;
+      const secondEnd = second[second.length - 1]!.position + second[second.length - 1]!.length;
+      expect(secondEnd % 4096).not.toBe(0);
+      expect(statSync(join(dir, segmentFileName(2))).size).toBe(secondEnd);
+      await log.close();
+      const reopened = await SegmentLog.open({ dir, segmentBytes: 64 * 1024, spareSegments: 1, directWriteMinBytes: 1 << 20 });
+      expect(reopened.lastSeq).toBe(seq - 1);
       await reopened.close();
     });
 

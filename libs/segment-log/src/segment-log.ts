@@ -94,6 +94,8 @@ interface FailedWrite {
 
 interface SegmentInfo {
   readonly segment: number;
+  /** Its file was a spare (see `spareSegments`): it has blocks past the records, holding older ones. */
+  reused?: true;
   /** Seq of the first record, undefined while empty. */
   firstSeq: number | undefined;
   lastSeq: number | undefined;
@@ -107,6 +109,7 @@ const SEGMENT_NAME = /^(\d{16})\.seg$/;
 const SPARE_NAME = /^(\d{16})\.spare$/;
 const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
 const SCAN_CHUNK_BYTES = 4 * 1024 * 1024;
+const ZERO_PAGE = Buffer.alloc(DIRECT_IO_ALIGNMENT);
 
 export function segmentFileName(segment: number): string {
   return `${String(segment).padStart(16, '0')}.seg`;
@@ -231,6 +234,11 @@ export class SegmentLog {
     let { offset, bytes } = reserved;
     // writev may write fewer bytes than asked; loop until all of them are in.
     let pending: Buffer[] = [...records];
+    const padding = this.pagePadding(reserved);
+    if (padding > 0) {
+      pending.push(ZERO_PAGE.subarray(0, padding));
+      bytes += padding;
+    }
     try {
       while (bytes > 0) {
         const written = writevSync(reserved.fd, pending, offset);
@@ -246,6 +254,23 @@ export class SegmentLog {
       throw new SegmentLogError(`append to ${this.dir} failed, nothing was appended: ${messageOf(err)}`, { cause: err });
     }
     return reserved.placed;
+  }
+
+  /**
+   * Zero bytes to write after a synchronous append, up to the next 4 KiB boundary, in a reused file:
+   * its blocks hold data, so the kernel would read a page from disk before writing part of it
+   * (measured: 5.1 µs a 4.2 KB record against 1.5 into a new file, when the file's last life was
+   * written past the page cache). Whole pages need no read; the next append starts in the page this one
+   * left in memory. Only where writes to the file never overlap in time (`directWriteMinBytes` set:
+   * a synchronous append is made only when no other write is in flight), or the zeros could land on a
+   * later append's records; the next append overwrites them, `open` takes them for the log's end.
+   */
+  private pagePadding(reserved: Reservation): number {
+    // A reservation is always in the active segment.
+    if (this.directWriteMinBytes === undefined || !this.active().reused) {
+      return 0;
+    }
+    return (DIRECT_IO_ALIGNMENT - ((reserved.offset + reserved.bytes) % DIRECT_IO_ALIGNMENT)) % DIRECT_IO_ALIGNMENT;
   }
 
   /** Takes back a reservation whose bytes did not all go in (see `append`). */
@@ -1002,6 +1027,7 @@ export class SegmentLog {
       if (!existsSync(path)) {
         const spare = this.spares.shift();
         if (spare !== undefined && this.reuse(spare, path)) {
+          active.reused = true;
           this.segmentFilesReused++;
         } else {
           this.segmentFilesCreated++;
