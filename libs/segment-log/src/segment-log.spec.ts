@@ -526,7 +526,11 @@ describe('SegmentLog', () => {
     it('refuses a log with records missing between segments, or a sealed segment that the next does not continue', async () => {
       put(1, seqs(21, 23), seqs(2, 3));
       put(2, seqs(26, 27));
+      writeFileSync(join(dir, '0000000000000001.spare'), Buffer.concat(seqs(1, 2)));
+      const before = files().map((name) => [name, statSync(join(dir, name)).size]);
       await expect(SegmentLog.open({ dir, spareSegments: 2 })).rejects.toThrow(/seq 26 where 24 was next: records are missing/);
+      // A log that does not open is left as it was, spares included.
+      expect(files().map((name) => [name, statSync(join(dir, name)).size])).toEqual(before);
       put(2, seqs(2, 3));
       put(3, seqs(24, 25));
       await expect(SegmentLog.open({ dir, spareSegments: 2 })).rejects.toThrow(/segment 1 of .* is corrupt at byte \d+, before the log's tail/);

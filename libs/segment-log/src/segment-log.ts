@@ -825,12 +825,6 @@ export class SegmentLog {
       return match?.[1] ? [Number(match[1])] : [];
     });
     names.sort((a, b) => a - b);
-    // Spares left by the last run are deleted, not reused: after a power loss one may be a new segment
-    // whose new name was lost, holding records with seqs the log hands out again, which in a reused file
-    // could pass for the log's own.
-    for (const name of entries.filter((n) => SPARE_NAME.test(n))) {
-      await rm(join(this.dir, name), { force: true });
-    }
     if (tail !== 'scan') {
       for (const segment of names.filter((s) => s > tail.segment)) {
         await rm(join(this.dir, segmentFileName(segment)));
@@ -883,6 +877,12 @@ export class SegmentLog {
         endedEarly.push(info);
       }
     });
+    // Spares left by the last run are deleted, not reused: after a power loss one may be a new segment
+    // whose new name was lost, holding records with seqs the log hands out again, which in a reused file
+    // could pass for the log's own. (Only now: a log that does not open is left as it was.)
+    for (const name of entries.filter((n) => SPARE_NAME.test(n))) {
+      await rm(join(this.dir, name), { force: true });
+    }
     // A sealed segment that ended early may hold, past its records, whole records a power loss left
     // behind a torn one, with the seqs the log now hands out again. Cut off (and made durable below),
     // so that whatever a file holds past its records is older than they are: what reuse relies on.
