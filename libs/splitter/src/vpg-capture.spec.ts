@@ -98,6 +98,26 @@ class RecoverySite {
   }
 }
 
+/** One write of 1 to maxBytes random bytes at a random place on a random volume of the VPG. */
+async function randomWrite(capture: VpgCapture, random: () => number, maxBytes: number): Promise<void> {
+  const volume = volumes[Math.floor(random() * volumes.length)]!;
+  const length = 1 + Math.floor(random() * maxBytes);
+  const offset = Math.floor(random() * (volume.sizeBytes - length + 1));
+  await capture.write(volume.id, offset, randomBuffer(random, length));
+}
+
+/**
+ * Copies the splitter log under `dir` as it is now: after a flush, what a power loss would leave of
+ * it. The returned function is the power loss: it puts that copy back in the log's place.
+ */
+function keepLogForPowerLoss(dir: string): () => void {
+  cpSync(join(dir, 'log'), join(dir, 'log-durable'), { recursive: true });
+  return () => {
+    rmSync(join(dir, 'log'), { recursive: true });
+    cpSync(join(dir, 'log-durable'), join(dir, 'log'), { recursive: true });
+  };
+}
+
 /** A payload with reserved headroom in front, as the NBD server hands it over. */
 function withHeadroom(data: Buffer, headroom: number): Buffer {
   const backing = Buffer.allocUnsafe(headroom + data.length);
@@ -153,12 +173,7 @@ describe('VpgCapture after crashes', () => {
     const lossyBus = new FaultInjectingBus(bus, () => (linkUp ? 'deliver' : 'drop'));
     const capacity = 6;
     const before = await VpgCapture.open(vpg, dir.path, lossyBus.createProducer(), { bootId: 'boot-1', activityLogRegions: capacity });
-    const write = async (capture: VpgCapture): Promise<void> => {
-      const volume = volumes[Math.floor(random() * volumes.length)]!;
-      const length = 1 + Math.floor(random() * 64 * 1024);
-      const offset = Math.floor(random() * (volume.sizeBytes - length + 1));
-      await capture.write(volume.id, offset, randomBuffer(random, length));
-    };
+    const write = (capture: VpgCapture): Promise<void> => randomWrite(capture, random, 64 * 1024);
     for (let i = 0; i < 300; i++) {
       await write(before);
       if (i % 50 === 49) {
@@ -178,7 +193,7 @@ describe('VpgCapture after crashes', () => {
     }
     await before.flush();
     const durableSeq = before.lastSeq;
-    cpSync(join(dir.path, 'log'), join(dir.path, 'log-durable'), { recursive: true });
+    const powerLoss = keepLogForPowerLoss(dir.path);
 
     // More writes, not flushed, within as many regions as the activity log holds, so nothing forces a
     // flush and they stay only in the page cache.
@@ -191,8 +206,7 @@ describe('VpgCapture after crashes', () => {
 
     // Power loss: the log keeps what was durable, while the kernel had written back every volume page
     // (the worst case for agreement). Then the machine boots again.
-    rmSync(join(dir.path, 'log'), { recursive: true });
-    cpSync(join(dir.path, 'log-durable'), join(dir.path, 'log'), { recursive: true });
+    powerLoss();
     const after = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-2', activityLogRegions: capacity });
     expect(after.previousEnd).toBe('host-crash');
     const resyncRecords = after.lastSeq - durableSeq;
@@ -227,12 +241,7 @@ describe('VpgCapture reusing its log\'s segment files', () => {
     const lossyBus = new FaultInjectingBus(bus, () => (linkUp ? 'deliver' : 'drop'));
     // Small segments: a few writes fill one, so rolls, confirmations and reuse all happen many times.
     const options = { logSegmentBytes: 128 * 1024 };
-    const write = async (capture: VpgCapture): Promise<void> => {
-      const volume = volumes[Math.floor(random() * volumes.length)]!;
-      const length = 1 + Math.floor(random() * 48 * 1024);
-      const offset = Math.floor(random() * (volume.sizeBytes - length + 1));
-      await capture.write(volume.id, offset, randomBuffer(random, length));
-    };
+    const write = (capture: VpgCapture): Promise<void> => randomWrite(capture, random, 48 * 1024);
     // Confirms, as the journal does, what the recovery site holds.
     const writeAndConfirm = async (capture: VpgCapture, count: number): Promise<void> => {
       for (let i = 1; i <= count; i++) {
@@ -275,12 +284,11 @@ describe('VpgCapture reusing its log\'s segment files', () => {
     }
     await second.flush();
     const durableSeq = second.lastSeq;
-    cpSync(join(dir.path, 'log'), join(dir.path, 'log-durable'), { recursive: true });
+    const powerLoss = keepLogForPowerLoss(dir.path);
     for (let i = 0; i < 30; i++) {
       await write(second);
     }
-    rmSync(join(dir.path, 'log'), { recursive: true });
-    cpSync(join(dir.path, 'log-durable'), join(dir.path, 'log'), { recursive: true });
+    powerLoss();
     // The link stays down for the abandoned instances; the new one ships on a link of its own.
     const third = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { ...options, bootId: 'boot-2' });
     expect(third.previousEnd).toBe('host-crash');
