@@ -96,7 +96,7 @@ async function render() {
         '<div class="stats"><div class="stat"><b>' + journal.appliedSeq + '</b>journaled seq</div><div class="stat"><b>' + journal.checkpointCount + '</b>checkpoints</div>' +
         '<div class="stat"><b>' + rpo + '</b>since newest journaled write</div><div class="stat"><b>' + vpg.settings.checkpointIntervalSeconds + ' s</b>checkpoint interval</div>' +
         '<div class="stat"><b class="history-' + history.status + '">' + history.status + '</b>history ' + fmtDuration(history.actualSeconds) + ' of ' + fmtDuration(history.configuredSeconds) + '</div></div>' +
-        (alerts || []).map((a) => '<p class="error">alert since ' + fmtTime(a.raisedAt) + ': ' + esc(a.message) + '</p>').join('') +
+        (alerts || []).map((a) => '<p class="error">alert since ' + fmtTime(a.raisedAt) + (a.host ? ', protected site ' + esc(a.host) : '') + ': ' + esc(a.message) + '</p>').join('') +
         splitterTrouble(capture) +
         timeline(slider) +
         '<table><tr><th>time</th><th>kind</th><th>name</th><th>cut (seq)</th></tr>' + newest.map((c) => '<tr><td>' + fmtTime(c.capturedAt) + '</td><td class="' + c.kind + '">' + c.kind + '</td><td>' + esc(c.name) + '</td><td>' + c.cut + '</td></tr>').join('') + '</table>' +

@@ -108,7 +108,7 @@ vpg
   .action(async (idOrName: string) => print(await request('GET', `/vpgs/${(await findVpg(idOrName)).id}`)));
 vpg
   .command('alerts [vpg]')
-  .description('open alerts (journal history below its alert threshold), of one VPG or of all')
+  .description('open alerts (journal history at its alert threshold; a protected site in trouble, such as a full disk), of one VPG or of all')
   .action(async (idOrName?: string) => {
     if (idOrName === undefined) {
       print(await request('GET', '/alerts'));

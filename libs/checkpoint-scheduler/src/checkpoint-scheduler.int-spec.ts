@@ -3,7 +3,7 @@ import { type DataSource } from 'typeorm';
 import { InProcessBus, type BusConsumer } from '@cdp/bus';
 import { TOPICS, splitterCommandSchema, type SplitterCommand } from '@cdp/contracts';
 import { DEFAULT_VPG_SETTINGS, type Vpg } from '@cdp/domain';
-import { createMigratedDatabase, waitFor } from '@cdp/testing';
+import { createMigratedDatabase, insertVpgRow, waitFor } from '@cdp/testing';
 import { type SchedulerClock } from './automatic-checkpoint.timer';
 import { CheckpointSchedulerService } from './checkpoint-scheduler.service';
 
@@ -80,12 +80,7 @@ describe('CheckpointSchedulerService automatic checkpoints across a restart', ()
 
   beforeAll(async () => {
     ({ dataSource, drop: drop } = await createMigratedDatabase());
-    await dataSource.query(`INSERT INTO vpgs (id, name, definition, version, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4)`, [
-      vpg.id,
-      vpg.name,
-      JSON.stringify(vpg),
-      vpg.createdAt,
-    ]);
+    await insertVpgRow(dataSource, vpg);
     bus = new InProcessBus();
     await bus.ensureTopics([{ topic: TOPICS.commands, partitions: 1 }, { topic: TOPICS.events, partitions: 1 }]);
     consumer = bus.createConsumer({ groupId: 'scheduler-test', topics: [TOPICS.commands], start: 'earliest' });

@@ -1,7 +1,6 @@
 import { z } from 'zod';
-import { checkpointKindSchema, uuidSchema } from './schemas';
+import { checkpointKindSchema, hostSchema, uuidSchema } from './schemas';
 
-const hostSchema = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/);
 const epochSchema = z.number().int().min(1);
 /** Longest reason an operator may give for a forced resync (it goes into logs and the status). */
 export const RESYNC_REASON_MAX_LENGTH = 500;

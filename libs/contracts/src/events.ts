@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { checkpointSchema, historyLevelSchema, historyMeasureSchema, uuidSchema, vpgSchema, vpgSettingsSchema } from './schemas';
+import { SITE_CONDITION_KINDS } from '@cdp/domain';
+import { checkpointSchema, historyLevelSchema, historyMeasureSchema, hostSchema, siteConditionSchema, uuidSchema, vpgSchema, vpgSettingsSchema } from './schemas';
 
 /**
  * Domain events on TOPICS.events, JSON, keyed by VPG id. The envelope is versioned: consumers accept
@@ -39,6 +40,27 @@ export const domainEventSchema = z.discriminatedUnion('type', [
   z.object({ ...envelope, type: z.literal('history.alert-raised'), data: historyMeasureSchema }),
   // The history recovered (or a new filling period began): the alert clears itself.
   z.object({ ...envelope, type: z.literal('history.alert-cleared'), data: historyMeasureSchema.extend({ to: historyLevelSchema }) }),
+  // A splitter's report of the VPG's conditions on its host: every one it has now, none when all is
+  // well (site-alerts.ts). Sent when the set changes and when the splitter opens the VPG.
+  z.object({
+    ...envelope,
+    type: z.literal('site.conditions-reported'),
+    data: z.object({
+      host: hostSchema,
+      // The splitter process: reports are ordered by reportedAt; the instance tells a restart apart in logs.
+      instance: uuidSchema,
+      reportedAt: z.iso.datetime(),
+      conditions: z.array(siteConditionSchema).max(SITE_CONDITION_KINDS.length),
+    }),
+  }),
+  // The recovery site opened an alert from a report; stays raised until a 'site.alert-cleared' for the VPG, host and kind.
+  z.object({ ...envelope, type: z.literal('site.alert-raised'), data: siteConditionSchema.extend({ host: hostSchema }) }),
+  // A report no longer had the condition: the alert clears itself.
+  z.object({
+    ...envelope,
+    type: z.literal('site.alert-cleared'),
+    data: z.object({ host: hostSchema, kind: siteConditionSchema.shape.kind, raisedAt: z.iso.datetime() }),
+  }),
 ]);
 
 export type DomainEventMessage = z.infer<typeof domainEventSchema>;

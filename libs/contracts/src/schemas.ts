@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { CHECKPOINT_KINDS, HISTORY_LEVELS, MAX_NAME_LENGTH, SETTINGS_LIMITS } from '@cdp/domain';
+import { CHECKPOINT_KINDS, HISTORY_LEVELS, MAX_NAME_LENGTH, SETTINGS_LIMITS, SITE_CONDITION_KINDS } from '@cdp/domain';
 
 export const uuidSchema = z.uuid();
 export const nameSchema = z.string().trim().min(1).max(MAX_NAME_LENGTH);
@@ -46,6 +46,19 @@ export const checkpointSchema = z.object({
 });
 
 export const historyLevelSchema = z.enum(HISTORY_LEVELS);
+
+/** A host's name (a VM's `host`, a splitter's CDP_SPLITTER_HOST). */
+export const hostSchema = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/);
+
+/** Longest message a protected-site condition carries (an error's text can be long). */
+export const SITE_CONDITION_MESSAGE_MAX_LENGTH = 2000;
+
+/** One condition of a protected site in trouble, as its splitter reports it (site-alerts.ts). */
+export const siteConditionSchema = z.strictObject({
+  kind: z.enum(SITE_CONDITION_KINDS),
+  since: z.iso.datetime(),
+  message: z.string().min(1).max(SITE_CONDITION_MESSAGE_MAX_LENGTH),
+});
 
 /** Journal history as judged at one moment: actual against configured, in seconds. */
 export const historyMeasureSchema = z.object({

@@ -6,3 +6,4 @@ export * from './write.model';
 export * from './vpg.decider';
 export * from './checkpoint-timeline';
 export * from './history-status';
+export * from './site-alerts';

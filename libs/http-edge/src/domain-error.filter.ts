@@ -36,6 +36,12 @@ export class ErrorResponseFilter implements ExceptionFilter {
       response.status(HttpStatus.INTERNAL_SERVER_ERROR).json({ error: 'corrupt-record', message: error.message });
       return;
     }
+    if (isOutOfSpace(error)) {
+      // The disk under the splitter's log or a volume is full: not a fault in the server, and the
+      // caller can act on it (make room, write again), as a block device's ENOSPC says.
+      response.status(HttpStatus.INSUFFICIENT_STORAGE).json({ error: 'insufficient-storage', message: error.message });
+      return;
+    }
     if (error instanceof HttpException) {
       const status = error.getStatus();
       const body = error.getResponse();
@@ -46,6 +52,12 @@ export class ErrorResponseFilter implements ExceptionFilter {
     this.logger.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
     response.status(HttpStatus.INTERNAL_SERVER_ERROR).json({ error: 'internal', message: 'internal error' });
   }
+}
+
+/** A file system's "no room" (a full disk or a used-up quota), as Node's errors and ours carry it in `code`. */
+function isOutOfSpace(error: unknown): error is Error & { code: string } {
+  const code = error instanceof Error ? (error as { code?: unknown }).code : undefined;
+  return code === 'ENOSPC' || code === 'EDQUOT';
 }
 
 function codeForStatus(status: number): string {

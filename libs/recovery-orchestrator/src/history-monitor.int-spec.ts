@@ -3,7 +3,7 @@ import { type DataSource } from 'typeorm';
 import { InProcessBus, type BusConsumer } from '@cdp/bus';
 import { TOPICS, domainEventSchema, type DomainEventMessage } from '@cdp/contracts';
 import { DEFAULT_VPG_SETTINGS, type Vpg } from '@cdp/domain';
-import { createMigratedDatabase, waitFor } from '@cdp/testing';
+import { createMigratedDatabase, insertVpgRow, waitFor } from '@cdp/testing';
 import { HistoryMonitorService, type Clock } from './history-monitor.service';
 
 const MINUTE = 60_000;
@@ -62,10 +62,7 @@ describe('HistoryMonitorService', () => {
 
   beforeAll(async () => {
     ({ dataSource, drop: drop } = await createMigratedDatabase());
-    await dataSource.query(
-      `INSERT INTO vpgs (id, name, definition, version, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4)`,
-      [vpg.id, vpg.name, JSON.stringify(vpg), vpg.createdAt],
-    );
+    await insertVpgRow(dataSource, vpg);
     bus = new InProcessBus();
     await bus.ensureTopics([{ topic: TOPICS.events, partitions: 2 }]);
     consumer = bus.createConsumer({ groupId: 'history-test', topics: [TOPICS.events], start: 'earliest' });

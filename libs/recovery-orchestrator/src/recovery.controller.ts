@@ -8,6 +8,7 @@ import { decodeCursor, type CheckpointStats, type JournalStatus, type TimelineRe
 import { ZodPipe, uuidParam } from '@cdp/http-edge';
 import { HistoryMonitorService, type HistoryAlert } from './history-monitor.service';
 import { RecoveryService } from './recovery.service';
+import { SiteAlertsService, type SiteAlert } from './site-alerts.service';
 import { VpgService } from './vpg.service';
 
 const isoDate = z.iso.datetime({ offset: true }).transform((s) => new Date(s));
@@ -20,14 +21,27 @@ const checkpointQuerySchema = z
   })
   .refine((q) => !q.from || !q.to || q.from.getTime() <= q.to.getTime(), { message: 'from must not be after to', path: ['from'] });
 
+/** An open alert: a VPG's journal history at its alert threshold, or a protected site in trouble. */
+export type Alert = HistoryAlert | SiteAlert;
+
+/** Both kinds of open alert, of one VPG or of all, oldest first. */
+async function openAlerts(monitor: HistoryMonitorService, site: SiteAlertsService, vpgId?: string): Promise<Alert[]> {
+  const [history, sites] = await Promise.all([monitor.alerts(vpgId), site.alerts(vpgId)]);
+  // ISO 8601 times in UTC sort as strings; the sort is stable, so ties keep each list's own order.
+  return [...history, ...sites].sort((a, b) => (a.raisedAt < b.raisedAt ? -1 : a.raisedAt > b.raisedAt ? 1 : 0));
+}
+
 /** Open alerts of every VPG (a VPG's own are in GET /vpgs/:id). */
 @Controller('alerts')
 export class AlertsController {
-  constructor(private readonly monitor: HistoryMonitorService) {}
+  constructor(
+    private readonly monitor: HistoryMonitorService,
+    private readonly site: SiteAlertsService,
+  ) {}
 
   @Get()
-  list(): Promise<HistoryAlert[]> {
-    return this.monitor.alerts();
+  list(): Promise<Alert[]> {
+    return openAlerts(this.monitor, this.site);
   }
 }
 
@@ -37,6 +51,7 @@ export class VpgController {
     private readonly vpgs: VpgService,
     private readonly recovery: RecoveryService,
     private readonly monitor: HistoryMonitorService,
+    private readonly site: SiteAlertsService,
   ) {}
 
   @Post()
@@ -52,9 +67,9 @@ export class VpgController {
   @Get(':vpgId')
   async get(
     @Param('vpgId', uuidParam('VPG id')) vpgId: string,
-  ): Promise<{ vpg: Vpg; journal: JournalStatus; history: HistoryStatus; alerts: HistoryAlert[] }> {
+  ): Promise<{ vpg: Vpg; journal: JournalStatus; history: HistoryStatus; alerts: Alert[] }> {
     const vpg = await this.vpgs.get(vpgId);
-    const [journal, alerts] = await Promise.all([this.recovery.status(vpgId), this.monitor.alerts(vpgId)]);
+    const [journal, alerts] = await Promise.all([this.recovery.status(vpgId), openAlerts(this.monitor, this.site, vpgId)]);
     return { vpg, journal, history: this.recovery.history(vpg, journal, new Date()), alerts };
   }
 

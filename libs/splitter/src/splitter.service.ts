@@ -7,6 +7,7 @@ import { APP_CONFIG, type AppConfig } from '@cdp/config';
 import { TOPICS, domainEventSchema, journalProgressSchema, splitterCommandSchema, vpgSchema, type BarrierHeld, type SplitterCommand } from '@cdp/contracts';
 import { DEFAULT_HOST, DomainError, hostOf, vpgMembers, type Vpg } from '@cdp/domain';
 import { PayloadRing, type PayloadRingStats } from './payload-ring';
+import { SiteConditionReporter } from './site-reporter';
 import { VpgCapture, type CaptureStatus } from './vpg-capture';
 
 /**
@@ -52,6 +53,8 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
   private readonly payloadRingBytes: number;
   private readonly poisonReleasedPayloads: boolean;
   private payloads: PayloadRing | undefined;
+  /** Tells the recovery site of a VPG's trouble here (a full disk), which raises alerts for it. */
+  private readonly reporter: SiteConditionReporter;
 
   constructor(
     @Inject(BUS) private readonly bus: Bus,
@@ -62,6 +65,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
     this.host = config.splitterHost;
     this.payloadRingBytes = config.payloadRingBytes;
     this.poisonReleasedPayloads = config.poisonReleasedPayloads;
+    this.reporter = new SiteConditionReporter(this.producer, this.host, this.instance, () => this.allCaptures());
   }
 
   async onApplicationBootstrap(): Promise<void> {
@@ -75,6 +79,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
       }
     }
     this.logger.log(`protecting ${this.captures.size} VPG(s) from ${this.root} (host ${this.host})`);
+    this.reporter.start();
     // Every host reads every command and event: one consumer group per host. The default host keeps
     // the group names it always had.
     const group = (name: string): string => (this.host === DEFAULT_HOST ? name : `${name}.${this.host}`);
@@ -87,6 +92,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
   }
 
   async beforeApplicationShutdown(): Promise<void> {
+    await this.reporter.stop();
     await Promise.all(this.frontEnds.map((f) => f.stop()));
     await Promise.all(this.consumers.map((c) => c.stop()));
     await Promise.all([...this.captures.values()].map((c) => c.close()));

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { InProcessBus, type BusConsumer, type BusProducer } from '@cdp/bus';
 import { BATCH_HEADER_BYTES, RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch } from '@cdp/contracts';
 import { type Vpg } from '@cdp/domain';
-import { FaultInjectingBus, randomBuffer, seededRandom, tempDir, waitFor, type TempDir } from '@cdp/testing';
+import { FaultInjectingBus, diskFullFaults, randomBuffer, seededRandom, tempDir, waitFor, type TempDir } from '@cdp/testing';
 import { REGION_BYTES } from './activity-log';
 import { RESYNC_CHUNK_BYTES, readResyncProgress } from './forced-resync';
 import { PayloadRing } from './payload-ring';
@@ -881,45 +881,6 @@ describe('VpgCapture coordinated checkpoints (one member of a VPG on several hos
   });
 });
 
-/**
- * A full disk, made to order: the file system's ENOSPC from the write system calls on the splitter log's
- * files or on the volume files (told apart by the path of the descriptor), while `faults.on` says so.
- * Every other call, and every call while it is off, is the real one on the real file.
- */
-function diskFullFaults(): { on: '/log/' | '/volumes/' | undefined } {
-  const faults: { on: '/log/' | '/volumes/' | undefined } = { on: undefined };
-  // The module object the log and the volumes call into (an `import * as` would be a copy of it).
-  const fs = jest.requireActual<typeof import('node:fs')>('node:fs');
-  const enospc = (): NodeJS.ErrnoException => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28 });
-  const hit = (fd: unknown): boolean => faults.on !== undefined && typeof fd === 'number' && fs.readlinkSync(`/proc/self/fd/${fd}`).includes(faults.on);
-  beforeEach(() => {
-    for (const name of ['writeSync', 'writevSync'] as const) {
-      const real = fs[name] as (...args: unknown[]) => number;
-      jest.spyOn(fs, name).mockImplementation(((...args: unknown[]) => {
-        if (hit(args[0])) {
-          throw enospc();
-        }
-        return real(...args);
-      }) as never);
-    }
-    for (const name of ['write', 'writev'] as const) {
-      const real = fs[name] as (...args: unknown[]) => void;
-      jest.spyOn(fs, name).mockImplementation(((...args: unknown[]) => {
-        if (hit(args[0])) {
-          const callback = args[args.length - 1] as (err: Error) => void;
-          process.nextTick(callback, enospc());
-          return;
-        }
-        real(...args);
-      }) as never);
-    }
-  });
-  afterEach(() => {
-    faults.on = undefined;
-    jest.restoreAllMocks();
-  });
-  return faults;
-}
 
 describe('VpgCapture when the disk is full', () => {
   const ctx = eachTestWithRecoverySite('capture-full-');

@@ -13,3 +13,4 @@ export * from './service-health';
 export * from './container-runtime';
 export * from './containers';
 export * from './pipeline-scenario';
+export * from './disk-full-faults';

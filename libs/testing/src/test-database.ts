@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
 import { type DataSource } from 'typeorm';
 import { createDataSource, migrations, runMigrations, type DataSourceConfig } from '@cdp/database';
+import { type Vpg } from '@cdp/domain';
 import { ADMIN_URL_VARIABLE } from './env';
 
 export interface TestDatabase {
@@ -76,4 +77,17 @@ export async function createMigratedDatabase(entities: DataSourceConfig['entitie
       await database.drop();
     },
   };
+}
+
+/**
+ * A VPG in the `vpgs` read model only, as the orchestrator's create leaves it (no events, no splitter):
+ * for tests of services that read VPGs from the table.
+ */
+export async function insertVpgRow(dataSource: DataSource, vpg: Vpg): Promise<void> {
+  await dataSource.query(`INSERT INTO vpgs (id, name, definition, version, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $4)`, [
+    vpg.id,
+    vpg.name,
+    JSON.stringify(vpg),
+    vpg.createdAt,
+  ]);
 }
