@@ -109,6 +109,8 @@ describe('bad input', () => {
       [{ name: 'x', vms: [vm({ sizeBytes: -4096 })] }, 400, /sizeBytes/],
       [{ name: 'x', vms: [vm({ sizeBytes: 4096 })], settings: { checkpointIntervalSeconds: 0 } }, 400, /checkpointIntervalSeconds/],
       [{ name: 'x', vms: [vm({ sizeBytes: 4096 })], settings: { checkpointIntervalSeconds: 61 } }, 400, /checkpointIntervalSeconds/],
+      [{ name: 'x', vms: [vm({ sizeBytes: 4096 })], settings: { journalSizeLimitMb: 0 } }, 400, /journalSizeLimitMb/],
+      [{ name: 'x', vms: [vm({ sizeBytes: 4096 })], settings: { journalSizeLimitMb: '10G' } }, 400, /journalSizeLimitMb/],
       [{ name: 'x', vms: [vm({ sizeBytes: 4096 })], colour: 'red' }, 400, /colour|unrecognized/i],
       [{ name: 'bad-input', vms: [vm({ sizeBytes: 4096 })] }, 409, /already exists/],
       [{ name: 'x', vms: [{ name: 'a', volumes: [{ name: 'd', sizeBytes: 4096 }] }, { name: 'a', volumes: [{ name: 'd', sizeBytes: 4096 }] }] }, 400, /used twice/],

@@ -13,6 +13,8 @@ export const vpgSettingsSchema = z.object({
     .max(SETTINGS_LIMITS.checkpointIntervalSeconds.max),
   historyWarningSeconds: z.number().int().min(0),
   historyAlertSeconds: z.number().int().min(0),
+  // Absent from VPGs created before it existed; null: no limit.
+  journalSizeLimitMb: z.number().int().min(SETTINGS_LIMITS.journalSizeLimitMb.min).max(SETTINGS_LIMITS.journalSizeLimitMb.max).nullable().optional(),
 });
 
 export const volumeSchema = z.object({

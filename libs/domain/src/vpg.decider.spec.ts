@@ -94,8 +94,20 @@ describe('VPG decider', () => {
     ['a 61 s checkpoint interval', { settings: { checkpointIntervalSeconds: 61 } }, /checkpointIntervalSeconds/],
     ['a warning threshold above the history', { settings: { journalHistorySeconds: 3600, historyWarningSeconds: 7200 } }, /historyWarningSeconds/],
     ['an alert threshold above the warning', { settings: { historyWarningSeconds: 600, historyAlertSeconds: 1200 } }, /historyAlertSeconds/],
+    ['a journal size limit of 0 MiB', { settings: { journalSizeLimitMb: 0 } }, /journalSizeLimitMb must be an integer from 1/],
+    ['a journal size limit of 1.5 MiB', { settings: { journalSizeLimitMb: 1.5 } }, /journalSizeLimitMb/],
+    ['a journal size limit past 64 TiB', { settings: { journalSizeLimitMb: 64 * 1024 * 1024 + 1 } }, /journalSizeLimitMb/],
   ])('rejects %s', (_what, overrides, message) => {
     given([]).when(create(overrides as Partial<Extract<VpgCommand, { type: 'CreateVpg' }>>)).thenError('invalid-argument', message);
+  });
+
+  it('sets a journal size limit and takes it away again (null)', () => {
+    given([created()])
+      .when({ type: 'ChangeVpgSettings', vpgId, settings: { journalSizeLimitMb: 10_240 }, now })
+      .then([{ type: 'VpgSettingsChanged', vpgId, settings: { ...DEFAULT_VPG_SETTINGS, journalSizeLimitMb: 10_240 }, changedAt: now }]);
+    given([created(), { type: 'VpgSettingsChanged', vpgId, settings: { ...DEFAULT_VPG_SETTINGS, journalSizeLimitMb: 10_240 }, changedAt: now }])
+      .when({ type: 'ChangeVpgSettings', vpgId, settings: { journalSizeLimitMb: null }, now })
+      .then([{ type: 'VpgSettingsChanged', vpgId, settings: { ...DEFAULT_VPG_SETTINGS, journalSizeLimitMb: null }, changedAt: now }]);
   });
 
   it('changes settings of an existing VPG, keeping the ones not named', () => {

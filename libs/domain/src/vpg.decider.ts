@@ -172,5 +172,9 @@ function validateSettings(settings: VpgSettings): VpgSettings {
   integer(settings.journalHistorySeconds, 'journalHistorySeconds', history.min, history.max);
   integer(settings.historyWarningSeconds, 'historyWarningSeconds', 0, settings.journalHistorySeconds);
   integer(settings.historyAlertSeconds, 'historyAlertSeconds', 0, settings.historyWarningSeconds);
+  if (settings.journalSizeLimitMb !== undefined && settings.journalSizeLimitMb !== null) {
+    const size = SETTINGS_LIMITS.journalSizeLimitMb;
+    integer(settings.journalSizeLimitMb, 'journalSizeLimitMb', size.min, size.max);
+  }
   return settings;
 }

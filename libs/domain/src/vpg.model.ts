@@ -30,6 +30,13 @@ export interface VpgSettings {
   readonly historyWarningSeconds: number;
   /** Actual history at or below this is an alert (default 1 h). */
   readonly historyAlertSeconds: number;
+  /**
+   * Most bytes of journal records the VPG keeps (MiB; absent or null: no limit, only the history
+   * window bounds the journal). Past it, promotion moves the oldest writes into the replica even
+   * inside the history window, so the history shrinks (and the history status says so) rather than
+   * the recovery site's disk filling up.
+   */
+  readonly journalSizeLimitMb?: number | null;
 }
 
 export const DEFAULT_VPG_SETTINGS: VpgSettings = {
@@ -46,6 +53,8 @@ export const HISTORY_ALERT_FRACTION = { numerator: 1, denominator: 4 } as const;
 export const SETTINGS_LIMITS = {
   checkpointIntervalSeconds: { min: 1, max: 60 },
   journalHistorySeconds: { min: 60, max: 30 * 24 * 3600 },
+  // Up to 64 TiB, the largest volume.
+  journalSizeLimitMb: { min: 1, max: 64 * 1024 * 1024 },
 } as const;
 
 /** Largest single write the system accepts (matches the common NBD maximum request size). */

@@ -48,6 +48,8 @@ export interface PromotionResult {
   readonly writes: number;
   readonly bytes: number;
   readonly checkpointsRemoved: number;
+  /** The journal's size limit (not the history window) set how far it went: the history shrank. */
+  readonly sizeLimited: boolean;
   readonly segmentsDeleted: number;
   /** The oldest checkpoint left: its image is exactly the replica. Null when none is left. */
   readonly oldestCheckpoint: RetainedCheckpoint | null;
@@ -201,6 +203,40 @@ export class JournalPromoter {
     }
   }
 
+  /**
+   * The cut of the oldest checkpoint K that brings the journal within its size limit: the records
+   * after K.cut - 1 (as the index counts them, whole batches) take at most the limit. 0 when there is
+   * no limit or the journal is within it. When no checkpoint lies past the records that must go, the
+   * newest checkpoint: as far as a checkpoint boundary allows, and the next round goes on from there.
+   *
+   * The batch rows are summed from the newest back (a window in the primary key's order). At worst
+   * that reads every batch row of the VPG's journal: once per promotion round, and only for a VPG
+   * that has a limit.
+   */
+  private async sizeBoundary(runner: QueryRunner, vpgId: string, vpgKey: number, fromSeq: number, limitMb: number | null | undefined): Promise<number> {
+    if (limitMb === undefined || limitMb === null) {
+      return 0;
+    }
+    const over = await runner.manager.query<{ last_seq: string }[]>(
+      `SELECT last_seq FROM (
+         SELECT first_seq, last_seq, sum(bytes) OVER (ORDER BY first_seq DESC) AS newer
+           FROM journal_batches WHERE vpg_key = $1 AND last_seq > $2
+       ) b
+        WHERE newer > $3
+        ORDER BY first_seq DESC LIMIT 1`,
+      [vpgKey, fromSeq, limitMb * 1024 * 1024],
+    );
+    const mustGo = over[0] ? Number(over[0].last_seq) : 0;
+    if (mustGo === 0) {
+      return 0;
+    }
+    const past = await runner.manager.query<{ cut: string }[]>(
+      `SELECT coalesce((SELECT min(cut) FROM checkpoints WHERE vpg_id = $1 AND cut > $2), (SELECT max(cut) FROM checkpoints WHERE vpg_id = $1)) AS cut`,
+      [vpgId, mustGo],
+    );
+    return past[0]?.cut ? Number(past[0].cut) : 0;
+  }
+
   /** Steps 0 to 2 inside the caller's transaction; the caller commits. */
   private async promoteLocked(
     runner: QueryRunner,
@@ -227,7 +263,7 @@ export class JournalPromoter {
 
     const state = await runner.manager.query<{ replica_seq: string }[]>(`SELECT replica_seq FROM journal_vpgs WHERE vpg_id = $1`, [vpgId]);
     const fromSeq = Number(state[0]?.replica_seq ?? 0);
-    const nothing = { vpgId, promoted: false, fromSeq, replicaSeq: fromSeq, writes: 0, bytes: 0, checkpointsRemoved: 0 };
+    const nothing = { vpgId, promoted: false, fromSeq, replicaSeq: fromSeq, writes: 0, bytes: 0, checkpointsRemoved: 0, sizeLimited: false };
     const intent = await readPromotionIntent(rootDir, vpgId);
     const pending = intent && intent.toSeq > fromSeq ? intent.toSeq : 0;
 
@@ -255,7 +291,9 @@ export class JournalPromoter {
         ORDER BY cut DESC LIMIT 1`,
       [vpgId, threshold],
     );
-    const kCut = boundary[0] ? Number(boundary[0].cut) : 0;
+    const byTime = boundary[0] ? Number(boundary[0].cut) : 0;
+    const bySize = await this.sizeBoundary(runner, vpgId, vpgKey, fromSeq, vpg.settings.journalSizeLimitMb);
+    const kCut = Math.max(byTime, bySize);
     const toSeq = Math.max(kCut - 1, pending);
     if (toSeq <= fromSeq) {
       if (intent) {
@@ -377,7 +415,7 @@ export class JournalPromoter {
     if (updated[1] !== 1) {
       throw new JournalConflictError(`VPG ${vpgId}: replica_seq moved from ${fromSeq} under this promotion`);
     }
-    return { ...nothing, promoted: true, replicaSeq: toSeq, writes, bytes, checkpointsRemoved: Number(removed[0]?.checkpoints ?? 0) };
+    return { ...nothing, promoted: true, replicaSeq: toSeq, writes, bytes, checkpointsRemoved: Number(removed[0]?.checkpoints ?? 0), sizeLimited: bySize > byTime && bySize - 1 > pending };
   }
 }
 

@@ -184,7 +184,8 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
           this.logger.log(
             `VPG ${vpgId}: promoted ${result.writes} writes (${result.bytes} bytes) into the replica, replica seq ${result.fromSeq} -> ${result.replicaSeq}; ` +
               `removed ${result.checkpointsRemoved} checkpoints and ${result.segmentsDeleted} segments; ` +
-              `oldest checkpoint kept: ${oldest ? `${oldest.id} (cut ${oldest.cut}, captured ${oldest.capturedAt})` : 'none'}`,
+              `oldest checkpoint kept: ${oldest ? `${oldest.id} (cut ${oldest.cut}, captured ${oldest.capturedAt})` : 'none'}` +
+              (result.sizeLimited ? '; the journal was over its size limit (journalSizeLimitMb), so its history is shorter than configured' : ''),
           );
         }
       } catch (err) {
