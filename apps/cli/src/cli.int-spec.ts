@@ -101,6 +101,24 @@ describe('continuum CLI', () => {
     expect(cli('export', 'close', exportId!).status).toBe(1);
   });
 
+  it('changes a VPG\'s settings, only those named, and refuses bad ones', () => {
+    const changed = cli('vpg', 'settings', 'cli-vpg', '--interval', '30', '--journal-limit-mb', '1024');
+    expect(changed.stderr).toBe('');
+    expect(changed.status).toBe(0);
+    const settings = (JSON.parse(changed.stdout) as Vpg).settings;
+    expect(settings).toMatchObject({ checkpointIntervalSeconds: 30, journalSizeLimitMb: 1024, journalHistorySeconds: 14_400 });
+    const unlimited = cli('vpg', 'settings', 'cli-vpg', '--journal-limit-mb', 'none');
+    expect(unlimited.stderr).toBe('');
+    expect((JSON.parse(unlimited.stdout) as Vpg).settings).toEqual({ ...settings, journalSizeLimitMb: null });
+    const none = cli('vpg', 'settings', 'cli-vpg');
+    expect(none.status).toBe(2);
+    expect(none.stderr).toContain('at least one setting');
+    const bad = cli('vpg', 'settings', 'cli-vpg', '--interval', '61');
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toContain('checkpointIntervalSeconds');
+    expect(cli('vpg', 'settings', 'cli-vpg', '--journal-limit-mb', 'lots').status).not.toBe(0);
+  });
+
   it('says what is wrong and exits non-zero on bad usage', () => {
     const unknown = cli('checkpoint', 'tag', 'no-such-vpg', 'x');
     expect(unknown.status).toBe(1);

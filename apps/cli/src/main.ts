@@ -91,6 +91,14 @@ function positiveInt(value: string): number {
   return n;
 }
 
+function nonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) {
+    throw new InvalidArgumentError('must be a whole number, 0 or more');
+  }
+  return n;
+}
+
 const vpg = program.command('vpg').description('protection groups');
 vpg
   .command('list')
@@ -127,6 +135,29 @@ vpg
       throw new CliError(`cannot read ${file}: ${err instanceof Error ? err.message : String(err)}`, 2);
     }
     print(await request('POST', '/vpgs', spec));
+  });
+
+vpg
+  .command('settings <vpg>')
+  .description('change a VPG\'s settings: only the options given change; prints the VPG with all its settings')
+  .option('--interval <seconds>', 'automatic checkpoint interval, 1 to 60', positiveInt)
+  .option('--history <seconds>', 'journal history to keep', positiveInt)
+  .option('--warning <seconds>', 'history at or below this is a warning', nonNegativeInt)
+  .option('--alert <seconds>', 'history at or below this is an alert', nonNegativeInt)
+  // 'none' parses to 0, which no limit can be (commander keeps the raw text when a parser returns null).
+  .option('--journal-limit-mb <MiB|none>', 'most journal bytes kept (MiB), or none for no limit', (value: string) => (value === 'none' ? 0 : positiveInt(value)))
+  .action(async (idOrName: string, options: { interval?: number; history?: number; warning?: number; alert?: number; journalLimitMb?: number }) => {
+    const settings = {
+      ...(options.interval === undefined ? {} : { checkpointIntervalSeconds: options.interval }),
+      ...(options.history === undefined ? {} : { journalHistorySeconds: options.history }),
+      ...(options.warning === undefined ? {} : { historyWarningSeconds: options.warning }),
+      ...(options.alert === undefined ? {} : { historyAlertSeconds: options.alert }),
+      ...(options.journalLimitMb === undefined ? {} : { journalSizeLimitMb: options.journalLimitMb === 0 ? null : options.journalLimitMb }),
+    };
+    if (Object.keys(settings).length === 0) {
+      throw new CliError('name at least one setting to change (see --help)', 2);
+    }
+    print(await request('PATCH', `/vpgs/${(await findVpg(idOrName)).id}/settings`, settings));
   });
 
 const checkpoint = program.command('checkpoint').description('checkpoints');

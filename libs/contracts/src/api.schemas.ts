@@ -26,6 +26,13 @@ export const createVpgRequestSchema = z.strictObject({
 });
 export type CreateVpgRequest = z.infer<typeof createVpgRequestSchema>;
 
+/** A change of a VPG's settings: the ones named change, the others stay as they are. */
+export const changeVpgSettingsRequestSchema = vpgSettingsSchema
+  .partial()
+  .strict()
+  .refine((settings) => Object.keys(settings).length > 0, { message: 'name at least one setting to change' });
+export type ChangeVpgSettingsRequest = z.infer<typeof changeVpgSettingsRequestSchema>;
+
 export const taggedCheckpointRequestSchema = z.strictObject({
   name: z.string(),
 });

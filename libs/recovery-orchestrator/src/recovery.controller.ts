@@ -1,8 +1,8 @@
-import { Body, Controller, Get, Param, Post, Query, Req, Res } from '@nestjs/common';
+import { Body, Controller, Get, Param, Patch, Post, Query, Req, Res } from '@nestjs/common';
 import { type Request } from 'express';
 import { type Response } from 'express';
 import { z } from 'zod';
-import { createVpgRequestSchema, type CreateVpgRequest } from '@cdp/contracts';
+import { changeVpgSettingsRequestSchema, createVpgRequestSchema, type ChangeVpgSettingsRequest, type CreateVpgRequest } from '@cdp/contracts';
 import { DomainError, volumesOf, type Checkpoint, type HistoryStatus, type Vpg } from '@cdp/domain';
 import { decodeCursor, type CheckpointStats, type JournalStatus, type TimelineResult } from '@cdp/journal-store';
 import { ZodPipe, uuidParam } from '@cdp/http-edge';
@@ -71,6 +71,15 @@ export class VpgController {
     const vpg = await this.vpgs.get(vpgId);
     const [journal, alerts] = await Promise.all([this.recovery.status(vpgId), openAlerts(this.monitor, this.site, vpgId)]);
     return { vpg, journal, history: this.recovery.history(vpg, journal, new Date()), alerts };
+  }
+
+  /** Changes the settings named in the body; returns the VPG with all its settings. */
+  @Patch(':vpgId/settings')
+  changeSettings(
+    @Param('vpgId', uuidParam('VPG id')) vpgId: string,
+    @Body(new ZodPipe(changeVpgSettingsRequestSchema, 'body')) body: ChangeVpgSettingsRequest,
+  ): Promise<Vpg> {
+    return this.vpgs.changeSettings(vpgId, body);
   }
 
   /** The recovery slider: at most 180 checkpoints over the last 24 hours, tagged ones marked. */

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type BeforeApplicationShutdown } from '@nestjs/common';
 import { DataSource, type EntityManager } from 'typeorm';
 import { BUS, type Bus, type BusProducer } from '@cdp/bus';
-import { TOPICS, type CreateVpgRequest, type DomainEventMessage } from '@cdp/contracts';
+import { TOPICS, type ChangeVpgSettingsRequest, type CreateVpgRequest, type DomainEventMessage } from '@cdp/contracts';
 import { DomainError, decideVpg, evolveVpg, initialVpgState, type Vpg, type VpgEvent, type VpgState } from '@cdp/domain';
 import { EventRelay, EventStore, handleCommand, type StoredEvent } from '@cdp/event-store';
 
@@ -71,6 +71,29 @@ export class VpgService implements OnApplicationBootstrap, BeforeApplicationShut
       throw new Error('VPG creation produced no VPG');
     }
     this.logger.log(`created VPG ${state.vpg.name} (${vpgId})`);
+    return state.vpg;
+  }
+
+  /**
+   * Changes the settings named in `settings`; the others stay. Decided over the VPG's events like a
+   * creation, so a change that would leave the settings invalid (an alert threshold above the
+   * warning) is refused whole. Consumers learn it from `vpg.settings-changed`: the scheduler moves
+   * its timer to the new interval; promotion and the history monitor read the new settings on their
+   * next round.
+   */
+  async changeSettings(vpgId: string, settings: ChangeVpgSettingsRequest): Promise<Vpg> {
+    const { state } = await handleCommand<Parameters<typeof decideVpg>[0], VpgEvent, VpgState>(
+      this.store,
+      vpgId,
+      { type: 'ChangeVpgSettings', vpgId, settings, now: new Date().toISOString() },
+      { decide: decideVpg, evolve: evolveVpg, initialState: initialVpgState },
+      (em, events, newState) => project(em, events, newState),
+    );
+    this.relay.poke();
+    if (state.status !== 'active') {
+      throw new Error('a settings change left no VPG');
+    }
+    this.logger.log(`VPG ${state.vpg.name}: settings changed (${Object.keys(settings).join(', ')})`);
     return state.vpg;
   }
 
