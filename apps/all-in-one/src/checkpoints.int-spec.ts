@@ -152,8 +152,11 @@ describe('checkpoints over HTTP', () => {
 
   it('shows open alerts: none for a VPG whose history is still filling', async () => {
     expect(await api.ok('GET', '/alerts')).toEqual([]);
-    const shown = await api.ok<{ alerts: unknown[]; history: { status: string } }>('GET', `/vpgs/${vpg.id}`);
+    const shown = await api.ok<{ alerts: unknown[]; history: { status: string }; rpo: { rpoSeconds: number; targetSeconds: number; exceeded: boolean } }>('GET', `/vpgs/${vpg.id}`);
     expect(shown.alerts).toEqual([]);
     expect(shown.history.status).toBe('filling');
+    // The VPG journals a checkpoint every interval: its RPO is seconds, far inside the 5 min target.
+    expect(shown.rpo).toMatchObject({ targetSeconds: 300, exceeded: false });
+    expect(shown.rpo.rpoSeconds).toBeLessThan(60);
   });
 });

@@ -102,11 +102,11 @@ describe('continuum CLI', () => {
   });
 
   it('changes a VPG\'s settings, only those named, and refuses bad ones', () => {
-    const changed = cli('vpg', 'settings', 'cli-vpg', '--interval', '30', '--journal-limit-mb', '1024');
+    const changed = cli('vpg', 'settings', 'cli-vpg', '--interval', '30', '--journal-limit-mb', '1024', '--rpo-alert', '600');
     expect(changed.stderr).toBe('');
     expect(changed.status).toBe(0);
     const settings = (JSON.parse(changed.stdout) as Vpg).settings;
-    expect(settings).toMatchObject({ checkpointIntervalSeconds: 30, journalSizeLimitMb: 1024, journalHistorySeconds: 14_400 });
+    expect(settings).toMatchObject({ checkpointIntervalSeconds: 30, journalSizeLimitMb: 1024, rpoAlertSeconds: 600, journalHistorySeconds: 14_400 });
     const unlimited = cli('vpg', 'settings', 'cli-vpg', '--journal-limit-mb', 'none');
     expect(unlimited.stderr).toBe('');
     expect((JSON.parse(unlimited.stdout) as Vpg).settings).toEqual({ ...settings, journalSizeLimitMb: null });

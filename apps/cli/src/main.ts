@@ -116,7 +116,7 @@ vpg
   .action(async (idOrName: string) => print(await request('GET', `/vpgs/${(await findVpg(idOrName)).id}`)));
 vpg
   .command('alerts [vpg]')
-  .description('open alerts (journal history at its alert threshold; a protected site in trouble, such as a full disk), of one VPG or of all')
+  .description('open alerts (journal history at its alert threshold; RPO above its target; a protected site in trouble, such as a full disk), of one VPG or of all')
   .action(async (idOrName?: string) => {
     if (idOrName === undefined) {
       print(await request('GET', '/alerts'));
@@ -144,14 +144,16 @@ vpg
   .option('--history <seconds>', 'journal history to keep', positiveInt)
   .option('--warning <seconds>', 'history at or below this is a warning', nonNegativeInt)
   .option('--alert <seconds>', 'history at or below this is an alert', nonNegativeInt)
+  .option('--rpo-alert <seconds>', 'RPO target: an alert while nothing newer is journaled (longer than the interval)', positiveInt)
   // 'none' parses to 0, which no limit can be (commander keeps the raw text when a parser returns null).
   .option('--journal-limit-mb <MiB|none>', 'most journal bytes kept (MiB), or none for no limit', (value: string) => (value === 'none' ? 0 : positiveInt(value)))
-  .action(async (idOrName: string, options: { interval?: number; history?: number; warning?: number; alert?: number; journalLimitMb?: number }) => {
+  .action(async (idOrName: string, options: { interval?: number; history?: number; warning?: number; alert?: number; rpoAlert?: number; journalLimitMb?: number }) => {
     const settings = {
       ...(options.interval === undefined ? {} : { checkpointIntervalSeconds: options.interval }),
       ...(options.history === undefined ? {} : { journalHistorySeconds: options.history }),
       ...(options.warning === undefined ? {} : { historyWarningSeconds: options.warning }),
       ...(options.alert === undefined ? {} : { historyAlertSeconds: options.alert }),
+      ...(options.rpoAlert === undefined ? {} : { rpoAlertSeconds: options.rpoAlert }),
       ...(options.journalLimitMb === undefined ? {} : { journalSizeLimitMb: options.journalLimitMb === 0 ? null : options.journalLimitMb }),
     };
     if (Object.keys(settings).length === 0) {

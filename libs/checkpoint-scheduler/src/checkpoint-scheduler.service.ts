@@ -198,6 +198,8 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
         case 'history.status-changed':
         case 'history.alert-raised':
         case 'history.alert-cleared':
+        case 'rpo.alert-raised':
+        case 'rpo.alert-cleared':
         case 'site.conditions-reported':
         case 'site.alert-raised':
         case 'site.alert-cleared':

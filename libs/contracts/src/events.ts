@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { SITE_CONDITION_KINDS } from '@cdp/domain';
-import { checkpointSchema, historyLevelSchema, historyMeasureSchema, hostSchema, siteConditionSchema, uuidSchema, vpgSchema, vpgSettingsSchema } from './schemas';
+import { checkpointSchema, historyLevelSchema, historyMeasureSchema, hostSchema, rpoMeasureSchema, siteConditionSchema, uuidSchema, vpgSchema, vpgSettingsSchema } from './schemas';
 
 /**
  * Domain events on TOPICS.events, JSON, keyed by VPG id. The envelope is versioned: consumers accept
@@ -40,6 +40,10 @@ export const domainEventSchema = z.discriminatedUnion('type', [
   z.object({ ...envelope, type: z.literal('history.alert-raised'), data: historyMeasureSchema }),
   // The history recovered (or a new filling period began): the alert clears itself.
   z.object({ ...envelope, type: z.literal('history.alert-cleared'), data: historyMeasureSchema.extend({ to: historyLevelSchema }) }),
+  // Nothing newer than the VPG's RPO target is journaled (rpo-status.ts); stays raised until an 'rpo.alert-cleared'.
+  z.object({ ...envelope, type: z.literal('rpo.alert-raised'), data: rpoMeasureSchema }),
+  // Something newer was journaled: the RPO is within the target again.
+  z.object({ ...envelope, type: z.literal('rpo.alert-cleared'), data: rpoMeasureSchema }),
   // A splitter's report of the VPG's conditions on its host: every one it has now, none when all is
   // well (site-alerts.ts). Sent when the set changes and when the splitter opens the VPG.
   z.object({

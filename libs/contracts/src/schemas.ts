@@ -15,6 +15,8 @@ export const vpgSettingsSchema = z.object({
   historyAlertSeconds: z.number().int().min(0),
   // Absent from VPGs created before it existed; null: no limit.
   journalSizeLimitMb: z.number().int().min(SETTINGS_LIMITS.journalSizeLimitMb.min).max(SETTINGS_LIMITS.journalSizeLimitMb.max).nullable().optional(),
+  // Absent from VPGs created before it existed: DEFAULT_VPG_SETTINGS' value applies.
+  rpoAlertSeconds: z.number().int().min(SETTINGS_LIMITS.rpoAlertSeconds.min).max(SETTINGS_LIMITS.rpoAlertSeconds.max).optional(),
 });
 
 export const volumeSchema = z.object({
@@ -48,6 +50,12 @@ export const checkpointSchema = z.object({
 });
 
 export const historyLevelSchema = z.enum(HISTORY_LEVELS);
+
+/** RPO as judged at one moment against the VPG's target, in seconds. */
+export const rpoMeasureSchema = z.object({
+  rpoSeconds: z.number().int().min(0),
+  targetSeconds: z.number().int().min(0),
+});
 
 /** A host's name (a VM's `host`, a splitter's CDP_SPLITTER_HOST). */
 export const hostSchema = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/);

@@ -99,6 +99,9 @@ const EXPECTED_COLUMNS: Record<string, Record<string, string>> = {
     evaluated_at: 'timestamptz NOT NULL',
     changed_at: 'timestamptz NOT NULL',
     alert_raised_at: 'timestamptz NULL',
+    rpo_seconds: 'int8 NULL',
+    rpo_target_seconds: 'int8 NULL',
+    rpo_alert_raised_at: 'timestamptz NULL',
   },
   site_reports: {
     vpg_id: 'uuid NOT NULL',

@@ -7,3 +7,4 @@ export * from './vpg.decider';
 export * from './checkpoint-timeline';
 export * from './history-status';
 export * from './site-alerts';
+export * from './rpo-status';

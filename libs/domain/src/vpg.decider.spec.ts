@@ -94,6 +94,8 @@ describe('VPG decider', () => {
     ['a 61 s checkpoint interval', { settings: { checkpointIntervalSeconds: 61 } }, /checkpointIntervalSeconds/],
     ['a warning threshold above the history', { settings: { journalHistorySeconds: 3600, historyWarningSeconds: 7200 } }, /historyWarningSeconds/],
     ['an alert threshold above the warning', { settings: { historyWarningSeconds: 600, historyAlertSeconds: 1200 } }, /historyAlertSeconds/],
+    ['an RPO target no longer than the checkpoint interval', { settings: { checkpointIntervalSeconds: 30, rpoAlertSeconds: 30 } }, /rpoAlertSeconds must be an integer from 31/],
+    ['an RPO target past a week', { settings: { rpoAlertSeconds: 7 * 24 * 3600 + 1 } }, /rpoAlertSeconds/],
     ['a journal size limit of 0 MiB', { settings: { journalSizeLimitMb: 0 } }, /journalSizeLimitMb must be an integer from 1/],
     ['a journal size limit of 1.5 MiB', { settings: { journalSizeLimitMb: 1.5 } }, /journalSizeLimitMb/],
     ['a journal size limit past 64 TiB', { settings: { journalSizeLimitMb: 64 * 1024 * 1024 + 1 } }, /journalSizeLimitMb/],

@@ -176,5 +176,9 @@ function validateSettings(settings: VpgSettings): VpgSettings {
     const size = SETTINGS_LIMITS.journalSizeLimitMb;
     integer(settings.journalSizeLimitMb, 'journalSizeLimitMb', size.min, size.max);
   }
+  if (settings.rpoAlertSeconds !== undefined) {
+    // Longer than the interval: an idle VPG journals only its checkpoints, one an interval.
+    integer(settings.rpoAlertSeconds, 'rpoAlertSeconds', Math.max(SETTINGS_LIMITS.rpoAlertSeconds.min, settings.checkpointIntervalSeconds + 1), SETTINGS_LIMITS.rpoAlertSeconds.max);
+  }
   return settings;
 }

@@ -37,6 +37,12 @@ export interface VpgSettings {
    * the recovery site's disk filling up.
    */
   readonly journalSizeLimitMb?: number | null;
+  /**
+   * The RPO target: an alert is raised while nothing newer than this many seconds is journaled
+   * (default 5 min; absent in VPGs created before it existed, which get the default). It must be
+   * longer than the checkpoint interval, since checkpoints are what an idle VPG journals.
+   */
+  readonly rpoAlertSeconds?: number;
 }
 
 export const DEFAULT_VPG_SETTINGS: VpgSettings = {
@@ -44,6 +50,7 @@ export const DEFAULT_VPG_SETTINGS: VpgSettings = {
   checkpointIntervalSeconds: 5,
   historyWarningSeconds: 3 * 3600,
   historyAlertSeconds: 1 * 3600,
+  rpoAlertSeconds: 300,
 };
 
 /** Default thresholds as fractions of the configured history, when it is not the default 4 h. */
@@ -55,6 +62,7 @@ export const SETTINGS_LIMITS = {
   journalHistorySeconds: { min: 60, max: 30 * 24 * 3600 },
   // Up to 64 TiB, the largest volume.
   journalSizeLimitMb: { min: 1, max: 64 * 1024 * 1024 },
+  rpoAlertSeconds: { min: 2, max: 7 * 24 * 3600 },
 } as const;
 
 /** Largest single write the system accepts (matches the common NBD maximum request size). */

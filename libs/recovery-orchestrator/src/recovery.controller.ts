@@ -3,10 +3,10 @@ import { type Request } from 'express';
 import { type Response } from 'express';
 import { z } from 'zod';
 import { changeVpgSettingsRequestSchema, createVpgRequestSchema, type ChangeVpgSettingsRequest, type CreateVpgRequest } from '@cdp/contracts';
-import { DomainError, volumesOf, type Checkpoint, type HistoryStatus, type Vpg } from '@cdp/domain';
+import { DomainError, rpoStatus, volumesOf, type Checkpoint, type HistoryStatus, type RpoStatus, type Vpg } from '@cdp/domain';
 import { decodeCursor, type CheckpointStats, type JournalStatus, type TimelineResult } from '@cdp/journal-store';
 import { ZodPipe, uuidParam } from '@cdp/http-edge';
-import { HistoryMonitorService, type HistoryAlert } from './history-monitor.service';
+import { HistoryMonitorService, type HistoryAlert, type RpoAlert } from './history-monitor.service';
 import { RecoveryService } from './recovery.service';
 import { SiteAlertsService, type SiteAlert } from './site-alerts.service';
 import { VpgService } from './vpg.service';
@@ -21,8 +21,8 @@ const checkpointQuerySchema = z
   })
   .refine((q) => !q.from || !q.to || q.from.getTime() <= q.to.getTime(), { message: 'from must not be after to', path: ['from'] });
 
-/** An open alert: a VPG's journal history at its alert threshold, or a protected site in trouble. */
-export type Alert = HistoryAlert | SiteAlert;
+/** An open alert: a VPG's journal history at its alert threshold, its RPO above target, or a protected site in trouble. */
+export type Alert = HistoryAlert | RpoAlert | SiteAlert;
 
 /** Both kinds of open alert, of one VPG or of all, oldest first. */
 async function openAlerts(monitor: HistoryMonitorService, site: SiteAlertsService, vpgId?: string): Promise<Alert[]> {
@@ -67,10 +67,13 @@ export class VpgController {
   @Get(':vpgId')
   async get(
     @Param('vpgId', uuidParam('VPG id')) vpgId: string,
-  ): Promise<{ vpg: Vpg; journal: JournalStatus; history: HistoryStatus; alerts: Alert[] }> {
+  ): Promise<{ vpg: Vpg; journal: JournalStatus; history: HistoryStatus; rpo: RpoStatus; alerts: Alert[] }> {
     const vpg = await this.vpgs.get(vpgId);
     const [journal, alerts] = await Promise.all([this.recovery.status(vpgId), openAlerts(this.monitor, this.site, vpgId)]);
-    return { vpg, journal, history: this.recovery.history(vpg, journal, new Date()), alerts };
+    const now = new Date();
+    const newestAt = journal.lastCapturedAt === null ? null : new Date(journal.lastCapturedAt);
+    const rpo = rpoStatus({ newestAt, protectedSince: new Date(vpg.createdAt), now, settings: vpg.settings });
+    return { vpg, journal, history: this.recovery.history(vpg, journal, now), rpo, alerts };
   }
 
   /** Changes the settings named in the body; returns the VPG with all its settings. */
