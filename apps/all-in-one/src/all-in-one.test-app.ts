@@ -53,3 +53,20 @@ export async function createProtectedVpg(api: ApiClient, body: unknown): Promise
   });
   return vpg;
 }
+
+/**
+ * For a describe block: the all-in-one and one VPG created from `body` and protected, started before
+ * the block's tests and closed after them. Read the fields inside tests (they are set in beforeAll).
+ */
+export function appWithProtectedVpg(body: unknown, options: { readonly bus?: Bus } = {}): { readonly testApp: TestApp; readonly api: ApiClient; readonly vpg: Vpg } {
+  const ctx = {} as { testApp: TestApp; api: ApiClient; vpg: Vpg };
+  beforeAll(async () => {
+    ctx.testApp = await startTestApp(options);
+    ctx.api = ctx.testApp.api;
+    ctx.vpg = await createProtectedVpg(ctx.api, body);
+  });
+  afterAll(async () => {
+    await ctx.testApp?.close();
+  });
+  return ctx;
+}

@@ -23,6 +23,10 @@ export interface JournalWriterStatus {
   readonly duplicateRecords: number;
   readonly gaps: number;
   readonly corruptMessages: number;
+  /** Batches whose journaling failed (a full journal disk, PostgreSQL away); each is taken again. */
+  readonly commitFailures: number;
+  /** Since when journaling has been failing, and the last error; null while it succeeds. */
+  readonly failing: { readonly since: string; readonly failures: number; readonly error: string } | null;
 }
 
 /** How long to wait for a requested replay to arrive before asking again. */
@@ -62,7 +66,8 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
   private readonly knownVpgs = new Map<string, Vpg>();
   private readonly merges = new Map<string, MemberMerge>();
   private readonly replayRequested = new Map<string, { fromSeq: number; at: number }>();
-  private readonly counters = { appliedRecords: 0, duplicateRecords: 0, gaps: 0, corruptMessages: 0 };
+  private readonly counters = { appliedRecords: 0, duplicateRecords: 0, gaps: 0, corruptMessages: 0, commitFailures: 0 };
+  private failing: { since: Date; failures: number; error: string } | undefined;
   private readonly promoter: JournalPromoter;
   private readonly promotionIntervalMs: number;
   private promotionTimer: NodeJS.Timeout | undefined;
@@ -166,7 +171,8 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
   }
 
   status(): JournalWriterStatus {
-    return { ...this.counters };
+    const failing = this.failing ? { since: this.failing.since.toISOString(), failures: this.failing.failures, error: this.failing.error } : null;
+    return { ...this.counters, failing };
   }
 
   private async runPromotionRound(now: Date | undefined): Promise<PromotionResult[]> {
@@ -210,7 +216,24 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
    */
   private async onBatch(batch: MessageBatch): Promise<void> {
     this.pacer.started();
-    await this.journal(batch);
+    try {
+      await this.journal(batch);
+    } catch (err) {
+      // The bus delivers the batch again (with backoff): said once per episode, not per retry.
+      this.counters.commitFailures++;
+      const error = err instanceof Error ? err.message : String(err);
+      if (!this.failing) {
+        this.failing = { since: new Date(), failures: 0, error };
+        this.logger.error(`journaling failed (${error}); the batch is taken again until it succeeds, and nothing is acknowledged meanwhile`);
+      }
+      this.failing.failures++;
+      this.failing.error = error;
+      throw err;
+    }
+    if (this.failing) {
+      this.logger.warn(`journaling succeeds again, after ${this.failing.failures} failed attempt(s) since ${this.failing.since.toISOString()}`);
+      this.failing = undefined;
+    }
     await this.pacer.ready();
   }
 
