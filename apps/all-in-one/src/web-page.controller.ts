@@ -85,16 +85,18 @@ function splitterTrouble(capture) {
 async function render() {
   const root = document.getElementById('vpgs');
   try {
-    const vpgs = await api('/vpgs');
+    const [vpgs, writer] = await Promise.all([api('/vpgs'), api('/journal-writer/status').catch(() => null)]);
+    // The recovery site's own trouble (a full journal disk): nothing reaches the journal meanwhile.
+    const journalTrouble = writer && writer.failing ? '<p class="error">journaling has failed since ' + fmtTime(writer.failing.since) + ' (' + writer.failing.failures + ' attempts; retrying): ' + esc(writer.failing.error) + '</p>' : '';
     if (vpgs.length === 0) { root.innerHTML = '<p class="muted">No VPG yet. Create one with POST /api/vpgs.</p>'; return; }
     const parts = await Promise.all(vpgs.map(async (vpg) => {
-      const [{ journal, history, alerts }, slider, latest, capture] = await Promise.all([api('/vpgs/' + vpg.id), api('/vpgs/' + vpg.id + '/timeline'), api('/vpgs/' + vpg.id + '/checkpoints?limit=12'), api('/splitter/vpgs/' + vpg.id).catch(() => null)]);
+      const [{ journal, history, rpo, alerts }, slider, latest, capture] = await Promise.all([api('/vpgs/' + vpg.id), api('/vpgs/' + vpg.id + '/timeline'), api('/vpgs/' + vpg.id + '/checkpoints?limit=12'), api('/splitter/vpgs/' + vpg.id).catch(() => null)]);
       const newest = latest.slice().reverse();
-      const rpo = journal.lastCapturedAt ? ((Date.now() - Date.parse(journal.lastCapturedAt)) / 1000).toFixed(1) + ' s' : 'n/a';
+      const since = journal.lastCapturedAt ? ((Date.now() - Date.parse(journal.lastCapturedAt)) / 1000).toFixed(1) + ' s' : 'n/a';
       return '<div class="vpg"><h2>' + esc(vpg.name) + ' <span class="muted">' + esc(vpg.id) + '</span></h2>' +
         '<div class="muted">' + vpg.vms.map((vm) => esc(vm.name) + ': ' + vm.volumes.map((v) => esc(v.name) + ' (' + (v.sizeBytes / 1048576) + ' MiB)').join(', ')).join(' · ') + '</div>' +
         '<div class="stats"><div class="stat"><b>' + journal.appliedSeq + '</b>journaled seq</div><div class="stat"><b>' + journal.checkpointCount + '</b>checkpoints</div>' +
-        '<div class="stat"><b>' + rpo + '</b>since newest journaled write</div><div class="stat"><b>' + vpg.settings.checkpointIntervalSeconds + ' s</b>checkpoint interval</div>' +
+        '<div class="stat"><b' + (rpo.exceeded ? ' class="history-alert"' : '') + '>' + since + '</b>RPO: since newest journaled record (target ' + fmtDuration(rpo.targetSeconds) + ')</div><div class="stat"><b>' + vpg.settings.checkpointIntervalSeconds + ' s</b>checkpoint interval</div>' +
         '<div class="stat"><b class="history-' + history.status + '">' + history.status + '</b>history ' + fmtDuration(history.actualSeconds) + ' of ' + fmtDuration(history.configuredSeconds) + '</div></div>' +
         (alerts || []).map((a) => '<p class="error">alert since ' + fmtTime(a.raisedAt) + (a.host ? ', protected site ' + esc(a.host) : '') + ': ' + esc(a.message) + '</p>').join('') +
         splitterTrouble(capture) +
@@ -103,7 +105,7 @@ async function render() {
         '<form data-vpg="' + vpg.id + '"><input name="name" placeholder="checkpoint name" maxlength="128" required><button>Tag checkpoint</button><span class="result"></span></form></div>';
     }));
     const focused = document.activeElement && document.activeElement.name === 'name';
-    if (!focused) root.innerHTML = parts.join('');
+    if (!focused) root.innerHTML = journalTrouble + parts.join('');
   } catch (err) {
     root.innerHTML = '<p class="error">' + esc(err.message) + '</p>';
   }
