@@ -16,7 +16,7 @@ const ERROR_TEXT_MAX_LENGTH = SITE_CONDITION_MESSAGE_MAX_LENGTH - 400;
  * raises alerts for. Each `since` is when the capture entered the state; a forced resync's error has
  * no time of its own, so it counts from the resync's start.
  */
-export function conditionsOf(status: CaptureStatus): SiteCondition[] {
+export function conditionsOf(status: Pick<CaptureStatus, 'resync' | 'volumeBehind' | 'logRefusing'>): SiteCondition[] {
   const conditions: SiteCondition[] = [];
   if (status.logRefusing) {
     const { since, records, error } = status.logRefusing;
@@ -90,7 +90,7 @@ export class SiteConditionReporter {
     const due: { key: string; vpgId: string; vpgName: string; message: DomainEventMessage }[] = [];
     const now = new Date().toISOString();
     for (const capture of this.captures()) {
-      const conditions = conditionsOf(capture.status());
+      const conditions = conditionsOf(capture.trouble());
       const key = conditions
         .map((c) => c.kind)
         .sort()

@@ -283,6 +283,16 @@ export class VpgCapture {
       barrier: this.barrier
         ? { epoch: this.barrier.epoch, checkpointId: this.barrier.marker.id, heldForMicros: (performance.now() - this.barrier.startedAt) * 1000 }
         : null,
+      ...this.trouble(),
+    };
+  }
+
+  /**
+   * The parts of the status that say something is wrong: cheap to read (the site reporter reads them
+   * every second), where the whole status also sorts the checkpoint stalls.
+   */
+  trouble(): Pick<CaptureStatus, 'resync' | 'volumeBehind' | 'logRefusing'> {
+    return {
       resync: this.forced?.status() ?? null,
       volumeBehind: this.behind
         ? {
