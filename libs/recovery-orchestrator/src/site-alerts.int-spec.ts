@@ -118,6 +118,17 @@ describe('SiteAlertsService', () => {
     const restarted = new SiteAlertsService(dataSource, bus);
     expect(await restarted.apply(report(T0 + 3_000, [full, behind]))).toEqual([]);
 
+    // A restarted splitter whose clock reads earlier is taken at its word: its first report is whole.
+    const newInstance = randomUUID();
+    const fromNewInstance = (at: number, conditions: SiteCondition[]): ReturnType<typeof report> => {
+      const r = report(at, conditions);
+      return { ...r, data: { ...r.data, instance: newInstance } };
+    };
+    expect(await service.apply(fromNewInstance(T0 + 2_800, [full, behind]))).toEqual([]);
+    // Its own reports are ordered by its own clock.
+    expect(await service.apply(fromNewInstance(T0 + 2_700, []))).toBe('skipped');
+    expect((await service.alerts(vpg.id)).filter((a) => a.host === 'default')).toHaveLength(2);
+
     // The log takes writes again; then all is well.
     await deliver(report(T0 + 4_000, [behind]), T0 + 4_000);
     await deliver(report(T0 + 5_000, []), T0 + 5_000);

@@ -36,7 +36,8 @@ interface AlertRow {
  * so a restart raises nothing twice.
  *
  * A report is applied in one transaction that first locks the host's row in site_reports: a report
- * older than the last one applied (redelivered, or overtaken) changes nothing. Events are published
+ * older than the last one applied from the same splitter process (redelivered, or overtaken) changes
+ * nothing. Events are published
  * before the transaction commits: if the commit fails, the bus delivers the report again and the same
  * events are published again (at least once), never a stored alert whose event was not sent.
  */
@@ -81,8 +82,15 @@ export class SiteAlertsService implements OnApplicationBootstrap, BeforeApplicat
         instance,
         reportedAt,
       ]);
-      const last = await em.query<{ reported_at: Date }[]>(`SELECT reported_at FROM site_reports WHERE vpg_id = $1 AND host = $2 FOR UPDATE`, [report.vpgId, host]);
-      if ((last[0]?.reported_at.getTime() ?? 0) > Date.parse(reportedAt)) {
+      const last = await em.query<{ instance: string; reported_at: Date }[]>(`SELECT instance, reported_at FROM site_reports WHERE vpg_id = $1 AND host = $2 FOR UPDATE`, [
+        report.vpgId,
+        host,
+      ]);
+      // Older than the last report of the same process: overtaken on the way, or delivered again. A
+      // new process (a restarted splitter) is taken at its word even if its clock reads earlier: its
+      // reports reach the bus after every report of the process before it.
+      const previous = last[0];
+      if (previous && previous.instance === instance && previous.reported_at.getTime() > Date.parse(reportedAt)) {
         return 'skipped';
       }
       const open = await em.query<{ kind: SiteConditionKind; raised_at: Date; message: string }[]>(

@@ -3,8 +3,8 @@ import { type MigrationInterface, type QueryRunner } from 'typeorm';
 /**
  * Alerts for a protected site in trouble (site-alerts.ts in the domain):
  *
- * - `site_reports`: per VPG and host, the newest splitter report acted on, so a report that arrives
- *   late (behind a newer one) changes nothing.
+ * - `site_reports`: per VPG and host, the newest splitter report acted on and the splitter process
+ *   that sent it, so a report of that process that arrives late (behind a newer one) changes nothing.
  * - `site_alerts`: the open alerts, one per VPG, host and condition; a row is deleted when its alert
  *   clears. The recovery orchestrator writes both in one transaction per report.
  *
