@@ -185,6 +185,9 @@ async function measure(env: Record<string, string>, writes: number, name: string
       x >>>= 0;
       payload.writeUInt32LE(x, 0);
       const seq = await capture.write(volumeId, (x % (VOLUME_BYTES / WRITE_BYTES)) * WRITE_BYTES, Buffer.from(payload));
+      if (seq === null) {
+        throw new Error('the splitter log could not take a write (degraded mode): the figures would not be of the replication path');
+      }
       ackedAt.set(seq, performance.now());
       lastSeq = Math.max(lastSeq, seq);
       return seq;

@@ -72,11 +72,13 @@ function timeline(slider) {
 }
 
 // What the protected site's splitter says is wrong (a full disk, a stream it cannot read back):
-// each of these means writes fail for the VMs or stop reaching the journal.
+// each of these means writes fail for the VMs, or stop reaching the journal, or checkpoints pause.
 function splitterTrouble(capture) {
   if (!capture) return '';
   let out = '';
-  if (capture.logRefusing) out += '<p class="error">writes refused since ' + fmtTime(capture.logRefusing.since) + ' (' + capture.logRefusing.records + ' so far): the splitter log cannot take them: ' + esc(capture.logRefusing.error) + '</p>';
+  if (capture.tracking) out += '<p class="error">degraded mode since ' + fmtTime(capture.tracking.since) + ': the splitter log cannot take writes (' + esc(capture.tracking.reason) + '); ' + capture.tracking.writes + ' write(s) went to the volume only, their regions tracked</p>';
+  if (capture.dirtyRegions) out += '<p class="error">' + capture.dirtyRegions.regions + ' dirty region(s) since ' + fmtTime(capture.dirtyRegions.since) + (capture.dirtyRegions.sync ? ', syncing: ' + capture.dirtyRegions.sync.regionsDone + ' of ' + capture.dirtyRegions.sync.regionsTotal : capture.tracking ? '' : ', waiting to be synced') + '; no checkpoint until they are' + (capture.dirtyRegions.error ? ': ' + esc(capture.dirtyRegions.error) : '') + '</p>';
+  if (capture.localFlushes) out += '<p class="error">the bus has not acknowledged flushes since ' + fmtTime(capture.localFlushes.since) + ': ' + capture.localFlushes.count + ' completed durable on the protected site only; the writes wait in the splitter log</p>';
   if (capture.volumeBehind) out += '<p class="error">' + capture.volumeBehind.writes + ' logged write(s) not on their volume since ' + fmtTime(capture.volumeBehind.since) + ', retrying; new writes are refused until they are: ' + esc(capture.volumeBehind.error) + '</p>';
   if (capture.shipError) out += '<p class="error">replication cannot ship: ' + esc(capture.shipError) + '</p>';
   return out;

@@ -8,6 +8,15 @@ describe('loadConfig', () => {
     expect(config.demo).toBe(false);
     expect(config.payloadRingBytes).toBe(256 * 1024 * 1024);
     expect(config.poisonReleasedPayloads).toBe(false);
+    expect(config.splitterLogLimitBytes).toBe(8192 * 1024 * 1024);
+  });
+
+  it('takes the splitter log limit in MiB, 0 for none, and refuses one too small to shrink by whole segments', () => {
+    expect(loadConfig({ CDP_SPLITTER_LOG_LIMIT_MB: '0' }).splitterLogLimitBytes).toBeUndefined();
+    expect(loadConfig({ CDP_SPLITTER_LOG_LIMIT_MB: '256' }).splitterLogLimitBytes).toBe(256 * 1024 * 1024);
+    for (const bad of ['255', '1', '-1', '1.5', 'lots', '1048577']) {
+      expect(() => loadConfig({ CDP_SPLITTER_LOG_LIMIT_MB: bad })).toThrow(/CDP_SPLITTER_LOG_LIMIT_MB/);
+    }
   });
 
   it('takes the payload ring size in MiB, 0 to turn it off, and refuses what Node cannot allocate', () => {

@@ -47,6 +47,12 @@ export interface AppConfig {
    */
   readonly payloadRingBytes: number;
   /**
+   * Most bytes each VPG's splitter log may hold before the journal confirms them
+   * (CDP_SPLITTER_LOG_LIMIT_MB, default 8192; 0: no limit but the disk). Beyond it the splitter goes
+   * into degraded mode: it tracks dirty regions instead of logging writes, and syncs them later.
+   */
+  readonly splitterLogLimitBytes: number | undefined;
+  /**
    * Overwrite payload ring regions the moment their last holder releases them
    * (CDP_POISON_RELEASED_PAYLOADS, default false): a check for tests, which the Jest configuration
    * turns on, at the cost of a memset per large write.
@@ -116,6 +122,12 @@ const envSchema = z.object({
   // 4096 MiB is the largest Buffer Node allocates: a larger ring would only fail when the first VPG opens.
   CDP_PAYLOAD_RING_MB: z.coerce.number().int().min(0).max(4096).default(256),
   CDP_POISON_RELEASED_PAYLOADS: bool.default(false),
+  // At least four of the log's 64 MiB segments, so that it can shrink to half its limit by whole segments.
+  CDP_SPLITTER_LOG_LIMIT_MB: z.coerce
+    .number()
+    .int()
+    .refine((mb) => mb === 0 || (mb >= 256 && mb <= 1024 * 1024), 'must be 0 (no limit) or from 256 to 1048576')
+    .default(8192),
   CDP_BUS: z.enum(['in-process', 'kafka']).default('in-process'),
   CDP_KAFKA_BROKERS: z
     .string()
@@ -168,6 +180,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     splitterHost: e.CDP_SPLITTER_HOST,
     payloadRingBytes: e.CDP_PAYLOAD_RING_MB * 1024 * 1024,
     poisonReleasedPayloads: e.CDP_POISON_RELEASED_PAYLOADS,
+    splitterLogLimitBytes: e.CDP_SPLITTER_LOG_LIMIT_MB === 0 ? undefined : e.CDP_SPLITTER_LOG_LIMIT_MB * 1024 * 1024,
     bus:
       e.CDP_BUS === 'kafka'
         ? {

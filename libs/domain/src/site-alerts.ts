@@ -9,13 +9,17 @@
  * is true, and the alerts follow it.
  *
  * Conditions (each one a state in which the VPG is not protected as it should be):
- *   - 'log-refusing':  the splitter log cannot take appends (a full disk): the VM's writes fail;
+ *   - 'dirty-regions': the splitter log cannot take writes (its size limit, or a full disk), so the
+ *     VM's writes go to their volumes only and their regions are tracked (degraded mode); or the log
+ *     takes them again and those regions are being synced. No checkpoint is cut until they are;
+ *   - 'log-refusing':  the splitter log cannot take appends and the VM's writes fail. Splitters from
+ *     before degraded mode reported it; it stays so that their open alerts are understood and clear;
  *   - 'volume-behind': writes are in the log and the stream but not on their protected volume (its
  *     write failed, a full disk): they are retried, and new writes are refused until they are in;
  *   - 'resync-failed': an operator-forced resync stopped on an error; no checkpoint is cut until it
  *     completes.
  */
-export const SITE_CONDITION_KINDS = ['log-refusing', 'volume-behind', 'resync-failed'] as const;
+export const SITE_CONDITION_KINDS = ['dirty-regions', 'log-refusing', 'volume-behind', 'resync-failed'] as const;
 export type SiteConditionKind = (typeof SITE_CONDITION_KINDS)[number];
 
 export interface SiteCondition {

@@ -211,6 +211,15 @@ export class SegmentLog {
     return this.durable;
   }
 
+  /** Bytes of records the log holds, over all its segments (spare files not counted). */
+  get bytes(): number {
+    let total = 0;
+    for (const segment of this.segments) {
+      total += segment.size;
+    }
+    return total;
+  }
+
   get start(): LogPosition {
     return { segment: this.segments[0]?.segment ?? 1, position: 0 };
   }

@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { Logger } from '@nestjs/common';
 import { z } from 'zod';
-import { type CheckpointMarkerBody } from '@cdp/contracts';
 import { DomainError, volumesOf, type Vpg } from '@cdp/domain';
+import { type CheckpointGate } from './checkpoint-gate';
 import { type ProtectedVolume } from './protected-volume';
 
 /** Bytes of a volume read back and captured as one write record: one bus batch at the shipper's default size. */
@@ -63,9 +63,12 @@ export interface ResyncHost {
    */
   heldBarrier(): Promise<void> | undefined;
   waitShipped(seq: number): Promise<void>;
-  /** Inserts a marker that was deferred; called only once the resync no longer runs. */
-  insertCheckpoint(marker: CheckpointMarkerBody): void;
+  /** Held while the resync runs: no checkpoint is cut inside it. */
+  readonly gate: CheckpointGate;
 }
+
+/** The resync's name among the holders of the checkpoint gate. */
+const GATE_HOLDER = 'forced-resync';
 
 /**
  * `resync.json` in the capture's directory, replaced atomically (temporary file, fdatasync, rename,
@@ -102,10 +105,8 @@ type Progress = ResyncProgress;
  * before (written outside the splitter, restored from a backup).
  *
  * Checkpoints: every checkpoint cut before the resync keeps its journal intact and stays valid. None
- * is cut while it runs, since a cut there would hold resynced and not yet resynced regions: automatic
- * markers are skipped (the scheduler's next tick after it covers the gap), tagged and
- * application-consistent ones are deferred and inserted right after completion, in arrival order.
- * The first checkpoint after completion is consistent.
+ * is cut while it runs, since a cut there would hold resynced and not yet resynced regions: it holds
+ * the capture's checkpoint gate (see CheckpointGate) from start to completion.
  *
  * Progress is durable in `resync.json`; a resync interrupted by a crash or a stop is resumed at the
  * next open, which puts the capture back in the resyncing state before it takes any command.
@@ -117,8 +118,6 @@ export class ForcedResync {
   private stopping = false;
   private wakeStop: (() => void) | undefined;
   private readonly stopped: Promise<void>;
-  private deferred: CheckpointMarkerBody[] = [];
-  private skipped = 0;
   private lastError: string | null = null;
   private readonly logger: Logger;
 
@@ -204,23 +203,6 @@ export class ForcedResync {
     return 'started';
   }
 
-  /**
-   * Called for every marker before it is inserted: true if the resync took it (skipped when automatic,
-   * deferred otherwise), false if it may be cut now.
-   */
-  intercept(marker: CheckpointMarkerBody): boolean {
-    if (!this.running) {
-      return false;
-    }
-    if (marker.kind === 'automatic') {
-      this.skipped++;
-    } else if (!this.deferred.some((m) => m.id === marker.id)) {
-      // The scheduler sends a tagged request again until it is recorded: keep one copy.
-      this.deferred.push(marker);
-    }
-    return true;
-  }
-
   /** Stops the copy loop where it is; the progress file keeps the resync for the next open. */
   async stop(): Promise<void> {
     this.stopping = true;
@@ -255,6 +237,7 @@ export class ForcedResync {
 
   private launch(): void {
     this.running = true;
+    this.host.gate.hold(GATE_HOLDER);
     this.lastError = null;
     const progress = this.progress as Progress;
     this.loop = this.run(progress).catch((err: unknown) => {
@@ -338,19 +321,14 @@ export class ForcedResync {
     this.complete(done);
   }
 
-  /** The resync is over: checkpoints may be cut again, the deferred ones first, in arrival order. */
+  /** The resync is over: checkpoints may be cut again (once nothing else holds the gate), the deferred ones first. */
   private complete(done: Progress): void {
     this.running = false;
-    const deferred = this.deferred;
-    this.deferred = [];
-    for (const marker of deferred) {
-      this.host.insertCheckpoint(marker);
-    }
+    const released = this.host.gate.release(GATE_HOLDER);
     this.logger.log(
       `resync ${done.id} complete: ${done.bytesDone} bytes of ${done.volumes.length} volume(s); ` +
-        `${deferred.length} deferred checkpoint(s) inserted, ${this.skipped} automatic one(s) skipped`,
+        (released ? `${released.inserted} deferred checkpoint(s) inserted, ${released.skipped} automatic one(s) skipped` : 'checkpoints stay paused: dirty regions are still to be synced'),
     );
-    this.skipped = 0;
   }
 
   private untilShippedOrStopped(seq: number): Promise<void> {

@@ -73,25 +73,30 @@ describe('SiteConditionReporter', () => {
     expect(await reportOnce(reporter, 1, 0)).toEqual([]);
 
     faults.on = '/log/';
-    await expect(capture.write(volumeId, 0, Buffer.alloc(4096, 1))).rejects.toMatchObject({ code: 'ENOSPC' });
-    expect(await reportOnce(reporter, 1, 1)).toEqual([['log-refusing']]);
-    const refusing = reports[1]!.data.conditions[0]!;
-    expect(refusing.since).toBe(capture.status().logRefusing?.since);
-    expect(refusing.message).toContain('ENOSPC');
-    // Another refused write changes the count, not the set: no new report.
-    await expect(capture.write(volumeId, 4096, Buffer.alloc(4096, 2))).rejects.toMatchObject({ code: 'ENOSPC' });
+    // Degraded mode: the write is taken, to the volume only.
+    expect(await capture.write(volumeId, 0, Buffer.alloc(4096, 1))).toBeNull();
+    expect(await reportOnce(reporter, 1, 1)).toEqual([['dirty-regions']]);
+    const dirty = reports[1]!.data.conditions[0]!;
+    expect(dirty.since).toBe(capture.status().dirtyRegions?.since);
+    expect(dirty.message).toContain('ENOSPC');
+    // Another tracked write changes the count, not the set: no new report.
+    expect(await capture.write(volumeId, 4096, Buffer.alloc(4096, 2))).toBeNull();
     expect(await reportOnce(reporter, 2, 0)).toEqual([]);
+    // Room again: the log takes writes, the region is synced, and the condition is gone.
+    faults.on = undefined;
+    await waitFor(() => capture.status().dirtyRegions === null, { timeoutMs: 10_000, message: 'the dirty region was never synced' });
+    expect(await reportOnce(reporter, 2, 1)).toEqual([[]]);
 
-    // The log takes writes again, the volume does not.
+    // The log takes writes, the volume does not.
     faults.on = '/volumes/';
     await expect(capture.write(volumeId, 0, Buffer.alloc(4096, 3))).rejects.toMatchObject({ code: 'ENOSPC' });
-    expect(await reportOnce(reporter, 2, 1)).toEqual([['volume-behind']]);
-    expect(reports[2]!.data.conditions[0]!.message).toMatch(/^1 logged write\(s\) \(4096 bytes\) are not on their protected volume/);
+    expect(await reportOnce(reporter, 3, 1)).toEqual([['volume-behind']]);
+    expect(reports[3]!.data.conditions[0]!.message).toMatch(/^1 logged write\(s\) \(4096 bytes\) are not on their protected volume/);
 
     faults.on = undefined;
     await capture.write(volumeId, 8192, Buffer.alloc(4096, 4));
     expect(capture.status().volumeBehind).toBeNull();
-    expect(await reportOnce(reporter, 3, 1)).toEqual([[]]);
+    expect(await reportOnce(reporter, 4, 1)).toEqual([[]]);
   });
 
   it('sends a report the bus refused again on the next look, with what is true then', async () => {
@@ -101,11 +106,11 @@ describe('SiteConditionReporter', () => {
     const reporter = new SiteConditionReporter(producer, 'default', INSTANCE, () => [capture]);
     expect(await reporter.report()).toBe(0);
     faults.on = '/log/';
-    await expect(capture.write(volumeId, 0, Buffer.alloc(4096, 1))).rejects.toMatchObject({ code: 'ENOSPC' });
+    expect(await capture.write(volumeId, 0, Buffer.alloc(4096, 1))).toBeNull();
     expect(await reporter.report()).toBe(0);
     expect(reports).toHaveLength(0);
     refuse = false;
-    expect(await reportOnce(reporter, 0, 1)).toEqual([['log-refusing']]);
+    expect(await reportOnce(reporter, 0, 1)).toEqual([['dirty-regions']]);
   });
 
   it('on its timer: the first report at once, then a change within an interval', async () => {
@@ -113,28 +118,29 @@ describe('SiteConditionReporter', () => {
     reporter.start();
     await waitFor(() => reports.length === 1, { timeoutMs: 5_000, message: 'no first report' });
     faults.on = '/log/';
-    await expect(capture.write(volumeId, 0, Buffer.alloc(4096, 1))).rejects.toMatchObject({ code: 'ENOSPC' });
+    expect(await capture.write(volumeId, 0, Buffer.alloc(4096, 1))).toBeNull();
     await waitFor(() => reports.length === 2, { timeoutMs: 5_000, message: 'the change was not reported' });
-    expect(reports[1]!.data.conditions.map((c) => c.kind)).toEqual(['log-refusing']);
+    expect(reports[1]!.data.conditions.map((c) => c.kind)).toEqual(['dirty-regions']);
     await reporter.stop();
   });
 });
 
 describe('conditionsOf', () => {
-  const healthy = { logRefusing: null, volumeBehind: null, resync: null } as unknown as CaptureStatus;
+  const healthy = { tracking: null, dirtyRegions: null, volumeBehind: null, resync: null } as unknown as CaptureStatus;
 
   it('has none for a healthy capture, and one per trouble, messages clipped to the contract', () => {
     expect(conditionsOf(healthy)).toEqual([]);
     const error = `EIO: ${'x'.repeat(5000)}`;
     const status = {
       ...healthy,
-      logRefusing: { since: '2026-12-05T10:00:00.000Z', records: 3, error },
+      tracking: { since: '2026-12-05T10:00:00.000Z', reason: error, writes: 3, bytes: 12288 },
+      dirtyRegions: { regions: 2, since: '2026-12-05T10:00:00.000Z', sync: null, error: null },
       volumeBehind: { since: '2026-12-05T10:00:01.000Z', writes: 2, bytes: 8192, error },
       resync: { id: 'r-1', volumes: [], bytesDone: 1, bytesTotal: 2, startedAt: '2026-12-05T09:00:00.000Z', reason: null, error },
     } as unknown as CaptureStatus;
     const conditions = conditionsOf(status);
     expect(conditions.map((c) => [c.kind, c.since])).toEqual([
-      ['log-refusing', '2026-12-05T10:00:00.000Z'],
+      ['dirty-regions', '2026-12-05T10:00:00.000Z'],
       ['volume-behind', '2026-12-05T10:00:01.000Z'],
       ['resync-failed', '2026-12-05T09:00:00.000Z'],
     ]);
@@ -142,6 +148,10 @@ describe('conditionsOf', () => {
       expect(c.message.length).toBeLessThanOrEqual(2000);
     }
     // A resync running without an error is no trouble.
-    expect(conditionsOf({ ...status, logRefusing: null, volumeBehind: null, resync: { ...status.resync!, error: null } })).toEqual([]);
+    expect(conditionsOf({ ...status, tracking: null, dirtyRegions: null, volumeBehind: null, resync: { ...status.resync!, error: null } })).toEqual([]);
+    // Syncing after tracking: still the same condition, saying how far the sync is.
+    const syncing = conditionsOf({ ...healthy, dirtyRegions: { regions: 1, since: '2026-12-05T10:00:00.000Z', sync: { regionsTotal: 2, regionsDone: 1, startedAt: '2026-12-05T10:01:00.000Z' }, error: null } });
+    expect(syncing.map((c) => c.kind)).toEqual(['dirty-regions']);
+    expect(syncing[0]!.message).toContain('being synced (1 of 2)');
   });
 });

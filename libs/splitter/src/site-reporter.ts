@@ -16,15 +16,16 @@ const ERROR_TEXT_MAX_LENGTH = SITE_CONDITION_MESSAGE_MAX_LENGTH - 400;
  * raises alerts for. Each `since` is when the capture entered the state; a forced resync's error has
  * no time of its own, so it counts from the resync's start.
  */
-export function conditionsOf(status: Pick<CaptureStatus, 'resync' | 'volumeBehind' | 'logRefusing'>): SiteCondition[] {
+export function conditionsOf(status: Pick<CaptureStatus, 'resync' | 'volumeBehind' | 'tracking' | 'dirtyRegions'>): SiteCondition[] {
   const conditions: SiteCondition[] = [];
-  if (status.logRefusing) {
-    const { since, records, error } = status.logRefusing;
-    conditions.push({
-      kind: 'log-refusing',
-      since,
-      message: `the splitter log cannot take writes, so the VM's writes fail (${records} refused by the time of this report): ${clip(error)}`,
-    });
+  if (status.dirtyRegions) {
+    const { since, regions, sync, error } = status.dirtyRegions;
+    const state = status.tracking
+      ? `the splitter log cannot take writes (${clip(status.tracking.reason)}), so the VM's writes go to their volumes only (${status.tracking.writes} so far) and their regions are tracked`
+      : sync
+        ? `the splitter log takes writes again and the regions written meanwhile are being synced (${sync.regionsDone} of ${sync.regionsTotal})`
+        : `regions written while the splitter log could not take writes wait to be synced${error ? `: ${clip(error)}` : ''}`;
+    conditions.push({ kind: 'dirty-regions', since, message: `${state}; ${regions} dirty region(s); no checkpoint is cut until they are synced` });
   }
   if (status.volumeBehind) {
     const { since, writes, bytes, error } = status.volumeBehind;

@@ -39,7 +39,7 @@ export class SplitterController {
     @Param('volumeId', uuidParam('volume id')) volumeId: string,
     @Query(new ZodPipe(writeQuerySchema, 'query')) query: z.infer<typeof writeQuerySchema>,
     @Body() body: unknown,
-  ): Promise<{ seq: number }> {
+  ): Promise<{ seq: number | null }> {
     if (!Buffer.isBuffer(body)) {
       throw new DomainError('invalid-argument', 'the body must be the bytes to write, sent as application/octet-stream');
     }

@@ -52,6 +52,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
   private readonly elsewhere = new Set<string>();
   private readonly payloadRingBytes: number;
   private readonly poisonReleasedPayloads: boolean;
+  private readonly logLimitBytes: number | undefined;
   private payloads: PayloadRing | undefined;
   /** Tells the recovery site of a VPG's trouble here (a full disk), which raises alerts for it. */
   private readonly reporter: SiteConditionReporter;
@@ -65,6 +66,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
     this.host = config.splitterHost;
     this.payloadRingBytes = config.payloadRingBytes;
     this.poisonReleasedPayloads = config.poisonReleasedPayloads;
+    this.logLimitBytes = config.splitterLogLimitBytes;
     this.reporter = new SiteConditionReporter(this.producer, this.host, this.instance, () => this.allCaptures());
   }
 
@@ -246,6 +248,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
       pending = VpgCapture.open(vpg, join(this.root, vpg.id), this.producer, {
         ...(multiMember ? { member: this.host } : {}),
         payloads: this.payloadRing(),
+        logLimitBytes: this.logLimitBytes,
       });
       this.opening.set(vpg.id, pending);
     }

@@ -1,7 +1,7 @@
-import { closeSync, cpSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, cpSync, openSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { InProcessBus, type BusConsumer, type BusProducer } from '@cdp/bus';
-import { BATCH_HEADER_BYTES, RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch } from '@cdp/contracts';
+import { BATCH_HEADER_BYTES, RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch, type CheckpointMarkerBody } from '@cdp/contracts';
 import { type Vpg } from '@cdp/domain';
 import { FaultInjectingBus, diskFullFaults, randomBuffer, seededRandom, tempDir, waitFor, type TempDir } from '@cdp/testing';
 import { REGION_BYTES } from './activity-log';
@@ -82,9 +82,10 @@ class RecoverySite {
     return seq;
   }
 
-  image(volumeIndex: number, size: number): Buffer {
+  /** What the site recovers at `cut` (by default, everything it has): the volume's writes with seq <= cut, in seq order. */
+  image(volumeIndex: number, size: number, cut = Infinity): Buffer {
     const image = Buffer.alloc(size);
-    for (const seq of [...this.records.keys()].sort((a, b) => a - b)) {
+    for (const seq of [...this.records.keys()].filter((s) => s <= cut).sort((a, b) => a - b)) {
       const decoded = decodeRecord(this.records.get(seq)!);
       if (decoded.kind === RecordKind.Write && decoded.volumeIndex === volumeIndex) {
         decoded.data.copy(image, decoded.offset);
@@ -93,9 +94,36 @@ class RecoverySite {
     return image;
   }
 
+  /** The markers the site received, in seq order. */
+  markers(): { seq: number; id: string; kind: string }[] {
+    return [...this.records.keys()]
+      .sort((a, b) => a - b)
+      .flatMap((seq) => {
+        const decoded = decodeRecord(this.records.get(seq)!);
+        return decoded.kind === RecordKind.Checkpoint ? [{ seq, id: decoded.marker.id, kind: decoded.marker.kind }] : [];
+      });
+  }
+
   async stop(): Promise<void> {
     await this.consumer?.stop();
   }
+}
+
+/** Bytes in the splitter log's segment files under a capture's directory (spares not counted). */
+function logBytes(dir: string): number {
+  return readdirSync(join(dir, 'log'))
+    .filter((name) => name.endsWith('.seg'))
+    .reduce((sum, name) => sum + statSync(join(dir, 'log', name)).size, 0);
+}
+
+/** A write these tests expect to go into the log (not taken in degraded mode): its seq. */
+function logged(write: Promise<number | null>): Promise<number> {
+  return write.then((seq) => {
+    if (seq === null) {
+      throw new Error('the write was tracked (degraded mode), not logged');
+    }
+    return seq;
+  });
 }
 
 /** One write of 1 to maxBytes random bytes at a random place on a random volume of the VPG. */
@@ -323,7 +351,7 @@ describe('VpgCapture batching and shipping', () => {
         issued.push({ index: volume.index, offset, data: Buffer.from(data) });
         // No headroom (copied), room for the record header, or for the batch header as well.
         const headroom = [0, RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + BATCH_HEADER_BYTES][Math.floor(random() * 3)]!;
-        pending.push(capture.write(volume.id, offset, headroom > 0 ? withHeadroom(data, headroom) : data, false, { headroom }));
+        pending.push(logged(capture.write(volume.id, offset, headroom > 0 ? withHeadroom(data, headroom) : data, false, { headroom })));
       }
       const cut = capture.insertCheckpoint({ id: `00000000-0000-4000-8000-${String(round).padStart(12, '0')}`, kind: 'automatic', name: null, vmId: null });
       const seqs = await Promise.all(pending);
@@ -360,7 +388,7 @@ describe('VpgCapture batching and shipping', () => {
       // All within the first 2 MiB, so large and small writes overlap.
       const offset = Math.floor(random() * (2 * MiB - length));
       const data = randomBuffer(random, length);
-      const seq = capture.write(volume.id, offset, Buffer.from(data));
+      const seq = logged(capture.write(volume.id, offset, Buffer.from(data)));
       all.push({ index: volume.index, offset, data, seq });
     };
     for (let round = 0; round < 12; round++) {
@@ -404,7 +432,7 @@ describe('VpgCapture batching and shipping', () => {
     const all: { index: number; offset: number; data: Buffer; seq: Promise<number> }[] = [];
     const write = (volume: (typeof volumes)[number], offset: number, length: number): void => {
       const data = randomBuffer(random, length);
-      all.push({ index: volume.index, offset, data, seq: capture.write(volume.id, offset, Buffer.from(data)) });
+      all.push({ index: volume.index, offset, data, seq: logged(capture.write(volume.id, offset, Buffer.from(data))) });
     };
     // The area's regions in the activity log first, so that each turn's writes form one batch.
     for (const volume of volumes) {
@@ -479,7 +507,7 @@ describe('VpgCapture batching and shipping', () => {
       const data = randomBuffer(random, size);
       data.copy(model, i * size);
       // Two of them do not fit one batch: each travels alone, framed where the device left room.
-      pending.push(capture.write(volumes[0]!.id, i * size, withHeadroom(data, RECORD_HEADER_BYTES + BATCH_HEADER_BYTES), false, { headroom: RECORD_HEADER_BYTES + BATCH_HEADER_BYTES }));
+      pending.push(logged(capture.write(volumes[0]!.id, i * size, withHeadroom(data, RECORD_HEADER_BYTES + BATCH_HEADER_BYTES), false, { headroom: RECORD_HEADER_BYTES + BATCH_HEADER_BYTES })));
     }
     await Promise.all(pending);
     await capture.flush();
@@ -541,7 +569,7 @@ describe('VpgCapture payloads received into the payload ring', () => {
           payload = withHeadroom(content, HEADROOM);
         }
         const offset = offsetBase + i * size;
-        pending.push(capture.write(volumes[0]!.id, offset, payload, false, { headroom: HEADROOM }).then((seq) => (expected.set(seq, { offset, content }), seq)));
+        pending.push(logged(capture.write(volumes[0]!.id, offset, payload, false, { headroom: HEADROOM })).then((seq) => (expected.set(seq, { offset, content }), seq)));
       }
       await Promise.all(pending);
       return lent;
@@ -607,7 +635,7 @@ describe('VpgCapture payloads received into the payload ring', () => {
         const payload = lent ? (capture.allocatePayload(MiB, HEADROOM) as Buffer) : withHeadroom(Buffer.alloc(MiB), HEADROOM);
         payload.fill(i);
         memory.add(payload.buffer);
-        pending.push(capture.write(volumes[0]!.id, base + i * MiB, payload, false, { headroom: HEADROOM }));
+        pending.push(logged(capture.write(volumes[0]!.id, base + i * MiB, payload, false, { headroom: HEADROOM })));
       }
       await Promise.all(pending);
       open();
@@ -651,25 +679,6 @@ describe('VpgCapture payloads received into the payload ring', () => {
 describe('VpgCapture forced resync', () => {
   const ctx = eachTestWithRecoverySite('capture-resync-');
 
-  /** What the recovery site recovers at `cut`: the writes of the volume with seq <= cut, in seq order. */
-  const imageAt = (site: RecoverySite, volumeIndex: number, size: number, cut: number): Buffer => {
-    const image = Buffer.alloc(size);
-    for (const seq of [...site.records.keys()].filter((s) => s <= cut).sort((a, b) => a - b)) {
-      const decoded = decodeRecord(site.records.get(seq)!);
-      if (decoded.kind === RecordKind.Write && decoded.volumeIndex === volumeIndex) {
-        decoded.data.copy(image, decoded.offset);
-      }
-    }
-    return image;
-  };
-  /** The markers the site received, in seq order. */
-  const markers = (site: RecoverySite): { seq: number; id: string; kind: string }[] =>
-    [...site.records.keys()]
-      .sort((a, b) => a - b)
-      .flatMap((seq) => {
-        const decoded = decodeRecord(site.records.get(seq)!);
-        return decoded.kind === RecordKind.Checkpoint ? [{ seq, id: decoded.marker.id, kind: decoded.marker.kind }] : [];
-      });
   /** Seqs of resync chunks (client writes in these tests are smaller than a chunk). */
   const chunkSeqs = (site: RecoverySite, from = 0): number[] =>
     [...site.records.keys()]
@@ -708,7 +717,7 @@ describe('VpgCapture forced resync', () => {
     writeBehind(dir.path, 1, volumes[1]!.sizeBytes - 4096, randomBuffer(random, 4096));
 
     expect(capture.startResync({ resyncId: id(100), volumeIds: null, requestedAt: new Date().toISOString(), reason: 'restored from backup' })).toBe('started');
-    expect(capture.resyncInProgress).toBe(true);
+    expect(capture.checkpointsPaused).toBe(true);
     expect(capture.status().resync).toMatchObject({ id: id(100), volumes: volumes.map((v) => v.id), bytesTotal: 104 * MiB });
     // The same command delivered again is recognised; another one is refused while this one runs.
     expect(capture.startResync({ resyncId: id(100), volumeIds: null, requestedAt: new Date().toISOString(), reason: '' })).toBe('duplicate');
@@ -725,13 +734,13 @@ describe('VpgCapture forced resync', () => {
     for (let i = 0; i < 64; i++) {
       const volume = volumes[i % 2]!;
       const length = i % 8 === 3 ? 512 * 1024 : 4096;
-      during.push(capture.write(volume.id, Math.floor(random() * ((volume.sizeBytes - length) / 4096)) * 4096, randomBuffer(random, length)));
+      during.push(logged(capture.write(volume.id, Math.floor(random() * ((volume.sizeBytes - length) / 4096)) * 4096, randomBuffer(random, length))));
       if (i % 8 === 7) {
         await Promise.all(during);
       }
     }
     const duringSeqs = await Promise.all(during);
-    await waitFor(() => !capture.resyncInProgress, { timeoutMs: 30_000, message: 'the resync never completed' });
+    await waitFor(() => !capture.checkpointsPaused, { timeoutMs: 30_000, message: 'the resync never completed' });
     expect(capture.status().resync).toBeNull();
     const done = readResyncProgress(dir.path);
     expect(done).toMatchObject({ id: id(100), bytesDone: 104 * MiB });
@@ -744,7 +753,7 @@ describe('VpgCapture forced resync', () => {
     const [firstChunk, lastChunk] = [chunks[0]!, chunks[chunks.length - 1]!];
     // The client writes were not held up behind the whole resync: some were captured between chunks.
     expect(duringSeqs.some((seq) => seq > firstChunk && seq < lastChunk)).toBe(true);
-    const cuts = markers(site);
+    const cuts = site.markers();
     expect(cuts.some((m) => m.seq > firstChunk && m.seq < lastChunk)).toBe(false);
     expect(cuts.map((m) => m.id)).toEqual([id(1), id(3), id(4)]);
     const firstAfter = cuts[1]!.seq;
@@ -754,8 +763,8 @@ describe('VpgCapture forced resync', () => {
     // one before it still recovers its own images, bit-exact.
     for (const volume of volumes) {
       const now = local(capture, volume.index);
-      expect(imageAt(site, volume.index, volume.sizeBytes, firstAfter).equals(now)).toBe(true);
-      const old = imageAt(site, volume.index, volume.sizeBytes, before);
+      expect(site.image(volume.index, volume.sizeBytes, firstAfter).equals(now)).toBe(true);
+      const old = site.image(volume.index, volume.sizeBytes, before);
       expect(old.equals(imagesBefore[volume.index]!)).toBe(true);
       expect(old.equals(now)).toBe(false);
     }
@@ -771,7 +780,7 @@ describe('VpgCapture forced resync', () => {
     expect(() =>
       capture.startResync({ resyncId: id(200), volumeIds: [volumes[0]!.id, id(999)], requestedAt: new Date().toISOString(), reason: '' }),
     ).toThrow(/not in VPG/);
-    expect(capture.resyncInProgress).toBe(false);
+    expect(capture.checkpointsPaused).toBe(false);
     expect(capture.lastSeq).toBe(last);
     expect(readResyncProgress(dir.path)).toBeUndefined();
     await capture.close();
@@ -804,15 +813,15 @@ describe('VpgCapture forced resync', () => {
     budget = Infinity;
     const second = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1', shipper });
     // Resyncing from the moment it is open, before it takes any command: no cut can fall inside.
-    expect(second.resyncInProgress).toBe(true);
+    expect(second.checkpointsPaused).toBe(true);
     expect(second.insertCheckpoint({ id: id(6), kind: 'tagged', name: 'while resuming', vmId: null })).toBeNull();
-    await waitFor(() => !second.resyncInProgress, { timeoutMs: 30_000, message: 'the resumed resync never completed' });
+    await waitFor(() => !second.checkpointsPaused, { timeoutMs: 30_000, message: 'the resumed resync never completed' });
     await second.flush();
     await waitFor(() => site.highestContiguousSeq() === second.lastSeq, { timeoutMs: 10_000, message: 'the resumed resync never arrived' });
     // It went on from where the durable progress said, not from the start.
     expect(chunkSeqs(site, closedAt)).toHaveLength((40 * MiB - saved.bytesDone) / RESYNC_CHUNK_BYTES);
-    const cut = markers(site).find((m) => m.id === id(6))!.seq;
-    expect(imageAt(site, 1, volumes[1]!.sizeBytes, cut).equals(local(second, 1))).toBe(true);
+    const cut = site.markers().find((m) => m.id === id(6))!.seq;
+    expect(site.image(1, volumes[1]!.sizeBytes, cut).equals(local(second, 1))).toBe(true);
     await second.close();
   });
 });
@@ -833,7 +842,7 @@ describe('VpgCapture coordinated checkpoints (one member of a VPG on several hos
     await capture.write(volumes[0]!.id, 0, Buffer.alloc(512, 1));
     expect(capture.prepareBarrier(7, marker, 'host-a', 60_000)).toBe('holding');
     let acknowledged = false;
-    const held = capture.write(volumes[0]!.id, 512, Buffer.alloc(512, 2)).then((seq) => {
+    const held = logged(capture.write(volumes[0]!.id, 512, Buffer.alloc(512, 2))).then((seq) => {
       acknowledged = true;
       return seq;
     });
@@ -903,35 +912,124 @@ describe('VpgCapture when the disk is full', () => {
     ['large writes, on the thread pool', MiB],
   ];
 
-  it.each(paths)('refuses with ENOSPC the writes the log cannot take (%s), hands their seqs out again, and takes writes once there is room', async (_kind, length) => {
+  const tag = (n: number, kind: 'tagged' | 'automatic' = 'tagged'): CheckpointMarkerBody => ({
+    id: `0a1b2c3d-0000-4000-8000-0000000000d${n}`,
+    kind,
+    name: kind === 'tagged' ? `t${n}` : null,
+    vmId: null,
+  });
+
+  it.each(paths)('takes the writes the log cannot take in degraded mode (%s): on the volume only, regions tracked, no checkpoint; with room again the regions are synced and both sites agree', async (_kind, length) => {
     const capture = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), { bootId: 'boot-1' });
     const random = seededRandom(11);
-    const write = (slot: number): Promise<number> => capture.write(volume.id, (slot * length) % size, randomBuffer(random, length));
+    const write = (slot: number): Promise<number | null> => capture.write(volume.id, (slot * length) % size, randomBuffer(random, length));
     for (let i = 0; i < 4; i++) {
-      await write(i);
+      expect(await write(i)).not.toBeNull();
     }
-    const before = capture.lastSeq;
+    const cutBefore = capture.insertCheckpoint(tag(1))!;
+    const volumeAtCutBefore = capture.volumeById(volume.id).read(0, size);
+
     faults.on = '/log/';
-    const refused = await Promise.allSettled([write(4), write(5), write(6)]);
-    expect(refused.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected']);
-    for (const r of refused) {
-      expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'ENOSPC' });
-    }
-    expect(capture.status().logRefusing).toMatchObject({ records: 3 });
-    expect(capture.status().logRefusing?.error).toContain('ENOSPC');
+    // Taken, not refused: each is on its volume, with no seq; the seqs of the batches whose append
+    // failed are handed out again.
+    expect(await Promise.all([write(4), write(5), write(6)])).toEqual([null, null, null]);
+    expect(capture.lastSeq).toBe(cutBefore);
+    expect(capture.status().tracking).toMatchObject({ writes: 3, bytes: 3 * length });
+    expect(capture.status().tracking?.reason).toContain('ENOSPC');
+    expect(capture.status().dirtyRegions?.regions).toBeGreaterThan(0);
+    // A flush completes: durable on this site (the stream cannot have these writes).
+    await capture.flush();
+    // No checkpoint while regions are dirty: an automatic one is skipped, a tagged one deferred.
+    expect(capture.insertCheckpoint(tag(2, 'automatic'))).toBeNull();
+    expect(capture.insertCheckpoint(tag(3))).toBeNull();
+    expect(capture.lastSeq).toBe(cutBefore);
+
     faults.on = undefined;
-    // The next writes take the seqs the refused ones had, in a log with no hole.
-    expect(await write(7)).toBe(before + 1);
-    expect(capture.status().logRefusing).toBeNull();
+    await waitFor(() => capture.status().dirtyRegions === null, { timeoutMs: 10_000, message: 'the dirty regions were never synced' });
+    expect(capture.status().tracking).toBeNull();
+    const volumeAtSync = capture.volumeById(volume.id).read(0, size);
+    // Logged again, in a log with no hole.
+    expect(await write(7)).toBe(capture.lastSeq);
     await Promise.all([write(8), write(9), write(1)]);
-    expect(capture.status().volumeBehind).toBeNull();
     await expectStreamMatchesVolume(capture);
+    // The checkpoint before recovers the volume as it was then; the deferred one, inserted once the
+    // regions were synced, as it was then; the automatic one was never cut.
+    const markers = ctx.site.markers();
+    expect(markers.map((m) => m.id)).toEqual([tag(1).id, tag(3).id]);
+    expect(ctx.site.image(volume.index, size, cutBefore).equals(volumeAtCutBefore)).toBe(true);
+    expect(ctx.site.image(volume.index, size, markers[1]!.seq).equals(volumeAtSync)).toBe(true);
     await capture.close();
-    // And the log opens again whole.
     const reopened = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), { bootId: 'boot-1' });
     expect(reopened.previousEnd).toBe('clean');
     expect(reopened.lastSeq).toBe(capture.lastSeq);
+    expect(reopened.status().dirtyRegions).toBeNull();
     await reopened.close();
+  });
+
+  it('goes into degraded mode when the log reaches its size limit, and out of it once the journal has confirmed enough', async () => {
+    const segmentBytes = 256 * 1024;
+    // At least four segments and four resync chunks.
+    await expect(VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), { logSegmentBytes: segmentBytes, logLimitBytes: 4 * MiB - 1 })).rejects.toThrow(RangeError);
+    const capture = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), { bootId: 'boot-1', logSegmentBytes: segmentBytes, logLimitBytes: 4 * MiB });
+    const random = seededRandom(13);
+    const seqs: (number | null)[] = [];
+    for (let i = 0; i < 28; i++) {
+      seqs.push(await capture.write(volume.id, (i * 256 * 1024) % size, randomBuffer(random, 256 * 1024)));
+    }
+    // About 4 MiB in, the log is full: every write from there on is tracked.
+    const firstTracked = seqs.indexOf(null);
+    expect(firstTracked).toBeGreaterThanOrEqual(14);
+    expect(seqs.slice(firstTracked).every((seq) => seq === null)).toBe(true);
+    expect(capture.status().tracking?.reason).toContain('limit');
+    // A journal that confirms what the site has: the log is cut down, takes writes again, and the
+    // dirty regions are synced, no faster than the journal confirms (the chunks fit under the limit).
+    let mostBytes = 0;
+    await waitFor(
+      async () => {
+        await capture.confirm(ctx.site.highestContiguousSeq());
+        mostBytes = Math.max(mostBytes, capture.status().dirtyRegions ? logBytes(ctx.dir.path) : 0);
+        return capture.status().dirtyRegions === null;
+      },
+      { timeoutMs: 10_000, message: 'the dirty regions were never synced' },
+    );
+    expect(mostBytes).toBeLessThanOrEqual(4 * MiB + segmentBytes);
+    expect(await capture.write(volume.id, 0, randomBuffer(random, 4096))).not.toBeNull();
+    await expectStreamMatchesVolume(capture);
+    await capture.close();
+  });
+
+  it('after a crash while tracking, redoes older logged writes only outside the dirty regions, then syncs those', async () => {
+    const first = join(ctx.dir.path, 'first');
+    const crashed = join(ctx.dir.path, 'crashed');
+    const capture = await VpgCapture.open(vpg, first, ctx.bus.createProducer(), { bootId: 'boot-1' });
+    const random = seededRandom(14);
+    // A logged write over three regions (still in the log: the journal has not confirmed it)...
+    const older = randomBuffer(random, 3 * MiB);
+    expect(await capture.write(volume.id, 0, older)).not.toBeNull();
+    // ... then, in degraded mode, a newer write into the middle region only.
+    faults.on = '/log/';
+    const newer = randomBuffer(random, 4096);
+    expect(await capture.write(volume.id, MiB + 8192, newer)).toBeNull();
+    await capture.flush();
+    // The process dies here: its files as they are. In them, the logged write's first and third
+    // regions never reached the volume (it died between log and volume).
+    cpSync(first, crashed, { recursive: true });
+    const fd = openSync(join(crashed, 'volumes', '0.img'), 'r+');
+    writeSync(fd, Buffer.alloc(MiB), 0, MiB, 0);
+    writeSync(fd, Buffer.alloc(MiB), 0, MiB, 2 * MiB);
+    closeSync(fd);
+    await capture.close();
+    faults.on = undefined;
+
+    const restarted = await VpgCapture.open(vpg, crashed, ctx.bus.createProducer(), { bootId: 'boot-1' });
+    expect(restarted.previousEnd).toBe('process-crash');
+    // Redone in the clean regions; the dirty one keeps the newer write the log does not have.
+    const expected = Buffer.from(older);
+    newer.copy(expected, MiB + 8192);
+    expect(restarted.volumeById(volume.id).read(0, 3 * MiB).equals(expected)).toBe(true);
+    await waitFor(() => restarted.status().dirtyRegions === null, { timeoutMs: 10_000, message: 'the dirty region was never synced' });
+    await expectStreamMatchesVolume(restarted);
+    await restarted.close();
   });
 
   it.each(paths)('keeps logged writes that failed on their volume, retries them before any new write, and cuts no checkpoint meanwhile (%s)', async (_kind, length) => {
@@ -992,5 +1090,44 @@ describe('VpgCapture when the disk is full', () => {
     expect(second.volumeById(volume.id).read(8192, 4096).equals(Buffer.alloc(4096, 9))).toBe(true);
     await expectStreamMatchesVolume(second);
     await second.close();
+  });
+});
+
+describe('VpgCapture when the link is down', () => {
+  const ctx = eachTestWithRecoverySite('capture-link-');
+
+  it('completes a flush durable here once the bus has not answered for flushLinkWaitMs, keeps logging, and ships it all when the link is back', async () => {
+    const inner = ctx.bus.createProducer();
+    let up = true;
+    const producer: BusProducer = { send: (topic, messages) => (up ? inner.send(topic, messages) : Promise.reject(new Error('broker unreachable'))) };
+    await expect(VpgCapture.open(vpg, ctx.dir.path, producer, { flushLinkWaitMs: 0 })).rejects.toThrow(RangeError);
+    const capture = await VpgCapture.open(vpg, ctx.dir.path, producer, { bootId: 'boot-1', flushLinkWaitMs: 200 });
+    const volume = volumes[0]!;
+    const size = 4 * MiB;
+    const random = seededRandom(31);
+    await logged(capture.write(volume.id, 0, randomBuffer(random, 4096)));
+    await capture.flush();
+    expect(capture.status().localFlushes).toBeNull();
+
+    up = false;
+    const seq = await logged(capture.write(volume.id, 8192, randomBuffer(random, 4096)));
+    // The bus does not answer: the flush completes all the same, durable on this site.
+    await capture.flush();
+    await capture.flush();
+    expect(capture.status().localFlushes).toMatchObject({ count: 2 });
+    expect(capture.status().shippedSeq).toBeLessThan(seq);
+    // Nothing is tracked: the log holds every write, so a checkpoint is cut as usual.
+    expect(capture.status().tracking).toBeNull();
+    const cut = capture.insertCheckpoint({ id: '0a1b2c3d-0000-4000-8000-0000000000e1', kind: 'tagged', name: 'link-down', vmId: null });
+    expect(cut).toBe(seq + 1);
+    const atCut = capture.volumeById(volume.id).read(0, size);
+
+    up = true;
+    await waitFor(() => capture.status().shippedSeq === capture.lastSeq, { timeoutMs: 10_000, message: 'the log never shipped after the link came back' });
+    await capture.flush();
+    expect(capture.status().localFlushes).toBeNull();
+    await waitFor(() => ctx.site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 5_000, message: 'the recovery site never got the log' });
+    expect(ctx.site.image(volume.index, size, cut!).equals(atCut)).toBe(true);
+    await capture.close();
   });
 });

@@ -15,9 +15,12 @@ import {
   type CheckpointMarkerBody,
 } from '@cdp/contracts';
 import { DomainError, hostOf, validateWriteRange, volumesOf, type Vpg } from '@cdp/domain';
-import { SegmentLog, SegmentLogError } from '@cdp/segment-log';
+import { SegmentLog } from '@cdp/segment-log';
 import { ActivityLog, REGION_BYTES, currentBootId, regionKeys, regionsAhead } from './activity-log';
-import { ForcedResync, type ResyncRequest, type ResyncStatus } from './forced-resync';
+import { CheckpointGate } from './checkpoint-gate';
+import { DIRTY_REGION_BYTES, DirtyMap } from './dirty-map';
+import { DirtySync } from './dirty-sync';
+import { ForcedResync, RESYNC_CHUNK_BYTES, type ResyncRequest, type ResyncStatus } from './forced-resync';
 import { LogShipper, type ShipperOptions } from './log-shipper';
 import { type PayloadLease, type PayloadRing } from './payload-ring';
 import { ProtectedVolume } from './protected-volume';
@@ -51,11 +54,30 @@ export interface CaptureStatus {
    */
   readonly volumeBehind: { readonly writes: number; readonly bytes: number; readonly since: string; readonly error: string } | null;
   /**
-   * Since when the splitter log has refused appends (a full disk), how many records it refused, and
-   * the last error; null while it takes them. Refused writes failed for their clients: nothing of
-   * them is anywhere.
+   * Degraded mode: since when the splitter log takes no writes (it reached its size limit, or an
+   * append failed: a full disk), why, and the writes taken since. Each went to its volume only, after
+   * its regions were marked in the dirty map; the client was not told anything was wrong. Null while
+   * the log takes writes.
    */
-  readonly logRefusing: { readonly since: string; readonly records: number; readonly error: string } | null;
+  readonly tracking: { readonly since: string; readonly reason: string; readonly writes: number; readonly bytes: number } | null;
+  /**
+   * Regions the protected volume may hold differently from the replication stream (written while
+   * tracking), since when, and the sync that reads them back into the stream once the log takes writes
+   * again. No checkpoint is cut while there are any. Null when there are none.
+   */
+  readonly dirtyRegions: {
+    readonly regions: number;
+    readonly since: string;
+    readonly sync: { readonly regionsTotal: number; readonly regionsDone: number; readonly startedAt: string } | null;
+    /** Why the last sync pass stopped, if it stopped on an error (it is tried again). */
+    readonly error: string | null;
+  } | null;
+  /**
+   * Flushes that completed durable on this site only, because the bus had not acknowledged their
+   * writes within `flushLinkWaitMs` (the link is down): since when, and how many; null once a flush
+   * is acknowledged by the bus again.
+   */
+  readonly localFlushes: { readonly since: string; readonly count: number } | null;
 }
 
 /**
@@ -91,6 +113,8 @@ const ASYNC_BATCH_BYTES = 256 * 1024;
  * the log's turnover between two confirmations from the journal under sustained large writes.
  */
 const LOG_SPARE_SEGMENTS = 2;
+/** The splitter log's segment size unless the options say otherwise. */
+const DEFAULT_LOG_SEGMENT_BYTES = 64 * 1024 * 1024;
 
 /**
  * Smaller payloads are allocated per write, not taken from the payload ring. Those are what random
@@ -102,6 +126,22 @@ const RING_MIN_PAYLOAD_BYTES = 64 * 1024;
 
 /** Checkpoint stalls kept for the status percentiles: the most recent ones, a bounded ring. */
 const STALL_SAMPLES = 4096;
+
+/**
+ * Degraded mode. While tracking, the capture looks this often at whether the log could take writes
+ * again; after a failed append (no size to watch) it simply tries, and each try that fails again
+ * doubles the pause, up to the longest. A failed try costs nothing visible: the batch it was is
+ * tracked like the others.
+ */
+const TRACKING_PROBE_FIRST_MS = 1_000;
+const TRACKING_PROBE_MAX_MS = 60_000;
+/** A log that reached its size limit takes writes again once it is down to this share of it. */
+const LOG_LIMIT_RESUME_SHARE = 0.5;
+/** Pause before a sync of dirty regions that stopped on an error is tried again. */
+const DIRTY_SYNC_RETRY_MS = 5_000;
+/** The gate's holder name for dirty regions (tracking, and the sync after it). */
+const GATE_DIRTY = 'dirty-regions';
+const DEFAULT_FLUSH_LINK_WAIT_MS = 10_000;
 
 /** First and longest pause between retries of writes that did not reach their volume. */
 const CATCH_UP_RETRY_FIRST_MS = 100;
@@ -122,6 +162,17 @@ export interface CaptureOptions {
   readonly payloads?: PayloadRing;
   /** The size at which the log starts a new segment; default 64 MiB (tests make rolls and reuse frequent with small ones). */
   readonly logSegmentBytes?: number;
+  /**
+   * How long a flush waits for the bus to acknowledge its writes before it completes with local
+   * durability only (the link is down; the writes stay in the log and ship when it is back). Default
+   * 10 s: a bus that takes longer than that is not there, and a VM whose flush never completes stops.
+   */
+  readonly flushLinkWaitMs?: number;
+  /**
+   * Most bytes the splitter log may hold (records the journal has not confirmed yet); beyond it the
+   * capture goes into degraded mode and tracks dirty regions instead. Undefined: no limit but the disk.
+   */
+  readonly logLimitBytes?: number;
 }
 
 /** How the previous run of this VPG's capture ended, as found at open. */
@@ -170,6 +221,17 @@ export function nowMicros(): number {
  * log is read back from the volume and captured as writes: those are the only regions where volume and
  * log can disagree, and after the resync both sites hold the volume as it is. The resync happens before
  * any command is taken, so no checkpoint falls inside it.
+ *
+ * Degraded mode, when the log cannot take writes (it holds `logLimitBytes`, or an append failed: a full
+ * disk; in both cases the recovery site is not taking what the log holds fast enough, or at all): the
+ * VM's writes are not refused. Each goes to its volume only, taking no seq, once the regions it writes
+ * are durable in the dirty map (dirty-map.ts); a batch whose append failed is taken that way too, its
+ * seqs handed out again. FLUSH then makes writes durable on this site only: the stream cannot have
+ * them. No checkpoint is cut from the first such write until the dirty regions are synced (the
+ * checkpoint gate): once the log takes writes again, each dirty region is read back from its volume
+ * and captured as a write (dirty-sync.ts), beside the client writes that are logged again. The same
+ * sync runs at open when the map has bits set (a crash while tracking), and the redo then leaves the
+ * dirty regions alone: there the volume is newer than the log.
  */
 export class VpgCapture {
   private nextSeq: number;
@@ -198,8 +260,30 @@ export class VpgCapture {
   private logRecovery: Promise<void> | undefined;
   /** Set by close(): the retries of writes behind their volume stop (the volumes are closing). */
   private closing = false;
-  /** Since when the log's appends fail (a full disk), how many records it refused, why; undefined while they succeed. */
-  private refusing: { readonly since: Date; records: number; error: string } | undefined;
+  /** Degraded mode (see the class comment): since when, why, and what was tracked; undefined while the log takes writes. */
+  private tracking: { readonly since: Date; readonly reason: string; writes: number; bytes: number } | undefined;
+  /** Resolves when tracking starts; replaced each time. */
+  private trackingBegan = deferred();
+  /** Resolves when tracking ends; replaced each time. */
+  private trackingEnded = deferred();
+  /** Resolves when the capture closes. */
+  private readonly closed = deferred();
+  /** Resolves when the journal next confirms records (the log may have shrunk); replaced each time. */
+  private confirmedSignal = deferred();
+  private probeTimer: NodeJS.Timeout | undefined;
+  private probeDelayMs = TRACKING_PROBE_FIRST_MS;
+  private trackingEndedAt = -Infinity;
+  /** Since when dirty regions exist (tracking, then their sync); undefined when the map is empty. */
+  private dirtySince: Date | undefined;
+  private syncLoop: Promise<void> | undefined;
+  private syncPass: DirtySync | undefined;
+  private syncError: string | undefined;
+  /** Flushes completed locally only since the link went down (see flush); undefined while the bus acknowledges them. */
+  private localFlushes: { readonly since: Date; count: number } | undefined;
+  /** No checkpoint while a forced resync runs or dirty regions exist (see CheckpointGate). */
+  private readonly gate = new CheckpointGate((marker) => {
+    this.insertCheckpoint(marker);
+  });
   private readonly logger: Logger;
 
   private constructor(
@@ -209,14 +293,28 @@ export class VpgCapture {
     private readonly volumes: ReadonlyMap<number, ProtectedVolume>,
     private readonly shipper: LogShipper,
     private readonly activity: ActivityLog,
+    private readonly dirty: DirtyMap,
     readonly previousEnd: PreviousEnd,
     private readonly payloads: PayloadRing | undefined,
+    private readonly logLimitBytes: number | undefined,
+    private readonly flushLinkWaitMs: number,
   ) {
     this.nextSeq = (log.lastSeq ?? 0) + 1;
     this.logger = new Logger(`capture ${vpg.name}`);
   }
 
   static async open(vpg: Vpg, dir: string, producer: BusProducer, options: CaptureOptions = {}): Promise<VpgCapture> {
+    const linkWait = options.flushLinkWaitMs ?? DEFAULT_FLUSH_LINK_WAIT_MS;
+    if (!(Number.isInteger(linkWait) && linkWait > 0)) {
+      throw new RangeError(`flushLinkWaitMs must be a whole number of milliseconds above 0, not ${linkWait}`);
+    }
+    const limit = options.logLimitBytes;
+    // Room for the log to shrink to half its limit while whole segments are deleted, and for resync
+    // chunks to fit beside the client writes.
+    const minLimit = 4 * Math.max(options.logSegmentBytes ?? DEFAULT_LOG_SEGMENT_BYTES, RESYNC_CHUNK_BYTES);
+    if (limit !== undefined && !(Number.isInteger(limit) && limit >= minLimit)) {
+      throw new RangeError(`logLimitBytes must be a whole number of bytes, at least ${minLimit} (four segments), not ${limit}`);
+    }
     await mkdir(join(dir, 'volumes'), { recursive: true });
     // The large batches bypass the page cache (see direct-io.ts in segment-log): the log only ever
     // writes new pages, the costliest kind on a virtual machine.
@@ -232,6 +330,10 @@ export class VpgCapture {
     for (const volume of volumesOf(local)) {
       volumes.set(volume.index, ProtectedVolume.open(volume, join(dir, 'volumes', `${volume.index}.img`)));
     }
+    const dirty = await DirtyMap.open(
+      join(dir, 'dirty.map'),
+      [...volumes.values()].map((v) => ({ index: v.volume.index, sizeBytes: v.volume.sizeBytes })),
+    );
     const bootId = options.bootId ?? currentBootId();
     const { log: activity, previous } = await ActivityLog.open(
       join(dir, 'activity.log'),
@@ -251,7 +353,8 @@ export class VpgCapture {
       // one costs correctness.
       previousEnd = previous && bootId !== undefined && previous.bootId === bootId ? 'process-crash' : 'host-crash';
     }
-    const capture = new VpgCapture(vpg, dir, log, volumes, new LogShipper(vpg.id, log, producer, options.shipper), activity, previousEnd, options.payloads);
+    const shipper = new LogShipper(vpg.id, log, producer, options.shipper);
+    const capture = new VpgCapture(vpg, dir, log, volumes, shipper, activity, dirty, previousEnd, options.payloads, limit, linkWait);
     if (previousEnd === 'process-crash' || previousEnd === 'host-crash') {
       await capture.redo();
     }
@@ -261,6 +364,13 @@ export class VpgCapture {
     await activity.save();
     capture.shipper.start();
     await capture.openForcedResync();
+    if (dirty.dirtyRegions > 0) {
+      // Written while tracking, and not synced before the last run ended.
+      capture.logger.warn(`${dirty.dirtyRegions} dirty region(s) from the last run: syncing them; no checkpoint until they are`);
+      capture.dirtySince = new Date();
+      capture.gate.hold(GATE_DIRTY);
+      capture.startDirtySync();
+    }
     return capture;
   }
 
@@ -283,6 +393,7 @@ export class VpgCapture {
       barrier: this.barrier
         ? { epoch: this.barrier.epoch, checkpointId: this.barrier.marker.id, heldForMicros: (performance.now() - this.barrier.startedAt) * 1000 }
         : null,
+      localFlushes: this.localFlushes ? { since: this.localFlushes.since.toISOString(), count: this.localFlushes.count } : null,
       ...this.trouble(),
     };
   }
@@ -291,7 +402,7 @@ export class VpgCapture {
    * The parts of the status that say something is wrong: cheap to read (the site reporter reads them
    * every second), where the whole status also sorts the checkpoint stalls.
    */
-  trouble(): Pick<CaptureStatus, 'resync' | 'volumeBehind' | 'logRefusing'> {
+  trouble(): Pick<CaptureStatus, 'resync' | 'volumeBehind' | 'tracking' | 'dirtyRegions'> {
     return {
       resync: this.forced?.status() ?? null,
       volumeBehind: this.behind
@@ -302,7 +413,17 @@ export class VpgCapture {
             error: this.behind.error,
           }
         : null,
-      logRefusing: this.refusing ? { since: this.refusing.since.toISOString(), records: this.refusing.records, error: this.refusing.error } : null,
+      tracking: this.tracking
+        ? { since: this.tracking.since.toISOString(), reason: this.tracking.reason, writes: this.tracking.writes, bytes: this.tracking.bytes }
+        : null,
+      dirtyRegions: this.dirtySince
+        ? {
+            regions: this.dirty.dirtyRegions,
+            since: this.dirtySince.toISOString(),
+            sync: this.syncPass ? { ...this.syncPass.progress(), startedAt: this.syncPass.startedAt.toISOString() } : null,
+            error: this.syncError ?? null,
+          }
+        : null,
     };
   }
 
@@ -350,8 +471,10 @@ export class VpgCapture {
    * capture to overwrite (and then `data` must not be used by the caller again): with
    * RECORD_HEADER_BYTES the record is framed there around the payload instead of copying it; with
    * RECORD_HEADER_BYTES + BATCH_HEADER_BYTES a bus batch holding that record alone is framed there too.
+   * Resolves to null for a write taken in degraded mode (on its volume, its region dirty, not in the
+   * stream yet: see the class comment).
    */
-  write(volumeId: string, offset: number, data: Buffer, fua = false, options: { readonly headroom?: number } = {}): Promise<number> {
+  write(volumeId: string, offset: number, data: Buffer, fua = false, options: { readonly headroom?: number } = {}): Promise<number | null> {
     // A buffer from allocatePayload: its region is the capture's from here on, whatever happens. (A
     // smaller one never came from there: no weak-map lookup for it.)
     const lease = data.length >= RING_MIN_PAYLOAD_BYTES ? this.lent.get(data) : undefined;
@@ -368,7 +491,7 @@ export class VpgCapture {
       // The common case, captured at once: no hold, and the regions already in the activity log. It is
       // not an async function: one was the largest allocation per write (its suspended frame), twice
       // over with the NBD device's, and every write of a random 4 KiB job takes this path.
-      if (!this.barrier && !this.behind && !this.logRecovery && this.activity.touch(keys, this.epoch)) {
+      if (!this.barrier && !this.behind && !this.logRecovery && !this.tracking && this.activity.touch(keys, this.epoch)) {
         return this.acknowledged(this.capture(target, offset, data, fua, headroom, lease), fua);
       }
     } catch (err) {
@@ -394,42 +517,64 @@ export class VpgCapture {
     fua: boolean,
     headroom: number,
     lease: PayloadLease | undefined,
-  ): Promise<number> {
-    let captured: { seq: number; applied: Promise<void> };
+  ): Promise<number | null> {
+    let captured: Captured | undefined;
     try {
       for (;;) {
-        if (this.logRecovery) {
-          // The log is being cut back after a failed append (milliseconds): then it takes appends again.
-          await this.logRecovery;
-        } else if (this.behind) {
+        if (this.behind) {
           // Earlier writes are in the stream but not on their volume: they go first, or this one fails.
           await this.catchUp();
+        } else if (this.tracking) {
+          // Degraded mode: to the volume only, whatever else is going on (the failed batches being cut
+          // off the log are tracked too, and ordered before it; a hold's epoch is voided).
+          break;
+        } else if (this.logRecovery) {
+          // The log is being cut back after a failed append (milliseconds): then it takes appends again.
+          await this.logRecovery;
         } else if (this.barrier) {
           await this.barrier.released;
         } else if (!this.activity.touch(keys, this.epoch)) {
           const ahead = regionsAhead(keys, target.volume.sizeBytes, (key) => this.activity.has(key), ACTIVITY_AHEAD_REGIONS);
           await this.activity.activate(keys, this.epoch, () => this.flushedEpoch, () => this.syncLocal(), ahead);
         } else {
+          captured = this.capture(target, offset, data, fua, headroom, lease);
           break;
         }
       }
-      captured = this.capture(target, offset, data, fua, headroom, lease);
     } catch (err) {
       lease?.release();
       throw err;
     }
-    return this.acknowledged(captured, fua);
+    if (captured) {
+      return this.acknowledged(captured, fua);
+    }
+    try {
+      await this.applyTracked([{ volume: target, offset, data, seq: 0 }], data.length);
+      if (fua) {
+        await this.flush();
+      }
+      return null;
+    } finally {
+      lease?.release();
+    }
   }
 
-  /** The write's seq once it is in the log and on its volume, and with FUA once flush() covers it. */
-  private acknowledged({ seq, applied }: { seq: number; applied: Promise<void> }, fua: boolean): Promise<number> {
-    return (fua ? applied.then(() => this.flush()) : applied).then(() => seq);
+  /**
+   * The write's seq once it is in the log and on its volume, and with FUA once flush() covers it; null
+   * if its batch was tracked instead (degraded mode: its seq was handed out again).
+   */
+  private acknowledged({ seq, applied, batch }: Captured, fua: boolean): Promise<number | null> {
+    return (fua ? applied.then(() => this.flush()) : applied).then(() => (batch.tracked ? null : seq));
   }
 
   /** Inserts a checkpoint marker at the current end of the write order; returns its seq, the cut. */
   insertCheckpoint(marker: CheckpointMarkerBody): number | null {
-    // A forced resync is running: no cut may fall inside it (null: skipped or deferred, see ForcedResync).
-    if (this.forced?.intercept(marker)) {
+    // Writes captured earlier in this turn have smaller seqs: they go into the log first (that is
+    // their own work, done now rather than at the end of the turn, so not counted as the stall). First,
+    // because draining them may begin degraded mode or leave writes behind their volume.
+    this.drain();
+    // A forced resync runs, or dirty regions exist: no cut may fall there (null: skipped or deferred, see CheckpointGate).
+    if (this.gate.intercept(marker)) {
       return null;
     }
     if (this.behind) {
@@ -438,9 +583,6 @@ export class VpgCapture {
       this.logger.warn(`checkpoint ${marker.id} (${marker.kind}) skipped: ${this.behind.writes.length} logged write(s) are not on their volume yet`);
       return null;
     }
-    // Writes captured earlier in this turn have smaller seqs: they go into the log first (that is
-    // their own work, done now rather than at the end of the turn, so not counted as the stall).
-    this.drain();
     const started = performance.now();
     const seq = this.nextSeq++;
     const record = encodeCheckpointRecord({ seq, capturedAtMicros: nowMicros(), marker });
@@ -472,8 +614,8 @@ export class VpgCapture {
       // An older epoch never got its cut; it cannot be consistent any more.
       this.concludeBarrier(true);
     }
-    if (this.resyncInProgress || this.behind) {
-      // No cut may fall inside a forced resync, nor while logged writes are not on their volume.
+    if (this.checkpointsPaused || this.behind) {
+      // No cut may fall inside a forced resync or while dirty regions exist, nor while logged writes are not on their volume.
       // Voided at once, and reported all the same so that the round ends without waiting for its
       // timeout and the other members hold only briefly.
       this.appendBarrierMarker(marker, { epoch, member, void: true });
@@ -519,8 +661,9 @@ export class VpgCapture {
     }
     clearTimeout(barrier.timer);
     try {
-      // Writes that failed on their volume during the hold are in the stream only: no cut there.
-      this.appendBarrierMarker(barrier.marker, { epoch: barrier.epoch, member: barrier.member, void: voided || this.behind !== undefined });
+      // Writes that failed on their volume during the hold are in the stream only, and writes tracked
+      // during it are not in the stream at all: no cut there.
+      this.appendBarrierMarker(barrier.marker, { epoch: barrier.epoch, member: barrier.member, void: voided || this.behind !== undefined || this.checkpointsPaused });
     } finally {
       this.barrier = undefined;
       this.stalls[this.stallCount++ % STALL_SAMPLES] = (performance.now() - barrier.startedAt) * 1000;
@@ -530,18 +673,49 @@ export class VpgCapture {
 
   private appendBarrierMarker(marker: Omit<CheckpointMarkerBody, 'barrier'>, barrier: BarrierMark): void {
     this.drain();
+    // Draining may have begun degraded mode or left writes behind their volume: then no cut here either.
+    const mark = !barrier.void && (this.checkpointsPaused || this.behind) ? { ...barrier, void: true } : barrier;
     const seq = this.nextSeq++;
-    const record = encodeCheckpointRecord({ seq, capturedAtMicros: nowMicros(), marker: { ...marker, barrier } });
+    const record = encodeCheckpointRecord({ seq, capturedAtMicros: nowMicros(), marker: { ...marker, barrier: mark } });
     this.shipper.offer(this.appendOwn(seq, record), [record]);
     this.concludedEpoch = Math.max(this.concludedEpoch, barrier.epoch);
   }
 
-  /** Everything acknowledged before this call becomes durable locally and in the replication stream. */
+  /**
+   * Everything acknowledged before this call becomes durable locally and in the replication stream.
+   * Locally only in degraded mode (tracking when the flush is made, or from while it waits), and when
+   * the bus has not acknowledged within `flushLinkWaitMs` (the link is down: the writes are durable in
+   * the log and ship when it is back, and the VM goes on rather than stalling on its flushes).
+   */
   async flush(): Promise<void> {
     const target = this.lastSeq;
+    const began = this.trackingBegan.promise;
     await this.syncLocal();
+    if (this.tracking) {
+      return;
+    }
     // A failed append may have taken seqs back meanwhile (see recoverLog): none of those was acknowledged.
-    await this.shipper.waitShipped(Math.min(target, this.lastSeq));
+    const shipped = this.shipper.waitShipped(Math.min(target, this.lastSeq));
+    let timer: NodeJS.Timeout | undefined;
+    const linkDown = new Promise<'link-down'>((resolve) => (timer = setTimeout(() => resolve('link-down'), this.flushLinkWaitMs)));
+    try {
+      const outcome = await Promise.race([shipped.then(() => 'shipped' as const), began.then(() => 'tracking' as const), linkDown]);
+      if (outcome === 'link-down') {
+        if (!this.localFlushes) {
+          this.localFlushes = { since: new Date(), count: 0 };
+          this.logger.error(
+            `the bus has not acknowledged a flush's writes within ${this.flushLinkWaitMs} ms (${this.shipper.error ?? 'no error from it'}): ` +
+              'flushes complete durable on this site only until it does; the writes stay in the log and ship when it is back',
+          );
+        }
+        this.localFlushes.count++;
+      } else if (outcome === 'shipped' && this.localFlushes) {
+        this.logger.warn(`the bus acknowledges flushes again; ${this.localFlushes.count} completed locally only since ${this.localFlushes.since.toISOString()}`);
+        this.localFlushes = undefined;
+      }
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** The journal holds every record up to `appliedSeq`: the log may forget them. */
@@ -554,6 +728,9 @@ export class VpgCapture {
     // the redo at the next start, which reads it from the log.
     const firstBehind = this.behind?.writes[0]?.seq;
     await this.log.deleteThrough(firstBehind === undefined ? appliedSeq : Math.min(appliedSeq, firstBehind - 1));
+    const confirmed = this.confirmedSignal;
+    this.confirmedSignal = deferred();
+    confirmed.resolve();
   }
 
   /** The journal found a gap: ship again from `seq`. */
@@ -563,7 +740,10 @@ export class VpgCapture {
 
   async close(): Promise<void> {
     this.closing = true;
+    clearTimeout(this.probeTimer);
+    this.closed.resolve();
     await this.forced?.stop();
+    await this.syncLoop;
     this.concludeBarrier(true);
     try {
       this.drain();
@@ -580,6 +760,7 @@ export class VpgCapture {
     await this.syncLocal();
     await this.log.close();
     await this.activity.close();
+    await this.dirty.close();
     for (const volume of this.volumes.values()) {
       volume.close();
     }
@@ -601,7 +782,7 @@ export class VpgCapture {
    * write-ahead log. Nothing is acknowledged before its batch is applied, and everything that needs
    * the log or the volumes complete (a flush, a checkpoint marker, close) drains the batch first.
    */
-  private capture(target: ProtectedVolume, offset: number, data: Buffer, fua: boolean, headroom = 0, lease?: PayloadLease): { seq: number; applied: Promise<void> } {
+  private capture(target: ProtectedVolume, offset: number, data: Buffer, fua: boolean, headroom = 0, lease?: PayloadLease): Captured {
     const seq = this.nextSeq++;
     const inPlace = headroom >= RECORD_HEADER_BYTES;
     const record = encodeWriteRecord(
@@ -631,6 +812,7 @@ export class VpgCapture {
         leases,
         writes: [],
         bytes: 0,
+        tracked: false,
         applied,
         // Settled once the batch's log writes and volume writes are done or failed: the capture is
         // finished with its payloads (the shipper holds its own references).
@@ -655,7 +837,7 @@ export class VpgCapture {
     batch.leases.push(lease);
     batch.writes.push({ volume: target, offset, data, seq });
     batch.bytes += data.length;
-    return { seq, applied: batch.applied };
+    return { seq, applied: batch.applied, batch };
   }
 
   /**
@@ -675,6 +857,15 @@ export class VpgCapture {
       batch.settle(error);
       return error;
     };
+    if (!this.tracking && this.logLimitBytes !== undefined && this.log.bytes + batch.bytes > this.logLimitBytes) {
+      this.startTracking(`the splitter log holds ${this.log.bytes} bytes, and its limit is ${this.logLimitBytes}`);
+    }
+    if (this.tracking) {
+      // Its seqs are the last ones handed out (anything appended after a capture drains it first).
+      this.nextSeq = Math.min(this.nextSeq, batch.firstSeq);
+      this.trackBatch(batch);
+      return;
+    }
     // A log write still queued (a marker appended behind a large batch) would let a synchronous append
     // join the queue and return before its bytes are in: the volume must not change before they are.
     if (this.inFlight.size === 0 && !this.log.writesInFlight && batch.bytes < ASYNC_BATCH_BYTES) {
@@ -682,10 +873,9 @@ export class VpgCapture {
       try {
         placed = this.log.append(batch.records);
       } catch (err) {
-        throw failed(this.afterFailedAppend(batch.firstSeq, err, batch.records.length));
-      }
-      if (this.refusing) {
-        this.appendsResumed();
+        this.afterFailedAppend(batch.firstSeq, err);
+        this.trackBatch(batch);
+        return;
       }
       const failure = applyInOrder(batch.writes);
       // In the log, so in the stream, whether or not the volume took them.
@@ -698,14 +888,13 @@ export class VpgCapture {
       batch.settle();
       return;
     }
-    // Appended while earlier appends were being refused: once in, the log takes appends again. (A batch
-    // appended before the refusals began says nothing about that when it completes.)
-    const retrying = this.refusing !== undefined;
     let placed;
     try {
       placed = this.log.appendAsync(batch.records);
     } catch (err) {
-      throw failed(this.afterFailedAppend(batch.firstSeq, err, batch.records.length));
+      this.afterFailedAppend(batch.firstSeq, err);
+      this.trackBatch(batch);
+      return;
     }
     // The shipper ships only what the log has made durable, and a sync waits for these writes.
     this.shipper.offer(placed, batch.records, batch.batchHeadroom, batch.leases);
@@ -724,13 +913,13 @@ export class VpgCapture {
       try {
         await logged;
       } catch (err) {
-        // Its records, and every one after them, are being cut off the log: the volumes never see them.
-        this.noteRefused(err, batch.records.length);
+        // Its records, and every one after them, are being cut off the log (their seqs handed out
+        // again): this batch is taken in degraded mode instead.
+        this.startTracking(`an append to the splitter log failed: ${messageOf(err)}`);
         this.recoverLog(err);
-        throw err;
-      }
-      if (retrying && this.refusing) {
-        this.appendsResumed();
+        batch.tracked = true;
+        await this.markAndApply(batch.writes, batch.bytes);
+        return;
       }
       if (this.behind) {
         // Earlier writes failed on their volume: these go after them, in order.
@@ -759,42 +948,28 @@ export class VpgCapture {
     try {
       return this.log.append([record]);
     } catch (err) {
-      throw this.afterFailedAppend(seq, err, 1);
+      throw this.afterFailedAppend(seq, err);
     }
   }
 
   /**
    * An append to the log failed (a full disk): nothing of it is in the log, so its seqs, the last ones
-   * handed out, are handed out again. When the failure was a write on the thread pool, the log is cut
-   * back to it first (recoverLog), which may take seqs further back.
+   * handed out, are handed out again, and the capture goes into degraded mode. When the failure was a
+   * write on the thread pool, the log is cut back to it first (recoverLog), which may take seqs
+   * further back.
    */
-  private afterFailedAppend(firstSeq: number, err: unknown, records: number): unknown {
+  private afterFailedAppend(firstSeq: number, err: unknown): unknown {
     this.nextSeq = Math.min(this.nextSeq, firstSeq);
-    this.noteRefused(err, records);
+    this.startTracking(`an append to the splitter log failed: ${messageOf(err)}`);
     if (this.log.failedAt) {
       this.recoverLog(err);
     }
     return err;
   }
 
-  /** Says once, when appends begin to fail, that writes are being refused; appendsResumed says when it ends. */
-  private noteRefused(err: unknown, records: number): void {
-    if (!this.refusing) {
-      this.refusing = { since: new Date(), records: 0, error: '' };
-      this.logger.error(`the splitter log cannot take writes (${messageOf(err)}): refusing them (${codeOf(err) ?? 'EIO'}) until it can`);
-    }
-    this.refusing.records += records;
-    this.refusing.error = messageOf(err);
-  }
-
-  private appendsResumed(): void {
-    this.logger.warn(`the splitter log takes writes again; ${this.refusing?.records ?? 0} record(s) were refused since ${this.refusing?.since.toISOString() ?? '?'}`);
-    this.refusing = undefined;
-  }
-
   /**
    * A write on the thread pool failed to go into the log: once nothing is in flight, the log cuts off
-   * that write's records and all after it (their writers were refused), and the capture hands out
+   * that write's records and all after it (their batches are taken in degraded mode), and the capture hands out
    * their seqs again and drops them from the shipper's window, so the stream goes on without a gap.
    */
   private recoverLog(cause: unknown): void {
@@ -808,14 +983,15 @@ export class VpgCapture {
           if (!cut) {
             return;
           }
-          // Captured after the failure, not yet drained: their seqs are past the cut.
+          // Captured after the failure, not yet drained: their seqs are past the cut. Tracked instead.
           const open = this.batch;
           this.batch = undefined;
-          // The log's own error, carrying the file system's code (ENOSPC) from its cause.
-          open?.settle(new SegmentLogError(`refused: an earlier append to the splitter log failed (${messageOf(cause)})`, { cause }));
+          if (open) {
+            this.trackBatch(open);
+          }
           this.nextSeq = cut.seq;
           this.shipper.forgetFrom(cut.position, cut.seq);
-          this.logger.warn(`an append to the splitter log failed (${messageOf(cause)}): the log goes on from seq ${cut.seq}; the writes from there on were refused`);
+          this.logger.warn(`an append to the splitter log failed (${messageOf(cause)}): the log goes on from seq ${cut.seq}; the writes from there on were taken in degraded mode`);
         },
         (err: unknown) => {
           this.logger.error(`the splitter log could not be cut back after a failed append: ${messageOf(err)}`);
@@ -948,14 +1124,37 @@ export class VpgCapture {
       for (const { record } of records) {
         const decoded = decodeRecord(record);
         if (decoded.kind === RecordKind.Write) {
-          this.volumes.get(decoded.volumeIndex)?.write(decoded.offset, decoded.data);
-          applied++;
+          const volume = this.volumes.get(decoded.volumeIndex);
+          if (volume) {
+            this.redoOutsideDirty(volume, decoded.offset, decoded.data);
+            applied++;
+          }
         }
       }
       cursor = next;
     }
     await Promise.all([...this.volumes.values()].map((v) => v.sync()));
     this.logger.warn(`unclean shutdown (${this.previousEnd}): re-applied ${applied} logged writes to the volumes (last seq ${this.lastSeq})`);
+  }
+
+  /**
+   * A logged write applied again, except where it falls in a dirty region: there the volume holds
+   * writes tracked after it (degraded mode), newer than the log, and the sync of the region puts the
+   * volume's bytes into the stream after this record.
+   */
+  private redoOutsideDirty(volume: ProtectedVolume, offset: number, data: Buffer): void {
+    const index = volume.volume.index;
+    if (!this.dirty.intersects(index, offset, data.length)) {
+      volume.write(offset, data);
+      return;
+    }
+    for (let at = offset; at < offset + data.length; ) {
+      const end = Math.min(offset + data.length, (Math.floor(at / DIRTY_REGION_BYTES) + 1) * DIRTY_REGION_BYTES);
+      if (!this.dirty.intersects(index, at, end - at)) {
+        volume.write(at, data.subarray(at - offset, end - offset));
+      }
+      at = end;
+    }
   }
 
   /** After a host crash: every region of the activity log, read from the volume, captured as writes. */
@@ -985,9 +1184,12 @@ export class VpgCapture {
   /** The operator-forced resync (see forced-resync.ts); set at open, before any command is taken. */
   private forced: ForcedResync | undefined;
 
-  /** While true no checkpoint is cut here: automatic markers are skipped, the others deferred. */
-  get resyncInProgress(): boolean {
-    return this.forced?.inProgress ?? false;
+  /**
+   * While true no checkpoint is cut here (a forced resync runs, or dirty regions exist): automatic
+   * markers are skipped, the others deferred.
+   */
+  get checkpointsPaused(): boolean {
+    return this.gate.held;
   }
 
   /**
@@ -1007,15 +1209,26 @@ export class VpgCapture {
       vpg: this.vpg,
       volumes: this.volumes,
       captureChunk: (volume, offset, length) => this.captureResyncChunk(volume, offset, length),
-      // While writes are behind their volume, it is their retry the resync waits for.
-      applying: () => this.behind?.caughtUp ?? this.applying,
+      applying: () => this.chunkBlocked(),
       shippedSeq: () => this.shipper.shippedSeq,
       waitShipped: (seq) => this.shipper.waitShipped(seq),
       heldBarrier: () => this.barrier?.released,
-      insertCheckpoint: (marker) => {
-        this.insertCheckpoint(marker);
-      },
+      gate: this.gate,
     });
+  }
+
+  /**
+   * What a resync chunk that could not be captured waits for: the end of tracking (the log takes no
+   * records), the retry of writes behind their volume, or the writes on their way to the volumes.
+   */
+  private chunkBlocked(): Promise<void> | undefined {
+    if (this.tracking) {
+      return this.trackingEnded.promise;
+    }
+    if (!this.chunkFits(RESYNC_CHUNK_BYTES)) {
+      return this.confirmedSignal.promise;
+    }
+    return this.behind?.caughtUp ?? this.applying;
   }
 
   /**
@@ -1025,14 +1238,187 @@ export class VpgCapture {
    */
   private captureResyncChunk(volume: ProtectedVolume, offset: number, length: number): number | undefined {
     this.drain();
-    if (this.inFlight.size > 0 || this.behind) {
-      // The volume does not hold every write before this seq yet: the resync waits for them and asks again.
+    if (this.inFlight.size > 0 || this.behind || this.tracking || !this.chunkFits(length)) {
+      // The volume does not hold every write before this seq yet, or the log takes no records, or
+      // not this many before the journal confirms more: the resync waits (chunkBlocked) and asks again.
       return undefined;
     }
     const seq = this.nextSeq++;
     const record = encodeWriteRecord({ seq, volumeIndex: volume.volume.index, offset, capturedAtMicros: nowMicros(), flags: 0, data: volume.read(offset, length) });
-    this.shipper.offer(this.appendOwn(seq, record), [record]);
+    let placed;
+    try {
+      placed = this.appendOwn(seq, record);
+    } catch (err) {
+      if (this.tracking) {
+        // The append failed (a full disk): the capture tracks writes now, and the resync waits for that to end.
+        return undefined;
+      }
+      throw err;
+    }
+    this.shipper.offer(placed, [record]);
     return seq;
+  }
+
+  /**
+   * Whether a resync chunk of `length` bytes fits under the log's size limit. A resync waits for room
+   * rather than filling the log: filled, it would put the client's writes into degraded mode.
+   */
+  private chunkFits(length: number): boolean {
+    return this.logLimitBytes === undefined || this.log.bytes + length <= this.logLimitBytes;
+  }
+
+  // Degraded mode (see the class comment)
+
+  /** The log cannot take writes: tracking begins (once; later calls while it runs change nothing). */
+  private startTracking(reason: string): void {
+    if (this.tracking) {
+      return;
+    }
+    this.clearProbe();
+    const again = performance.now() - this.trackingEndedAt < 2 * this.probeDelayMs;
+    // Back again soon after it last ended: the log is still full; look less often.
+    this.probeDelayMs = again ? Math.min(this.probeDelayMs * 2, TRACKING_PROBE_MAX_MS) : TRACKING_PROBE_FIRST_MS;
+    this.tracking = { since: new Date(), reason, writes: 0, bytes: 0 };
+    this.dirtySince ??= this.tracking.since;
+    this.gate.hold(GATE_DIRTY);
+    const message = `${reason}: degraded mode, writes go to their volume only and their regions are tracked; no checkpoint until they are synced`;
+    if (again) {
+      this.logger.warn(message);
+    } else {
+      this.logger.error(message);
+    }
+    const began = this.trackingBegan;
+    this.trackingBegan = deferred();
+    began.resolve();
+    this.scheduleProbe();
+  }
+
+  private scheduleProbe(): void {
+    this.clearProbe();
+    if (this.closing) {
+      return;
+    }
+    this.probeTimer = setTimeout(() => this.probeTracking(), this.probeDelayMs);
+    this.probeTimer.unref();
+  }
+
+  private clearProbe(): void {
+    clearTimeout(this.probeTimer);
+    this.probeTimer = undefined;
+  }
+
+  /** While tracking: once the log may take writes again, they are logged again and the dirty regions synced. */
+  private probeTracking(): void {
+    const tracking = this.tracking;
+    if (!tracking || this.closing) {
+      return;
+    }
+    if (this.logRecovery || (this.logLimitBytes !== undefined && this.log.bytes > this.logLimitBytes * LOG_LIMIT_RESUME_SHARE)) {
+      this.scheduleProbe();
+      return;
+    }
+    this.tracking = undefined;
+    this.trackingEndedAt = performance.now();
+    const ended = this.trackingEnded;
+    this.trackingEnded = deferred();
+    ended.resolve();
+    this.logger.warn(
+      `the splitter log takes writes again: ${tracking.writes} write(s) (${tracking.bytes} bytes) were tracked since ${tracking.since.toISOString()}; ` +
+        `syncing ${this.dirty.dirtyRegions} dirty region(s)`,
+    );
+    this.startDirtySync();
+  }
+
+  /**
+   * Writes to their volumes without the log, in order after the batches in flight that write where
+   * they do, once their regions are durable in the dirty map. Resolves when they are on their volumes.
+   */
+  private applyTracked(writes: readonly QueuedWrite[], bytes: number): Promise<void> {
+    const ranges = writes.map((w) => ({ volume: w.volume, start: w.offset, end: w.offset + w.data.length }));
+    const before = [...this.inFlight].filter((other) => overlaps(other.ranges, ranges)).map((other) => other.done);
+    const work = Promise.all(before).then(() => this.markAndApply(writes, bytes));
+    const entry = { ranges, done: work.catch(() => undefined) };
+    this.inFlight.add(entry);
+    void entry.done.then(() => this.inFlight.delete(entry));
+    return work;
+  }
+
+  /** A batch taken in degraded mode: its writers are answered once its writes are on their volumes. */
+  private trackBatch(batch: CaptureBatch): void {
+    batch.tracked = true;
+    this.applyTracked(batch.writes, batch.bytes).then(
+      () => batch.settle(),
+      (err: unknown) => batch.settle(err instanceof Error ? err : new Error(String(err))),
+    );
+  }
+
+  /**
+   * Marks the writes' regions in the dirty map (durably), then applies them in order: after any logged
+   * writes still behind their volume (retried first; if they still fail, these fail too, unapplied).
+   */
+  private async markAndApply(writes: readonly QueuedWrite[], bytes: number): Promise<void> {
+    if (this.behind) {
+      await this.catchUp();
+    }
+    if (this.tracking) {
+      this.tracking.writes += writes.length;
+      this.tracking.bytes += bytes;
+    }
+    const marked = writes.map((w) => this.dirty.mark(w.volume.volume.index, w.offset, w.data.length)).filter((p) => p !== undefined);
+    if (marked.length > 0) {
+      await Promise.all(marked);
+    }
+    const failure = bytes >= ASYNC_BATCH_BYTES ? await applyInOrderAsync(writes) : applyInOrder(writes);
+    if (failure) {
+      throw failure.error;
+    }
+  }
+
+  /** Syncs the dirty regions, pass after pass, until none is left; stops while tracking, and when closing. */
+  private startDirtySync(): void {
+    if (this.syncLoop || this.closing) {
+      return;
+    }
+    const host = {
+      volumes: this.volumes,
+      captureChunk: (volume: ProtectedVolume, offset: number, length: number) => this.captureResyncChunk(volume, offset, length),
+      applying: () => this.chunkBlocked(),
+      heldBarrier: () => this.barrier?.released,
+      shippedSeq: () => this.shipper.shippedSeq,
+      waitShipped: (seq: number) => this.shipper.waitShipped(seq),
+      tracking: () => this.tracking !== undefined,
+      interrupted: () => Promise.race([this.trackingBegan.promise, this.closed.promise]),
+    };
+    this.syncLoop = (async () => {
+      while (!this.closing && !this.tracking && this.dirty.dirtyRegions > 0) {
+        const pass = new DirtySync(this.dirty, host);
+        this.syncPass = pass;
+        await pass.run();
+      }
+    })()
+      .then(
+        () => {
+          this.syncError = undefined;
+        },
+        (err: unknown) => {
+          this.syncError = messageOf(err);
+          this.logger.error(`the sync of dirty regions stopped: ${this.syncError}; trying again in ${DIRTY_SYNC_RETRY_MS} ms`);
+          setTimeout(() => this.startDirtySync(), DIRTY_SYNC_RETRY_MS).unref();
+        },
+      )
+      .finally(() => {
+        this.syncPass = undefined;
+        this.syncLoop = undefined;
+        if (!this.closing && !this.tracking && this.dirty.dirtyRegions === 0 && this.dirtySince) {
+          const since = this.dirtySince;
+          this.dirtySince = undefined;
+          const released = this.gate.release(GATE_DIRTY);
+          this.logger.warn(
+            `dirty regions synced (dirty since ${since.toISOString()}); ` +
+              (released ? `checkpoints resume: ${released.inserted} deferred one(s) inserted, ${released.skipped} automatic one(s) skipped` : 'checkpoints stay paused for a forced resync'),
+          );
+        }
+      });
   }
 }
 
@@ -1082,6 +1468,8 @@ interface Behind {
 interface CaptureBatch {
   /** Seq of its first write: every seq from there to the last one handed out is this batch's. */
   readonly firstSeq: number;
+  /** Taken in degraded mode instead of being logged (its seqs handed out again): its writers get no seq. */
+  tracked: boolean;
   readonly records: Buffer[];
   /** Per record: BATCH_HEADER_BYTES in front of it are ours, so a batch of it alone needs no copy. */
   readonly batchHeadroom: boolean[];
@@ -1092,6 +1480,24 @@ interface CaptureBatch {
   bytes: number;
   readonly applied: Promise<void>;
   readonly settle: (err?: Error) => void;
+}
+
+/** A write as capture() queued it: its seq, its batch, and when the batch is in the log and on the volumes. */
+interface Captured {
+  readonly seq: number;
+  readonly applied: Promise<void>;
+  readonly batch: CaptureBatch;
+}
+
+interface Deferred {
+  readonly promise: Promise<void>;
+  readonly resolve: () => void;
+}
+
+function deferred(): Deferred {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
 }
 
 /** Where applying a batch stopped: the index of the first write of the run that failed, and why. */

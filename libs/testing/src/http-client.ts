@@ -20,14 +20,24 @@ export class ApiClient {
     return result;
   }
 
+  /** A write the splitter must log: its seq (an error if it was taken in degraded mode instead). */
   async write(vpgId: string, volumeId: string, offset: number, data: Buffer, fua = false): Promise<number> {
+    const seq = await this.writeOrTrack(vpgId, volumeId, offset, data, fua);
+    if (seq === null) {
+      throw new Error(`write at ${offset} was taken in degraded mode (no seq): the splitter log could not take it`);
+    }
+    return seq;
+  }
+
+  /** A write through the splitter's HTTP API: its seq, or null when it was taken in degraded mode (tracked, not logged). */
+  async writeOrTrack(vpgId: string, volumeId: string, offset: number, data: Buffer, fua = false): Promise<number | null> {
     const response = await fetch(`${this.baseUrl}/api/splitter/vpgs/${vpgId}/volumes/${volumeId}/data?offset=${offset}${fua ? '&fua=1' : ''}`, {
       method: 'PUT',
       headers: { 'content-type': 'application/octet-stream' },
       body: data,
     });
-    const body = (await response.json()) as { seq?: number; message?: string };
-    if (response.status !== 200 || typeof body.seq !== 'number') {
+    const body = (await response.json()) as { seq?: number | null; message?: string };
+    if (response.status !== 200 || !(typeof body.seq === 'number' || body.seq === null)) {
       throw new Error(`write answered ${response.status}: ${body.message ?? JSON.stringify(body)}`);
     }
     return body.seq;
