@@ -9,6 +9,15 @@ describe('loadConfig', () => {
     expect(config.payloadRingBytes).toBe(256 * 1024 * 1024);
     expect(config.poisonReleasedPayloads).toBe(false);
     expect(config.splitterLogLimitBytes).toBe(8192 * 1024 * 1024);
+    expect(config.splitterFlushLinkWaitMs).toBe(10_000);
+  });
+
+  it('takes the flush link wait in seconds, 0 to wait for the bus however long', () => {
+    expect(loadConfig({ CDP_SPLITTER_FLUSH_LINK_WAIT_S: '0' }).splitterFlushLinkWaitMs).toBeUndefined();
+    expect(loadConfig({ CDP_SPLITTER_FLUSH_LINK_WAIT_S: '30' }).splitterFlushLinkWaitMs).toBe(30_000);
+    for (const bad of ['-1', '2.5', 'soon', '86401']) {
+      expect(() => loadConfig({ CDP_SPLITTER_FLUSH_LINK_WAIT_S: bad })).toThrow(/CDP_SPLITTER_FLUSH_LINK_WAIT_S/);
+    }
   });
 
   it('takes the splitter log limit in MiB, 0 for none, and refuses one too small to shrink by whole segments', () => {

@@ -53,6 +53,12 @@ export interface AppConfig {
    */
   readonly splitterLogLimitBytes: number | undefined;
   /**
+   * How long a flush waits for the bus to acknowledge its writes before it completes durable on the
+   * protected site only (CDP_SPLITTER_FLUSH_LINK_WAIT_S, default 10; 0: it waits for as long as it
+   * takes, which stalls a VM's flushes for as long as the link is down).
+   */
+  readonly splitterFlushLinkWaitMs: number | undefined;
+  /**
    * Overwrite payload ring regions the moment their last holder releases them
    * (CDP_POISON_RELEASED_PAYLOADS, default false): a check for tests, which the Jest configuration
    * turns on, at the cost of a memset per large write.
@@ -128,6 +134,7 @@ const envSchema = z.object({
     .int()
     .refine((mb) => mb === 0 || (mb >= 256 && mb <= 1024 * 1024), 'must be 0 (no limit) or from 256 to 1048576')
     .default(8192),
+  CDP_SPLITTER_FLUSH_LINK_WAIT_S: z.coerce.number().int().min(0).max(86_400).default(10),
   CDP_BUS: z.enum(['in-process', 'kafka']).default('in-process'),
   CDP_KAFKA_BROKERS: z
     .string()
@@ -181,6 +188,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     payloadRingBytes: e.CDP_PAYLOAD_RING_MB * 1024 * 1024,
     poisonReleasedPayloads: e.CDP_POISON_RELEASED_PAYLOADS,
     splitterLogLimitBytes: e.CDP_SPLITTER_LOG_LIMIT_MB === 0 ? undefined : e.CDP_SPLITTER_LOG_LIMIT_MB * 1024 * 1024,
+    splitterFlushLinkWaitMs: e.CDP_SPLITTER_FLUSH_LINK_WAIT_S === 0 ? undefined : e.CDP_SPLITTER_FLUSH_LINK_WAIT_S * 1000,
     bus:
       e.CDP_BUS === 'kafka'
         ? {

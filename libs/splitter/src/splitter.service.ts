@@ -53,6 +53,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
   private readonly payloadRingBytes: number;
   private readonly poisonReleasedPayloads: boolean;
   private readonly logLimitBytes: number | undefined;
+  private readonly flushLinkWaitMs: number | null;
   private payloads: PayloadRing | undefined;
   /** Tells the recovery site of a VPG's trouble here (a full disk), which raises alerts for it. */
   private readonly reporter: SiteConditionReporter;
@@ -67,6 +68,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
     this.payloadRingBytes = config.payloadRingBytes;
     this.poisonReleasedPayloads = config.poisonReleasedPayloads;
     this.logLimitBytes = config.splitterLogLimitBytes;
+    this.flushLinkWaitMs = config.splitterFlushLinkWaitMs ?? null;
     this.reporter = new SiteConditionReporter(this.producer, this.host, this.instance, () => this.allCaptures());
   }
 
@@ -249,6 +251,7 @@ export class SplitterService implements OnApplicationBootstrap, BeforeApplicatio
         ...(multiMember ? { member: this.host } : {}),
         payloads: this.payloadRing(),
         logLimitBytes: this.logLimitBytes,
+        flushLinkWaitMs: this.flushLinkWaitMs,
       });
       this.opening.set(vpg.id, pending);
     }

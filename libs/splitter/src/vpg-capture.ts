@@ -166,8 +166,9 @@ export interface CaptureOptions {
    * How long a flush waits for the bus to acknowledge its writes before it completes with local
    * durability only (the link is down; the writes stay in the log and ship when it is back). Default
    * 10 s: a bus that takes longer than that is not there, and a VM whose flush never completes stops.
+   * null: a flush waits for the bus however long that takes.
    */
-  readonly flushLinkWaitMs?: number;
+  readonly flushLinkWaitMs?: number | null;
   /**
    * Most bytes the splitter log may hold (records the journal has not confirmed yet); beyond it the
    * capture goes into degraded mode and tracks dirty regions instead. Undefined: no limit but the disk.
@@ -297,15 +298,15 @@ export class VpgCapture {
     readonly previousEnd: PreviousEnd,
     private readonly payloads: PayloadRing | undefined,
     private readonly logLimitBytes: number | undefined,
-    private readonly flushLinkWaitMs: number,
+    private readonly flushLinkWaitMs: number | null,
   ) {
     this.nextSeq = (log.lastSeq ?? 0) + 1;
     this.logger = new Logger(`capture ${vpg.name}`);
   }
 
   static async open(vpg: Vpg, dir: string, producer: BusProducer, options: CaptureOptions = {}): Promise<VpgCapture> {
-    const linkWait = options.flushLinkWaitMs ?? DEFAULT_FLUSH_LINK_WAIT_MS;
-    if (!(Number.isInteger(linkWait) && linkWait > 0)) {
+    const linkWait = options.flushLinkWaitMs === undefined ? DEFAULT_FLUSH_LINK_WAIT_MS : options.flushLinkWaitMs;
+    if (linkWait !== null && !(Number.isInteger(linkWait) && linkWait > 0)) {
       throw new RangeError(`flushLinkWaitMs must be a whole number of milliseconds above 0, not ${linkWait}`);
     }
     const limit = options.logLimitBytes;
@@ -697,7 +698,8 @@ export class VpgCapture {
     // A failed append may have taken seqs back meanwhile (see recoverLog): none of those was acknowledged.
     const shipped = this.shipper.waitShipped(Math.min(target, this.lastSeq));
     let timer: NodeJS.Timeout | undefined;
-    const linkDown = new Promise<'link-down'>((resolve) => (timer = setTimeout(() => resolve('link-down'), this.flushLinkWaitMs)));
+    const linkWait = this.flushLinkWaitMs;
+    const linkDown = linkWait === null ? new Promise<never>(() => undefined) : new Promise<'link-down'>((resolve) => (timer = setTimeout(() => resolve('link-down'), linkWait)));
     try {
       const outcome = await Promise.race([shipped.then(() => 'shipped' as const), began.then(() => 'tracking' as const), linkDown]);
       if (outcome === 'link-down') {
