@@ -14,6 +14,8 @@ export interface DirtySyncHost {
   heldBarrier(): Promise<void> | undefined;
   shippedSeq(): number;
   waitShipped(seq: number): Promise<void>;
+  /** As ResyncHost.logCuts: a chunk not acknowledged before a cut of the log may be gone. */
+  logCuts(): number;
   /** Whether the capture tracks writes again (the log refused one): the sync gives up until it stops. */
   tracking(): boolean;
   /** Resolves when the capture starts tracking again (or is closing). */
@@ -52,10 +54,18 @@ export class DirtySync {
     /** Chunks captured, not yet acknowledged by the bus, oldest first. */
     const pending: { readonly key: number; readonly seq: number; readonly bytes: number }[] = [];
     let pendingBytes = 0;
+    let cuts = this.host.logCuts();
     const settle = (): void => {
+      if (this.host.logCuts() !== cuts) {
+        // The log was cut back: the chunks not acknowledged yet may be gone, their seqs handed to other
+        // records. Their bits stay, for the next pass.
+        cuts = this.host.logCuts();
+        pending.length = 0;
+        pendingBytes = 0;
+        return;
+      }
       if (this.host.tracking()) {
-        // A failed append may be cutting the log back past chunks not yet shipped, and their seqs go
-        // to other records: nothing is cleared from here on; the bits stay for the next pass.
+        // A failed append may be cutting the log back right now: nothing is cleared until it is done.
         return;
       }
       const shipped = this.host.shippedSeq();

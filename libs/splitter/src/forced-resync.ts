@@ -63,6 +63,12 @@ export interface ResyncHost {
    */
   heldBarrier(): Promise<void> | undefined;
   waitShipped(seq: number): Promise<void>;
+  /**
+   * How many times the log has been cut back after a failed append. A chunk captured before a cut and
+   * not yet acknowledged may have been cut off, its seq handed to another record: the bus
+   * acknowledging that seq later says nothing about the chunk.
+   */
+  logCuts(): number;
   /** Held while the resync runs: no checkpoint is cut inside it. */
   readonly gate: CheckpointGate;
 }
@@ -258,8 +264,20 @@ export class ForcedResync {
     let savedAt = bytesDone;
     let shippedDone = bytesDone;
     let shippedNext = { ...next };
+    let cuts = this.host.logCuts();
 
     const settle = (): void => {
+      if (this.host.logCuts() !== cuts) {
+        // The log was cut back: the chunks not acknowledged yet may be gone. Read them again, from
+        // just after the last one the bus acknowledged.
+        cuts = this.host.logCuts();
+        pending.length = 0;
+        pendingBytes = 0;
+        next = { ...shippedNext };
+        bytesDone = shippedDone;
+        this.progress = { ...start, next, bytesDone };
+        return;
+      }
       const shipped = this.host.shippedSeq();
       for (let chunk = pending[0]; chunk !== undefined && chunk.seq <= shipped; chunk = pending[0]) {
         pending.shift();
@@ -269,51 +287,58 @@ export class ForcedResync {
       }
     };
 
-    while (next.volume < start.volumes.length) {
+    // Until every chunk is read and acknowledged; a cut of the log (see settle) sends it back.
+    for (;;) {
+      while (next.volume < start.volumes.length) {
+        if (this.stopping) {
+          return;
+        }
+        const volume = byId.get(start.volumes[next.volume] as string);
+        const size = volume?.volume.sizeBytes ?? 0;
+        if (!volume || next.offset >= size) {
+          // A volume the definition no longer has is skipped; so is the end of each volume.
+          next = { volume: next.volume + 1, offset: 0 };
+          continue;
+        }
+        const held = this.host.heldBarrier();
+        if (held) {
+          await Promise.race([held, this.stopped]);
+          continue;
+        }
+        const length = Math.min(RESYNC_CHUNK_BYTES, size - next.offset);
+        const seq = this.host.captureChunk(volume, next.offset, length);
+        if (seq === undefined) {
+          await Promise.race([this.host.applying(), this.stopped]);
+          continue;
+        }
+        next = { volume: next.volume, offset: next.offset + length };
+        bytesDone += length;
+        this.progress = { ...start, next, bytesDone };
+        pending.push({ seq, bytes: length, after: next });
+        pendingBytes += length;
+        settle();
+        while (pendingBytes > RESYNC_MAX_UNSHIPPED_BYTES && !this.stopping) {
+          await this.untilShippedOrStopped((pending[0] as PendingChunk).seq);
+          settle();
+        }
+        if (shippedDone - savedAt >= SAVE_EVERY_BYTES && !this.stopping) {
+          await this.save({ ...start, next: shippedNext, bytesDone: shippedDone });
+          savedAt = shippedDone;
+        }
+        // Client writes and commands run between chunks.
+        await yieldToEventLoop();
+      }
+      const last = pending[pending.length - 1];
+      if (last) {
+        await this.untilShippedOrStopped(last.seq);
+      }
       if (this.stopping) {
         return;
       }
-      const volume = byId.get(start.volumes[next.volume] as string);
-      const size = volume?.volume.sizeBytes ?? 0;
-      if (!volume || next.offset >= size) {
-        // A volume the definition no longer has is skipped; so is the end of each volume.
-        next = { volume: next.volume + 1, offset: 0 };
-        continue;
-      }
-      const held = this.host.heldBarrier();
-      if (held) {
-        await Promise.race([held, this.stopped]);
-        continue;
-      }
-      const length = Math.min(RESYNC_CHUNK_BYTES, size - next.offset);
-      const seq = this.host.captureChunk(volume, next.offset, length);
-      if (seq === undefined) {
-        await Promise.race([this.host.applying(), this.stopped]);
-        continue;
-      }
-      next = { volume: next.volume, offset: next.offset + length };
-      bytesDone += length;
-      this.progress = { ...start, next, bytesDone };
-      pending.push({ seq, bytes: length, after: next });
-      pendingBytes += length;
       settle();
-      while (pendingBytes > RESYNC_MAX_UNSHIPPED_BYTES && !this.stopping) {
-        await this.untilShippedOrStopped((pending[0] as PendingChunk).seq);
-        settle();
+      if (next.volume >= start.volumes.length && pending.length === 0) {
+        break;
       }
-      if (shippedDone - savedAt >= SAVE_EVERY_BYTES && !this.stopping) {
-        await this.save({ ...start, next: shippedNext, bytesDone: shippedDone });
-        savedAt = shippedDone;
-      }
-      // Client writes and commands run between chunks.
-      await yieldToEventLoop();
-    }
-    const last = pending[pending.length - 1];
-    if (last) {
-      await this.untilShippedOrStopped(last.seq);
-    }
-    if (this.stopping) {
-      return;
     }
     const done: Progress = { ...start, next, bytesDone, completedAt: new Date().toISOString() };
     await this.save(done);

@@ -2,29 +2,17 @@ import { InProcessBus, type BusConsumer } from '@cdp/bus';
 import { BATCH_HEADER_BYTES, RECORD_FLAG_FUA, RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch, type WriteRecord } from '@cdp/contracts';
 import { type Vpg } from '@cdp/domain';
 import { NBD_ENOSPC, NbdError } from '@cdp/nbd';
-import { tempDir, waitFor, type TempDir } from '@cdp/testing';
+import { oneVmVpg, tempDir, waitFor, type TempDir } from '@cdp/testing';
 import { nbdExportCatalog } from './nbd-exports';
 import { ProtectedVolumeDevice, ZERO_CHUNK_BYTES } from './protected-volume.device';
 import { VpgCapture } from './vpg-capture';
 
 const MiB = 1024 * 1024;
 
-const vpg: Vpg = {
-  id: '6f1d2c3b-4a59-4e8f-9a7b-1c2d3e4f5a6c',
-  name: 'device-test',
-  createdAt: new Date(0).toISOString(),
-  settings: { journalHistorySeconds: 3600, checkpointIntervalSeconds: 5, historyWarningSeconds: 1800, historyAlertSeconds: 600 },
-  vms: [
-    {
-      id: '0a1b2c3d-0000-4000-8000-000000000101',
-      name: 'vm',
-      volumes: [
-        { id: '0a1b2c3d-0000-4000-8000-000000000111', name: 'a', index: 0, sizeBytes: 8 * MiB, blockSize: 512 },
-        { id: '0a1b2c3d-0000-4000-8000-000000000112', name: 'b', index: 1, sizeBytes: 4 * MiB, blockSize: 4096 },
-      ],
-    },
-  ],
-};
+const vpg = oneVmVpg('6f1d2c3b-4a59-4e8f-9a7b-1c2d3e4f5a6c', 'device-test', '0a1b2c3d-0000-4000-8000-000000000101', [
+  { id: '0a1b2c3d-0000-4000-8000-000000000111', name: 'a', index: 0, sizeBytes: 8 * MiB, blockSize: 512 },
+  { id: '0a1b2c3d-0000-4000-8000-000000000112', name: 'b', index: 1, sizeBytes: 4 * MiB, blockSize: 4096 }
+]);
 const [volumeA, volumeB] = vpg.vms[0]!.volumes;
 
 /** A payload as the NBD server hands it over: with the device's headroom reserved in front of it. */

@@ -1,20 +1,15 @@
 import { InProcessBus, type BusConsumer, type BusProducer } from '@cdp/bus';
 import { TOPICS, domainEventSchema, type DomainEventMessage } from '@cdp/contracts';
-import { type Vpg } from '@cdp/domain';
-import { diskFullFaults, tempDir, waitFor, type TempDir } from '@cdp/testing';
+import { diskFullFaults, oneVmVpg, tempDir, waitFor, type TempDir } from '@cdp/testing';
 import { SiteConditionReporter, conditionsOf } from './site-reporter';
 import { VpgCapture, type CaptureStatus } from './vpg-capture';
 
 const MiB = 1024 * 1024;
 const INSTANCE = '0a1b2c3d-0000-4000-8000-0000000000aa';
 
-const vpg: Vpg = {
-  id: '6f1d2c3b-4a59-4e8f-9a7b-1c2d3e4f5a6c',
-  name: 'reporter-test',
-  createdAt: new Date(0).toISOString(),
-  settings: { journalHistorySeconds: 3600, checkpointIntervalSeconds: 5, historyWarningSeconds: 1800, historyAlertSeconds: 600 },
-  vms: [{ id: '0a1b2c3d-0000-4000-8000-000000000001', name: 'vm', volumes: [{ id: '0a1b2c3d-0000-4000-8000-000000000011', name: 'a', index: 0, sizeBytes: 8 * MiB, blockSize: 512 }] }],
-};
+const vpg = oneVmVpg('6f1d2c3b-4a59-4e8f-9a7b-1c2d3e4f5a6c', 'reporter-test', '0a1b2c3d-0000-4000-8000-000000000001', [
+  { id: '0a1b2c3d-0000-4000-8000-000000000011', name: 'a', index: 0, sizeBytes: 8 * MiB, blockSize: 512 }
+]);
 const volumeId = vpg.vms[0]!.volumes[0]!.id;
 
 type Report = Extract<DomainEventMessage, { type: 'site.conditions-reported' }>;

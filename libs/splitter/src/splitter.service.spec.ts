@@ -2,23 +2,12 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InProcessBus } from '@cdp/bus';
 import { loadConfig } from '@cdp/config';
-import { type Vpg } from '@cdp/domain';
-import { tempDir, type TempDir } from '@cdp/testing';
+import { oneVmVpg, tempDir, type TempDir } from '@cdp/testing';
 import { type SplitterFrontEnd, SplitterService } from './splitter.service';
 
-const vpg: Vpg = {
-  id: '6f1d2c3b-4a59-4e8f-9a7b-1c2d3e4f5a70',
-  name: 'front-end-test',
-  createdAt: new Date(0).toISOString(),
-  settings: { journalHistorySeconds: 3600, checkpointIntervalSeconds: 5, historyWarningSeconds: 1800, historyAlertSeconds: 600 },
-  vms: [
-    {
-      id: '0a1b2c3d-0000-4000-8000-000000000301',
-      name: 'vm',
-      volumes: [{ id: '0a1b2c3d-0000-4000-8000-000000000311', name: 'disk', index: 0, sizeBytes: 1024 * 1024, blockSize: 512 }],
-    },
-  ],
-};
+const vpg = oneVmVpg('6f1d2c3b-4a59-4e8f-9a7b-1c2d3e4f5a70', 'front-end-test', '0a1b2c3d-0000-4000-8000-000000000301', [
+  { id: '0a1b2c3d-0000-4000-8000-000000000311', name: 'disk', index: 0, sizeBytes: 1024 * 1024, blockSize: 512 }
+]);
 
 describe('SplitterService front ends', () => {
   let dir: TempDir;

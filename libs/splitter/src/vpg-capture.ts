@@ -259,6 +259,8 @@ export class VpgCapture {
   private behind: Behind | undefined;
   /** The cut of the log after a failed append, while it runs (see recoverLog). */
   private logRecovery: Promise<void> | undefined;
+  /** How many times the log was cut back (recoverLog): seqs handed out before a cut may belong to other records after it. */
+  private logCuts = 0;
   /** Set by close(): the retries of writes behind their volume stop (the volumes are closing). */
   private closing = false;
   /** Degraded mode (see the class comment): since when, why, and what was tracked; undefined while the log takes writes. */
@@ -992,6 +994,7 @@ export class VpgCapture {
             this.trackBatch(open);
           }
           this.nextSeq = cut.seq;
+          this.logCuts++;
           this.shipper.forgetFrom(cut.position, cut.seq);
           this.logger.warn(`an append to the splitter log failed (${messageOf(cause)}): the log goes on from seq ${cut.seq}; the writes from there on were taken in degraded mode`);
         },
@@ -1215,6 +1218,7 @@ export class VpgCapture {
       shippedSeq: () => this.shipper.shippedSeq,
       waitShipped: (seq) => this.shipper.waitShipped(seq),
       heldBarrier: () => this.barrier?.released,
+      logCuts: () => this.logCuts,
       gate: this.gate,
     });
   }
@@ -1388,6 +1392,7 @@ export class VpgCapture {
       heldBarrier: () => this.barrier?.released,
       shippedSeq: () => this.shipper.shippedSeq,
       waitShipped: (seq: number) => this.shipper.waitShipped(seq),
+      logCuts: () => this.logCuts,
       tracking: () => this.tracking !== undefined,
       interrupted: () => Promise.race([this.trackingBegan.promise, this.closed.promise]),
     };

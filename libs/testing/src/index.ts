@@ -14,3 +14,4 @@ export * from './container-runtime';
 export * from './containers';
 export * from './pipeline-scenario';
 export * from './disk-full-faults';
+export * from './test-vpg';
