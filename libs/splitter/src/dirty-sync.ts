@@ -18,6 +18,8 @@ export interface DirtySyncHost {
   logCuts(): number;
   /** Whether the capture tracks writes again (the log refused one): the sync gives up until it stops. */
   tracking(): boolean;
+  /** Whether the capture is closing: the pass stops where it is. */
+  closing(): boolean;
   /** Resolves when the capture starts tracking again (or is closing). */
   interrupted(): Promise<void>;
 }
@@ -79,7 +81,7 @@ export class DirtySync {
     const interrupted = this.host.interrupted();
     let i = 0;
     while (i < regions.length) {
-      if (this.host.tracking()) {
+      if (this.host.tracking() || this.host.closing()) {
         return 'interrupted';
       }
       const region = regions[i] as (typeof regions)[number];
@@ -98,7 +100,11 @@ export class DirtySync {
         if (this.host.tracking()) {
           return 'interrupted';
         }
-        await Promise.race([this.host.applying(), interrupted]);
+        // While it waits (for room in the log, say), the chunks already captured are acknowledged:
+        // settled as they are, so the progress shown is true.
+        const oldest = pending[0];
+        await Promise.race([this.host.applying(), interrupted, ...(oldest ? [this.host.waitShipped(oldest.seq)] : [])]);
+        settle();
         continue;
       }
       this.map.captured(region.key);
@@ -106,7 +112,7 @@ export class DirtySync {
       pendingBytes += region.length;
       i++;
       settle();
-      while (pendingBytes > RESYNC_MAX_UNSHIPPED_BYTES && !this.host.tracking()) {
+      while (pendingBytes > RESYNC_MAX_UNSHIPPED_BYTES && !this.host.tracking() && !this.host.closing()) {
         await Promise.race([this.host.waitShipped((pending[0] as (typeof pending)[number]).seq), interrupted]);
         settle();
       }

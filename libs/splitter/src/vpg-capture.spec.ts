@@ -998,6 +998,35 @@ describe('VpgCapture when the disk is full', () => {
     await capture.close();
   });
 
+  it('closes in the middle of a sync that waits for room in the log, and the next open syncs what is left', async () => {
+    const options = { bootId: 'boot-1', logSegmentBytes: 256 * 1024, logLimitBytes: 4 * MiB };
+    const capture = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), options);
+    const random = seededRandom(15);
+    for (let i = 0; i < 28; i++) {
+      await capture.write(volume.id, i * 256 * 1024, randomBuffer(random, 256 * 1024));
+    }
+    // Four regions (3 to 7 MiB) were written while tracking.
+    expect(capture.status().dirtyRegions?.regions).toBe(4);
+    await waitFor(() => ctx.site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 5_000, message: 'the logged writes never shipped' });
+    // One confirmation: the log takes writes again; three chunks fit under the limit, the fourth waits for room.
+    await capture.confirm(capture.lastSeq);
+    await waitFor(() => capture.status().dirtyRegions?.sync?.regionsDone === 3, { timeoutMs: 10_000, message: 'the sync never reached the limit' });
+    expect(capture.status().dirtyRegions?.regions).toBe(1);
+    await capture.close();
+
+    const reopened = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), options);
+    expect(reopened.previousEnd).toBe('clean');
+    await waitFor(
+      async () => {
+        await reopened.confirm(ctx.site.highestContiguousSeq());
+        return reopened.status().dirtyRegions === null;
+      },
+      { timeoutMs: 10_000, message: 'the region left at the close was never synced' },
+    );
+    await expectStreamMatchesVolume(reopened);
+    await reopened.close();
+  });
+
   it('after a crash while tracking, redoes older logged writes only outside the dirty regions, then syncs those', async () => {
     const first = join(ctx.dir.path, 'first');
     const crashed = join(ctx.dir.path, 'crashed');

@@ -1394,6 +1394,7 @@ export class VpgCapture {
       waitShipped: (seq: number) => this.shipper.waitShipped(seq),
       logCuts: () => this.logCuts,
       tracking: () => this.tracking !== undefined,
+      closing: () => this.closing,
       interrupted: () => Promise.race([this.trackingBegan.promise, this.closed.promise]),
     };
     this.syncLoop = (async () => {
