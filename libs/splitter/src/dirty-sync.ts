@@ -2,9 +2,10 @@ import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { type DirtyMap } from './dirty-map';
 import { RESYNC_MAX_UNSHIPPED_BYTES } from './forced-resync';
 import { type ProtectedVolume } from './protected-volume';
+import { UnshippedChunks, type ShippingProgress } from './unshipped-chunks';
 
 /** What the sync of dirty regions needs from the VPG's capture. */
-export interface DirtySyncHost {
+export interface DirtySyncHost extends ShippingProgress {
   readonly volumes: ReadonlyMap<number, ProtectedVolume>;
   /** As ResyncHost.captureChunk: undefined while writes are on their way to the volume, or while tracking. */
   captureChunk(volume: ProtectedVolume, offset: number, length: number): number | undefined;
@@ -12,10 +13,7 @@ export interface DirtySyncHost {
   applying(): Promise<void> | undefined;
   /** Resolves when a coordinated checkpoint's hold ends; undefined when none holds. */
   heldBarrier(): Promise<void> | undefined;
-  shippedSeq(): number;
   waitShipped(seq: number): Promise<void>;
-  /** As ResyncHost.logCuts: a chunk not acknowledged before a cut of the log may be gone. */
-  logCuts(): number;
   /** Whether the capture tracks writes again (the log refused one): the sync gives up until it stops. */
   tracking(): boolean;
   /** Whether the capture is closing: the pass stops where it is. */
@@ -53,27 +51,12 @@ export class DirtySync {
   async run(): Promise<DirtySyncOutcome> {
     const regions = this.map.regions();
     this.total = regions.length;
-    /** Chunks captured, not yet acknowledged by the bus, oldest first. */
-    const pending: { readonly key: number; readonly seq: number; readonly bytes: number }[] = [];
-    let pendingBytes = 0;
-    let cuts = this.host.logCuts();
+    /** Chunks captured, not yet acknowledged by the bus, with the region each holds. */
+    const pending = new UnshippedChunks<{ readonly key: number; readonly seq: number; readonly bytes: number }>(this.host);
     const settle = (): void => {
-      if (this.host.logCuts() !== cuts) {
-        // The log was cut back: the chunks not acknowledged yet may be gone, their seqs handed to other
-        // records. Their bits stay, for the next pass.
-        cuts = this.host.logCuts();
-        pending.length = 0;
-        pendingBytes = 0;
-        return;
-      }
-      if (this.host.tracking()) {
-        // A failed append may be cutting the log back right now: nothing is cleared until it is done.
-        return;
-      }
-      const shipped = this.host.shippedSeq();
-      for (let chunk = pending[0]; chunk !== undefined && chunk.seq <= shipped; chunk = pending[0]) {
-        pending.shift();
-        pendingBytes -= chunk.bytes;
+      const settled = pending.settle();
+      // After a cut of the log the chunks not acknowledged are given up: their bits stay, for the next pass.
+      for (const chunk of settled === 'cut' ? [] : settled) {
         this.map.shipped(chunk.key);
         this.done++;
       }
@@ -102,24 +85,23 @@ export class DirtySync {
         }
         // While it waits (for room in the log, say), the chunks already captured are acknowledged:
         // settled as they are, so the progress shown is true.
-        const oldest = pending[0];
+        const oldest = pending.oldest;
         await Promise.race([this.host.applying(), interrupted, ...(oldest ? [this.host.waitShipped(oldest.seq)] : [])]);
         settle();
         continue;
       }
       this.map.captured(region.key);
       pending.push({ key: region.key, seq, bytes: region.length });
-      pendingBytes += region.length;
       i++;
       settle();
-      while (pendingBytes > RESYNC_MAX_UNSHIPPED_BYTES && !this.host.tracking() && !this.host.closing()) {
-        await Promise.race([this.host.waitShipped((pending[0] as (typeof pending)[number]).seq), interrupted]);
+      for (let oldest = pending.oldest; oldest && pending.bytes > RESYNC_MAX_UNSHIPPED_BYTES && !this.host.tracking() && !this.host.closing(); oldest = pending.oldest) {
+        await Promise.race([this.host.waitShipped(oldest.seq), interrupted]);
         settle();
       }
       // Client writes and commands run between chunks.
       await yieldToEventLoop();
     }
-    const last = pending[pending.length - 1];
+    const last = pending.newest;
     if (last) {
       await Promise.race([this.host.waitShipped(last.seq), interrupted]);
       settle();

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { DomainError, volumesOf, type Vpg } from '@cdp/domain';
 import { type CheckpointGate } from './checkpoint-gate';
 import { type ProtectedVolume } from './protected-volume';
+import { UnshippedChunks, type ShippingProgress } from './unshipped-chunks';
 
 /** Bytes of a volume read back and captured as one write record: one bus batch at the shipper's default size. */
 export const RESYNC_CHUNK_BYTES = 1024 * 1024;
@@ -43,7 +44,7 @@ export interface ResyncStatus {
 }
 
 /** What the resync needs from the VPG's capture. */
-export interface ResyncHost {
+export interface ResyncHost extends ShippingProgress {
   readonly vpg: Vpg;
   /** The volumes this capture owns, by volume index. */
   readonly volumes: ReadonlyMap<number, ProtectedVolume>;
@@ -56,19 +57,12 @@ export interface ResyncHost {
   captureChunk(volume: ProtectedVolume, offset: number, length: number): number | undefined;
   /** Settles when the writes on their way to the volumes (on the thread pool) are there; undefined when none are. */
   applying(): Promise<void> | undefined;
-  shippedSeq(): number;
   /**
    * While a coordinated checkpoint holds this capture's writes: resolves when the hold ends. A chunk
    * captured during a hold would land inside that checkpoint, so the resync waits like a write.
    */
   heldBarrier(): Promise<void> | undefined;
   waitShipped(seq: number): Promise<void>;
-  /**
-   * How many times the log has been cut back after a failed append. A chunk captured before a cut and
-   * not yet acknowledged may have been cut off, its seq handed to another record: the bus
-   * acknowledging that seq later says nothing about the chunk.
-   */
-  logCuts(): number;
   /** Held while the resync runs: no checkpoint is cut inside it. */
   readonly gate: CheckpointGate;
 }
@@ -258,30 +252,23 @@ export class ForcedResync {
     const byId = new Map([...this.host.volumes.values()].map((v) => [v.volume.id, v]));
     let next = { ...start.next };
     let bytesDone = start.bytesDone;
-    /** Chunks captured, not yet acknowledged by the bus, oldest first, with the position after each. */
-    const pending: PendingChunk[] = [];
-    let pendingBytes = 0;
+    /** Chunks captured, not yet acknowledged by the bus, with the position after each. */
+    const pending = new UnshippedChunks<PendingChunk>(this.host);
     let savedAt = bytesDone;
     let shippedDone = bytesDone;
     let shippedNext = { ...next };
-    let cuts = this.host.logCuts();
 
     const settle = (): void => {
-      if (this.host.logCuts() !== cuts) {
-        // The log was cut back: the chunks not acknowledged yet may be gone. Read them again, from
-        // just after the last one the bus acknowledged.
-        cuts = this.host.logCuts();
-        pending.length = 0;
-        pendingBytes = 0;
+      const settled = pending.settle();
+      if (settled === 'cut') {
+        // The chunks not acknowledged yet may be gone: read them again, from just after the last one
+        // the bus acknowledged.
         next = { ...shippedNext };
         bytesDone = shippedDone;
         this.progress = { ...start, next, bytesDone };
         return;
       }
-      const shipped = this.host.shippedSeq();
-      for (let chunk = pending[0]; chunk !== undefined && chunk.seq <= shipped; chunk = pending[0]) {
-        pending.shift();
-        pendingBytes -= chunk.bytes;
+      for (const chunk of settled) {
         shippedDone += chunk.bytes;
         shippedNext = chunk.after;
       }
@@ -308,17 +295,19 @@ export class ForcedResync {
         const length = Math.min(RESYNC_CHUNK_BYTES, size - next.offset);
         const seq = this.host.captureChunk(volume, next.offset, length);
         if (seq === undefined) {
-          await Promise.race([this.host.applying(), this.stopped]);
+          // While it waits (for room in the log, say), the chunks already captured are acknowledged.
+          const oldest = pending.oldest;
+          await Promise.race([this.host.applying(), this.stopped, ...(oldest ? [this.host.waitShipped(oldest.seq)] : [])]);
+          settle();
           continue;
         }
         next = { volume: next.volume, offset: next.offset + length };
         bytesDone += length;
         this.progress = { ...start, next, bytesDone };
         pending.push({ seq, bytes: length, after: next });
-        pendingBytes += length;
         settle();
-        while (pendingBytes > RESYNC_MAX_UNSHIPPED_BYTES && !this.stopping) {
-          await this.untilShippedOrStopped((pending[0] as PendingChunk).seq);
+        for (let oldest = pending.oldest; oldest && pending.bytes > RESYNC_MAX_UNSHIPPED_BYTES && !this.stopping; oldest = pending.oldest) {
+          await this.untilShippedOrStopped(oldest.seq);
           settle();
         }
         if (shippedDone - savedAt >= SAVE_EVERY_BYTES && !this.stopping) {
@@ -328,7 +317,7 @@ export class ForcedResync {
         // Client writes and commands run between chunks.
         await yieldToEventLoop();
       }
-      const last = pending[pending.length - 1];
+      const last = pending.newest;
       if (last) {
         await this.untilShippedOrStopped(last.seq);
       }
@@ -336,7 +325,7 @@ export class ForcedResync {
         return;
       }
       settle();
-      if (next.volume >= start.volumes.length && pending.length === 0) {
+      if (next.volume >= start.volumes.length && pending.newest === undefined) {
         break;
       }
     }
