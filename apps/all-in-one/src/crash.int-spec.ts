@@ -1,18 +1,15 @@
 import { Client } from 'pg';
 import { regionOf, unpackRow } from '@cdp/journal-store';
-import { type Checkpoint, type Vpg } from '@cdp/domain';
+import { type Checkpoint } from '@cdp/domain';
 import {
-  ApiClient,
   ReferenceModel,
-  createTestDatabase,
   expectCheckpointsRecoverBitExact,
   randomBuffer,
+  restartableAllInOne,
   seededRandom,
-  startAllInOne,
-  tempDir,
-  waitFor,
-  type AllInOneProcess,
+  waitUntilJournaled,
 } from '@cdp/testing';
+import { createProtectedVpg } from './all-in-one.test-app';
 
 /**
  * Crash test: the all-in-one process is killed with SIGKILL in the middle of a workload (one write in
@@ -23,36 +20,14 @@ import {
 const SEED = Number(process.env['CRASH_SEED'] ?? 7);
 const KiB = 1024;
 
-interface SplitterStatus {
-  lastSeq: number;
-}
-interface VpgStatus {
-  journal: { appliedSeq: number };
-}
-
 describe('crash: SIGKILL mid-workload loses and doubles nothing', () => {
-  let processUnderTest: AllInOneProcess | undefined;
-  let database: { url: string; drop(): Promise<void> };
-  let dir: { path: string; cleanup(): Promise<void> };
-
-  beforeAll(async () => {
-    database = await createTestDatabase();
-    dir = await tempDir('crash-');
-  });
-
-  afterAll(async () => {
-    await processUnderTest?.stop();
-    await database?.drop();
-    await dir?.cleanup();
-  });
+  const app = restartableAllInOne('crash-');
 
   it(`recovers every checkpoint after a kill -9 (seed ${SEED})`, async () => {
     const random = seededRandom(SEED);
-    const env = { CDP_DATA_DIR: dir.path, DATABASE_URL: database.url };
-    processUnderTest = await startAllInOne(env);
-    let api = new ApiClient(processUnderTest.url);
+    let { process: processUnderTest, api } = await app.start();
 
-    const vpg = await api.ok<Vpg>('POST', '/vpgs', {
+    const vpg = await createProtectedVpg(api, {
       name: 'crash',
       vms: [
         { name: 'vm-a', volumes: [{ name: 'a', sizeBytes: 1024 * KiB, blockSize: 512 }] },
@@ -61,10 +36,6 @@ describe('crash: SIGKILL mid-workload loses and doubles nothing', () => {
       settings: { checkpointIntervalSeconds: 1 },
     });
     const volumes = vpg.vms.flatMap((vm) => vm.volumes);
-    await waitFor(async () => (await api.json('GET', `/splitter/vpgs/${vpg.id}`)).status === 200, {
-      timeoutMs: 10_000,
-      message: 'the splitter never picked up the VPG',
-    });
     const model = new ReferenceModel(new Map(volumes.map((v) => [v.id, v.sizeBytes])));
     const nextWrite = (): { volumeId: string; volumeIndex: number; offset: number; data: Buffer } => {
       const volume = volumes[Math.floor(random() * volumes.length)]!;
@@ -98,24 +69,16 @@ describe('crash: SIGKILL mid-workload loses and doubles nothing', () => {
     await processUnderTest.kill('SIGKILL');
     const acknowledgedInFlight = await inFlightRequest;
 
-    processUnderTest = await startAllInOne(env);
-    api = new ApiClient(processUnderTest.url);
+    ({ process: processUnderTest, api } = await app.start());
     // The splitter saw that the last run did not end cleanly and re-applied its log to the volumes.
     expect(processUnderTest.output()).toMatch(/unclean shutdown \(process-crash\): re-applied \d+ logged writes/);
 
     // The restarted splitter ships what its log holds; wait until the journal has all of it.
-    await waitFor(
-      async () => {
-        const splitter = await api.json<SplitterStatus>('GET', `/splitter/vpgs/${vpg.id}`);
-        const journal = await api.json<VpgStatus>('GET', `/vpgs/${vpg.id}`);
-        return splitter.status === 200 && journal.status === 200 && journal.body.journal.appliedSeq === splitter.body.lastSeq;
-      },
-      { timeoutMs: 30_000, message: 'the journal did not catch up with the splitter after the restart' },
-    );
+    await waitUntilJournaled(api, vpg.id);
 
     // Was the in-flight write captured? The journal index is the witness: any write seq the model does
     // not know must be that write, and there can be at most one.
-    const pg = new Client({ connectionString: database.url });
+    const pg = new Client({ connectionString: app.databaseUrl });
     await pg.connect();
     try {
       const known = new Set(model.all().map((w) => w.seq));

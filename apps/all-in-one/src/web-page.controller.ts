@@ -100,6 +100,7 @@ async function render() {
         '<div class="stats"><div class="stat"><b>' + journal.appliedSeq + '</b>journaled seq</div><div class="stat"><b>' + journal.checkpointCount + '</b>checkpoints</div>' +
         '<div class="stat"><b' + (rpo.exceeded ? ' class="history-alert"' : '') + '>' + since + '</b>RPO: since newest journaled record (target ' + fmtDuration(rpo.targetSeconds) + ')</div><div class="stat"><b>' + vpg.settings.checkpointIntervalSeconds + ' s</b>checkpoint interval</div>' +
         '<div class="stat"><b class="history-' + history.status + '">' + history.status + '</b>history ' + fmtDuration(history.actualSeconds) + ' of ' + fmtDuration(history.configuredSeconds) + '</div></div>' +
+        (journal.syncing ? '<p class="error">syncing: the newest journaled writes are a sync in progress; no point in time from its start on is recoverable until the first checkpoint after it</p>' : '') +
         (alerts || []).map((a) => '<p class="error">alert since ' + fmtTime(a.raisedAt) + (a.host ? ', protected site ' + esc(a.host) : '') + ': ' + esc(a.message) + '</p>').join('') +
         splitterTrouble(capture) +
         timeline(slider) +

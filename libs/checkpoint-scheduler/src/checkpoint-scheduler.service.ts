@@ -195,6 +195,7 @@ export class CheckpointSchedulerService implements OnApplicationBootstrap, Befor
         case 'checkpoint.tagged-inserted':
         case 'journal.gap-detected':
         case 'journal.corrupt-record-rejected':
+        case 'journal.order-restarted':
         case 'history.status-changed':
         case 'history.alert-raised':
         case 'history.alert-cleared':

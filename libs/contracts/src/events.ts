@@ -30,6 +30,14 @@ export const domainEventSchema = z.discriminatedUnion('type', [
     type: z.literal('journal.corrupt-record-rejected'),
     data: z.object({ reason: z.string() }),
   }),
+  // The splitter could not ship seqs the journal lacked (its log no longer held them) and restarted the
+  // order at `seq` (RecordKind.Restart): `voidFrom` to `seq` - 1 are void, a full resync of the volumes
+  // follows, and no checkpoint is recorded until it is complete. `member` is set in a VPG with several.
+  z.object({
+    ...envelope,
+    type: z.literal('journal.order-restarted'),
+    data: z.object({ seq: z.number().int(), voidFrom: z.number().int(), resyncId: z.string(), reason: z.string(), member: z.string().nullable() }),
+  }),
   // Journal history status (history-status.ts): every change of level; `from` is null on a VPG's first evaluation.
   z.object({
     ...envelope,

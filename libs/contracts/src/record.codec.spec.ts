@@ -5,6 +5,8 @@ import {
   decodeRecord,
   decodeWriteRecordParts,
   encodeCheckpointRecord,
+  encodeRestartRecord,
+  encodeSyncRecord,
   encodeRecordBatch,
   encodeWriteRecord,
   recordSeq,
@@ -125,6 +127,25 @@ describe('record codec', () => {
     const marker = { id: '0b6f8a4e-1f7d-4c1a-9a51-3f0f7f3b9c11', kind: 'tagged' as const, name: 'before upgrade', vmId: null };
     const decoded = decodeRecord(encodeCheckpointRecord({ seq: 7, capturedAtMicros: 5, marker }));
     expect(decoded).toEqual({ kind: RecordKind.Checkpoint, seq: 7, capturedAtMicros: 5, marker });
+  });
+
+  it('round-trips a restart, and refuses one whose body has the wrong shape', () => {
+    const restart = { resyncId: 'r-1', voidFrom: 12, reason: 'the journal lacks seqs from 12', member: null };
+    expect(decodeRecord(encodeRestartRecord({ seq: 900, capturedAtMicros: 5, restart }))).toEqual({ kind: RecordKind.Restart, seq: 900, capturedAtMicros: 5, restart });
+    const onHost = { ...restart, member: 'host-b' };
+    expect(decodeRecord(encodeRestartRecord({ seq: 901, capturedAtMicros: 6, restart: onHost }))).toMatchObject({ restart: onHost });
+    for (const wrong of [{ ...restart, voidFrom: -1 }, { ...restart, voidFrom: 1.5 }, { ...restart, resyncId: 7 }, { ...restart, member: undefined }]) {
+      expect(() => decodeRecord(encodeRestartRecord({ seq: 900, capturedAtMicros: 5, restart: wrong as unknown as typeof restart }))).toThrow(/restart body has the wrong shape/);
+    }
+  });
+
+  it('round-trips a sync, and refuses one without a reason', () => {
+    const sync = { reason: 'forced resync r-1', member: null };
+    expect(decodeRecord(encodeSyncRecord({ seq: 31, capturedAtMicros: 9, sync }))).toEqual({ kind: RecordKind.Sync, seq: 31, capturedAtMicros: 9, sync });
+    expect(decodeRecord(encodeSyncRecord({ seq: 31, capturedAtMicros: 9, sync: { ...sync, member: 'host-b' } }))).toMatchObject({ sync: { member: 'host-b' } });
+    for (const wrong of [{ member: null }, { reason: 'x' }, { reason: 'x', member: 3 }]) {
+      expect(() => decodeRecord(encodeSyncRecord({ seq: 31, capturedAtMicros: 9, sync: wrong as unknown as typeof sync }))).toThrow(/sync body has the wrong shape/);
+    }
   });
 
   it('reports any flipped bit as corrupt, never as data', () => {

@@ -15,16 +15,18 @@ import { Xxh64, xxh64 } from '@node-rs/xxhash';
  *                         (seed 0) in version 2; the Castagnoli CRC (CRC-32C) in version 1
  *    8   4   totalLength header + body, in bytes
  *   12   1   version     RECORD_VERSION when written; 1 is still read
- *   13   1   kind        1 = write, 2 = checkpoint marker
- *   14   2   volume      write: the volume's index in its VPG; marker: 0
+ *   13   1   kind        1 = write, 2 = checkpoint marker, 3 = restart (see RestartBody), 4 = sync
+ *                         (see SyncBody)
+ *   14   2   volume      write: the volume's index in its VPG; the others: 0
  *   16   8   seq         the record's seq. Writes and markers share one dense sequence per VPG, so
  *                         gaps, duplicates and progress are all judged on one number. A marker's
  *                         seq is its checkpoint's cut: every write with a smaller seq is inside.
  *   24   8   capturedAt  microseconds since the Unix epoch, splitter clock
  *   32   8   offset      write: byte offset in the volume; marker: 0
- *   40   4   bodyLength  write: payload length; marker: JSON length
+ *   40   4   bodyLength  write: payload length; the others: JSON length
  *   44   4   flags       bit 0: FUA was requested; the rest are zero
- *   48   …   body        write: payload bytes; marker: UTF-8 JSON of CheckpointMarkerBody
+ *   48   …   body        write: payload bytes; marker: UTF-8 JSON of CheckpointMarkerBody; restart:
+ *                         UTF-8 JSON of RestartBody; sync: UTF-8 JSON of SyncBody
  */
 export const RECORD_MAGIC = 0x52504443;
 /**
@@ -44,6 +46,38 @@ export const RECORD_FLAG_FUA = 1;
 export const enum RecordKind {
   Write = 1,
   Checkpoint = 2,
+  Restart = 3,
+  Sync = 4,
+}
+
+/**
+ * A sync begins: the records after it read regions of the volumes back (a forced resync, the sync of
+ * dirty regions after degraded mode, the active regions after a host crash), so until the first
+ * checkpoint after it the order passes through states the volumes were never in. The journal keeps
+ * such stretches and recovers no point in time inside one (checkpoints cannot fall there: the
+ * splitter's checkpoint gate). A restart begins such a stretch too.
+ */
+export interface SyncBody {
+  readonly reason: string;
+  /** The member (host) whose order it is in, in a VPG with several; null with one. */
+  readonly member: string | null;
+}
+
+/**
+ * A restart of the VPG's order (a member's, in a VPG with several): the splitter could not ship the
+ * seqs the journal lacks (its log no longer holds them), so it declares every seq before this one that
+ * the journal does not have void, and captures a full resync of its volumes right after it. The journal
+ * takes it in place of the missing seqs and goes on from it; no checkpoint is cut from it until the
+ * resync is complete (the splitter's checkpoint gate), so none can describe the void stretch.
+ */
+export interface RestartBody {
+  /** The resync that follows, by its id (the splitter's `resync.json`). */
+  readonly resyncId: string;
+  /** The first seq the journal asked for and the splitter no longer held. */
+  readonly voidFrom: number;
+  readonly reason: string;
+  /** The member (host) whose order restarts, in a VPG with several; null with one. */
+  readonly member: string | null;
 }
 
 export interface CheckpointMarkerBody {
@@ -84,7 +118,22 @@ export interface CheckpointRecord {
   readonly marker: CheckpointMarkerBody;
 }
 
-export type DecodedRecord = WriteRecord | CheckpointRecord;
+export interface RestartRecord {
+  readonly kind: RecordKind.Restart;
+  /** The seq the order restarts at; every seq before it the journal lacks is void. */
+  readonly seq: number;
+  readonly capturedAtMicros: number;
+  readonly restart: RestartBody;
+}
+
+export interface SyncRecord {
+  readonly kind: RecordKind.Sync;
+  readonly seq: number;
+  readonly capturedAtMicros: number;
+  readonly sync: SyncBody;
+}
+
+export type DecodedRecord = WriteRecord | CheckpointRecord | RestartRecord | SyncRecord;
 
 export class CorruptRecordError extends Error {
   override readonly name = 'CorruptRecordError';
@@ -176,9 +225,21 @@ export function encodeWriteRecord(write: Omit<WriteRecord, 'kind'>, options: { r
 }
 
 export function encodeCheckpointRecord(record: Omit<CheckpointRecord, 'kind'>): Buffer {
-  const body = Buffer.from(JSON.stringify(record.marker), 'utf8');
+  return encodeJsonRecord(RecordKind.Checkpoint, record.seq, record.capturedAtMicros, record.marker);
+}
+
+export function encodeRestartRecord(record: Omit<RestartRecord, 'kind'>): Buffer {
+  return encodeJsonRecord(RecordKind.Restart, record.seq, record.capturedAtMicros, record.restart);
+}
+
+export function encodeSyncRecord(record: Omit<SyncRecord, 'kind'>): Buffer {
+  return encodeJsonRecord(RecordKind.Sync, record.seq, record.capturedAtMicros, record.sync);
+}
+
+function encodeJsonRecord(kind: RecordKind, seq: number, capturedAtMicros: number, value: unknown): Buffer {
+  const body = Buffer.from(JSON.stringify(value), 'utf8');
   const buf = Buffer.allocUnsafe(RECORD_HEADER_BYTES + body.length);
-  writeHeader(buf, RecordKind.Checkpoint, 0, record.seq, record.capturedAtMicros, 0, body.length, 0);
+  writeHeader(buf, kind, 0, seq, capturedAtMicros, 0, body.length, 0);
   body.copy(buf, RECORD_HEADER_BYTES);
   return seal(buf);
 }
@@ -220,16 +281,25 @@ export function decodeRecord(record: Buffer): DecodedRecord {
     return writeOf(record, body);
   }
   if (kind === (RecordKind.Checkpoint as number)) {
-    let marker: unknown;
-    try {
-      marker = JSON.parse(body.toString('utf8'));
-    } catch {
-      throw new CorruptRecordError('checkpoint marker body is not JSON');
-    }
+    const marker = parseBody(body, 'checkpoint marker');
     if (!isMarkerBody(marker)) {
       throw new CorruptRecordError('checkpoint marker body has the wrong shape');
     }
     return { kind: RecordKind.Checkpoint, seq: readUInt64(record, 16), capturedAtMicros: readUInt64(record, 24), marker };
+  }
+  if (kind === (RecordKind.Restart as number)) {
+    const restart = parseBody(body, 'restart');
+    if (!isRestartBody(restart)) {
+      throw new CorruptRecordError('restart body has the wrong shape');
+    }
+    return { kind: RecordKind.Restart, seq: readUInt64(record, 16), capturedAtMicros: readUInt64(record, 24), restart };
+  }
+  if (kind === (RecordKind.Sync as number)) {
+    const sync = parseBody(body, 'sync');
+    if (!isSyncBody(sync)) {
+      throw new CorruptRecordError('sync body has the wrong shape');
+    }
+    return { kind: RecordKind.Sync, seq: readUInt64(record, 16), capturedAtMicros: readUInt64(record, 24), sync };
   }
   throw new CorruptRecordError(`unknown record kind ${kind}`);
 }
@@ -294,6 +364,36 @@ function verifyChecksum(header: Buffer, covered: Buffer, rest: Buffer | undefine
   if (expected !== actual) {
     throw new CorruptRecordError(`record checksum mismatch (stored ${expected.toString(16)}, computed ${actual.toString(16)})`);
   }
+}
+
+function parseBody(body: Buffer, what: string): unknown {
+  try {
+    return JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new CorruptRecordError(`${what} body is not JSON`);
+  }
+}
+
+function isSyncBody(value: unknown): value is SyncBody {
+  if (typeof value !== 'object' || value === null) {
+    return false;
+  }
+  const v = value as Record<string, unknown>;
+  return typeof v['reason'] === 'string' && (v['member'] === null || typeof v['member'] === 'string');
+}
+
+function isRestartBody(value: unknown): value is RestartBody {
+  if (typeof value !== 'object' || value === null) {
+    return false;
+  }
+  const v = value as Record<string, unknown>;
+  return (
+    typeof v['resyncId'] === 'string' &&
+    Number.isSafeInteger(v['voidFrom']) &&
+    (v['voidFrom'] as number) >= 0 &&
+    typeof v['reason'] === 'string' &&
+    (v['member'] === null || typeof v['member'] === 'string')
+  );
 }
 
 function isMarkerBody(value: unknown): value is CheckpointMarkerBody {

@@ -38,7 +38,6 @@ const EXPECTED_COLUMNS: Record<string, Record<string, string>> = {
     replica_seq: 'int8 NOT NULL default',
     last_captured_at: 'timestamptz NULL',
     members: 'jsonb NULL',
-    syncing: 'bool NOT NULL default',
     updated_at: 'timestamptz NOT NULL default',
   },
   journal_batches: {
@@ -59,6 +58,12 @@ const EXPECTED_COLUMNS: Record<string, Record<string, string>> = {
     segment: 'int4 NOT NULL',
     position: 'int8 NOT NULL',
     entries: 'bytea NOT NULL',
+  },
+  journal_syncs: {
+    vpg_key: 'int4 NOT NULL',
+    from_seq: 'int8 NOT NULL',
+    until_seq: 'int8 NULL',
+    reason: 'text NOT NULL',
   },
   journal_outbox: {
     position: 'int8 NOT NULL default',
@@ -187,6 +192,7 @@ describe('migrations', () => {
       journal_batches_pkey: 'PRIMARY KEY (vpg_key, first_seq)',
       journal_extents_pkey: 'PRIMARY KEY (vpg_key, volume_index, region, first_seq)',
       journal_outbox_pkey: 'PRIMARY KEY ("position")',
+      journal_syncs_pkey: 'PRIMARY KEY (vpg_key, from_seq)',
       site_reports_pkey: 'PRIMARY KEY (vpg_id, host)',
       site_alerts_pkey: 'PRIMARY KEY (vpg_id, host, kind)',
     });

@@ -30,9 +30,6 @@ export class JournalVpgEntity {
   @Column('timestamptz', { name: 'last_captured_at', nullable: true })
   lastCapturedAt!: Date | null;
 
-  @Column('boolean')
-  syncing!: boolean;
-
   /** The merge state of a VPG with several members (journal-writer member-merge.ts); null with one. */
   @Column('jsonb', { nullable: true })
   members!: unknown;

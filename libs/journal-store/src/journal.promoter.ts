@@ -408,6 +408,8 @@ export class JournalPromoter {
        SELECT count(*) AS checkpoints FROM gone`,
       [vpgId, toSeq],
     );
+    // No point in time at or below the replica is recovered, so a sync stretch that ends there is history.
+    await runner.manager.query(`DELETE FROM journal_syncs WHERE vpg_key = $1 AND until_seq <= $2`, [vpgKey, toSeq]);
     const updated = await runner.manager.query<[unknown[], number]>(
       `UPDATE journal_vpgs SET replica_seq = $2, updated_at = now() WHERE vpg_id = $1 AND replica_seq = $3`,
       [vpgId, toSeq, fromSeq],

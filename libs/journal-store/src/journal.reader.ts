@@ -8,6 +8,10 @@ export interface JournalStatus {
   readonly appliedSeq: number;
   readonly replicaSeq: number;
   readonly lastCapturedAt: string | null;
+  /**
+   * A sync (or a restart of the order) has begun and no checkpoint after it is recorded yet: the newest
+   * writes do not make a state the volumes were in (see journal_syncs).
+   */
   readonly syncing: boolean;
   readonly checkpointCount: number;
   readonly oldestCheckpointAt: string | null;
@@ -66,7 +70,9 @@ export class JournalReader {
   async status(vpgId: string): Promise<JournalStatus> {
     const [rows, stats] = await Promise.all([
       this.dataSource.query<{ applied_seq: string; replica_seq: string; last_captured_at: Date | null; syncing: boolean }[]>(
-        `SELECT applied_seq, replica_seq, last_captured_at, syncing FROM journal_vpgs WHERE vpg_id = $1`,
+        `SELECT j.applied_seq, j.replica_seq, j.last_captured_at,
+                EXISTS (SELECT 1 FROM journal_syncs s WHERE s.vpg_key = j.vpg_key AND s.until_seq IS NULL) AS syncing
+           FROM journal_vpgs j WHERE j.vpg_id = $1`,
         [vpgId],
       ),
       this.catalog.stats(vpgId),

@@ -28,6 +28,13 @@ export interface CommitResult {
   readonly appliedSeq: number;
   /** Checkpoints that became recoverable with this commit (not ones recorded before). */
   readonly checkpoints: Checkpoint[];
+  /**
+   * With a restart (RecordKind.Restart) first: the checkpoint requests it made void, sent to the
+   * splitter before the restart and never recorded. Their markers may have been in the seqs the
+   * restart voided, and sending them again would record a checkpoint under their names at a later
+   * moment than the one asked for; so they are deleted and not sent again. Empty otherwise.
+   */
+  readonly droppedRequests: string[];
 }
 
 export class JournalConflictError extends Error {
@@ -60,6 +67,8 @@ interface VpgJournal {
   appliedSeq: number;
   /** journal_batches.captured_upto of the newest batch (0 when there is none). */
   capturedUpto: number;
+  /** journal_syncs rows without an end: while there are, each commit with checkpoints closes them. */
+  openSyncs: number;
   readonly log: SegmentLog;
 }
 
@@ -112,7 +121,9 @@ export class JournalStore {
   /**
    * Appends records that continue the VPG's order exactly: the first must have seq appliedSeq + 1 and
    * each next one the following seq. The caller (the journal writer) drops duplicates and stops at
-   * gaps before calling.
+   * gaps before calling. The one exception is a restart (RecordKind.Restart) as the first record: it
+   * takes the place of every seq the journal lacks before it, and begins its own commit so that every
+   * batch's seqs stay dense (readers such as the timeline's batchTimes rely on that).
    */
   /**
    * `options.outbox` names the messages this commit gives rise to, from the checkpoints it recorded;
@@ -122,9 +133,10 @@ export class JournalStore {
   async commit(vpgId: string, records: readonly VerifiedRecord[], options: CommitOptions = {}): Promise<CommitResult> {
     const journal = await this.journal(vpgId);
     if (records.length === 0) {
-      return { appliedSeq: journal.appliedSeq, checkpoints: [] };
+      return { appliedSeq: journal.appliedSeq, checkpoints: [], droppedRequests: [] };
     }
-    let expected = journal.appliedSeq + 1;
+    const opening = (records[0] as VerifiedRecord).decoded;
+    let expected = opening.kind === RecordKind.Restart && opening.seq > journal.appliedSeq ? opening.seq : journal.appliedSeq + 1;
     for (const { decoded } of records) {
       if (decoded.seq !== expected) {
         throw new Error(`journal commit for VPG ${vpgId} expected seq ${expected}, got ${decoded.seq}`);
@@ -141,6 +153,8 @@ export class JournalStore {
 
     const writes: IndexedWrite[] = [];
     const checkpoints: Checkpoint[] = [];
+    /** Stretches this commit opens (see journal_syncs); the first checkpoint after each closes it. */
+    const syncs: { seq: number; reason: string }[] = [];
     let lastCapturedMicros = 0;
     records.forEach(({ decoded }, i) => {
       const at = placed[i] as (typeof placed)[number];
@@ -151,6 +165,10 @@ export class JournalStore {
           return;
         }
         writes.push({ seq: decoded.seq, volumeIndex: decoded.volumeIndex, offset: decoded.offset, length: decoded.data.length, segment: at.segment, position: at.position });
+      } else if (decoded.kind === RecordKind.Sync) {
+        syncs.push({ seq: decoded.seq, reason: decoded.sync.reason });
+      } else if (decoded.kind === RecordKind.Restart) {
+        syncs.push({ seq: decoded.seq, reason: `restart of the order: ${decoded.restart.reason}` });
       } else {
         checkpoints.push({
           id: decoded.marker.id,
@@ -171,6 +189,8 @@ export class JournalStore {
     const lastSeq = expected - 1;
 
     let recorded: Checkpoint[] = [];
+    let droppedRequests: string[] = [];
+    let openSyncs = journal.openSyncs;
     let extents: ExtentRow[] = [];
     try {
       extents = packBatch(batch, writes);
@@ -219,6 +239,39 @@ export class JournalStore {
           const inserted = new Set(rows.map((r) => r.id));
           recorded = checkpoints.filter((c) => inserted.has(c.id));
         }
+        if (syncs.length > 0) {
+          await tx.execute(
+            // A row at that seq can only be left from an earlier life of this journal (its index reset by
+            // hand): the stretch begins again, rather than the commit failing for ever.
+            `INSERT INTO journal_syncs (vpg_key, from_seq, reason) SELECT $1, f, r FROM unnest($2::bigint[], $3::text[]) AS t(f, r)
+             ON CONFLICT (vpg_key, from_seq) DO UPDATE SET until_seq = NULL, reason = EXCLUDED.reason`,
+            [journal.vpgKey, syncs.map((x) => x.seq), syncs.map((x) => x.reason)],
+          );
+          openSyncs += syncs.length;
+        }
+        if (openSyncs > 0 && checkpoints.length > 0) {
+          // Every marker is a consistent cut (the splitter's gate lets none into a sync), recorded now
+          // or before under the same id: the first one after a sync ends its stretch.
+          const cuts = checkpoints.map((c) => c.cut);
+          const closed = await tx.query<{ from_seq: string }>(
+            `UPDATE journal_syncs s SET until_seq = (SELECT min(c) FROM unnest($2::bigint[]) AS c WHERE c > s.from_seq)
+              WHERE s.vpg_key = $1 AND s.until_seq IS NULL AND s.from_seq < $3
+              RETURNING s.from_seq`,
+            [journal.vpgKey, cuts, Math.max(...cuts)],
+          );
+          openSyncs -= closed.length;
+        }
+        if (opening.kind === RecordKind.Restart) {
+          // The splitter's clock (capturedAt) against the database's (sent_at): on one host, one clock.
+          const dropped = await tx.query<{ id: string }>(
+            `DELETE FROM checkpoint_requests r
+              WHERE r.vpg_id = $1 AND r.sent_at < to_timestamp($2::double precision / 1e6)
+                AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.id = r.id)
+              RETURNING r.id`,
+            [vpgId, opening.capturedAtMicros],
+          );
+          droppedRequests = dropped.map((r) => r.id);
+        }
         const outbox = options.outbox?.(recorded) ?? [];
         if (outbox.length > 0) {
           await tx.execute(`INSERT INTO journal_outbox (topic, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])`, [
@@ -250,10 +303,11 @@ export class JournalStore {
     }
     journal.appliedSeq = lastSeq;
     journal.capturedUpto = capturedUpto;
+    journal.openSyncs = openSyncs;
     if (extents.length > 0) {
       this.options.onIndexed?.(vpgId, journal.vpgKey, extents);
     }
-    return { appliedSeq: lastSeq, checkpoints: recorded };
+    return { appliedSeq: lastSeq, checkpoints: recorded, droppedRequests };
   }
 
   /**
@@ -303,6 +357,7 @@ export class JournalStore {
       `SELECT captured_upto FROM journal_batches WHERE vpg_key = $1 ORDER BY first_seq DESC LIMIT 1`,
       [row.vpg_key],
     );
-    return { vpgKey: row.vpg_key, appliedSeq: Number(row.applied_seq), capturedUpto: Number(newest[0]?.captured_upto ?? 0), log };
+    const open = await this.dataSource.query<{ n: number }[]>(`SELECT count(*)::int AS n FROM journal_syncs WHERE vpg_key = $1 AND until_seq IS NULL`, [row.vpg_key]);
+    return { vpgKey: row.vpg_key, appliedSeq: Number(row.applied_seq), capturedUpto: Number(newest[0]?.captured_upto ?? 0), openSyncs: open[0]?.n ?? 0, log };
   }
 }

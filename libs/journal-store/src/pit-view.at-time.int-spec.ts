@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { type DataSource } from 'typeorm';
-import { decodeRecord, encodeCheckpointRecord, encodeWriteRecord } from '@cdp/contracts';
+import { decodeRecord, encodeCheckpointRecord, encodeRestartRecord, encodeSyncRecord, encodeWriteRecord } from '@cdp/contracts';
 import { createMigratedDatabase, randomBuffer, seededRandom, tempDir, type TempDir } from '@cdp/testing';
 import { REGION_BYTES } from './journal-index.codec';
 import { journalEntities } from './journal.entities';
@@ -179,5 +179,46 @@ describe('PitView at any seq and any time', () => {
     } finally {
       await view.close();
     }
+  });
+
+  it('refuses a time inside a sync or after a restart until the first checkpoint after it, and says where consistent points begin', async () => {
+    const base = Math.ceil(times[lastSeq]! / 1000) + 1_000;
+    const ms = (k: number): number => base + k * 1_000;
+    const commit = (...records: Buffer[]): Promise<unknown> => store.commit(vpgId, records.map((bytes) => ({ bytes, decoded: decodeRecord(bytes) })));
+    const write = (seq: number, k: number): Buffer =>
+      encodeWriteRecord({ seq, volumeIndex: 0, offset: 0, capturedAtMicros: ms(k) * 1000, flags: 0, data: Buffer.alloc(4 * KiB, seq & 0xff) });
+    const marker = (seq: number, k: number): Buffer =>
+      encodeCheckpointRecord({ seq, capturedAtMicros: ms(k) * 1000, marker: { id: randomUUID(), kind: 'automatic', name: null, vmId: null } });
+    const at = (k: number): Date => new Date(ms(k));
+    expect((await reader.status(vpgId)).syncing).toBe(false);
+
+    // A forced resync: a sync record, chunks, and (later) the first checkpoint after it.
+    await commit(write(602, 0), encodeSyncRecord({ seq: 603, capturedAtMicros: ms(1) * 1000, sync: { reason: 'resync r-7 (distrusted)', member: null } }), write(604, 2), write(605, 3));
+    expect((await reader.status(vpgId)).syncing).toBe(true);
+    await expect(reader.openViewAt(vpgId, 0, SIZE, at(2))).rejects.toThrow(/falls inside a sync of VPG .* \(resync r-7 \(distrusted\)\), from seq 603: .*It is still running/);
+    // The sync record's own time is inside too: the stream there no longer follows the volume.
+    await expect(reader.openViewAt(vpgId, 0, SIZE, at(1))).rejects.toMatchObject({ code: 'failed-precondition', details: { syncFromSeq: 603, consistentAgainAt: null } });
+    await commit(write(606, 4), marker(607, 5), write(608, 6));
+    expect((await reader.status(vpgId)).syncing).toBe(false);
+    await expect(reader.openViewAt(vpgId, 0, SIZE, at(4))).rejects.toMatchObject({
+      details: { syncFromSeq: 603, consistentAgainAt: { seq: 607, capturedAt: at(5).toISOString() } },
+    });
+    for (const [k, cut] of [
+      [0, 602],
+      [5, 607],
+      [6, 608],
+    ] as const) {
+      const view = await reader.openViewAt(vpgId, 0, SIZE, at(k));
+      expect(view.cut).toBe(cut);
+      await view.close();
+    }
+
+    // A restart of the order (the journal lacked 609 to 699): the same, from the restart on.
+    await commit(encodeRestartRecord({ seq: 700, capturedAtMicros: ms(7) * 1000, restart: { resyncId: 'r-8', voidFrom: 609, reason: 'lost', member: null } }), write(701, 8));
+    await expect(reader.openViewAt(vpgId, 0, SIZE, at(8))).rejects.toThrow(/\(restart of the order: lost\), from seq 700/);
+    await commit(marker(702, 9));
+    const view = await reader.openViewAt(vpgId, 0, SIZE, at(9));
+    expect(view.cut).toBe(702);
+    await view.close();
   });
 });

@@ -92,7 +92,37 @@ export async function resolvePointInTime(manager: EntityManager, segments: Segme
       { oldestRecoverableAt: oldest },
     );
   }
+  await refuseInsideSync(manager, journal, at, seq);
   return { seq, capturedAt: isoOf(capturedMicros) };
+}
+
+/**
+ * A cut inside a sync stretch (journal_syncs: from a sync or restart record to the first checkpoint
+ * after it) holds some regions as they were read back and others as they were before: not a state the
+ * volumes were ever in, so it is refused, naming where consistent points begin again.
+ */
+async function refuseInsideSync(manager: EntityManager, journal: JournalBounds, at: Date, seq: number): Promise<void> {
+  const rows = await manager.query<{ from_seq: string; until_seq: string | null; reason: string; until_at: Date | null }[]>(
+    `SELECT s.from_seq, s.until_seq, s.reason,
+            (SELECT min(c.captured_at) FROM checkpoints c WHERE c.vpg_id = $3 AND c.cut = s.until_seq) AS until_at
+       FROM journal_syncs s
+      WHERE s.vpg_key = $1 AND s.from_seq <= $2 AND (s.until_seq IS NULL OR s.until_seq > $2)
+      ORDER BY s.from_seq LIMIT 1`,
+    [journal.vpgKey, seq, journal.vpgId],
+  );
+  const sync = rows[0];
+  if (!sync) {
+    return;
+  }
+  const after = sync.until_seq === null ? null : { seq: Number(sync.until_seq), capturedAt: sync.until_at?.toISOString() ?? null };
+  throw new DomainError(
+    'failed-precondition',
+    `${at.toISOString()} falls inside a sync of VPG ${journal.vpgId} (${sync.reason}), from seq ${sync.from_seq}: the journal holds no state the volumes were in there. ` +
+      (after
+        ? `Recover a point before it, or from the first checkpoint after it on (seq ${after.seq}${after.capturedAt ? `, captured at ${after.capturedAt}` : ''}).`
+        : 'It is still running: recover a point before it, or wait for the first checkpoint after it.'),
+    { syncFromSeq: Number(sync.from_seq), consistentAgainAt: after },
+  );
 }
 
 /**

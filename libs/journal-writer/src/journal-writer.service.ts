@@ -5,15 +5,17 @@ import { BUS, type Bus, type BusConsumer, type BusProducer, type MessageBatch } 
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
 import {
   CorruptRecordError,
+  RecordKind,
   TOPICS,
   splitRecordBatch,
   type DomainEventMessage,
   type JournalProgress,
+  type RestartRecord,
   type SplitterCommand,
 } from '@cdp/contracts';
-import { JournalCompactor, JournalPromoter, JournalStore, PromotionPostponedError, type OutboxMessage, type PromotionResult } from '@cdp/journal-store';
+import { JournalCompactor, JournalPromoter, JournalStore, PromotionPostponedError, type OutboxMessage, type PromotionResult, type VerifiedRecord } from '@cdp/journal-store';
 import { memberOfVolume, vpgMembers, type Checkpoint, type Vpg } from '@cdp/domain';
-import { planApply } from './apply-plan';
+import { commitRuns, planApply } from './apply-plan';
 import { CommitPacer } from './commit-pacer';
 import { MemberMerge } from './member-merge';
 import { OutboxRelay } from './outbox.relay';
@@ -22,6 +24,8 @@ export interface JournalWriterStatus {
   readonly appliedRecords: number;
   readonly duplicateRecords: number;
   readonly gaps: number;
+  /** Restarts of an order taken in place of seqs no splitter could ship again (see planApply). */
+  readonly restarts: number;
   readonly corruptMessages: number;
   /** Batches whose journaling failed (a full journal disk, PostgreSQL away); each is taken again. */
   readonly commitFailures: number;
@@ -66,7 +70,7 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
   private readonly knownVpgs = new Map<string, Vpg>();
   private readonly merges = new Map<string, MemberMerge>();
   private readonly replayRequested = new Map<string, { fromSeq: number; at: number }>();
-  private readonly counters = { appliedRecords: 0, duplicateRecords: 0, gaps: 0, corruptMessages: 0, commitFailures: 0 };
+  private readonly counters = { appliedRecords: 0, duplicateRecords: 0, gaps: 0, restarts: 0, corruptMessages: 0, commitFailures: 0 };
   private failing: { since: Date; failures: number; error: string } | undefined;
   private readonly promoter: JournalPromoter;
   private readonly promotionIntervalMs: number;
@@ -266,22 +270,30 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
         continue;
       }
       if (vpgMembers(vpg).length > 1) {
-        committedEvents = (await this.applyMerged(vpg, records, progress)) || committedEvents;
+        committedEvents = (await this.applyMerged(vpg, records, progress, events)) || committedEvents;
         continue;
       }
-      const appliedSeq = await this.store.appliedSeq(vpgId);
+      let appliedSeq = await this.store.appliedSeq(vpgId);
       const plan = planApply(appliedSeq, records);
       this.counters.duplicateRecords += plan.duplicates;
-      if (plan.apply.length > 0) {
-        // Checkpoint events go through the outbox: written in the commit's transaction, so a crash
-        // after the commit cannot lose them (the records would come back only as duplicates).
-        const result = await this.store.commit(vpgId, plan.apply, {
-          outbox: (recorded) => checkpointEvents(vpgId, recorded),
+      for (const run of commitRuns(plan.apply)) {
+        const first = (run[0] as VerifiedRecord).decoded;
+        const restart = first.kind === RecordKind.Restart ? restartEvent(vpgId, first, appliedSeq + 1, null) : undefined;
+        // Checkpoint and restart events go through the outbox: written in the commit's transaction, so
+        // a crash after the commit cannot lose them (the records would come back only as duplicates).
+        const result = await this.store.commit(vpgId, run, {
+          outbox: (recorded) => [...(restart ? [outboxMessage(restart)] : []), ...checkpointEvents(vpgId, recorded)],
         });
-        this.counters.appliedRecords += plan.apply.length;
+        this.counters.appliedRecords += run.length;
         this.replayRequested.delete(vpgId);
-        progress.push({ vpgId, appliedSeq: result.appliedSeq, at: new Date().toISOString() });
-        committedEvents ||= result.checkpoints.length > 0;
+        if (restart) {
+          this.logRestart(restart, result.droppedRequests);
+        }
+        appliedSeq = result.appliedSeq;
+        committedEvents ||= result.checkpoints.length > 0 || restart !== undefined;
+      }
+      if (plan.apply.length > 0) {
+        progress.push({ vpgId, appliedSeq, at: new Date().toISOString() });
       }
       if (plan.gap) {
         await this.onGap(vpgId, plan.gap, events);
@@ -299,7 +311,8 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
       await this.outbox.publish().catch(() => undefined);
     }
     if (events.length > 0) {
-      // Gap and corruption notices: informational, and raised again while the gap lasts.
+      // Gap and corruption notices: informational, and raised again while the gap lasts (and a merge's
+      // restart that had nothing to commit with it).
       await this.producer.send(
         TOPICS.events,
         events.map((e) => ({ key: e.vpgId, value: Buffer.from(JSON.stringify(e)) })),
@@ -312,7 +325,7 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
    * the merge state committed with the records, progress per member from what was committed. Returns
    * whether the commit recorded checkpoints.
    */
-  private async applyMerged(vpg: Vpg, records: readonly Buffer[], progress: JournalProgress[]): Promise<boolean> {
+  private async applyMerged(vpg: Vpg, records: readonly Buffer[], progress: JournalProgress[], events: DomainEventMessage[]): Promise<boolean> {
     let merge = this.merges.get(vpg.id);
     if (!merge) {
       merge = new MemberMerge(vpgMembers(vpg), memberOfVolume(vpg), await this.store.members(vpg.id));
@@ -320,11 +333,15 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
     }
     const plan = merge.plan(await this.store.appliedSeq(vpg.id), records);
     this.counters.duplicateRecords += plan.duplicates;
+    const restarts = plan.restarts.map((r) => restartEvent(vpg.id, r.record, r.voidFrom, r.member));
     let recorded = false;
     if (plan.apply.length > 0) {
       let result;
       try {
-        result = await this.store.commit(vpg.id, plan.apply, { outbox: (checkpoints) => checkpointEvents(vpg.id, checkpoints), members: plan.state });
+        result = await this.store.commit(vpg.id, plan.apply, {
+          outbox: (checkpoints) => [...restarts.map(outboxMessage), ...checkpointEvents(vpg.id, checkpoints)],
+          members: plan.state,
+        });
       } catch (err) {
         // The merge moved on in memory; start again from what is committed (the records come again).
         this.merges.delete(vpg.id);
@@ -336,8 +353,12 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
       for (const [member, position] of Object.entries(plan.state.members)) {
         progress.push({ vpgId: vpg.id, member, appliedSeq: position.applied, at });
       }
-      recorded = result.checkpoints.length > 0;
+      recorded = result.checkpoints.length > 0 || restarts.length > 0;
+    } else {
+      // Nothing to commit (the restart alone came): its state is committed with the member's next records.
+      events.push(...restarts);
     }
+    restarts.forEach((r) => this.logRestart(r, []));
     for (const replay of plan.replays) {
       const key = `${vpg.id}/${replay.member}`;
       const pending = this.replayRequested.get(key);
@@ -351,6 +372,20 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
       await this.producer.send(TOPICS.commands, [{ key: vpg.id, value: Buffer.from(JSON.stringify(command)) }]);
     }
     return recorded;
+  }
+
+  /** A restart was committed (or, in a merge, consumed): said loudly, since no checkpoint is recorded until its resync is complete. */
+  private logRestart(restart: Extract<DomainEventMessage, { type: 'journal.order-restarted' }>, droppedRequests: readonly string[]): void {
+    this.counters.restarts++;
+    const { seq, voidFrom, resyncId, reason, member } = restart.data;
+    this.logger.warn(
+      `VPG ${restart.vpgId}: ${member === null ? 'the splitter' : `member ${member}`} restarted its order at seq ${seq} (${reason}): ` +
+        (seq > voidFrom ? `seqs ${voidFrom} to ${seq - 1} are void; ` : '') +
+        `resync ${resyncId} of every volume follows, and no checkpoint is recorded until it is complete` +
+        (droppedRequests.length > 0
+          ? `; ${droppedRequests.length} checkpoint request(s) sent before it and never recorded are dropped, not sent again (${droppedRequests.join(', ')})`
+          : ''),
+    );
   }
 
   /** Never skip a gap: ask the splitter to ship again from the first missing seq. */
@@ -396,7 +431,20 @@ function checkpointEvents(vpgId: string, recorded: readonly Checkpoint[]): Outbo
       event(vpgId, 'checkpoint.recorded', { checkpoint }),
       ...(checkpoint.kind === 'tagged' ? [event(vpgId, 'checkpoint.tagged-inserted', { checkpoint })] : []),
     ])
-    .map((e) => ({ topic: TOPICS.events, key: vpgId, value: Buffer.from(JSON.stringify(e)) }));
+    .map(outboxMessage);
+}
+
+function outboxMessage(e: DomainEventMessage): OutboxMessage {
+  return { topic: TOPICS.events, key: e.vpgId, value: Buffer.from(JSON.stringify(e)) };
+}
+
+/** A restart taken by the journal; `voidFrom` is the first seq the journal lacked (the member's own, in a merge). */
+function restartEvent(vpgId: string, record: RestartRecord, voidFrom: number, member: string | null): Extract<DomainEventMessage, { type: 'journal.order-restarted' }> {
+  const { resyncId, reason } = record.restart;
+  return event(vpgId, 'journal.order-restarted', { seq: record.seq, voidFrom: Math.min(voidFrom, record.seq), resyncId, reason, member }) as Extract<
+    DomainEventMessage,
+    { type: 'journal.order-restarted' }
+  >;
 }
 
 function event<T extends DomainEventMessage['type']>(

@@ -2,6 +2,8 @@ import {
   RECORD_HEADER_BYTES,
   RecordKind,
   encodeCheckpointRecord,
+  encodeRestartRecord,
+  encodeSyncRecord,
   encodeWriteRecord,
   decodeRecord,
   type DecodedRecord,
@@ -38,8 +40,12 @@ function journalOrder(plan: MergePlan, from = 1): string[] {
     if (again.kind === RecordKind.Write) {
       return `${again.volumeIndex === 0 ? 'a' : 'b'}@${again.offset / 512}`;
     }
-    return `cp:${again.marker.id.slice(-1)}`;
+    return again.kind === RecordKind.Checkpoint ? `cp:${again.marker.id.slice(-1)}` : 'restart';
   });
+}
+
+function restart(member: string, seq: number): Buffer {
+  return encodeRestartRecord({ seq, capturedAtMicros: 2000 + seq, restart: { resyncId: `r-${member}-${seq}`, voidFrom: 1, reason: 'log lost', member } });
 }
 
 describe('MemberMerge: the orders of several hosts into one journal order', () => {
@@ -119,5 +125,43 @@ describe('MemberMerge: the orders of several hosts into one journal order', () =
     const next = again.plan(2, [write('a', 3), barrier('b', 2, 1), write('b', 3)]);
     expect(journalOrder(next, 3)).toEqual(['cp:1', 'a@3', 'b@3']);
     expect(next.replays).toEqual([]);
+  });
+
+  it("takes a member's restart in place of what it lacks of that member's order, answering the replay asked for in the same batch", () => {
+    const merge = new MemberMerge(MEMBERS, MEMBER_OF, null);
+    // b's 1 to 9 are gone for good: its splitter restarts at 10. The merge asks for 1 (b's 4 came first), then takes the restart.
+    const plan = merge.plan(0, [write('a', 1), write('b', 4), restart('b', 10), write('b', 11), write('a', 2)]);
+    expect(journalOrder(plan)).toEqual(['a@1', 'b@11', 'a@2']);
+    expect(plan.replays).toEqual([]);
+    expect(plan.restarts.map((r) => ({ member: r.member, seq: r.record.seq, voidFrom: r.voidFrom }))).toEqual([{ member: 'b', seq: 10, voidFrom: 1 }]);
+    expect(plan.state.members).toMatchObject({ a: { applied: 2 }, b: { applied: 11 } });
+    // The same restart again (a redelivery) is a duplicate.
+    const again = merge.plan(3, [restart('b', 10), write('b', 12)]);
+    expect(journalOrder(again, 4)).toEqual(['b@12']);
+    expect(again.duplicates).toBe(1);
+    expect(again.restarts).toEqual([]);
+  });
+
+  it('drops what a parked member held when its order restarts, and it stays parked at the epoch it delivered', () => {
+    const merge = new MemberMerge(MEMBERS, MEMBER_OF, null);
+    const parked = merge.plan(0, [barrier('a', 1, 1), write('a', 2), write('a', 3)]);
+    expect(journalOrder(parked)).toEqual([]);
+    // a's 2 and 3 were held; its order restarts at 7 (what it held is void), then its resync's first write.
+    const restarted = merge.plan(0, [restart('a', 7), write('a', 8)]);
+    expect(journalOrder(restarted)).toEqual([]);
+    expect(restarted.state.members).toMatchObject({ a: { applied: 7, parked: { epoch: 1 } } });
+    // b reaches epoch 1: the checkpoint is cut, then a's order goes on from its restart.
+    const released = merge.plan(0, [barrier('b', 1, 1)]);
+    expect(journalOrder(released)).toEqual(['cp:1', 'a@8']);
+    expect(released.replays).toEqual([]);
+  });
+
+  it("consumes a member's sync record in its order without putting anything in the journal's", () => {
+    const merge = new MemberMerge(MEMBERS, MEMBER_OF, null);
+    const sync = encodeSyncRecord({ seq: 2, capturedAtMicros: 2, sync: { reason: 'resync r-1', member: 'a' } });
+    const plan = merge.plan(0, [write('a', 1), sync, write('a', 3), write('b', 1)]);
+    expect(journalOrder(plan)).toEqual(['a@1', 'a@3', 'b@1']);
+    expect(plan.replays).toEqual([]);
+    expect(plan.state.members).toMatchObject({ a: { applied: 3 }, b: { applied: 1 } });
   });
 });

@@ -7,6 +7,7 @@ import {
   resequenceRecord,
   type CheckpointMarkerBody,
   type DecodedRecord,
+  type RestartRecord,
 } from '@cdp/contracts';
 import { type VerifiedRecord } from '@cdp/journal-store';
 
@@ -18,6 +19,12 @@ export interface MemberPosition {
   readonly lastEpoch: number;
   /** Set while the member waits at a coordinated checkpoint for the other members to reach it. */
   readonly parked: Parked | null;
+}
+
+export interface MemberRestart {
+  readonly member: string;
+  readonly record: RestartRecord;
+  readonly voidFrom: number;
 }
 
 export interface Parked {
@@ -39,6 +46,8 @@ export interface MergePlan {
   readonly replays: { readonly member: string; readonly fromSeq: number; readonly reason: string }[];
   /** Coordinated checkpoints that could not be cut consistently (some member voided or missed them). */
   readonly voided: number;
+  /** Members whose order restarted (see MemberMerge.restart), each with the first seq of its own it lacked. */
+  readonly restarts: readonly MemberRestart[];
   /** The state to commit with `apply`. */
   readonly state: MergeState;
 }
@@ -125,7 +134,7 @@ export class MemberMerge {
   }
 
   plan(journalApplied: number, records: readonly Buffer[]): MergePlan {
-    const run: Run = { next: journalApplied + 1, apply: [], duplicates: 0, replays: [], voided: 0, broken: new Set() };
+    const run: Run = { next: journalApplied + 1, apply: [], duplicates: 0, replays: [], restarts: [], voided: 0, broken: new Set() };
     const arrived: Arrived[] = [];
     for (const bytes of records) {
       let decoded: DecodedRecord;
@@ -150,6 +159,7 @@ export class MemberMerge {
       apply: run.apply,
       duplicates: run.duplicates,
       replays: run.replays,
+      restarts: run.restarts,
       voided: run.voided,
       state: { members: Object.fromEntries(this.positions) },
     };
@@ -159,14 +169,23 @@ export class MemberMerge {
     if (decoded.kind === RecordKind.Write) {
       return this.memberOfVolume.get(decoded.volumeIndex);
     }
-    const member = decoded.marker.barrier?.member;
-    return member !== undefined && this.positions.has(member) ? member : undefined;
+    const member =
+      decoded.kind === RecordKind.Restart
+        ? decoded.restart.member
+        : decoded.kind === RecordKind.Sync
+          ? decoded.sync.member
+          : decoded.marker.barrier?.member;
+    return member !== undefined && member !== null && this.positions.has(member) ? member : undefined;
   }
 
   private accept(run: Run, member: string, record: { bytes: Buffer; decoded: DecodedRecord }): void {
     const position = this.positions.get(member) as MemberPosition;
     const held = this.held.get(member) as Held;
     const seq = record.decoded.seq;
+    if (record.decoded.kind === RecordKind.Restart) {
+      this.restart(run, member, record.decoded);
+      return;
+    }
     if (position.parked || held.records.length > 0) {
       const expected = position.applied + held.records.length + 1;
       if (seq < expected) {
@@ -198,6 +217,12 @@ export class MemberMerge {
       this.positions.set(member, { ...position, applied: seq });
       return;
     }
+    if (decoded.kind === RecordKind.Sync) {
+      // Only coordinated checkpoints are consistent cuts of such a VPG, so a sync changes nothing in its
+      // journal's order: the record is consumed in its member's.
+      this.positions.set(member, { ...position, applied: seq });
+      return;
+    }
     const barrier = decoded.marker.barrier;
     if (!barrier || barrier.epoch <= position.lastEpoch) {
       // A marker outside the coordination (or a second one for an epoch already delivered: a splitter
@@ -212,6 +237,35 @@ export class MemberMerge {
       parked: { epoch: barrier.epoch, void: barrier.void, marker, capturedAtMicros: decoded.capturedAtMicros },
     });
     this.completeEpochs(run);
+  }
+
+  /**
+   * The member's splitter could not ship what the merge lacked of its order and restarted it at this
+   * record's seq (see RestartBody): everything of the member's order before it that is not consumed
+   * is void, the records held for it included, and its order goes on from there. Nothing of it enters
+   * the journal's order: the member's full resync follows as ordinary writes, and a coordinated
+   * checkpoint cannot be cut consistently until it is complete (the member voids every epoch meanwhile).
+   * A parked member stays parked: its marker for that epoch was delivered before the restart.
+   */
+  private restart(run: Run, member: string, decoded: RestartRecord): void {
+    const position = this.positions.get(member) as MemberPosition;
+    if (decoded.seq <= position.applied) {
+      run.duplicates++;
+      return;
+    }
+    const held = this.held.get(member) as Held;
+    held.records.splice(0);
+    held.bytes = 0;
+    held.overflowed = false;
+    if (run.broken.delete(member)) {
+      // The replay asked for earlier in this batch is answered by this restart.
+      const asked = run.replays.findIndex((r) => r.member === member);
+      if (asked >= 0) {
+        run.replays.splice(asked, 1);
+      }
+    }
+    run.restarts.push({ member, record: decoded, voidFrom: position.applied + 1 });
+    this.positions.set(member, { ...position, applied: decoded.seq });
   }
 
   /** While every member waits: end the oldest epoch they wait at, record its checkpoint if consistent, move on. */
@@ -285,6 +339,7 @@ interface Run {
   readonly apply: VerifiedRecord[];
   duplicates: number;
   readonly replays: { member: string; fromSeq: number; reason: string }[];
+  readonly restarts: MemberRestart[];
   voided: number;
   /** Members whose order broke in this batch: the rest of their records wait for the replay. */
   readonly broken: Set<string>;

@@ -16,15 +16,26 @@ export class CheckpointGate {
   private deferred: CheckpointMarkerBody[] = [];
   private skipped = 0;
 
-  /** `insert` puts a deferred marker into the order; called only once no holder is left. */
-  constructor(private readonly insert: (marker: CheckpointMarkerBody) => void) {}
+  /**
+   * `insert` puts a deferred marker into the order; called only once no holder is left. `stretch`
+   * hears when the gate goes from open to held (`began`) and back (`ended`): the capture marks where
+   * such a stretch begins in the order for the journal (a sync record).
+   */
+  constructor(
+    private readonly insert: (marker: CheckpointMarkerBody) => void,
+    private readonly stretch: { began(): void; ended(): void } = { began: () => undefined, ended: () => undefined },
+  ) {}
 
   get held(): boolean {
     return this.holders.size > 0;
   }
 
   hold(holder: string): void {
+    const open = this.holders.size === 0;
     this.holders.add(holder);
+    if (open) {
+      this.stretch.began();
+    }
   }
 
   /**
@@ -35,6 +46,7 @@ export class CheckpointGate {
     if (!this.holders.delete(holder) || this.holders.size > 0) {
       return undefined;
     }
+    this.stretch.ended();
     const deferred = this.deferred;
     const skipped = this.skipped;
     this.deferred = [];

@@ -1,5 +1,5 @@
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { open, readFile, rename, writeFile } from 'node:fs/promises';
+import { open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { Logger } from '@nestjs/common';
@@ -116,8 +116,8 @@ export class ForcedResync {
   private running = false;
   private loop: Promise<void> | undefined;
   private stopping = false;
-  private wakeStop: (() => void) | undefined;
-  private readonly stopped: Promise<void>;
+  /** The running copy's way out: ended by stop(), and by restartAll() when a new copy replaces it. */
+  private cancel: Cancel | undefined;
   private lastError: string | null = null;
   private readonly logger: Logger;
 
@@ -128,7 +128,6 @@ export class ForcedResync {
   ) {
     this.progress = progress;
     this.logger = new Logger(`resync ${host.vpg.name}`);
-    this.stopped = new Promise<void>((resolve) => (this.wakeStop = resolve));
   }
 
   /**
@@ -203,10 +202,33 @@ export class ForcedResync {
     return 'started';
   }
 
+  /**
+   * Starts a resync of every volume from the start, replacing the one that runs, if any: for a restart
+   * of the order (VpgCapture.replayFrom), whose stream holds nothing of the volumes before it, so a
+   * copy begun before it counts for nothing. The progress file is durable when this returns, before
+   * the restart goes into the log: a crash after that finds a resync to resume, never a restart
+   * without one. The running copy stops where it is; the new one starts once it has, and never
+   * before the caller's synchronous step is over, so the restart record goes in front of its chunks.
+   */
+  restartAll(request: Omit<ResyncRequest, 'volumeIds'>): void {
+    if (this.stopping) {
+      throw new DomainError('failed-precondition', `the capture of VPG ${this.host.vpg.name} is closing`);
+    }
+    const progress = this.newProgress({ ...request, volumeIds: null });
+    this.saveSync(progress);
+    const replaced = this.running ? this.progress?.id : undefined;
+    this.progress = progress;
+    this.logger.warn(
+      `resync ${progress.id} started (${request.reason}): ${progress.volumes.length} volume(s), ${progress.bytesTotal} bytes` +
+        (replaced === undefined ? '' : `; it replaces resync ${replaced}, which starts again from nothing`),
+    );
+    this.launch(true);
+  }
+
   /** Stops the copy loop where it is; the progress file keeps the resync for the next open. */
   async stop(): Promise<void> {
     this.stopping = true;
-    this.wakeStop?.();
+    this.cancel?.end();
     await this.loop;
   }
 
@@ -235,20 +257,35 @@ export class ForcedResync {
     };
   }
 
-  private launch(): void {
+  /**
+   * Runs `this.progress`: at once (its first chunk is read before this returns), or, when it replaces
+   * a copy that runs, once that one has stopped. `later`: not before the caller's synchronous step is
+   * over (a restart's record must go into the log before the first chunk).
+   */
+  private launch(later = false): void {
+    const replacing = this.running;
     this.running = true;
     this.host.gate.hold(GATE_HOLDER);
     this.lastError = null;
     const progress = this.progress as Progress;
-    this.loop = this.run(progress).catch((err: unknown) => {
-      // The resync stays in progress (no checkpoint is cut over a half-done copy) and resync.json
-      // keeps it for the next open; the status shows why it stopped.
-      this.lastError = err instanceof Error ? err.message : String(err);
-      this.logger.error(`resync ${progress.id} stopped: ${this.lastError}`);
-    });
+    this.cancel?.end();
+    const cancel = newCancel();
+    this.cancel = cancel;
+    const previous = replacing ? this.loop : later ? Promise.resolve() : undefined;
+    const running = previous ? previous.then(() => (cancel.ended ? undefined : this.run(progress, cancel))) : this.run(progress, cancel);
+    this.loop = running
+      .catch((err: unknown) => {
+        // The resync stays in progress (no checkpoint is cut over a half-done copy) and resync.json
+        // keeps it for the next open; the status shows why it stopped.
+        const error = err instanceof Error ? err.message : String(err);
+        if (this.progress?.id === progress.id) {
+          this.lastError = error;
+        }
+        this.logger.error(`resync ${progress.id} stopped: ${error}`);
+      });
   }
 
-  private async run(start: Progress): Promise<void> {
+  private async run(start: Progress, cancel: Cancel): Promise<void> {
     const byId = new Map([...this.host.volumes.values()].map((v) => [v.volume.id, v]));
     let next = { ...start.next };
     let bytesDone = start.bytesDone;
@@ -265,7 +302,7 @@ export class ForcedResync {
         // the bus acknowledged.
         next = { ...shippedNext };
         bytesDone = shippedDone;
-        this.progress = { ...start, next, bytesDone };
+        this.show({ ...start, next, bytesDone });
         return;
       }
       for (const chunk of settled) {
@@ -277,7 +314,7 @@ export class ForcedResync {
     // Until every chunk is read and acknowledged; a cut of the log (see settle) sends it back.
     for (;;) {
       while (next.volume < start.volumes.length) {
-        if (this.stopping) {
+        if (cancel.ended) {
           return;
         }
         const volume = byId.get(start.volumes[next.volume] as string);
@@ -289,7 +326,7 @@ export class ForcedResync {
         }
         const held = this.host.heldBarrier();
         if (held) {
-          await Promise.race([held, this.stopped]);
+          await Promise.race([held, cancel.promise]);
           continue;
         }
         const length = Math.min(RESYNC_CHUNK_BYTES, size - next.offset);
@@ -297,20 +334,20 @@ export class ForcedResync {
         if (seq === undefined) {
           // While it waits (for room in the log, say), the chunks already captured are acknowledged.
           const oldest = pending.oldest;
-          await Promise.race([this.host.applying(), this.stopped, ...(oldest ? [this.host.waitShipped(oldest.seq)] : [])]);
+          await Promise.race([this.host.applying(), cancel.promise, ...(oldest ? [this.host.waitShipped(oldest.seq)] : [])]);
           settle();
           continue;
         }
         next = { volume: next.volume, offset: next.offset + length };
         bytesDone += length;
-        this.progress = { ...start, next, bytesDone };
+        this.show({ ...start, next, bytesDone });
         pending.push({ seq, bytes: length, after: next });
         settle();
-        for (let oldest = pending.oldest; oldest && pending.bytes > RESYNC_MAX_UNSHIPPED_BYTES && !this.stopping; oldest = pending.oldest) {
-          await this.untilShippedOrStopped(oldest.seq);
+        for (let oldest = pending.oldest; oldest && pending.bytes > RESYNC_MAX_UNSHIPPED_BYTES && !cancel.ended; oldest = pending.oldest) {
+          await this.untilShippedOrCancelled(oldest.seq, cancel);
           settle();
         }
-        if (shippedDone - savedAt >= SAVE_EVERY_BYTES && !this.stopping) {
+        if (shippedDone - savedAt >= SAVE_EVERY_BYTES && !cancel.ended) {
           await this.save({ ...start, next: shippedNext, bytesDone: shippedDone });
           savedAt = shippedDone;
         }
@@ -319,9 +356,9 @@ export class ForcedResync {
       }
       const last = pending.newest;
       if (last) {
-        await this.untilShippedOrStopped(last.seq);
+        await this.untilShippedOrCancelled(last.seq, cancel);
       }
-      if (this.stopping) {
+      if (cancel.ended) {
         return;
       }
       settle();
@@ -330,9 +367,18 @@ export class ForcedResync {
       }
     }
     const done: Progress = { ...start, next, bytesDone, completedAt: new Date().toISOString() };
-    await this.save(done);
+    if (!(await this.save(done))) {
+      return;
+    }
     this.progress = done;
     this.complete(done);
+  }
+
+  /** The copy's progress, for the status: only while it is the current one (restartAll may have replaced it). */
+  private show(progress: Progress): void {
+    if (this.progress?.id === progress.id) {
+      this.progress = progress;
+    }
   }
 
   /** The resync is over: checkpoints may be cut again (once nothing else holds the gate), the deferred ones first. */
@@ -345,11 +391,17 @@ export class ForcedResync {
     );
   }
 
-  private untilShippedOrStopped(seq: number): Promise<void> {
-    return Promise.race([this.host.waitShipped(seq), this.stopped]);
+  private untilShippedOrCancelled(seq: number, cancel: Cancel): Promise<void> {
+    return Promise.race([this.host.waitShipped(seq), cancel.promise]);
   }
 
-  private async save(progress: Progress): Promise<void> {
+  /**
+   * Replaces the progress file, unless `progress` is no longer the current resync by the time it is
+   * written (restartAll replaced it meanwhile): false then, and the file is left as restartAll wrote
+   * it. The check and the rename are one synchronous step, and saveSync uses a temporary file of its
+   * own, so a save of the replaced copy can never land over the new one.
+   */
+  private async save(progress: Progress): Promise<boolean> {
     const tmp = join(this.dir, `${PROGRESS_FILE}.tmp`);
     await writeFile(tmp, JSON.stringify(progress));
     const handle = await open(tmp, 'r+');
@@ -358,22 +410,46 @@ export class ForcedResync {
     } finally {
       await handle.close();
     }
-    await rename(tmp, join(this.dir, PROGRESS_FILE));
+    if (this.progress?.id !== progress.id) {
+      return false;
+    }
+    renameSync(tmp, join(this.dir, PROGRESS_FILE));
     const dirHandle = await open(this.dir, 'r');
     try {
       await dirHandle.sync();
     } finally {
       await dirHandle.close();
     }
+    return true;
   }
 
   private saveSync(progress: Progress): void {
-    const tmp = join(this.dir, `${PROGRESS_FILE}.tmp`);
+    const tmp = join(this.dir, `${PROGRESS_FILE}.sync.tmp`);
     writeFileSync(tmp, JSON.stringify(progress));
     syncPath(tmp, 'r+');
     renameSync(tmp, join(this.dir, PROGRESS_FILE));
     syncPath(this.dir, 'r');
   }
+}
+
+interface Cancel {
+  readonly promise: Promise<void>;
+  readonly ended: boolean;
+  end(): void;
+}
+
+function newCancel(): Cancel {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  const cancel = {
+    promise,
+    ended: false,
+    end(): void {
+      cancel.ended = true;
+      resolve();
+    },
+  };
+  return cancel;
 }
 
 interface PendingChunk {

@@ -237,7 +237,8 @@ describe('VpgCapture after crashes', () => {
     powerLoss();
     const after = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-2', activityLogRegions: capacity });
     expect(after.previousEnd).toBe('host-crash');
-    const resyncRecords = after.lastSeq - durableSeq;
+    // A sync record, then the regions read back.
+    const resyncRecords = after.lastSeq - durableSeq - 1;
     expect(resyncRecords).toBeGreaterThan(0);
     expect(resyncRecords).toBeLessThanOrEqual(capacity);
 
@@ -248,8 +249,12 @@ describe('VpgCapture after crashes', () => {
       const remote = site.image(volume.index, volume.sizeBytes);
       expect(remote.equals(local)).toBe(true);
     }
+    expect(decodeRecord(site.records.get(durableSeq + 1)!)).toMatchObject({
+      kind: RecordKind.Sync,
+      sync: { reason: `the ${resyncRecords} active region(s) after a host crash`, member: null },
+    });
     // A resync write covers exactly one region (or the volume's tail).
-    for (let seq = durableSeq + 1; seq <= after.lastSeq; seq++) {
+    for (let seq = durableSeq + 2; seq <= after.lastSeq; seq++) {
       const decoded = decodeRecord(site.records.get(seq)!);
       expect(decoded.kind === RecordKind.Write && decoded.offset % REGION_BYTES === 0).toBe(true);
     }
@@ -751,6 +756,9 @@ describe('VpgCapture forced resync', () => {
     const chunks = chunkSeqs(site, before);
     expect(chunks).toHaveLength(104);
     const [firstChunk, lastChunk] = [chunks[0]!, chunks[chunks.length - 1]!];
+    // A sync record in front of the first chunk tells the journal where the stretch begins.
+    expect(decodeRecord(site.records.get(firstChunk - 1)!)).toMatchObject({ kind: RecordKind.Sync, sync: { reason: `resync ${id(100)} (restored from backup)` } });
+    expect([...site.records.values()].filter((r) => decodeRecord(r).kind === RecordKind.Sync)).toHaveLength(1);
     // The client writes were not held up behind the whole resync: some were captured between chunks.
     expect(duringSeqs.some((seq) => seq > firstChunk && seq < lastChunk)).toBe(true);
     const cuts = site.markers();
@@ -823,6 +831,108 @@ describe('VpgCapture forced resync', () => {
     const cut = site.markers().find((m) => m.id === id(6))!.seq;
     expect(site.image(1, volumes[1]!.sizeBytes, cut).equals(local(second, 1))).toBe(true);
     await second.close();
+  });
+});
+
+describe('VpgCapture restarting its order for a journal that lost what the log no longer holds', () => {
+  const ctx = eachTestWithRecoverySite('capture-restart-');
+  const id = (n: number): string => `00000000-0000-4000-8000-${String(n).padStart(12, '0')}`;
+
+  it('restarts the order at a new seq, resyncs every volume after it (replacing a resync that runs), and the first checkpoint after recovers the volumes', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(1201);
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1', logSegmentBytes: 256 * 1024 });
+    for (let i = 0; i < 60; i++) {
+      const volume = volumes[i % 2]!;
+      const length = i % 10 === 4 ? 192 * 1024 : 4096;
+      await logged(capture.write(volume.id, Math.floor(random() * ((volume.sizeBytes - length) / 4096)) * 4096, randomBuffer(random, length)));
+    }
+    expect(capture.insertCheckpoint({ id: id(1), kind: 'tagged', name: 'before', vmId: null })).not.toBeNull();
+    await capture.flush();
+    await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 10_000, message: 'the writes never arrived' });
+    // The journal confirms it all, and the log lets go of what it confirmed.
+    await capture.confirm(capture.lastSeq);
+    const logFirst = capture.status().logFirstSeq!;
+    expect(logFirst).toBeGreaterThan(1);
+
+    // An operator's resync of one volume is running when the recovery site loses its journal.
+    expect(capture.startResync({ resyncId: id(50), volumeIds: [volumes[1]!.id], requestedAt: new Date().toISOString(), reason: 'distrusted' })).toBe('started');
+    site.records.clear();
+    const beforeRestart = capture.lastSeq;
+    // The journal asks for seq 1, which the log no longer holds: the order restarts.
+    expect(capture.replayFrom(1)).toBe('restarted');
+    const restartSeq = beforeRestart + 1;
+    const resync = capture.status().resync!;
+    expect(resync.id).not.toBe(id(50));
+    expect(resync.volumes).toEqual(volumes.map((v) => v.id));
+    expect(resync.reason).toBe(`the journal lacks seqs from 1, and the splitter log holds only from ${logFirst}`);
+    expect(capture.checkpointsPaused).toBe(true);
+    // Asked again before it arrives: the same restart is shipped again, no second one.
+    expect(capture.replayFrom(1)).toBe('replaying');
+    expect(capture.status().resync!.id).toBe(resync.id);
+    // A seq past anything this log handed out is refused (the journal's seqs came from another log).
+    expect(capture.replayFrom(capture.lastSeq + 5)).toBe('refused');
+
+    // Writes go on meanwhile; a tagged checkpoint waits for the resync.
+    const during: Promise<number>[] = [];
+    for (let i = 0; i < 40; i++) {
+      const volume = volumes[i % 2]!;
+      during.push(logged(capture.write(volume.id, Math.floor(random() * (volume.sizeBytes / 4096 - 1)) * 4096, randomBuffer(random, 4096))));
+    }
+    expect(capture.insertCheckpoint({ id: id(2), kind: 'tagged', name: 'after', vmId: null })).toBeNull();
+    await Promise.all(during);
+    await waitFor(() => !capture.checkpointsPaused, { timeoutMs: 30_000, message: 'the resync after the restart never completed' });
+    expect(readResyncProgress(dir.path)).toMatchObject({ id: resync.id, bytesDone: 104 * MiB });
+    await capture.flush();
+    await waitFor(() => site.records.has(capture.lastSeq), { timeoutMs: 10_000, message: 'the restarted order never arrived' });
+
+    // The site holds the order from the restart on with no gap. Records before it that were still on
+    // their way when its journal was lost (the replaced resync's chunks) are void, as the journal takes them.
+    for (const seq of site.records.keys()) {
+      if (seq < restartSeq) {
+        site.records.delete(seq);
+      }
+    }
+    const seqs = [...site.records.keys()].sort((a, b) => a - b);
+    expect(seqs).toEqual(Array.from({ length: capture.lastSeq - restartSeq + 1 }, (_, i) => restartSeq + i));
+    expect(decodeRecord(site.records.get(restartSeq)!)).toMatchObject({
+      kind: RecordKind.Restart,
+      restart: { resyncId: resync.id, voidFrom: 1, member: null },
+    });
+    const cuts = site.markers();
+    expect(cuts.map((m) => m.id)).toEqual([id(2)]);
+    // Every volume was read back in full after the restart, so the first checkpoint after it recovers
+    // the volumes over an empty replica, byte for byte.
+    for (const volume of volumes) {
+      expect(site.image(volume.index, volume.sizeBytes, cuts[0]!.seq).equals(capture.volumeById(volume.id).read(0, volume.sizeBytes))).toBe(true);
+    }
+    await capture.close();
+  });
+
+  it('with no resync running, reads every chunk back after the restart record, none before it', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(1202);
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1', logSegmentBytes: 256 * 1024 });
+    for (let i = 0; i < 12; i++) {
+      await logged(capture.write(volumes[i % 2]!.id, (i >> 1) * 128 * 1024, randomBuffer(random, 128 * 1024)));
+    }
+    await capture.flush();
+    await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 10_000, message: 'the writes never arrived' });
+    await capture.confirm(capture.lastSeq);
+    const restartSeq = capture.lastSeq + 1;
+    site.records.clear();
+    expect(capture.replayFrom(1)).toBe('restarted');
+    await waitFor(() => !capture.checkpointsPaused, { timeoutMs: 30_000, message: 'the resync never completed' });
+    const cut = capture.insertCheckpoint({ id: id(3), kind: 'automatic', name: null, vmId: null })!;
+    await capture.flush();
+    await waitFor(() => site.records.has(cut), { timeoutMs: 10_000, message: 'the checkpoint never arrived' });
+    const kinds = [...site.records.keys()].sort((a, b) => a - b).map((seq) => decodeRecord(site.records.get(seq)!));
+    expect(kinds[0]).toMatchObject({ kind: RecordKind.Restart, seq: restartSeq });
+    expect(kinds.filter((r) => r.kind === RecordKind.Write && r.data.length === RESYNC_CHUNK_BYTES)).toHaveLength(104);
+    for (const volume of volumes) {
+      expect(site.image(volume.index, volume.sizeBytes, cut).equals(capture.volumeById(volume.id).read(0, volume.sizeBytes))).toBe(true);
+    }
+    await capture.close();
   });
 });
 

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -10,6 +11,8 @@ import {
   RecordKind,
   decodeRecord,
   encodeCheckpointRecord,
+  encodeRestartRecord,
+  encodeSyncRecord,
   encodeWriteRecord,
   type BarrierMark,
   type CheckpointMarkerBody,
@@ -284,9 +287,23 @@ export class VpgCapture {
   /** Flushes completed locally only since the link went down (see flush); undefined while the bus acknowledges them. */
   private localFlushes: { readonly since: Date; count: number } | undefined;
   /** No checkpoint while a forced resync runs or dirty regions exist (see CheckpointGate). */
-  private readonly gate = new CheckpointGate((marker) => {
-    this.insertCheckpoint(marker);
-  });
+  private readonly gate = new CheckpointGate(
+    (marker) => {
+      this.insertCheckpoint(marker);
+    },
+    {
+      // A sync record goes in front of the stretch's first chunk (see appendSync), not here: the log
+      // may not be taking records now (degraded mode holds the gate from its first tracked write).
+      began: () => {
+        this.syncPending = true;
+      },
+      ended: () => {
+        this.syncPending = false;
+      },
+    },
+  );
+  /** The gate is held and no sync record marks the stretch yet (see appendSync). */
+  private syncPending = false;
   private readonly logger: Logger;
 
   private constructor(
@@ -358,6 +375,7 @@ export class VpgCapture {
     }
     const shipper = new LogShipper(vpg.id, log, producer, options.shipper);
     const capture = new VpgCapture(vpg, dir, log, volumes, shipper, activity, dirty, previousEnd, options.payloads, limit, linkWait);
+    capture.member = options.member ?? null;
     if (previousEnd === 'process-crash' || previousEnd === 'host-crash') {
       await capture.redo();
     }
@@ -737,9 +755,71 @@ export class VpgCapture {
     confirmed.resolve();
   }
 
-  /** The journal found a gap: ship again from `seq`. */
-  replayFrom(seq: number): void {
+  /**
+   * The journal found a gap: ship again from `seq`. When the log no longer holds it (the journal lost
+   * what it had confirmed: a recovery site rebuilt, its journal restored from a backup), nothing can
+   * ship it again, so the order restarts (see restartOrder). Returns what was done.
+   */
+  replayFrom(seq: number): 'replaying' | 'restarted' | 'refused' {
+    const first = this.log.firstSeq ?? this.nextSeq;
+    if (seq >= first) {
+      if (seq > this.nextSeq) {
+        // The journal has seqs this log never handed out: they came from another log of this VPG (this
+        // one was lost or replaced), and what this one ships the journal takes for duplicates.
+        this.logger.error(
+          `the journal asks for seq ${seq}, past this splitter's last seq ${this.nextSeq - 1}: its log was lost or replaced, ` +
+            'and the journal drops what it ships as duplicates. Recreate the VPG to protect it again.',
+        );
+        return 'refused';
+      }
+      this.shipper.rewind(seq);
+      return 'replaying';
+    }
+    const restart = this.lastRestart;
+    if (restart !== undefined && restart >= first) {
+      // The restart sent for an earlier request is still in the log: it takes the place of `seq` too.
+      this.shipper.rewind(restart);
+      return 'replaying';
+    }
+    return this.restartOrder(seq, first) ? 'restarted' : 'refused';
+  }
+
+  /**
+   * The journal lacks seqs from `voidFrom`, and this log holds only from `first` on. A restart record
+   * (RecordKind.Restart) goes into the order: the journal takes it in place of every seq it lacks
+   * before it. A full resync of the volumes follows at once (ForcedResync.restartAll, replacing one
+   * that runs), holding the checkpoint gate, so the first checkpoint after the restart is consistent
+   * and none can describe the void stretch. Checkpoints the journal recorded before it keep their
+   * records and stay valid. The resync's progress file is durable before the record is appended, so a
+   * crash never leaves a restart without its resync. Not while tracking (the log takes no records):
+   * the journal asks again.
+   */
+  private restartOrder(voidFrom: number, first: number): boolean {
+    if (this.closing || this.tracking || !this.forced) {
+      this.logger.warn(`the journal asks for seq ${voidFrom}, which the log no longer holds; the order restarts once the log takes records again`);
+      return false;
+    }
+    // Writes captured earlier in this turn go before the restart; their seqs are void for the journal too.
+    this.drain();
+    if (this.tracking) {
+      return false;
+    }
+    const reason = `the journal lacks seqs from ${voidFrom}, and the splitter log holds only from ${first}`;
+    const resyncId = randomUUID();
+    this.forced.restartAll({ resyncId, requestedAt: new Date().toISOString(), reason });
+    const seq = this.nextSeq++;
+    const record = encodeRestartRecord({ seq, capturedAtMicros: nowMicros(), restart: { resyncId, voidFrom, reason, member: this.member } });
+    if (!this.appendOwnUnlessTracking(seq, record)) {
+      // A full disk: the resync waits for room like any other, and the journal asks again (a new
+      // restart then replaces this resync).
+      return false;
+    }
+    // The restart begins the stretch for the journal itself.
+    this.syncPending = false;
+    this.lastRestart = seq;
     this.shipper.rewind(seq);
+    this.logger.warn(`${reason}: the order restarts at seq ${seq}, and resync ${resyncId} of every volume follows`);
+    return true;
   }
 
   async close(): Promise<void> {
@@ -1165,6 +1245,9 @@ export class VpgCapture {
   /** After a host crash: every region of the activity log, read from the volume, captured as writes. */
   private async resyncActiveRegions(): Promise<void> {
     const regions = this.activity.regions();
+    if (regions.length > 0 && !this.appendSync(`the ${regions.length} active region(s) after a host crash`)) {
+      throw new Error('the splitter log cannot take records (a full disk?): the active regions after a host crash cannot be resynchronised');
+    }
     let bytes = 0;
     for (const region of regions) {
       const volume = this.volumes.get(region.volumeIndex);
@@ -1188,6 +1271,10 @@ export class VpgCapture {
 
   /** The operator-forced resync (see forced-resync.ts); set at open, before any command is taken. */
   private forced: ForcedResync | undefined;
+  /** The seq of the last restart of the order this run appended (see restartOrder). */
+  private lastRestart: number | undefined;
+  /** The member (host) this capture is for in a VPG with several; null with one. */
+  private member: string | null = null;
 
   /**
    * While true no checkpoint is cut here (a forced resync runs, or dirty regions exist): automatic
@@ -1249,20 +1336,59 @@ export class VpgCapture {
       // not this many before the journal confirms more: the resync waits (chunkBlocked) and asks again.
       return undefined;
     }
+    if (this.syncPending && !this.appendSync(this.syncReason())) {
+      return undefined;
+    }
     const seq = this.nextSeq++;
     const record = encodeWriteRecord({ seq, volumeIndex: volume.volume.index, offset, capturedAtMicros: nowMicros(), flags: 0, data: volume.read(offset, length) });
+    return this.appendOwnUnlessTracking(seq, record) ? seq : undefined;
+  }
+
+  /**
+   * A record of the capture's own into the log and to the shipper; false if the append failed and
+   * the capture tracks writes now (a full disk): the caller waits for that to end and asks again.
+   */
+  private appendOwnUnlessTracking(seq: number, record: Buffer): boolean {
     let placed;
     try {
       placed = this.appendOwn(seq, record);
     } catch (err) {
       if (this.tracking) {
-        // The append failed (a full disk): the capture tracks writes now, and the resync waits for that to end.
-        return undefined;
+        return false;
       }
       throw err;
     }
     this.shipper.offer(placed, [record]);
-    return seq;
+    return true;
+  }
+
+  /**
+   * A sync record (RecordKind.Sync): the records after it read regions of the volumes back, so until
+   * the first checkpoint after it the order passes through states the volumes were never in, and the
+   * journal recovers no point in time there. Put in front of the first chunk of each stretch the
+   * checkpoint gate is held for, and of the active regions read back after a host crash.
+   */
+  private appendSync(reason: string): boolean {
+    const seq = this.nextSeq++;
+    const record = encodeSyncRecord({ seq, capturedAtMicros: nowMicros(), sync: { reason, member: this.member } });
+    if (!this.appendOwnUnlessTracking(seq, record)) {
+      return false;
+    }
+    this.syncPending = false;
+    return true;
+  }
+
+  /** What the stretch the gate is held for reads back, for the sync record. */
+  private syncReason(): string {
+    const reasons: string[] = [];
+    const resync = this.forced?.status();
+    if (resync) {
+      reasons.push(`resync ${resync.id}${resync.reason ? ` (${resync.reason})` : ''}`);
+    }
+    if (this.dirty.dirtyRegions > 0) {
+      reasons.push(`the sync of ${this.dirty.dirtyRegions} dirty region(s) after degraded mode`);
+    }
+    return reasons.join('; ') || 'a sync';
   }
 
   /**

@@ -15,3 +15,4 @@ export * from './containers';
 export * from './pipeline-scenario';
 export * from './disk-full-faults';
 export * from './test-vpg';
+export * from './restartable-all-in-one';
