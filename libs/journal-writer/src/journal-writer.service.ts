@@ -292,7 +292,9 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
         appliedSeq = result.appliedSeq;
         committedEvents ||= result.checkpoints.length > 0 || restart !== undefined;
       }
-      if (plan.apply.length > 0) {
+      // Also when everything was a duplicate: a splitter whose log never handed those seqs out (its
+      // directory restored from a backup) learns that the journal is ahead of it (VpgCapture.confirm).
+      if (plan.apply.length > 0 || plan.duplicates > 0) {
         progress.push({ vpgId, appliedSeq, at: new Date().toISOString() });
       }
       if (plan.gap) {

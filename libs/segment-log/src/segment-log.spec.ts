@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync, truncateSync, statSync, openSync, writeSync, closeSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CorruptRecordError, decodeRecord, encodeWriteRecord, type WriteRecord } from '@cdp/contracts';
+import { CorruptRecordError, decodeRecord, encodeRestartRecord, encodeWriteRecord, type WriteRecord } from '@cdp/contracts';
 import { SegmentLog, SegmentLogError, segmentFileName } from './segment-log';
 import { DIRECT_CHUNK_BYTES, DIRECT_IO_ALIGNMENT, openDirect, writeDirect } from './direct-io';
 
@@ -518,6 +518,18 @@ describe('SegmentLog', () => {
       put(2, seqs(2, 3));
       put(3, seqs(24, 25));
       await expect(SegmentLog.open({ dir, spareSegments: 2 })).rejects.toThrow(/segment 1 of .* is corrupt at byte \d+, before the log's tail/);
+    });
+
+    it('lets a restart of the order, and only a restart, skip seqs', async () => {
+      const restart = (seq: number): Buffer =>
+        encodeRestartRecord({ seq, capturedAtMicros: seq, restart: { resyncId: 'r', voidFrom: 0, reason: 'journal ahead', member: null } });
+      put(1, seqs(21, 23), [restart(40)], seqs(41, 42));
+      const log = await SegmentLog.open({ dir, spareSegments: 2 });
+      expect(await readAll(log)).toEqual([21, 22, 23, 40, 41, 42]);
+      expect(log.lastSeq).toBe(42);
+      await log.close();
+      put(1, seqs(21, 23), seqs(40, 42));
+      await expect(SegmentLog.open({ dir, spareSegments: 2 })).rejects.toThrow(/seq 40 where 24 was next: records are missing/);
     });
 
     it('deletes a segment only once a later one holds a durable record', async () => {

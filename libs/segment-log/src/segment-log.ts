@@ -3,7 +3,7 @@ import { mkdir, open, readdir, rename, rm, stat, truncate, type FileHandle } fro
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { fdatasync as fdatasyncCb, fsync as fsyncCb } from 'node:fs';
-import { CorruptRecordError, RECORD_HEADER_BYTES, peekRecordLength, recordSeq, verifyRecord } from '@cdp/contracts';
+import { CorruptRecordError, RECORD_HEADER_BYTES, RecordKind, peekRecordLength, recordKind, recordSeq, verifyRecord } from '@cdp/contracts';
 import { DIRECT_IO_ALIGNMENT, alignDown, isDirectIoRefusal, openDirect, writeDirect } from './direct-io';
 
 const fdatasync = promisify(fdatasyncCb);
@@ -999,7 +999,10 @@ export class SegmentLog {
               // A reused file's older record: the segment's own records end here.
               return position;
             }
-            if (expected !== undefined && seq > expected) {
+            // A restart of the order (RecordKind.Restart) is the one record that may skip seqs: it goes
+            // above seqs another log of the same order handed out. Older records in a reused file are
+            // older than the segment's own, so a stale restart cannot pass for one.
+            if (expected !== undefined && seq > expected && recordKind(record) !== RecordKind.Restart) {
               throw new SegmentLogError(
                 `segment ${info.segment} of ${this.dir}: the record at byte ${position} has seq ${seq} where ${expected} was next: records are missing`,
               );

@@ -1,4 +1,4 @@
-import { closeSync, cpSync, openSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, cpSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { InProcessBus, type BusConsumer, type BusProducer } from '@cdp/bus';
 import { BATCH_HEADER_BYTES, RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch, type CheckpointMarkerBody } from '@cdp/contracts';
@@ -7,6 +7,7 @@ import { FaultInjectingBus, diskFullFaults, randomBuffer, seededRandom, tempDir,
 import { REGION_BYTES } from './activity-log';
 import { RESYNC_CHUNK_BYTES, readResyncProgress } from './forced-resync';
 import { PayloadRing } from './payload-ring';
+import { SEQ_CEILING_STEP, SeqCeiling } from './seq-ceiling';
 import { VpgCapture } from './vpg-capture';
 
 const MiB = 1024 * 1024;
@@ -870,8 +871,6 @@ describe('VpgCapture restarting its order for a journal that lost what the log n
     // Asked again before it arrives: the same restart is shipped again, no second one.
     expect(capture.replayFrom(1)).toBe('replaying');
     expect(capture.status().resync!.id).toBe(resync.id);
-    // A seq past anything this log handed out is refused (the journal's seqs came from another log).
-    expect(capture.replayFrom(capture.lastSeq + 5)).toBe('refused');
 
     // Writes go on meanwhile; a tagged checkpoint waits for the resync.
     const during: Promise<number>[] = [];
@@ -933,6 +932,118 @@ describe('VpgCapture restarting its order for a journal that lost what the log n
       expect(site.image(volume.index, volume.sizeBytes, cut).equals(capture.volumeById(volume.id).read(0, volume.sizeBytes))).toBe(true);
     }
     await capture.close();
+  });
+});
+
+describe('VpgCapture whose log was lost while its volumes were kept', () => {
+  const ctx = eachTestWithRecoverySite('capture-lost-log-');
+  const id = (n: number): string => `00000000-0000-4000-8000-${String(n).padStart(12, '0')}`;
+
+  it('keeps every seq below a durable ceiling, and after losing its log restarts the order above it with a full resync', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(1301);
+    const ceilingFile = join(dir.path, 'seq-ceiling');
+    const first = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1', seqCeilingStep: 64 });
+    for (let i = 0; i < 300; i++) {
+      const volume = volumes[i % 2]!;
+      await logged(first.write(volume.id, Math.floor(random() * (volume.sizeBytes / 4096 - 1)) * 4096, randomBuffer(random, 4096)));
+      // Raised ahead of need, in steps of 64: every seq handed out is below the ceiling on disk.
+      expect(SeqCeiling.open(ceilingFile)!.value).toBeGreaterThan(first.lastSeq);
+    }
+    const before = first.insertCheckpoint({ id: id(1), kind: 'tagged', name: 'before', vmId: null })!;
+    const imagesBefore = volumes.map((v) => first.volumeById(v.id).read(0, v.sizeBytes));
+    await first.flush();
+    await waitFor(() => site.highestContiguousSeq() === first.lastSeq, { timeoutMs: 10_000, message: 'the writes never arrived' });
+    const ceiling = SeqCeiling.open(ceilingFile)!.value;
+    await first.close();
+
+    // The log is deleted by hand; the volumes and the ceiling stay.
+    rmSync(join(dir.path, 'log'), { recursive: true });
+    const second = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1', seqCeilingStep: 64 });
+    expect(second.checkpointsPaused).toBe(true);
+    expect(second.status().resync?.reason).toBe(`the splitter log was missing at open; every seq below ${ceiling} may be held by the journal`);
+    await second.write(volumes[0]!.id, 0, randomBuffer(random, 4096));
+    await waitFor(() => !second.checkpointsPaused, { timeoutMs: 30_000, message: 'the resync never completed' });
+    const after = second.insertCheckpoint({ id: id(2), kind: 'automatic', name: null, vmId: null })!;
+    await second.flush();
+    await waitFor(() => site.records.has(after), { timeoutMs: 10_000, message: 'the checkpoint never arrived' });
+    expect(decodeRecord(site.records.get(ceiling)!)).toMatchObject({ kind: RecordKind.Restart, restart: { voidFrom: 0 } });
+    expect([...site.records.keys()].filter((seq) => seq > first.lastSeq && seq < ceiling)).toEqual([]);
+    // The journal's view: the old order up to its last seq, then the restarted one. The checkpoint
+    // before the loss still recovers what it held; the first one after it recovers the volumes now.
+    for (const volume of volumes) {
+      expect(site.image(volume.index, volume.sizeBytes, before).equals(imagesBefore[volume.index]!)).toBe(true);
+      expect(site.image(volume.index, volume.sizeBytes, after).equals(second.volumeById(volume.id).read(0, volume.sizeBytes))).toBe(true);
+    }
+    await second.close();
+  });
+
+  it('restarts the order above the journal when the journal holds seqs this log never handed out (its directory restored from a backup)', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(1302);
+    const backup = `${dir.path}.backup`;
+    const original = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    const writeSome = async (capture: VpgCapture, n: number): Promise<void> => {
+      for (let i = 0; i < n; i++) {
+        const volume = volumes[i % 2]!;
+        await logged(capture.write(volume.id, Math.floor(random() * (volume.sizeBytes / 4096 - 1)) * 4096, randomBuffer(random, 4096)));
+      }
+      await capture.flush();
+      await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 10_000, message: 'the writes never arrived' });
+    };
+    await writeSome(original, 20);
+    await original.close();
+    cpSync(dir.path, backup, { recursive: true });
+    const again = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    await writeSome(again, 30);
+    const journaled = again.lastSeq;
+    await again.close();
+
+    // The capture's directory comes back from the backup: its log ends 30 seqs before the journal.
+    rmSync(dir.path, { recursive: true });
+    cpSync(backup, dir.path, { recursive: true });
+    rmSync(backup, { recursive: true });
+    const restored = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    expect(restored.lastSeq).toBeLessThan(journaled);
+    // The journal's progress tells it: the order restarts right above what the journal holds.
+    await restored.confirm(journaled);
+    expect(restored.checkpointsPaused).toBe(true);
+    expect(restored.status().resync?.reason).toBe(`the journal holds seqs up to ${journaled}, past this splitter's last seq 20`);
+    await waitFor(() => !restored.checkpointsPaused, { timeoutMs: 30_000, message: 'the resync never completed' });
+    const cut = restored.insertCheckpoint({ id: id(3), kind: 'automatic', name: null, vmId: null })!;
+    await restored.flush();
+    await waitFor(() => site.records.has(cut), { timeoutMs: 10_000, message: 'the checkpoint never arrived' });
+    expect(decodeRecord(site.records.get(journaled + 1)!)).toMatchObject({ kind: RecordKind.Restart, restart: { voidFrom: 0 } });
+    for (const volume of volumes) {
+      expect(site.image(volume.index, volume.sizeBytes, cut).equals(restored.volumeById(volume.id).read(0, volume.sizeBytes))).toBe(true);
+    }
+    await restored.close();
+    // The log skips seqs at the restart, and opens again.
+    const reopened = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    expect(reopened.lastSeq).toBe(cut);
+    await reopened.close();
+  });
+
+  it('creates the ceiling for a log from before it, and refuses a damaged one without touching anything', async () => {
+    const { dir, bus } = ctx;
+    const ceilingFile = join(dir.path, 'seq-ceiling');
+    const first = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    await first.write(volumes[0]!.id, 0, Buffer.alloc(4096, 1));
+    await first.close();
+    // A capture from before the ceiling: a log and no ceiling file. Nothing is lost: no restart.
+    rmSync(ceilingFile);
+    const second = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    expect(second.checkpointsPaused).toBe(false);
+    expect(second.lastSeq).toBe(1);
+    expect(SeqCeiling.open(ceilingFile)?.value).toBe(2 + SEQ_CEILING_STEP);
+    await second.close();
+    // A torn write damages one slot: the other still holds a ceiling. Both damaged: refused, nothing touched.
+    const file = readFileSync(ceilingFile);
+    writeFileSync(ceilingFile, Buffer.concat([Buffer.alloc(512, 0xee), file.subarray(512)]));
+    expect(SeqCeiling.open(ceilingFile)?.value).toBeGreaterThan(1);
+    writeFileSync(ceilingFile, Buffer.alloc(1024, 0xee));
+    await expect(VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' })).rejects.toThrow(/seq-ceiling is damaged/);
+    expect(readFileSync(ceilingFile).equals(Buffer.alloc(1024, 0xee))).toBe(true);
   });
 });
 

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, open, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Logger } from '@nestjs/common';
@@ -27,6 +27,7 @@ import { ForcedResync, RESYNC_CHUNK_BYTES, type ResyncRequest, type ResyncStatus
 import { LogShipper, type ShipperOptions } from './log-shipper';
 import { type PayloadLease, type PayloadRing } from './payload-ring';
 import { ProtectedVolume } from './protected-volume';
+import { SeqCeiling } from './seq-ceiling';
 
 export interface CaptureStatus {
   readonly vpgId: string;
@@ -118,6 +119,8 @@ const ASYNC_BATCH_BYTES = 256 * 1024;
 const LOG_SPARE_SEGMENTS = 2;
 /** The splitter log's segment size unless the options say otherwise. */
 const DEFAULT_LOG_SEGMENT_BYTES = 64 * 1024 * 1024;
+/** In the capture's directory; see seq-ceiling.ts. */
+const SEQ_CEILING_FILE = 'seq-ceiling';
 
 /**
  * Smaller payloads are allocated per write, not taken from the payload ring. Those are what random
@@ -161,6 +164,8 @@ export interface CaptureOptions {
    * into this member's own sequence. Unset: every volume of the VPG (a VPG with one member).
    */
   readonly member?: string;
+  /** How far the seq ceiling is raised at a time (see seq-ceiling.ts); tests make it small. */
+  readonly seqCeilingStep?: number;
   /** Memory to receive NBD write payloads into (see allocatePayload); none: each write allocates its own. */
   readonly payloads?: PayloadRing;
   /** The size at which the log starts a new segment; default 64 MiB (tests make rolls and reuse frequent with small ones). */
@@ -323,6 +328,13 @@ export class VpgCapture {
     this.logger = new Logger(`capture ${vpg.name}`);
   }
 
+  /** The next seq, handed out: always below the durable seq ceiling (see seq-ceiling.ts). */
+  private takeSeq(): number {
+    const seq = this.nextSeq++;
+    this.ceiling.check(seq);
+    return seq;
+  }
+
   static async open(vpg: Vpg, dir: string, producer: BusProducer, options: CaptureOptions = {}): Promise<VpgCapture> {
     const linkWait = options.flushLinkWaitMs === undefined ? DEFAULT_FLUSH_LINK_WAIT_MS : options.flushLinkWaitMs;
     if (linkWait !== null && !(Number.isInteger(linkWait) && linkWait > 0)) {
@@ -336,6 +348,11 @@ export class VpgCapture {
       throw new RangeError(`logLimitBytes must be a whole number of bytes, at least ${minLimit} (four segments), not ${limit}`);
     }
     await mkdir(join(dir, 'volumes'), { recursive: true });
+    // Read before the log is opened (which creates it): a capture whose ceiling exists but whose log
+    // has no segment file lost its log (see seq-ceiling.ts).
+    const ceilingPath = join(dir, SEQ_CEILING_FILE);
+    const knownCeiling = SeqCeiling.open(ceilingPath, options.seqCeilingStep);
+    const logLost = knownCeiling !== undefined && !hasSegmentFiles(join(dir, 'log'));
     // The large batches bypass the page cache (see direct-io.ts in segment-log): the log only ever
     // writes new pages, the costliest kind on a virtual machine.
     const log = await SegmentLog.open({
@@ -376,15 +393,25 @@ export class VpgCapture {
     const shipper = new LogShipper(vpg.id, log, producer, options.shipper);
     const capture = new VpgCapture(vpg, dir, log, volumes, shipper, activity, dirty, previousEnd, options.payloads, limit, linkWait);
     capture.member = options.member ?? null;
-    if (previousEnd === 'process-crash' || previousEnd === 'host-crash') {
+    if (logLost) {
+      // Above every seq this VPG ever used: the journal may hold any of them.
+      capture.nextSeq = knownCeiling.value;
+    }
+    capture.ceiling = knownCeiling ?? SeqCeiling.create(ceilingPath, capture.nextSeq, options.seqCeilingStep);
+    // With the log lost there is nothing to redo, and the full resync below covers the active regions.
+    if (!logLost && (previousEnd === 'process-crash' || previousEnd === 'host-crash')) {
       await capture.redo();
     }
-    if (previousEnd === 'host-crash') {
+    if (!logLost && previousEnd === 'host-crash') {
       await capture.resyncActiveRegions();
     }
     await activity.save();
     capture.shipper.start();
     await capture.openForcedResync();
+    if (logLost) {
+      capture.logger.error(`the splitter log is missing (deleted or moved aside), while its seq ceiling ${knownCeiling.value} is not: restarting the order above every seq used`);
+      capture.restartOrder(0, `the splitter log was missing at open; every seq below ${knownCeiling.value} may be held by the journal`);
+    }
     if (dirty.dirtyRegions > 0) {
       // Written while tracking, and not synced before the last run ended.
       capture.logger.warn(`${dirty.dirtyRegions} dirty region(s) from the last run: syncing them; no checkpoint until they are`);
@@ -605,7 +632,7 @@ export class VpgCapture {
       return null;
     }
     const started = performance.now();
-    const seq = this.nextSeq++;
+    const seq = this.takeSeq();
     const record = encodeCheckpointRecord({ seq, capturedAtMicros: nowMicros(), marker });
     this.shipper.offer(this.appendOwn(seq, record), [record]);
     this.stalls[this.stallCount++ % STALL_SAMPLES] = (performance.now() - started) * 1000;
@@ -696,7 +723,7 @@ export class VpgCapture {
     this.drain();
     // Draining may have begun degraded mode or left writes behind their volume: then no cut here either.
     const mark = !barrier.void && (this.checkpointsPaused || this.behind) ? { ...barrier, void: true } : barrier;
-    const seq = this.nextSeq++;
+    const seq = this.takeSeq();
     const record = encodeCheckpointRecord({ seq, capturedAtMicros: nowMicros(), marker: { ...marker, barrier: mark } });
     this.shipper.offer(this.appendOwn(seq, record), [record]);
     this.concludedEpoch = Math.max(this.concludedEpoch, barrier.epoch);
@@ -745,6 +772,9 @@ export class VpgCapture {
     if (appliedSeq <= this.confirmed) {
       return;
     }
+    if (appliedSeq >= this.nextSeq) {
+      this.journalAhead(appliedSeq);
+    }
     this.confirmed = appliedSeq;
     // A write not yet on its volume keeps its record: a crash before the retry succeeds is repaired by
     // the redo at the next start, which reads it from the log.
@@ -756,6 +786,30 @@ export class VpgCapture {
   }
 
   /**
+   * The journal holds seqs up to `appliedSeq`, and this log never handed them out: another log of this
+   * VPG did (the capture's directory restored from a backup, say), so what this one ships at or below
+   * them the journal drops as duplicates. The order restarts above them (a restart may skip seqs, see
+   * SegmentLog's continuity rule) with a full resync. Not while tracking: the next progress says it
+   * again.
+   */
+  private journalAhead(appliedSeq: number): void {
+    if (this.closing || this.tracking) {
+      return;
+    }
+    this.drain();
+    const last = this.nextSeq - 1;
+    if (this.tracking || appliedSeq < this.nextSeq) {
+      return;
+    }
+    this.logger.error(`the journal holds seqs up to ${appliedSeq}, past this splitter's last seq ${last}: another log of this VPG handed them out`);
+    this.nextSeq = appliedSeq + 1;
+    if (!this.restartOrder(0, `the journal holds seqs up to ${appliedSeq}, past this splitter's last seq ${last}`)) {
+      // Only a restart may skip seqs in the log.
+      this.nextSeq = Math.min(this.nextSeq, last + 1);
+    }
+  }
+
+  /**
    * The journal found a gap: ship again from `seq`. When the log no longer holds it (the journal lost
    * what it had confirmed: a recovery site rebuilt, its journal restored from a backup), nothing can
    * ship it again, so the order restarts (see restartOrder). Returns what was done.
@@ -764,13 +818,10 @@ export class VpgCapture {
     const first = this.log.firstSeq ?? this.nextSeq;
     if (seq >= first) {
       if (seq > this.nextSeq) {
-        // The journal has seqs this log never handed out: they came from another log of this VPG (this
-        // one was lost or replaced), and what this one ships the journal takes for duplicates.
-        this.logger.error(
-          `the journal asks for seq ${seq}, past this splitter's last seq ${this.nextSeq - 1}: its log was lost or replaced, ` +
-            'and the journal drops what it ships as duplicates. Recreate the VPG to protect it again.',
-        );
-        return 'refused';
+        // The journal has seqs this log never handed out (see journalAhead).
+        const before = this.nextSeq;
+        this.journalAhead(seq - 1);
+        return this.nextSeq > before ? 'restarted' : 'refused';
       }
       this.shipper.rewind(seq);
       return 'replaying';
@@ -781,11 +832,12 @@ export class VpgCapture {
       this.shipper.rewind(restart);
       return 'replaying';
     }
-    return this.restartOrder(seq, first) ? 'restarted' : 'refused';
+    return this.restartOrder(seq, `the journal lacks seqs from ${seq}, and the splitter log holds only from ${first}`) ? 'restarted' : 'refused';
   }
 
   /**
-   * The journal lacks seqs from `voidFrom`, and this log holds only from `first` on. A restart record
+   * The journal lacks seqs from `voidFrom` (0: nobody asked; the log itself was lost), which this log
+   * does not hold. A restart record
    * (RecordKind.Restart) goes into the order: the journal takes it in place of every seq it lacks
    * before it. A full resync of the volumes follows at once (ForcedResync.restartAll, replacing one
    * that runs), holding the checkpoint gate, so the first checkpoint after the restart is consistent
@@ -794,9 +846,9 @@ export class VpgCapture {
    * crash never leaves a restart without its resync. Not while tracking (the log takes no records):
    * the journal asks again.
    */
-  private restartOrder(voidFrom: number, first: number): boolean {
+  private restartOrder(voidFrom: number, reason: string): boolean {
     if (this.closing || this.tracking || !this.forced) {
-      this.logger.warn(`the journal asks for seq ${voidFrom}, which the log no longer holds; the order restarts once the log takes records again`);
+      this.logger.warn(`${reason}: the order restarts once the log takes records again`);
       return false;
     }
     // Writes captured earlier in this turn go before the restart; their seqs are void for the journal too.
@@ -804,10 +856,9 @@ export class VpgCapture {
     if (this.tracking) {
       return false;
     }
-    const reason = `the journal lacks seqs from ${voidFrom}, and the splitter log holds only from ${first}`;
     const resyncId = randomUUID();
     this.forced.restartAll({ resyncId, requestedAt: new Date().toISOString(), reason });
-    const seq = this.nextSeq++;
+    const seq = this.takeSeq();
     const record = encodeRestartRecord({ seq, capturedAtMicros: nowMicros(), restart: { resyncId, voidFrom, reason, member: this.member } });
     if (!this.appendOwnUnlessTracking(seq, record)) {
       // A full disk: the resync waits for room like any other, and the journal asks again (a new
@@ -867,7 +918,7 @@ export class VpgCapture {
    * the log or the volumes complete (a flush, a checkpoint marker, close) drains the batch first.
    */
   private capture(target: ProtectedVolume, offset: number, data: Buffer, fua: boolean, headroom = 0, lease?: PayloadLease): Captured {
-    const seq = this.nextSeq++;
+    const seq = this.takeSeq();
     const inPlace = headroom >= RECORD_HEADER_BYTES;
     const record = encodeWriteRecord(
       {
@@ -1275,6 +1326,8 @@ export class VpgCapture {
   private lastRestart: number | undefined;
   /** The member (host) this capture is for in a VPG with several; null with one. */
   private member: string | null = null;
+  /** Set in open(), before any seq is handed out. */
+  private ceiling!: SeqCeiling;
 
   /**
    * While true no checkpoint is cut here (a forced resync runs, or dirty regions exist): automatic
@@ -1339,7 +1392,7 @@ export class VpgCapture {
     if (this.syncPending && !this.appendSync(this.syncReason())) {
       return undefined;
     }
-    const seq = this.nextSeq++;
+    const seq = this.takeSeq();
     const record = encodeWriteRecord({ seq, volumeIndex: volume.volume.index, offset, capturedAtMicros: nowMicros(), flags: 0, data: volume.read(offset, length) });
     return this.appendOwnUnlessTracking(seq, record) ? seq : undefined;
   }
@@ -1369,7 +1422,7 @@ export class VpgCapture {
    * checkpoint gate is held for, and of the active regions read back after a host crash.
    */
   private appendSync(reason: string): boolean {
-    const seq = this.nextSeq++;
+    const seq = this.takeSeq();
     const record = encodeSyncRecord({ seq, capturedAtMicros: nowMicros(), sync: { reason, member: this.member } });
     if (!this.appendOwnUnlessTracking(seq, record)) {
       return false;
@@ -1715,5 +1768,17 @@ async function syncDir(dir: string): Promise<void> {
     await handle.sync();
   } finally {
     await handle.close();
+  }
+}
+
+/** Whether the log's directory holds a segment file: a missing directory or one with none holds no log. */
+function hasSegmentFiles(logDir: string): boolean {
+  try {
+    return readdirSync(logDir).some((name) => name.endsWith('.seg'));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      return false;
+    }
+    throw err;
   }
 }
