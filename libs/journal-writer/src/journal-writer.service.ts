@@ -17,7 +17,7 @@ import { JournalCompactor, JournalPromoter, JournalStore, PromotionPostponedErro
 import { memberOfVolume, vpgMembers, type Checkpoint, type Vpg } from '@cdp/domain';
 import { commitRuns, planApply } from './apply-plan';
 import { CommitPacer } from './commit-pacer';
-import { MemberMerge } from './member-merge';
+import { MemberMerge, committedPositions } from './member-merge';
 import { OutboxRelay } from './outbox.relay';
 
 export interface JournalWriterStatus {
@@ -359,6 +359,14 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
     } else {
       // Nothing to commit (the restart alone came): its state is committed with the member's next records.
       events.push(...restarts);
+      if (plan.duplicates > 0) {
+        // Nothing but duplicates: the members' committed positions, so a splitter whose log never handed
+        // those seqs out learns that the journal is ahead of it (see the single-host case).
+        const at = new Date().toISOString();
+        for (const [member, applied] of committedPositions(await this.store.members(vpg.id))) {
+          progress.push({ vpgId: vpg.id, member, appliedSeq: applied, at });
+        }
+      }
     }
     restarts.forEach((r) => this.logRestart(r, []));
     for (const replay of plan.replays) {

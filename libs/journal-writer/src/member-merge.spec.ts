@@ -8,7 +8,7 @@ import {
   decodeRecord,
   type DecodedRecord,
 } from '@cdp/contracts';
-import { MemberMerge, type MergePlan } from './member-merge';
+import { MemberMerge, committedPositions, type MergePlan } from './member-merge';
 
 const MEMBERS = ['a', 'b'];
 /** Volume 0 is on member a, volume 1 on member b. */
@@ -163,5 +163,16 @@ describe('MemberMerge: the orders of several hosts into one journal order', () =
     expect(journalOrder(plan)).toEqual(['a@1', 'a@3', 'b@1']);
     expect(plan.replays).toEqual([]);
     expect(plan.state.members).toMatchObject({ a: { applied: 3 }, b: { applied: 1 } });
+  });
+
+  it('reads each member\'s committed position from the persisted state, skipping what is not one', () => {
+    const merge = new MemberMerge(MEMBERS, MEMBER_OF, null);
+    const plan = merge.plan(0, [write('a', 1), write('a', 2), write('b', 1)]);
+    expect([...committedPositions(JSON.parse(JSON.stringify(plan.state)))]).toEqual([
+      ['a', 2],
+      ['b', 1],
+    ]);
+    expect([...committedPositions({ members: { a: { applied: 'x' }, b: null, c: { applied: 7 } } })]).toEqual([['c', 7]]);
+    expect(committedPositions(null).size).toBe(0);
   });
 });

@@ -345,6 +345,18 @@ interface Run {
   readonly broken: Set<string>;
 }
 
+/** Each member's consumed seq in a merge state as committed (journal_vpgs.members); none if there is none. */
+export function committedPositions(persisted: unknown): Map<string, number> {
+  if (!isMergeState(persisted)) {
+    return new Map();
+  }
+  const positions = Object.entries(persisted.members as Record<string, unknown>).flatMap(([member, position]) => {
+    const applied = typeof position === 'object' && position !== null ? (position as { applied?: unknown }).applied : undefined;
+    return typeof applied === 'number' && Number.isSafeInteger(applied) ? [[member, applied] as const] : [];
+  });
+  return new Map(positions);
+}
+
 function isMergeState(value: unknown): value is MergeState {
   return typeof value === 'object' && value !== null && typeof (value as { members?: unknown }).members === 'object' && (value as { members?: unknown }).members !== null;
 }
