@@ -1,4 +1,4 @@
-import { closeSync, fdatasyncSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, fsyncSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { crc32c } from '@node-rs/crc32';
 
@@ -73,13 +73,17 @@ export class SeqCeiling {
     const ceiling = nextSeq + step;
     encodeSlot(file.subarray(0, SLOT_BYTES), 1, ceiling);
     encodeSlot(file.subarray(SLOT_BYTES), 0, ceiling);
-    const fd = openSync(path, 'w');
+    // Written aside and renamed into place: a crash can leave no half-written file, which the next
+    // open would have to refuse.
+    const tmp = `${path}.tmp`;
+    const fd = openSync(tmp, 'w');
     try {
       writeSync(fd, file, 0, file.length, 0);
       fsyncSync(fd);
     } finally {
       closeSync(fd);
     }
+    renameSync(tmp, path);
     const dir = openSync(dirname(path), 'r');
     try {
       fsyncSync(dir);
