@@ -110,6 +110,18 @@ class RecoverySite {
   }
 }
 
+/** A checkpoint id (a UUID) numbered `n`, for markers these tests insert. */
+function id(n: number): string {
+  return `00000000-0000-4000-8000-${String(n).padStart(12, '0')}`;
+}
+
+/** What the site recovers at `cut` equals every volume of `capture` as it is now, byte for byte. */
+function expectSiteHoldsVolumesAt(site: RecoverySite, capture: VpgCapture, cut: number): void {
+  for (const volume of volumes) {
+    expect(site.image(volume.index, volume.sizeBytes, cut).equals(capture.volumeById(volume.id).read(0, volume.sizeBytes))).toBe(true);
+  }
+}
+
 /** Bytes in the splitter log's segment files under a capture's directory (spares not counted). */
 function logBytes(dir: string): number {
   return readdirSync(join(dir, 'log'))
@@ -703,7 +715,6 @@ describe('VpgCapture forced resync', () => {
       closeSync(fd);
     }
   };
-  const id = (n: number): string => `00000000-0000-4000-8000-${String(n).padStart(12, '0')}`;
   const local = (capture: VpgCapture, index: number): Buffer => capture.volumeById(volumes[index]!.id).read(0, volumes[index]!.sizeBytes);
 
   it('brings a volume written outside the splitter back, keeps older checkpoints, and cuts none inside it', async () => {
@@ -837,7 +848,6 @@ describe('VpgCapture forced resync', () => {
 
 describe('VpgCapture restarting its order for a journal that lost what the log no longer holds', () => {
   const ctx = eachTestWithRecoverySite('capture-restart-');
-  const id = (n: number): string => `00000000-0000-4000-8000-${String(n).padStart(12, '0')}`;
 
   it('restarts the order at a new seq, resyncs every volume after it (replacing a resync that runs), and the first checkpoint after recovers the volumes', async () => {
     const { dir, bus, site } = ctx;
@@ -902,9 +912,7 @@ describe('VpgCapture restarting its order for a journal that lost what the log n
     expect(cuts.map((m) => m.id)).toEqual([id(2)]);
     // Every volume was read back in full after the restart, so the first checkpoint after it recovers
     // the volumes over an empty replica, byte for byte.
-    for (const volume of volumes) {
-      expect(site.image(volume.index, volume.sizeBytes, cuts[0]!.seq).equals(capture.volumeById(volume.id).read(0, volume.sizeBytes))).toBe(true);
-    }
+    expectSiteHoldsVolumesAt(site, capture, cuts[0]!.seq);
     await capture.close();
   });
 
@@ -928,16 +936,13 @@ describe('VpgCapture restarting its order for a journal that lost what the log n
     const kinds = [...site.records.keys()].sort((a, b) => a - b).map((seq) => decodeRecord(site.records.get(seq)!));
     expect(kinds[0]).toMatchObject({ kind: RecordKind.Restart, seq: restartSeq });
     expect(kinds.filter((r) => r.kind === RecordKind.Write && r.data.length === RESYNC_CHUNK_BYTES)).toHaveLength(104);
-    for (const volume of volumes) {
-      expect(site.image(volume.index, volume.sizeBytes, cut).equals(capture.volumeById(volume.id).read(0, volume.sizeBytes))).toBe(true);
-    }
+    expectSiteHoldsVolumesAt(site, capture, cut);
     await capture.close();
   });
 });
 
 describe('VpgCapture whose log was lost while its volumes were kept', () => {
   const ctx = eachTestWithRecoverySite('capture-lost-log-');
-  const id = (n: number): string => `00000000-0000-4000-8000-${String(n).padStart(12, '0')}`;
 
   it('keeps every seq below a durable ceiling, and after losing its log restarts the order above it with a full resync', async () => {
     const { dir, bus, site } = ctx;
@@ -1014,9 +1019,7 @@ describe('VpgCapture whose log was lost while its volumes were kept', () => {
     await restored.flush();
     await waitFor(() => site.records.has(cut), { timeoutMs: 10_000, message: 'the checkpoint never arrived' });
     expect(decodeRecord(site.records.get(journaled + 1)!)).toMatchObject({ kind: RecordKind.Restart, restart: { voidFrom: 0 } });
-    for (const volume of volumes) {
-      expect(site.image(volume.index, volume.sizeBytes, cut).equals(restored.volumeById(volume.id).read(0, volume.sizeBytes))).toBe(true);
-    }
+    expectSiteHoldsVolumesAt(site, restored, cut);
     await restored.close();
     // The log skips seqs at the restart, and opens again.
     const reopened = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
