@@ -10,7 +10,14 @@ ARG NODE_IMAGE=node:20.20.2-bookworm-slim
 
 FROM ${NODE_IMAGE} AS dependencies
 WORKDIR /app
+# A C compiler, make and python3 for node-gyp: npm builds the project's one native addon
+# (native/file-advice, posix_fadvise for the volume files) while it installs. It is an optional
+# dependency, so an image built without them still works, with the kernel's readahead on the volumes.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ make python3 \
+ && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
+COPY native ./native
 # The processes run their TypeScript through @swc-node/register (tools/register.cjs), as `npm start`
 # does, so that and @swc/core are runtime needs here although package.json lists them for development.
 # npm ci then installs exactly the locked versions of the production tree plus those two; jest, eslint,
@@ -31,6 +38,8 @@ ENV NODE_ENV=production \
 WORKDIR /app
 # Owned by root and not writable by the service user: the code cannot be changed by the process it runs.
 COPY --from=dependencies /app/node_modules ./node_modules
+# node_modules/continuum-file-advice links here; the addon was built in place.
+COPY --from=dependencies /app/native ./native
 COPY package.json tsconfig.json tsconfig.base.json ./
 COPY tools/register.cjs ./tools/
 COPY libs ./libs

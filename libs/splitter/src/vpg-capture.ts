@@ -39,6 +39,11 @@ export interface CaptureStatus {
   readonly shipError: string | null;
   /** Whether the log writes its large batches past the page cache ('refused': the file system would not, so they go through it). */
   readonly logDirectWrites: 'off' | 'on' | 'refused';
+  /**
+   * Whether the kernel's readahead is off for the volume files, as it should be ('on': the file-advice
+   * addon is not built, or the file system refused the advice; the capture logs why at start).
+   */
+  readonly volumeReadahead: 'off' | 'on';
   /** The log's new segments since this start: how many reused a spare file and how many needed a new one; spares waiting. */
   readonly logSegmentFiles: { readonly reused: number; readonly created: number; readonly spare: number };
   /**
@@ -405,6 +410,10 @@ export class VpgCapture {
     if (!logLost && previousEnd === 'host-crash') {
       await capture.resyncActiveRegions();
     }
+    const readahead = [...volumes.values()].find((v) => v.readaheadOn !== null)?.readaheadOn;
+    if (readahead) {
+      capture.logger.warn(`readahead stays on for the volume files, so random writes after a sequential read cost more: ${readahead}`);
+    }
     await activity.save();
     capture.shipper.start();
     await capture.openForcedResync();
@@ -436,6 +445,7 @@ export class VpgCapture {
       activeRegions: this.activity.regions().length,
       shipError: this.shipper.error ?? null,
       logDirectWrites: this.log.directWrites,
+      volumeReadahead: [...this.volumes.values()].some((v) => v.readaheadOn !== null) ? 'on' : 'off',
       logSegmentFiles: this.log.segmentFiles,
       checkpointStall: this.stallStats(),
       barrier: this.barrier

@@ -1,0 +1,136 @@
+import type * as fs from 'node:fs';
+import { closeSync, openSync, readSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type Volume } from '@cdp/domain';
+import { itWithTools, randomBuffer, runToolOk, seededRandom, tempDir, waitFor, type TempDir } from '@cdp/testing';
+import { PIECE_BYTES, ProtectedVolume, pieces } from './protected-volume';
+
+const MiB = 1024 * 1024;
+const volume: Volume = { id: '0a1b2c3d-0000-4000-8000-000000000211', name: 'disk', index: 0, sizeBytes: 8 * MiB, blockSize: 512 };
+
+describe('pieces', () => {
+  it('cuts a run of buffers at every 64 KiB boundary of the file, in order, losing and adding nothing', () => {
+    const random = seededRandom(7);
+    const source = randomBuffer(random, 2 * MiB);
+    const slice = (): Buffer => {
+      const from = Math.floor(random() * MiB);
+      return source.subarray(from, from + Math.floor(random() * 300_000));
+    };
+    for (let round = 0; round < 200; round++) {
+      const offset = Math.floor(random() * 4 * MiB);
+      const buffers = Array.from({ length: 1 + Math.floor(random() * 6) }, slice);
+      const cut = pieces(offset, buffers);
+      let at = offset;
+      for (const piece of cut) {
+        const length = piece.buffers.reduce((sum, b) => sum + b.length, 0);
+        expect(piece.offset).toBe(at);
+        expect(length).toBeGreaterThan(0);
+        // Within one aligned window of the file.
+        expect(Math.floor(piece.offset / PIECE_BYTES)).toBe(Math.floor((piece.offset + length - 1) / PIECE_BYTES));
+        at += length;
+      }
+      expect(Buffer.concat(cut.flatMap((p) => p.buffers)).equals(Buffer.concat(buffers))).toBe(true);
+      // As few pieces as the windows allow.
+      const total = at - offset;
+      expect(cut.length).toBe(total === 0 ? 0 : Math.floor((offset + total - 1) / PIECE_BYTES) - Math.floor(offset / PIECE_BYTES) + 1);
+    }
+  });
+});
+
+describe('ProtectedVolume', () => {
+  let dir: TempDir;
+  let opened: ProtectedVolume | undefined;
+
+  beforeEach(async () => {
+    dir = await tempDir('protected-volume-');
+  });
+
+  afterEach(async () => {
+    opened?.close();
+    opened = undefined;
+    await dir.cleanup();
+  });
+
+  it('writes large and unaligned runs, synchronously and on the thread pool, byte for byte', async () => {
+    const random = seededRandom(11);
+    const file = join(dir.path, '0.img');
+    opened = ProtectedVolume.open(volume, file);
+    const expected = Buffer.alloc(volume.sizeBytes);
+    for (let round = 0; round < 30; round++) {
+      const buffers = Array.from({ length: 1 + Math.floor(random() * 4) }, () => randomBuffer(random, 1 + Math.floor(random() * 400_000)));
+      const length = buffers.reduce((sum, b) => sum + b.length, 0);
+      const offset = Math.floor(random() * (volume.sizeBytes - length));
+      const how = round % 3;
+      if (how === 0) {
+        opened.write(offset, Buffer.concat(buffers));
+      } else if (how === 1) {
+        opened.writeVector(offset, buffers);
+      } else {
+        await opened.writeVectorAsync(offset, buffers);
+      }
+      Buffer.concat(buffers).copy(expected, offset);
+    }
+    expect(opened.read(0, volume.sizeBytes).equals(expected)).toBe(true);
+  });
+
+  it('settles a write cut in pieces only once every piece has, when one of them fails', async () => {
+    opened = ProtectedVolume.open(volume, join(dir.path, '0.img'));
+    // The module object the volume calls into (an `import * as` would be a copy of it).
+    const realFs = jest.requireActual<typeof fs>('node:fs');
+    const held: (() => void)[] = [];
+    let calls = 0;
+    const spy = jest.spyOn(realFs, 'write').mockImplementation(((...args: unknown[]) => {
+      const callback = args[args.length - 1] as (err: NodeJS.ErrnoException | null, written?: number) => void;
+      calls++;
+      if (calls === 1) {
+        process.nextTick(() => callback(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28 })));
+      } else {
+        held.push(() => callback(null, args[3] as number));
+      }
+    }) as never);
+    try {
+      let outcome: unknown = 'pending';
+      const write = opened.writeVectorAsync(0, [Buffer.alloc(4 * PIECE_BYTES, 1)]).then(
+        () => (outcome = 'written'),
+        (err: unknown) => (outcome = err),
+      );
+      await waitFor(() => held.length === 3, { timeoutMs: 5_000, message: 'the other three pieces were never issued' });
+      // The first piece's failure has been delivered (a tick after its call, before the others were
+      // issued); one turn of the event loop runs every continuation it could have started.
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(outcome).toBe('pending');
+      for (const release of held) {
+        release();
+      }
+      await write;
+      expect((outcome as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  itWithTools(['dd', 'fincore'], 'turns the kernel readahead off for its file, so a read caches only what it read', async () => {
+    const file = join(dir.path, '0.img');
+    writeFileSync(file, randomBuffer(seededRandom(3), volume.sizeBytes));
+    const cachedAfterReadingFirstBlock = async (read: () => void): Promise<number> => {
+      // Clean pages out of the page cache (dd's nocache is posix_fadvise POSIX_FADV_DONTNEED).
+      await runToolOk('dd', [`if=${file}`, 'iflag=nocache', 'count=0']);
+      read();
+      const { stdout } = await runToolOk('fincore', ['--bytes', '--noheadings', '--output', 'RES', file]);
+      return Number(stdout.trim());
+    };
+    // The control: a plain descriptor of the same file gets the kernel's readahead.
+    const fd = openSync(file, 'r');
+    try {
+      const plain = await cachedAfterReadingFirstBlock(() => readSync(fd, Buffer.alloc(4096), 0, 4096, 0));
+      if (plain <= 4096) {
+        throw new Error(`the file system under ${dir.path} did no readahead for a plain read (${plain} bytes cached), so this test cannot tell anything`);
+      }
+    } finally {
+      closeSync(fd);
+    }
+    opened = ProtectedVolume.open(volume, file);
+    expect(opened.readaheadOn).toBeNull();
+    expect(await cachedAfterReadingFirstBlock(() => opened?.read(0, 4096))).toBe(4096);
+  });
+});
