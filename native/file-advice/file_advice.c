@@ -3,7 +3,7 @@
  * protected volume is read at random (POSIX_FADV_RANDOM): without that, a sequential read of the volume
  * (a guest booting, a backup, a resync) makes readahead fill the page cache with large folios, and every
  * later 4 KiB write into one of them costs the kernel a walk over all its blocks (docs/architecture.md,
- * "Large folios and the volume's page cache").
+ * "Large folios in the volume's page cache").
  */
 #include <errno.h>
 #include <fcntl.h>
