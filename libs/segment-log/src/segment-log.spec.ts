@@ -185,6 +185,46 @@ describe('SegmentLog', () => {
     await reopened.close();
   });
 
+  describe('when an fsync fails', () => {
+    // The module object the log calls into (an `import * as` would be a copy of it).
+    const fs = jest.requireActual<typeof import('node:fs')>('node:fs');
+    const realFdatasync = fs.fdatasync;
+    type Callback = (err: NodeJS.ErrnoException | null) => void;
+    afterEach(() => jest.restoreAllMocks());
+
+    /** The next fdatasync, held until `release` (with an error, or none): the sync in flight, made slow. */
+    function holdNextFdatasync(): { started: Promise<void>; release: (err?: NodeJS.ErrnoException) => void } {
+      let started!: () => void;
+      const startedPromise = new Promise<void>((resolve) => (started = resolve));
+      let release!: (err?: NodeJS.ErrnoException) => void;
+      const released = new Promise<NodeJS.ErrnoException | undefined>((resolve) => (release = resolve));
+      jest.spyOn(fs, 'fdatasync').mockImplementationOnce(((fd: number, callback: Callback) => {
+        started();
+        realFdatasync(fd, (err) => void released.then((failure) => callback(failure ?? err)));
+      }) as typeof fs.fdatasync);
+      return { started: startedPromise, release };
+    }
+
+    it('fails every sync waiting on the failed one: one with nothing of its own to sync, and one with records appended since', async () => {
+      const log = await SegmentLog.open({ dir });
+      log.append([record(1)]);
+      const held = holdNextFdatasync();
+      const failing = log.sync();
+      await held.started;
+      // Nothing appended since the failing sync began: it covers this one, and so must fail it too
+      // (a flush that succeeded here would tell the client that lost records are durable).
+      const covered = log.sync();
+      log.append([record(2)]);
+      const after = log.sync();
+      held.release(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO', errno: -5 }));
+      await expect(failing).rejects.toThrow(SegmentLogError);
+      await expect(covered).rejects.toThrow(SegmentLogError);
+      await expect(after).rejects.toThrow(SegmentLogError);
+      expect(log.durableEnd).toEqual({ segment: 1, position: 0 });
+      expect(() => log.append([record(3)])).toThrow(/must be reopened/);
+    });
+  });
+
   describe('with direct writes', () => {
     // Whether this file system takes O_DIRECT: where it does not, the log must fall back to buffered
     // writes and everything below must hold all the same.

@@ -6,8 +6,12 @@ import { fdatasync as fdatasyncCb, fsync as fsyncCb } from 'node:fs';
 import { CorruptRecordError, RECORD_HEADER_BYTES, RecordKind, peekRecordLength, recordKind, recordSeq, verifyRecord } from '@cdp/contracts';
 import { DIRECT_IO_ALIGNMENT, alignDown, isDirectIoRefusal, openDirect, writeDirect } from './direct-io';
 
-const fdatasync = promisify(fdatasyncCb);
 const fsync = promisify(fsyncCb);
+
+/** `fs.fdatasync` looked up at each call, so that tests can make one slow or fail. */
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fdatasyncCb(fd, (err) => (err ? reject(err) : resolve())));
+}
 
 /**
  * An append-only log of checksummed replication records (see record.codec.ts), cut into segment files
@@ -601,6 +605,11 @@ export class SegmentLog {
       await this.syncing.catch(() => undefined);
     }
     if (this.unsynced.size === 0 && !this.dirUnsynced) {
+      // Whatever we appended, the sync we waited for took: if it failed, so do we (the log is then
+      // unusable, and says so), or a flush would report records durable that no fsync made so.
+      if (this.failure) {
+        throw this.failure;
+      }
       return;
     }
     const running = this.doSync();

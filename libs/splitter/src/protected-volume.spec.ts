@@ -109,6 +109,62 @@ describe('ProtectedVolume', () => {
     }
   });
 
+  describe('sync', () => {
+    // The module object the volume calls into (an `import * as` would be a copy of it).
+    const realFs = jest.requireActual<typeof fs>('node:fs');
+    const realFdatasync = realFs.fdatasync;
+    afterEach(() => jest.restoreAllMocks());
+
+    /** The next fdatasync is done by the kernel at once, and its result delivered only on `release` (with an error, or none). */
+    function holdNextFdatasync(): { release: (err?: NodeJS.ErrnoException) => void } {
+      let release!: (err?: NodeJS.ErrnoException) => void;
+      const released = new Promise<NodeJS.ErrnoException | undefined>((resolve) => (release = resolve));
+      jest.spyOn(realFs, 'fdatasync').mockImplementationOnce(((fd: number, callback: (err: NodeJS.ErrnoException | null) => void) =>
+        realFdatasync(fd, (err) => void released.then((failure) => callback(failure ?? err)))) as typeof fs.fdatasync);
+      return { release };
+    }
+
+    /** Whether `promise` has settled once every callback the event loop could run has run. */
+    async function settledYet(promise: Promise<unknown>): Promise<boolean> {
+      let settled = false;
+      promise.then(
+        () => (settled = true),
+        () => (settled = true),
+      );
+      await new Promise((resolve) => setImmediate(resolve));
+      return settled;
+    }
+
+    it('with nothing written since the last sync began, waits for that one to finish rather than return at once', async () => {
+      opened = ProtectedVolume.open(volume, join(dir.path, '0.img'));
+      opened.write(0, Buffer.alloc(4096, 1));
+      const held = holdNextFdatasync();
+      const first = opened.sync();
+      // A second flush of the same writes: the first sync is what makes them durable.
+      const second = opened.sync();
+      expect(await settledYet(second)).toBe(false);
+      held.release();
+      await first;
+      await second;
+    });
+
+    it('fails a sync that overlapped a failed one, whether it had writes of its own or not', async () => {
+      opened = ProtectedVolume.open(volume, join(dir.path, '0.img'));
+      opened.write(0, Buffer.alloc(4096, 1));
+      const held = holdNextFdatasync();
+      const failing = opened.sync();
+      const covered = opened.sync();
+      opened.write(4096, Buffer.alloc(4096, 2));
+      const beside = opened.sync();
+      held.release(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO', errno: -5 }));
+      await expect(failing).rejects.toThrow('EIO');
+      await expect(covered).rejects.toThrow('EIO');
+      await expect(beside).rejects.toThrow('EIO');
+      // The failed sync's writes are dirty again: the next sync tries them once more.
+      await opened.sync();
+    });
+  });
+
   itWithTools(['dd', 'fincore'], 'turns the kernel readahead off for its file, so a read caches only what it read', async () => {
     const file = join(dir.path, '0.img');
     writeFileSync(file, randomBuffer(seededRandom(3), volume.sizeBytes));

@@ -1,9 +1,9 @@
 import { closeSync, constants, fdatasync as fdatasyncCb, ftruncateSync, fstatSync, openSync, readSync, write as writeCb, writeSync, writev as writevCb, writevSync } from 'node:fs';
-import { promisify } from 'node:util';
 import { type Volume } from '@cdp/domain';
 import { adviseRandomAccess } from './read-advice';
 
-const fdatasync = promisify(fdatasyncCb);
+/** `fs.fdatasync` looked up at each call, so that tests can make one slow or fail. */
+const fdatasync = (fd: number): Promise<void> => new Promise((resolve, reject) => fdatasyncCb(fd, (err) => (err ? reject(err) : resolve())));
 const writeAt = (fd: number, data: Buffer, offset: number, length: number, position: number): Promise<number> =>
   new Promise((resolve, reject) => writeCb(fd, data, offset, length, position, (err, written) => (err ? reject(err) : resolve(written))));
 const writevAt = (fd: number, buffers: readonly Buffer[], position: number): Promise<number> =>
@@ -28,6 +28,8 @@ const writevAt = (fd: number, buffers: readonly Buffer[], position: number): Pro
  */
 export class ProtectedVolume {
   private dirty = false;
+  /** fdatasync calls in flight. */
+  private readonly syncing = new Set<Promise<void>>();
 
   private constructor(
     readonly volume: Volume,
@@ -115,17 +117,28 @@ export class ProtectedVolume {
     return buf;
   }
 
+  /**
+   * Everything written before the call is durable once this resolves. Flushes come in bursts (fio
+   * sends several per 32 writes), and the syncs of a burst overlap: one that finds nothing written
+   * since the last began still waits for every sync in flight, since those are what make its writes
+   * durable; and each waits for those begun before it, since on Linux only one of two fdatasync calls
+   * on a descriptor may report a writeback error.
+   */
   async sync(): Promise<void> {
+    const earlier = [...this.syncing];
     if (!this.dirty) {
+      await Promise.all(earlier);
       return;
     }
     this.dirty = false;
-    try {
-      await fdatasync(this.fd);
-    } catch (err) {
+    const own = fdatasync(this.fd).catch((err: unknown) => {
       this.dirty = true;
       throw err;
-    }
+    });
+    this.syncing.add(own);
+    const forget = (): boolean => this.syncing.delete(own);
+    own.then(forget, forget);
+    await Promise.all([own, ...earlier]);
   }
 
   close(): void {
