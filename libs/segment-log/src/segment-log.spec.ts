@@ -185,6 +185,23 @@ describe('SegmentLog', () => {
     await reopened.close();
   });
 
+  it('returns a chunk read while its segment was deleted as empty, starting where the log now starts', async () => {
+    // A shipper sending the log again after a restart reads segments the journal is confirming behind
+    // it: a segment may be deleted, its read handle closed, between two reads of one chunk.
+    const log = await SegmentLog.open({ dir, segmentBytes: 4096 });
+    log.append([record(1, 6000)]);
+    log.append([record(2)]);
+    await log.sync();
+    expect(log.start.segment).not.toBe(log.end.segment);
+    // A 1 KiB chunk: the 6 KB record takes a second read, after the delete has closed the handle.
+    const reading = log.readChunk(log.start, 1024);
+    await log.deleteThrough(1);
+    await expect(reading).resolves.toEqual({ records: [], next: log.start });
+    const { records } = await log.readChunk(log.start, 1 << 20);
+    expect(records.map((r) => r.seq)).toEqual([2]);
+    await log.close();
+  });
+
   describe('when an fsync fails', () => {
     // The module object the log calls into (an `import * as` would be a copy of it).
     const fs = jest.requireActual<typeof import('node:fs')>('node:fs');

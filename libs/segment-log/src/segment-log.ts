@@ -707,27 +707,19 @@ export class SegmentLog {
     if (available <= 0) {
       return { records: [], next: cursor };
     }
-    const handle = await this.readHandle(cursor.segment);
-    const want = Math.min(available, Math.max(maxBytes, RECORD_HEADER_BYTES));
-    let buf = Buffer.allocUnsafe(want);
-    let { bytesRead } = await handle.read(buf, 0, want, cursor.position);
-    const firstLength = peekRecordLength(buf.subarray(0, bytesRead), 0);
-    if (firstLength !== undefined && firstLength > bytesRead && firstLength <= available) {
-      // One record larger than the chunk (a large write): keep what was read and read only the rest
-      // of that record, rather than reading it all again.
-      const whole = Buffer.allocUnsafe(firstLength);
-      buf.copy(whole, 0, 0, bytesRead);
-      let got = bytesRead;
-      while (got < firstLength) {
-        const { bytesRead: more } = await handle.read(whole, got, firstLength - got, cursor.position + got);
-        if (more === 0) {
-          break;
-        }
-        got += more;
+    let read: { buf: Buffer; bytesRead: number };
+    try {
+      read = await this.readFrom(cursor, Math.min(available, Math.max(maxBytes, RECORD_HEADER_BYTES)), available);
+    } catch (err) {
+      // The segment was deleted while we read it (its read handle closed under us): every record in
+      // it is confirmed, so this is the read a moment later, which starts where the log now does. A
+      // shipper sending the log again after a restart meets this as the journal confirms behind it.
+      if (!this.segments.some((s) => s.segment === cursor.segment)) {
+        return { records: [], next: this.normalise(cursor) };
       }
-      buf = whole;
-      bytesRead = got;
+      throw err;
     }
+    const { buf, bytesRead } = read;
     const records: ScannedRecord[] = [];
     let pos = 0;
     while (pos < bytesRead) {
@@ -1102,6 +1094,30 @@ export class SegmentLog {
   }
 
   /** A position at the very end of a sealed segment is the start of the next one. */
+  /** `want` bytes of the segment from `at`, or more: the whole of a first record larger than that (up to `available`). */
+  private async readFrom(at: LogPosition, want: number, available: number): Promise<{ buf: Buffer; bytesRead: number }> {
+    const handle = await this.readHandle(at.segment);
+    const buf = Buffer.allocUnsafe(want);
+    const { bytesRead } = await handle.read(buf, 0, want, at.position);
+    const firstLength = peekRecordLength(buf.subarray(0, bytesRead), 0);
+    if (firstLength === undefined || firstLength <= bytesRead || firstLength > available) {
+      return { buf, bytesRead };
+    }
+    // One record larger than the chunk (a large write): keep what was read and read only the rest of
+    // that record, rather than reading it all again.
+    const whole = Buffer.allocUnsafe(firstLength);
+    buf.copy(whole, 0, 0, bytesRead);
+    let got = bytesRead;
+    while (got < firstLength) {
+      const { bytesRead: more } = await handle.read(whole, got, firstLength - got, at.position + got);
+      if (more === 0) {
+        break;
+      }
+      got += more;
+    }
+    return { buf: whole, bytesRead: got };
+  }
+
   private normalise(at: LogPosition): LogPosition {
     const index = this.segments.findIndex((s) => s.segment === at.segment);
     const info = this.segments[index];
