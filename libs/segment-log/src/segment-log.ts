@@ -1093,7 +1093,6 @@ export class SegmentLog {
     }
   }
 
-  /** A position at the very end of a sealed segment is the start of the next one. */
   /** `want` bytes of the segment from `at`, or more: the whole of a first record larger than that (up to `available`). */
   private async readFrom(at: LogPosition, want: number, available: number): Promise<{ buf: Buffer; bytesRead: number }> {
     const handle = await this.readHandle(at.segment);
@@ -1118,6 +1117,7 @@ export class SegmentLog {
     return { buf: whole, bytesRead: got };
   }
 
+  /** A position at the very end of a sealed segment is the start of the next one. */
   private normalise(at: LogPosition): LogPosition {
     const index = this.segments.findIndex((s) => s.segment === at.segment);
     const info = this.segments[index];
