@@ -112,19 +112,28 @@ describe('protected volumes over NBD', () => {
       // -f: Force Unit Access, i.e. durable locally and acknowledged by the bus before it completes.
       '-c', 'write -f -P 0xcd 1M 4k',
       '-c', 'write -z 8k 4k',
+      // Zeros over zeros: nothing to capture.
+      '-c', 'write -z 8M 2M',
       '-c', 'write -P 0xee 3M 2M',
+      // A discard leaves the bytes as they were (the client may not count on any content there).
       '-c', 'discard 3M 1536k',
       '-c', 'read -P 0xab 0 8k',
       '-c', 'read -P 0 8k 4k',
       '-c', 'read -P 0xab 12k 52k',
       '-c', 'read -P 0xcd 1M 4k',
-      '-c', 'read -P 0 3M 1536k',
-      '-c', 'read -P 0xee 4608k 512k',
+      '-c', 'read -P 0xee 3M 2M',
+      '-c', 'read -P 0 8M 2M',
       '-c', 'flush',
     ]);
     expect(stdout).not.toMatch(/verification failed|error|failed/i);
-    // Every write became records: the 2 MiB one, and the 1.5 MiB discard in two chunks of at most 1 MiB.
-    expect(await lastSeq()).toBe(before + 6);
+    // Records for the three writes and the zeroing over data; none for the zeroing over zeros or the discard.
+    expect(await lastSeq()).toBe(before + 4);
+    const status = await api.ok<{ zeroing: { requests: number; bytes: number; capturedBytes: number }; discards: { requests: number; bytes: number } }>(
+      'GET',
+      `/splitter/vpgs/${vpg.id}`,
+    );
+    expect(status.zeroing).toEqual({ requests: 2, bytes: 4096 + 2 * MiB, capturedBytes: 4096 });
+    expect(status.discards).toEqual({ requests: 1, bytes: 1536 * 1024 });
     // The HTTP read path sees the same volume.
     const { data: viaHttp } = await api.bytes(`/splitter/vpgs/${vpg.id}/volumes/${root().id}/data?offset=${MiB}&length=4096`);
     expect(viaHttp.equals(Buffer.alloc(4096, 0xcd))).toBe(true);
@@ -209,15 +218,30 @@ describe('protected volumes over NBD', () => {
   });
 
   itWithTools(['qemu-img'], 'qemu-img converts a file into a protected volume; the checkpoint image compares identical', async () => {
+    const zeroing = async (): Promise<{ requests: number; bytes: number; capturedBytes: number }> =>
+      (await api.ok<{ zeroing: { requests: number; bytes: number; capturedBytes: number } }>('GET', `/splitter/vpgs/${vpg.id}`)).zeroing;
     // Data, a zero hole and more data: convert writes the data and zeroes the hole (WRITE_ZEROES).
     const file = join(dir.path, 'convert-source.img');
     await writeFile(file, Buffer.concat([randomBytes(5 * MiB), Buffer.alloc(6 * MiB), randomBytes(5 * MiB)]));
+    const before = await zeroing();
     await runToolOk('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', file, uri('nbd/app-01/root')]);
+    // nbdcopy filled the volume with random bytes above: the hole's 6 MiB are zeroed, all of them.
+    const first = await zeroing();
+    expect(first.requests).toBeGreaterThan(before.requests);
+    expect(first.capturedBytes - before.capturedBytes).toBe(6 * MiB);
     const checkpoint = await tagCheckpoint('after qemu-img convert');
     const imageFile = join(dir.path, 'checkpoint.img');
     await writeFile(imageFile, await checkpointImage(checkpoint, root()));
     const compared = await runToolOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', file, imageFile]);
     expect(compared.stdout).toContain('Images are identical');
+    // The same again: the hole is zero on the volume already, so the zeroing captures nothing.
+    const seq = await lastSeq();
+    await runToolOk('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', file, uri('nbd/app-01/root')]);
+    const second = await zeroing();
+    expect(second.requests).toBeGreaterThan(first.requests);
+    expect(second.capturedBytes).toBe(first.capturedBytes);
+    // The data was written again.
+    expect(await lastSeq()).toBeGreaterThan(seq);
     const live = await runToolOk('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', file, uri('nbd/app-01/root')]);
     expect(live.stdout).toContain('Images are identical');
   });

@@ -14,16 +14,20 @@ export interface CapturedWrite {
   readonly capturedAtMicros: number;
 }
 
-/** Checks that [offset, offset + length) is a non-empty range inside the volume and not oversize. */
-export function validateWriteRange(volume: Volume, offset: number, length: number): void {
+/**
+ * Checks that [offset, offset + length) is a non-empty range inside the volume and not oversize:
+ * at most `maxBytes`, MAX_WRITE_BYTES unless the write carries no payload (zeroing or discarding a
+ * range, which may cover the whole volume).
+ */
+export function validateWriteRange(volume: Volume, offset: number, length: number, maxBytes = MAX_WRITE_BYTES): void {
   if (!Number.isSafeInteger(offset) || offset < 0) {
     throw new DomainError('invalid-argument', `offset must be a non-negative integer, got ${String(offset)}`);
   }
   if (!Number.isSafeInteger(length) || length <= 0) {
     throw new DomainError('invalid-argument', `length must be a positive integer, got ${String(length)}`);
   }
-  if (length > MAX_WRITE_BYTES) {
-    throw new DomainError('out-of-range', `write of ${length} bytes exceeds the maximum of ${MAX_WRITE_BYTES} bytes`);
+  if (length > maxBytes) {
+    throw new DomainError('out-of-range', `write of ${length} bytes exceeds the maximum of ${maxBytes} bytes`);
   }
   if (offset + length > volume.sizeBytes) {
     throw new DomainError(

@@ -1,11 +1,11 @@
 import { InProcessBus, type BusConsumer } from '@cdp/bus';
 import { BATCH_HEADER_BYTES, RECORD_FLAG_FUA, RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch, type WriteRecord } from '@cdp/contracts';
 import { type Vpg } from '@cdp/domain';
-import { NBD_ENOSPC, NbdError } from '@cdp/nbd';
-import { oneVmVpg, tempDir, waitFor, type TempDir } from '@cdp/testing';
+import { NBD_EINVAL, NBD_ENOSPC, NbdError } from '@cdp/nbd';
+import { oneVmVpg, tempDir, type TempDir } from '@cdp/testing';
 import { nbdExportCatalog } from './nbd-exports';
-import { ProtectedVolumeDevice, ZERO_CHUNK_BYTES } from './protected-volume.device';
-import { VpgCapture } from './vpg-capture';
+import { ProtectedVolumeDevice } from './protected-volume.device';
+import { VpgCapture, ZERO_WRITE_BYTES } from './vpg-capture';
 
 const MiB = 1024 * 1024;
 
@@ -74,28 +74,57 @@ describe('ProtectedVolumeDevice', () => {
     ]);
   });
 
-  it('captures zeroing and trimming as writes of zeros of at most 1 MiB, FUA only on the last', async () => {
+  it('captures zeroing as writes of zeros of at most 1 MiB where the volume is not zero already, durable and shipped with FUA', async () => {
     const device = new ProtectedVolumeDevice(capture, volumeA!.id);
     await device.write(0, payload(4 * MiB, 0xff), false);
+    // Not flushed: the scan must see what only the page cache holds.
+    await device.write(6 * MiB + 100 * 1024, payload(512, 0x11), false);
     const before = capture.lastSeq;
     await device.writeZeroes(512, 2 * MiB + 1024, true);
     expect(capture.lastSeq).toBe(before + 3);
-    await device.trim(3 * MiB, 4096);
-    await device.flush();
-    await waitFor(() => shipped.length === 5, { timeoutMs: 5_000, message: 'the zero writes were never shipped' });
-    const zeroes = shipped.slice(1);
-    expect(zeroes.map((r) => [r.offset, r.data.length, r.flags & RECORD_FLAG_FUA])).toEqual([
-      [512, ZERO_CHUNK_BYTES, 0],
-      [512 + MiB, ZERO_CHUNK_BYTES, 0],
-      [512 + 2 * MiB, 1024, RECORD_FLAG_FUA],
-      [3 * MiB, 4096, 0],
+    // FUA: flushed, so the bus has acknowledged every zero write before the request completes.
+    expect(shipped.slice(2).map((r) => [r.offset, r.data.length])).toEqual([
+      [512, ZERO_WRITE_BYTES],
+      [512 + MiB, ZERO_WRITE_BYTES],
+      [512 + 2 * MiB, 1024],
     ]);
-    expect(zeroes.every((r) => r.data.every((b) => b === 0))).toBe(true);
-    const volume = await device.read(0, 4 * MiB);
+    expect(shipped.slice(2).every((r) => r.data.every((b) => b === 0))).toBe(true);
+
+    // Zeros already (never written): nothing to capture.
+    await device.writeZeroes(4 * MiB, 2 * MiB, false);
+    expect(capture.lastSeq).toBe(before + 3);
+    // One 512-byte write in [5 MiB, 7 MiB): only its 64 KiB window of the volume file is written.
+    await device.writeZeroes(5 * MiB, 2 * MiB, false);
+    expect(capture.lastSeq).toBe(before + 4);
+    await device.flush();
+    expect(shipped.slice(5).map((r) => [r.offset, r.data.length])).toEqual([[6 * MiB + 64 * 1024, 64 * 1024]]);
+
+    const volume = await device.read(0, 8 * MiB);
     expect(volume.subarray(0, 512).every((b) => b === 0xff)).toBe(true);
     expect(volume.subarray(512, 512 + 2 * MiB + 1024).every((b) => b === 0)).toBe(true);
-    expect(volume.subarray(512 + 2 * MiB + 1024, 3 * MiB).every((b) => b === 0xff)).toBe(true);
-    expect(volume.subarray(3 * MiB, 3 * MiB + 4096).every((b) => b === 0)).toBe(true);
+    expect(volume.subarray(512 + 2 * MiB + 1024, 4 * MiB).every((b) => b === 0xff)).toBe(true);
+    expect(volume.subarray(4 * MiB).every((b) => b === 0)).toBe(true);
+    expect(capture.status().zeroing).toEqual({ requests: 3, bytes: 2 * MiB + 1024 + 4 * MiB, capturedBytes: 2 * MiB + 1024 + 64 * 1024 });
+  });
+
+  it('takes a discard without changing or capturing anything', async () => {
+    const device = new ProtectedVolumeDevice(capture, volumeB!.id);
+    await device.write(0, payload(MiB, 0xee), false);
+    const before = capture.lastSeq;
+    await device.trim(4096, 64 * 1024);
+    expect(capture.lastSeq).toBe(before);
+    expect((await device.read(0, MiB)).equals(Buffer.alloc(MiB, 0xee))).toBe(true);
+    expect(capture.status().discards).toEqual({ requests: 1, bytes: 64 * 1024 });
+  });
+
+  it('refuses zeroing and discards past the end without capturing or counting them', async () => {
+    const device = new ProtectedVolumeDevice(capture, volumeB!.id);
+    const before = capture.lastSeq;
+    await expect(device.writeZeroes(4 * MiB - 4096, 8192, true)).rejects.toMatchObject({ nbdErrno: NBD_ENOSPC });
+    await expect(device.trim(4 * MiB, 512)).rejects.toMatchObject({ nbdErrno: NBD_ENOSPC });
+    await expect(device.writeZeroes(-1, 512, false)).rejects.toMatchObject({ nbdErrno: NBD_EINVAL });
+    expect(capture.lastSeq).toBe(before);
+    expect(capture.status()).toMatchObject({ zeroing: { requests: 0, bytes: 0, capturedBytes: 0 }, discards: { requests: 0, bytes: 0 } });
   });
 
   it('answers a write past the end with NBD_ENOSPC and captures nothing', async () => {

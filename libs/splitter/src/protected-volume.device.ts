@@ -4,11 +4,6 @@ import { type BlockDevice, type DeviceCapabilities, NBD_EINVAL, NBD_ENOSPC, NbdE
 import { type ProtectedVolume } from './protected-volume';
 import { type VpgCapture } from './vpg-capture';
 
-/** Largest write a zeroing request is split into: bounded records, and one shared buffer for all of them. */
-export const ZERO_CHUNK_BYTES = 1024 * 1024;
-// Never written to: every zeroing write is a view of it, and the capture copies what it logs.
-const ZEROES = Buffer.alloc(ZERO_CHUNK_BYTES);
-
 /**
  * One protected volume as an NBD export. Every write goes through the VPG's capture exactly as the
  * HTTP write path does (seq, splitter log, volume, then the acknowledgement), so a disk used over NBD
@@ -66,27 +61,17 @@ export class ProtectedVolumeDevice implements BlockDevice {
     return this.capture.flush();
   }
 
-  /**
-   * Captured as writes of zeros, so the recovery site sees what the client will read back. A discard
-   * is allowed to leave anything behind; zeros keep both sites identical.
-   */
+  /** Changes nothing, on either site: see `VpgCapture.discard`. */
   trim(offset: number, length: number): Promise<void> {
-    return this.writeZeroes(offset, length, false);
+    return new Promise<void>((resolve) => {
+      this.capture.discard(this.volumeId, offset, length);
+      resolve();
+    }).catch(asNbdError);
   }
 
-  /**
-   * Captured as writes of zeros, at most ZERO_CHUNK_BYTES each, in order. FUA on the last one is
-   * enough: its flush covers every write acknowledged before it. A dedicated zero-range record would be
-   * far cheaper (a fstrim of a large disk logs and ships every zero byte today) and is future work; it
-   * needs a new record kind in the contracts and support in the journal and image reader.
-   */
-  async writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
-    const end = offset + length;
-    for (let at = offset; at < end; at += ZERO_CHUNK_BYTES) {
-      const chunk = Math.min(ZERO_CHUNK_BYTES, end - at);
-      const last = at + chunk >= end;
-      await this.capture.write(this.volumeId, at, ZEROES.subarray(0, chunk), fua && last).then(acknowledged, asNbdError);
-    }
+  /** Captured as writes of zeros where the volume is not zero already: see `VpgCapture.writeZeroes`. */
+  writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.capture.writeZeroes(this.volumeId, offset, length, fua).catch(asNbdError);
   }
 }
 

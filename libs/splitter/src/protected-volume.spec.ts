@@ -73,6 +73,61 @@ describe('ProtectedVolume', () => {
     expect(opened.read(0, volume.sizeBytes).equals(expected)).toBe(true);
   });
 
+  it('finds the parts of a range that are not zero, in 64 KiB windows of the file, holes and written zeros alike', async () => {
+    const random = seededRandom(5);
+    opened = ProtectedVolume.open(volume, join(dir.path, '0.img'));
+    const expected = Buffer.alloc(volume.sizeBytes);
+    // Two writes in one window (a hole between them), a write across a window boundary, zeros written
+    // over a whole window (data to the file system, zero to the scan), then random ones.
+    const writes: [number, Buffer][] = [
+      [64 * 1024 + 100, Buffer.alloc(10, 1)],
+      [64 * 1024 + 40_000, Buffer.alloc(10, 2)],
+      [3 * 64 * 1024 - 5, Buffer.alloc(10, 3)],
+      [5 * 64 * 1024, Buffer.alloc(64 * 1024)],
+    ];
+    for (let i = 0; i < 40; i++) {
+      const length = 1 + Math.floor(random() * (random() < 0.8 ? 5000 : 300_000));
+      const zero = random() < 0.3;
+      writes.push([MiB + Math.floor(random() * (volume.sizeBytes - MiB - length)), zero ? Buffer.alloc(length) : randomBuffer(random, length)]);
+    }
+    for (const [offset, data] of writes) {
+      opened.write(offset, data);
+      data.copy(expected, offset);
+    }
+    const reference = (offset: number, end: number): { start: number; end: number }[] => {
+      const runs: { start: number; end: number }[] = [];
+      for (let at = offset; at < end; ) {
+        const next = Math.min(end, (Math.floor(at / PIECE_BYTES) + 1) * PIECE_BYTES);
+        if (!expected.subarray(at, next).every((b) => b === 0)) {
+          const last = runs[runs.length - 1];
+          if (last && last.end === at) {
+            last.end = next;
+          } else {
+            runs.push({ start: at, end: next });
+          }
+        }
+        at = next;
+      }
+      return runs;
+    };
+    const scan = async (offset: number, end: number): Promise<{ start: number; end: number }[]> => {
+      const runs = [];
+      for await (const run of (opened as ProtectedVolume).nonZeroRuns(offset, end)) {
+        runs.push({ ...run });
+      }
+      return runs;
+    };
+    // Windows 1 to 3 hold data (neighbours: one run), window 5 only zeros.
+    expect(await scan(0, MiB)).toEqual([{ start: 64 * 1024, end: 4 * 64 * 1024 }]);
+    expect(await scan(64 * 1024 + 200, 64 * 1024 + 40_005)).toEqual([{ start: 64 * 1024 + 200, end: 64 * 1024 + 40_005 }]);
+    expect(await scan(0, volume.sizeBytes)).toEqual(reference(0, volume.sizeBytes));
+    for (let round = 0; round < 50; round++) {
+      const offset = Math.floor(random() * volume.sizeBytes);
+      const end = offset + 1 + Math.floor(random() * (volume.sizeBytes - offset));
+      expect(await scan(offset, end)).toEqual(reference(offset, end));
+    }
+  });
+
   it('settles a write cut in pieces only once every piece has, when one of them fails', async () => {
     opened = ProtectedVolume.open(volume, join(dir.path, '0.img'));
     // The module object the volume calls into (an `import * as` would be a copy of it).

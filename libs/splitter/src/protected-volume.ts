@@ -1,11 +1,13 @@
-import { closeSync, constants, fdatasync as fdatasyncCb, ftruncateSync, fstatSync, openSync, readSync, write as writeCb, writeSync, writev as writevCb, writevSync } from 'node:fs';
+import { closeSync, constants, fdatasync as fdatasyncCb, ftruncateSync, fstatSync, openSync, read as readCb, readSync, write as writeCb, writeSync, writev as writevCb, writevSync } from 'node:fs';
 import { type Volume } from '@cdp/domain';
-import { adviseRandomAccess } from './read-advice';
+import { adviseRandomAccess, type FileRange, nextDataRange } from './native-file';
 
 /** `fs.fdatasync` looked up at each call, so that tests can make one slow or fail. */
 const fdatasync = (fd: number): Promise<void> => new Promise((resolve, reject) => fdatasyncCb(fd, (err) => (err ? reject(err) : resolve())));
 const writeAt = (fd: number, data: Buffer, offset: number, length: number, position: number): Promise<number> =>
   new Promise((resolve, reject) => writeCb(fd, data, offset, length, position, (err, written) => (err ? reject(err) : resolve(written))));
+const readAt = (fd: number, buf: Buffer, length: number, position: number): Promise<number> =>
+  new Promise((resolve, reject) => readCb(fd, buf, 0, length, position, (err, got) => (err ? reject(err) : resolve(got))));
 const writevAt = (fd: number, buffers: readonly Buffer[], position: number): Promise<number> =>
   new Promise((resolve, reject) => writevCb(fd, buffers, position, (err, written) => (err ? reject(err) : resolve(written))));
 
@@ -24,7 +26,7 @@ const writevAt = (fd: number, buffers: readonly Buffer[], position: number): Pro
  * The page cache must hold the volume in small folios, or every later 4 KiB write costs the kernel a
  * walk over a large one (docs/architecture.md, "Large folios in the volume's page cache"): so no
  * write call spans more than 64 KiB of the file (large batches are cut, and their pieces go to the
- * thread pool side by side), and readahead is off for the file (read-advice.ts).
+ * thread pool side by side), and readahead is off for the file (native-file.ts).
  */
 export class ProtectedVolume {
   private dirty = false;
@@ -34,7 +36,7 @@ export class ProtectedVolume {
   private constructor(
     readonly volume: Volume,
     private readonly fd: number,
-    /** Null when the kernel's readahead is off for this file (see read-advice.ts), else why it is not. */
+    /** Null when the kernel's readahead is off for this file (see native-file.ts), else why it is not. */
     readonly readaheadOn: string | null,
   ) {}
 
@@ -118,6 +120,57 @@ export class ProtectedVolume {
   }
 
   /**
+   * The parts of [offset, end) that are not all zeros now, in order: windows of PIECE_BYTES of the
+   * file (cut at `offset` and `end`), neighbours merged. The file system's holes are skipped without
+   * being read (lseek's SEEK_DATA, see native-file.ts); the rest is read a ZERO_SCAN_BYTES chunk at a
+   * time, on the thread pool, and looked at. A write that lands while the scan runs may or may not be
+   * seen: the caller treats it as concurrent with the scan.
+   */
+  async *nonZeroRuns(offset: number, end: number): AsyncGenerator<FileRange> {
+    let run: { start: number; end: number } | undefined;
+    let buf: Buffer | undefined;
+    for (let scanned = offset, data = nextDataRange(this.fd, offset, end); data; data = nextDataRange(this.fd, scanned, end)) {
+      // Whole windows are looked at (the hole before the data in its first window reads as zeros), so
+      // two data ranges in one window are looked at once.
+      const stop = Math.min(end, windowEnd(data.end));
+      for (let at = Math.max(scanned, windowStart(data.start)); at < stop; ) {
+        const chunkEnd = Math.min(stop, windowStart(at) + ZERO_SCAN_BYTES);
+        buf ??= Buffer.allocUnsafe(ZERO_SCAN_BYTES);
+        const length = chunkEnd - at;
+        let got = 0;
+        while (got < length) {
+          const n = await readAt(this.fd, buf.subarray(got), length - got, at + got);
+          if (n === 0) {
+            // Past the end of the file (never, for a volume of its size): zeros.
+            buf.fill(0, got, length);
+            break;
+          }
+          got += n;
+        }
+        for (let piece = at; piece < chunkEnd; ) {
+          const pieceEnd = Math.min(chunkEnd, windowStart(piece) + PIECE_BYTES);
+          if (!isZero(buf.subarray(piece - at, pieceEnd - at))) {
+            if (run && run.end === piece) {
+              run.end = pieceEnd;
+            } else {
+              if (run) {
+                yield run;
+              }
+              run = { start: piece, end: pieceEnd };
+            }
+          }
+          piece = pieceEnd;
+        }
+        at = chunkEnd;
+      }
+      scanned = stop;
+    }
+    if (run) {
+      yield run;
+    }
+  }
+
+  /**
    * Everything written before the call is durable once this resolves. Flushes come in bursts (fio
    * sends several per 32 writes), and the syncs of a burst overlap: one that finds nothing written
    * since the last began still waits for every sync in flight, since those are what make its writes
@@ -154,6 +207,22 @@ export class ProtectedVolume {
  * fastest in 64 to 256 KiB writes (940 to 1060 MB/s, 680 in 1 MiB ones).
  */
 export const PIECE_BYTES = 64 * 1024;
+
+/** How much of a volume `nonZeroRuns` reads at a time. */
+export const ZERO_SCAN_BYTES = 1024 * 1024;
+const ZERO_PIECE = Buffer.alloc(PIECE_BYTES);
+
+function windowStart(offset: number): number {
+  return offset - (offset % PIECE_BYTES);
+}
+
+function windowEnd(offset: number): number {
+  return windowStart(offset + PIECE_BYTES - 1);
+}
+
+function isZero(bytes: Buffer): boolean {
+  return bytes.equals(ZERO_PIECE.subarray(0, bytes.length));
+}
 
 /** `buffers` (written back to back from `offset`) cut at every PIECE_BYTES boundary of the file. */
 export function pieces(offset: number, buffers: readonly Buffer[]): { offset: number; buffers: Buffer[] }[] {

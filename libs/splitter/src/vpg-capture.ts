@@ -87,6 +87,13 @@ export interface CaptureStatus {
    * is acknowledged by the bus again.
    */
   readonly localFlushes: { readonly since: string; readonly count: number } | null;
+  /**
+   * Zeroing requests (NBD WRITE_ZEROES) since this start: how many, the bytes they asked to zero, and
+   * the bytes captured as writes of zeros (the parts that were not zero already; see `writeZeroes`).
+   */
+  readonly zeroing: { readonly requests: number; readonly bytes: number; readonly capturedBytes: number };
+  /** Discards (NBD TRIM) since this start: how many and how many bytes. They change nothing (see `discard`). */
+  readonly discards: { readonly requests: number; readonly bytes: number };
 }
 
 /**
@@ -114,6 +121,10 @@ export class VolumeBehindError extends Error {
  * synchronous: for them the thread-pool round trip costs more than the write.
  */
 const ASYNC_BATCH_BYTES = 256 * 1024;
+/** The largest write of zeros `writeZeroes` captures: bounded records, and one shared buffer for all of them. */
+export const ZERO_WRITE_BYTES = 1024 * 1024;
+// Never written to: every write of zeros is a view of it, and the capture copies what it logs.
+const ZEROES = Buffer.alloc(ZERO_WRITE_BYTES);
 
 /**
  * Segments of the log kept as spare files once the journal has them, each reused for a later segment:
@@ -296,6 +307,8 @@ export class VpgCapture {
   private syncError: string | undefined;
   /** Flushes completed locally only since the link went down (see flush); undefined while the bus acknowledges them. */
   private localFlushes: { readonly since: Date; count: number } | undefined;
+  private readonly zeroing = { requests: 0, bytes: 0, capturedBytes: 0 };
+  private readonly discards = { requests: 0, bytes: 0 };
   /** No checkpoint while a forced resync runs or dirty regions exist (see CheckpointGate). */
   private readonly gate = new CheckpointGate(
     (marker) => {
@@ -452,6 +465,8 @@ export class VpgCapture {
         ? { epoch: this.barrier.epoch, checkpointId: this.barrier.marker.id, heldForMicros: (performance.now() - this.barrier.startedAt) * 1000 }
         : null,
       localFlushes: this.localFlushes ? { since: this.localFlushes.since.toISOString(), count: this.localFlushes.count } : null,
+      zeroing: { ...this.zeroing },
+      discards: { ...this.discards },
       ...this.trouble(),
     };
   }
@@ -558,6 +573,57 @@ export class VpgCapture {
       return Promise.reject(err instanceof Error ? err : new Error(String(err)));
     }
     return this.captureAfterWait(target, keys, offset, data, fua, headroom, lease);
+  }
+
+  /**
+   * Zeroes [offset, offset + length) of a volume (NBD's WRITE_ZEROES), as writes of zeros of at most
+   * ZERO_WRITE_BYTES, in order; with `fua`, durable as flush() makes them before it resolves.
+   *
+   * Only the parts that are not zero already are written (`ProtectedVolume.nonZeroRuns`: the file's
+   * holes without reading them, the rest read and looked at in 64 KiB windows). A part that is zero
+   * stays zero whether it is written or not, so leaving it alone changes neither the volume nor the
+   * stream: both sites stay identical at every seq, and the journal's history is not spent on it.
+   * That matters because zeroing comes in bulk: `qemu-img convert` zeroes every stretch of zeros in
+   * its source (a fresh volume is all zeros: nothing is captured), and a guest zeroes whole tables.
+   * Every write completed before the request is on the volume when the scan reads it (a write is
+   * acknowledged once its volume has it), so the client reads zeros afterwards; a write that arrives
+   * meanwhile is concurrent with the zeroing, and the scan may or may not see it, as with any two
+   * overlapping requests in flight together. The exception: writes that failed on their volume and
+   * wait to be put there in order (`volumeBehind`) are not on it yet, so then every byte is written.
+   */
+  async writeZeroes(volumeId: string, offset: number, length: number, fua: boolean): Promise<void> {
+    const target = this.volumeById(volumeId);
+    validateWriteRange(target.volume, offset, length, Number.POSITIVE_INFINITY);
+    this.zeroing.requests++;
+    this.zeroing.bytes += length;
+    const end = offset + length;
+    const runs = this.behind ? [{ start: offset, end }] : target.nonZeroRuns(offset, end);
+    for await (const run of runs) {
+      for (let at = run.start; at < run.end; at += ZERO_WRITE_BYTES) {
+        const chunk = Math.min(ZERO_WRITE_BYTES, run.end - at);
+        await this.write(volumeId, at, ZEROES.subarray(0, chunk));
+        this.zeroing.capturedBytes += chunk;
+      }
+    }
+    if (fua) {
+      // Also what makes durable the zeros that were there already, if a write not yet flushed put them there.
+      await this.flush();
+    }
+  }
+
+  /**
+   * A discard (NBD's TRIM) of [offset, offset + length): validated, counted, and nothing else. A
+   * discard tells the disk the client no longer needs those bytes; what they read afterwards is
+   * unspecified until written again (NBD's rule, as for SCSI UNMAP and ATA TRIM without a promise of
+   * zeros), so keeping them as they are is a correct answer, and the only one that costs nothing: the
+   * volume and the stream both keep the old bytes, so the sites stay identical, where capturing the
+   * discard as zeros would make a guest's periodic `fstrim` ship and journal every free byte of its
+   * file system that ever held data. (The volume file's space is not given back either.)
+   */
+  discard(volumeId: string, offset: number, length: number): void {
+    validateWriteRange(this.volumeById(volumeId).volume, offset, length, Number.POSITIVE_INFINITY);
+    this.discards.requests++;
+    this.discards.bytes += length;
   }
 
   /**

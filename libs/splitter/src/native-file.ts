@@ -2,11 +2,16 @@ import { createRequire } from 'node:module';
 
 interface FileAdviceAddon {
   adviseRandom(fd: number): void;
+  /** lseek(fd, offset, SEEK_DATA); -1 where no data follows. */
+  seekData(fd: number, offset: number): number;
+  /** lseek(fd, offset, SEEK_HOLE); -1 past the end. */
+  seekHole(fd: number, offset: number): number;
 }
 
 /**
- * The Node-API addon in native/file-advice (posix_fadvise has no binding in Node), an optional
- * dependency: npm builds it where a C compiler is found. Loaded once, on first use.
+ * The Node-API addon in native/file-advice (posix_fadvise and lseek's SEEK_DATA and SEEK_HOLE have no
+ * binding in Node), an optional dependency: npm builds it where a C compiler is found. Loaded once, on
+ * first use.
  */
 let loaded: { readonly addon: FileAdviceAddon } | { readonly error: string } | undefined;
 
@@ -44,3 +49,40 @@ export function adviseRandomAccess(fd: number): string | null {
     return (err as Error).message;
   }
 }
+
+/** A byte range [start, end) of a file. */
+export interface FileRange {
+  readonly start: number;
+  readonly end: number;
+}
+
+/**
+ * The first range at or after `at`, and before `end`, that the file system says holds data (lseek's
+ * SEEK_DATA, then SEEK_HOLE), cut at `end`; null when only holes are left before `end`. Everything
+ * outside such ranges is a hole, and reads as zeros. Where the addon is missing, or the file system
+ * cannot tell (it then reports the whole file as data), the answer is `[at, end)`: never wrong, only
+ * slower for the caller, who reads it to find out.
+ */
+export function nextDataRange(fd: number, at: number, end: number): FileRange | null {
+  const addon = load();
+  if (at >= end) {
+    return null;
+  }
+  if ('error' in addon) {
+    return { start: at, end };
+  }
+  let start: number;
+  let hole: number;
+  try {
+    start = addon.addon.seekData(fd, at);
+    if (start < 0 || start >= end) {
+      return null;
+    }
+    hole = addon.addon.seekHole(fd, start);
+  } catch {
+    // Whatever made lseek fail (a closed descriptor) makes the caller's read fail, with its own error.
+    return { start: at, end };
+  }
+  return { start, end: hole < 0 ? end : Math.min(hole, end) };
+}
+
