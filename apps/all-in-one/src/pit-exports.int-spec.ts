@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Checkpoint, type Vpg } from '@cdp/domain';
 import { type PitExport } from '@cdp/recovery-orchestrator';
@@ -76,6 +76,17 @@ describe('point-in-time exports over NBD', () => {
     const opened = await api.ok<PitExport>('POST', `/vpgs/${vpg.id}/checkpoints/${checkpoint.id}/exports`, { volumeId: volume.id, writable: true });
     expect(opened.writable).toBe(true);
     await runToolOk('qemu-io', ['-f', 'raw', opened.url, '-c', 'write -P 0x5a 1048576 65536', '-c', 'read -P 0x5a 1048576 65536']);
+    // Zeroing over the test's own writes, zeroing and a discard over the checkpoint's bytes: all read as zeros.
+    const zeroed = await runToolOk('qemu-io', [
+      '-f', 'raw', opened.url,
+      '-c', 'write -z 1064960 16384',
+      '-c', 'write -z 2097152 65536',
+      '-c', 'discard 3145728 65536',
+      '-c', 'read -P 0 1064960 16384',
+      '-c', 'read -P 0 2097152 65536',
+      '-c', 'read -P 0 3145728 65536',
+    ]);
+    expect(zeroed.stdout).not.toMatch(/verification failed|error|failed/i);
 
     // Replication goes on meanwhile, and a new checkpoint recovers exactly, with none of the test's writes.
     await workload(60);
@@ -86,14 +97,19 @@ describe('point-in-time exports over NBD', () => {
     // The export shows the checkpoint with the test's writes on top.
     const want = Buffer.from(expected(checkpoint, volume.id));
     want.fill(0x5a, MiB, MiB + 65536);
+    want.fill(0, MiB + 16384, MiB + 32768);
+    want.fill(0, 2 * MiB, 2 * MiB + 65536);
+    want.fill(0, 3 * MiB, 3 * MiB + 65536);
     expect((await copyOut(opened.url, `rw-${opened.id}`)).equals(want)).toBe(true);
-    expect((await api.ok<PitExport>('GET', `/exports/${opened.id}`)).overlayBytes).toBe(65536);
+    expect((await api.ok<PitExport>('GET', `/exports/${opened.id}`)).overlayBytes).toBe(3 * 65536);
     // The checkpoint itself is untouched.
     const original = await api.bytes(`/vpgs/${vpg.id}/checkpoints/${checkpoint.id}/volumes/${volume.id}/image`);
     expect(original.data.equals(expected(checkpoint, volume.id))).toBe(true);
 
     const overlay = join(testApp.dataDir, 'recovery', 'overlays', `${opened.id}.img`);
     expect(existsSync(overlay)).toBe(true);
+    // The zeroing and the discard over blocks the overlay never took left its file's holes as they were.
+    expect(statSync(overlay).blocks * 512).toBeLessThanOrEqual(65536);
     expect((await api.json('DELETE', `/exports/${opened.id}`)).status).toBe(204);
     expect(existsSync(overlay)).toBe(false);
     const gone = await runTool('nbdinfo', [opened.url]);

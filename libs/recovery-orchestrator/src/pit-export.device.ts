@@ -5,6 +5,8 @@ import { type PitView } from '@cdp/journal-store';
 
 /** Overlay bookkeeping is kept per 1 MiB region, so a large, mostly untouched volume costs nothing. */
 const REGION_BYTES = 1024 * 1024;
+// Never written to: what zeroing writes over blocks the overlay took.
+const ZEROES = Buffer.alloc(REGION_BYTES);
 
 /**
  * A point-in-time view of a volume as an NBD block device. Read-only, or writable through a scratch
@@ -57,23 +59,9 @@ export class PitExportDevice implements BlockDevice {
 
   async read(offset: number, length: number): Promise<Buffer> {
     const buf = await this.view.read(offset, length);
-    if (this.overlay && this.written.size > 0) {
-      // Runs of written blocks are read from the overlay in one go each.
-      let block = offset / this.blockSize;
-      const end = (offset + length) / this.blockSize;
-      while (block < end) {
-        if (!this.isWritten(block)) {
-          block++;
-          continue;
-        }
-        let runEnd = block + 1;
-        while (runEnd < end && this.isWritten(runEnd)) {
-          runEnd++;
-        }
-        const from = block * this.blockSize;
-        const bytes = Math.min((runEnd - block) * this.blockSize, offset + length - from);
+    if (this.overlay) {
+      for (const { from, bytes } of this.writtenRuns(offset, length)) {
         await this.overlay.handle.read(buf, from - offset, bytes, from);
-        block = runEnd;
       }
     }
     return buf;
@@ -98,11 +86,23 @@ export class PitExportDevice implements BlockDevice {
     return Promise.resolve();
   }
 
+  /**
+   * Blocks the overlay never took are holes in its file (it starts as one), which read as zeros: they
+   * are only marked. Blocks it took are written over with zeros. A guest's discard of its free space
+   * or a `mkfs` zeroing its tables costs the overlay's bitmap, not the bytes.
+   */
   async writeZeroes(offset: number, length: number): Promise<void> {
-    const zeros = Buffer.alloc(Math.min(length, REGION_BYTES));
-    for (let at = offset; at < offset + length; at += zeros.length) {
-      await this.write(at, zeros.subarray(0, Math.min(zeros.length, offset + length - at)));
+    const overlay = this.writable();
+    for (const { from, bytes } of this.writtenRuns(offset, length)) {
+      for (let at = from; at < from + bytes; at += ZEROES.length) {
+        const chunk = Math.min(ZEROES.length, from + bytes - at);
+        let done = 0;
+        while (done < chunk) {
+          done += (await overlay.handle.write(ZEROES, done, chunk - done, at + done)).bytesWritten;
+        }
+      }
     }
+    this.mark(offset, length);
   }
 
   /** Trimmed blocks read as zeros: allowed (trimmed data is unspecified) and predictable. */
@@ -116,6 +116,28 @@ export class PitExportDevice implements BlockDevice {
     if (this.overlay) {
       await this.overlay.handle.close().catch(() => undefined);
       await rm(this.overlay.path, { force: true });
+    }
+  }
+
+  /** The runs of blocks of [offset, offset + length) that the overlay took, as byte ranges, in order. */
+  private *writtenRuns(offset: number, length: number): Generator<{ readonly from: number; readonly bytes: number }> {
+    if (this.written.size === 0) {
+      return;
+    }
+    let block = Math.floor(offset / this.blockSize);
+    const end = (offset + length) / this.blockSize;
+    while (block < end) {
+      if (!this.isWritten(block)) {
+        block++;
+        continue;
+      }
+      let runEnd = block + 1;
+      while (runEnd < end && this.isWritten(runEnd)) {
+        runEnd++;
+      }
+      const from = block * this.blockSize;
+      yield { from, bytes: Math.min((runEnd - block) * this.blockSize, offset + length - from) };
+      block = runEnd;
     }
   }
 
