@@ -1331,6 +1331,21 @@ describe('VpgCapture when the disk is full', () => {
     await capture.close();
   });
 
+  it('zeroes every byte asked while writes are behind, since the volume does not hold them yet', async () => {
+    const capture = await openWithOneWriteBehind(0, 7);
+    faults.on = undefined;
+    // The volume reads zeros where the write behind will land: a scan would find nothing to zero there.
+    expect(capture.volumeById(volume.id).read(0, 4096).equals(Buffer.alloc(4096))).toBe(true);
+    const before = capture.lastSeq;
+    await capture.writeZeroes(volume.id, 0, 64 * 1024, false);
+    // The write behind went first (it is older), then the zeros over it.
+    expect(capture.status()).toMatchObject({ volumeBehind: null, zeroing: { requests: 1, bytes: 64 * 1024, capturedBytes: 64 * 1024 } });
+    expect(capture.lastSeq).toBe(before + 1);
+    expect(capture.volumeById(volume.id).read(0, 64 * 1024).equals(Buffer.alloc(64 * 1024))).toBe(true);
+    await expectStreamMatchesVolume(capture);
+    await capture.close();
+  });
+
   it('closes without a clean mark while writes are behind, so the next start re-applies them from the log', async () => {
     const first = await openWithOneWriteBehind(8192, 9);
     // The journal has it, and says so: the log keeps it all the same, for the redo.
