@@ -1346,6 +1346,18 @@ describe('VpgCapture when the disk is full', () => {
     await capture.close();
   });
 
+  it('stops a zeroing when it closes, rather than write to volumes that are closing', async () => {
+    const capture = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), { bootId: 'boot-1' });
+    await capture.write(volume.id, 0, Buffer.alloc(4 * MiB, 3));
+    const before = capture.lastSeq;
+    // Four writes of zeros to make; the first waits for the scan's first read, by which time close() has begun.
+    const zeroing = capture.writeZeroes(volume.id, 0, 4 * MiB, false);
+    const closed = capture.close();
+    await expect(zeroing).rejects.toThrow(/is closing: the zeroing of \[0, 4194304\) stopped at 0/);
+    await closed;
+    expect(capture.lastSeq).toBe(before);
+  });
+
   it('closes without a clean mark while writes are behind, so the next start re-applies them from the log', async () => {
     const first = await openWithOneWriteBehind(8192, 9);
     // The journal has it, and says so: the log keeps it all the same, for the redo.

@@ -600,6 +600,10 @@ export class VpgCapture {
     const runs = this.behind ? [{ start: offset, end }] : target.nonZeroRuns(offset, end);
     for await (const run of runs) {
       for (let at = run.start; at < run.end; at += ZERO_WRITE_BYTES) {
+        if (this.closing) {
+          // A long zeroing outlasts the NBD server's grace period at shutdown; its volume is closing.
+          throw new Error(`VPG ${this.vpg.name} is closing: the zeroing of [${offset}, ${end}) stopped at ${at}`);
+        }
         const chunk = Math.min(ZERO_WRITE_BYTES, run.end - at);
         await this.write(volumeId, at, ZEROES.subarray(0, chunk));
         this.zeroing.capturedBytes += chunk;
