@@ -1358,6 +1358,18 @@ describe('VpgCapture when the disk is full', () => {
     expect(capture.lastSeq).toBe(before);
   });
 
+  it('refuses a write that comes after it began to close, without going into degraded mode', async () => {
+    const capture = await VpgCapture.open(vpg, ctx.dir.path, ctx.bus.createProducer(), { bootId: 'boot-1' });
+    await capture.write(volume.id, 0, Buffer.alloc(4096, 1));
+    const before = capture.lastSeq;
+    const closed = capture.close();
+    await expect(capture.write(volume.id, 0, Buffer.alloc(4096, 2))).rejects.toMatchObject({ code: 'failed-precondition', message: 'the capture of VPG capture-test is closing' });
+    await closed;
+    await expect(capture.write(volume.id, 4096, Buffer.alloc(4096, 2))).rejects.toMatchObject({ code: 'failed-precondition' });
+    expect(capture.lastSeq).toBe(before);
+    expect(capture.status().tracking).toBeNull();
+  });
+
   it('closes without a clean mark while writes are behind, so the next start re-applies them from the log', async () => {
     const first = await openWithOneWriteBehind(8192, 9);
     // The journal has it, and says so: the log keeps it all the same, for the redo.

@@ -564,7 +564,7 @@ export class VpgCapture {
       // The common case, captured at once: no hold, and the regions already in the activity log. It is
       // not an async function: one was the largest allocation per write (its suspended frame), twice
       // over with the NBD device's, and every write of a random 4 KiB job takes this path.
-      if (!this.barrier && !this.behind && !this.logRecovery && !this.tracking && this.activity.touch(keys, this.epoch)) {
+      if (!this.barrier && !this.behind && !this.logRecovery && !this.tracking && !this.closing && this.activity.touch(keys, this.epoch)) {
         return this.acknowledged(this.capture(target, offset, data, fua, headroom, lease), fua);
       }
     } catch (err) {
@@ -602,7 +602,7 @@ export class VpgCapture {
       for (let at = run.start; at < run.end; at += ZERO_WRITE_BYTES) {
         if (this.closing) {
           // A long zeroing outlasts the NBD server's grace period at shutdown; its volume is closing.
-          throw new Error(`VPG ${this.vpg.name} is closing: the zeroing of [${offset}, ${end}) stopped at ${at}`);
+          throw new DomainError('failed-precondition', `the capture of VPG ${this.vpg.name} is closing: the zeroing of [${offset}, ${end}) stopped at ${at}`);
         }
         const chunk = Math.min(ZERO_WRITE_BYTES, run.end - at);
         await this.write(volumeId, at, ZEROES.subarray(0, chunk));
@@ -649,7 +649,10 @@ export class VpgCapture {
     let captured: Captured | undefined;
     try {
       for (;;) {
-        if (this.behind) {
+        if (this.closing) {
+          // Its log and volumes are closing (a write that raced the shutdown): refused, not tracked.
+          throw new DomainError('failed-precondition', `the capture of VPG ${this.vpg.name} is closing`);
+        } else if (this.behind) {
           // Earlier writes are in the stream but not on their volume: they go first, or this one fails.
           await this.catchUp();
         } else if (this.tracking) {
