@@ -395,6 +395,53 @@ describe('VpgCapture batching and shipping', () => {
     await capture.close();
   });
 
+  it('zeroings among writes in flight, small and large, leave both sites alike at every checkpoint, and zeros where nothing overlapped them', async () => {
+    const { dir, bus, site } = ctx;
+    const random = seededRandom(91);
+    const capture = await VpgCapture.open(vpg, dir.path, bus.createProducer(), { bootId: 'boot-1' });
+    const volume = volumes[0]!;
+    const area = 4 * MiB;
+    for (let round = 0; round < 12; round++) {
+      const pending: Promise<unknown>[] = [];
+      const zeroed: [number, number][] = [];
+      const written: [number, number][] = [];
+      for (let i = 0; i < 12; i++) {
+        if (random() < 0.35) {
+          const offset = Math.floor(random() * area);
+          const length = 1 + Math.floor(random() * Math.min(2 * MiB, area - offset));
+          zeroed.push([offset, offset + length]);
+          pending.push(capture.writeZeroes(volume.id, offset, length, random() < 0.3));
+        } else {
+          // Small ones on the event loop, large ones (256 KiB and more) on the thread pool.
+          const length = random() < 0.7 ? 1 + Math.floor(random() * 16 * 1024) : 256 * 1024 + Math.floor(random() * 768 * 1024);
+          const offset = Math.floor(random() * (area - length));
+          written.push([offset, offset + length]);
+          pending.push(logged(capture.write(volume.id, offset, randomBuffer(random, length))));
+        }
+      }
+      await Promise.all(pending);
+      const cut = capture.insertCheckpoint({ id: id(1000 + round), kind: 'automatic', name: null, vmId: null });
+      expect(cut).toBe(capture.lastSeq);
+      await capture.flush();
+      await waitFor(() => site.highestContiguousSeq() === capture.lastSeq, { timeoutMs: 5_000, message: 'the stream stops short' });
+      // Only this area is ever written.
+      const now = capture.volumeById(volume.id).read(0, area);
+      expect(site.image(volume.index, area, cut!).equals(now)).toBe(true);
+      // Bytes that a zeroing covered and no write of the round touched read as zeros.
+      const notZero: number[] = [];
+      for (const [start, end] of zeroed) {
+        for (let at = start; at < end; at += 512) {
+          if (now[at] !== 0 && !written.some(([from, to]) => from <= at && at < to)) {
+            notZero.push(at);
+          }
+        }
+      }
+      expect(notZero).toEqual([]);
+    }
+    expect(capture.status().zeroing.capturedBytes).toBeLessThan(capture.status().zeroing.bytes);
+    await capture.close();
+  });
+
   it('large writes go to the volumes on the thread pool, the small writes after them wait their turn: seq order holds on both sites, a flush covers all', async () => {
     const { dir, bus, site } = ctx;
     const random = seededRandom(31);
