@@ -1,4 +1,4 @@
-import { constants } from 'node:fs';
+import { constants, writeSync } from 'node:fs';
 import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import { type DataSource, type QueryRunner } from 'typeorm';
 import { RecordKind, decodeRecord, peekRecordLength, vpgSchema } from '@cdp/contracts';
@@ -74,6 +74,16 @@ export class PromotionPostponedError extends Error {
 
 /** Batch rows read per query in step 1, so a large backlog never sits in memory at once. */
 const PAGE_BATCHES = 200;
+/**
+ * How long step 1 writes into the replica before it lets the event loop run other work. The writes
+ * are synchronous, into the page cache: awaited one at a time on the thread pool, each paid a round
+ * trip, and promotion applied 1.7k random 4 KiB writes a second while the all-in-one journaled 26k a
+ * second (14k with nothing else running); so history older than the window piled up for as long as
+ * such a load lasted (docs/architecture.md, "Promotion: the history window").
+ */
+const PROMOTION_SLICE_MS = 1;
+/** A write this large goes to the thread pool instead: copying it into the page cache takes long enough. */
+const PROMOTION_ASYNC_BYTES = 256 * 1024;
 const DEFAULT_LOCK_TIMEOUT_MS = 10_000;
 
 /**
@@ -316,6 +326,7 @@ export class JournalPromoter {
     const touched = new Map<string, { volumeIndex: number; region: number }>();
     let writes = 0;
     let bytes = 0;
+    let sliceStart = performance.now();
     try {
       const replica = async (volumeIndex: number, seq: number): Promise<{ handle: FileHandle; size: number }> => {
         const size = sizes.get(volumeIndex);
@@ -367,7 +378,15 @@ export class JournalPromoter {
             if (decoded.offset + decoded.data.length > size) {
               throw new Error(`VPG ${vpgId}: journal write seq ${seq} ends at byte ${decoded.offset + decoded.data.length}, past volume index ${decoded.volumeIndex} (${size} bytes)`);
             }
-            await writeFully(handle, decoded.data, decoded.offset);
+            if (decoded.data.length >= PROMOTION_ASYNC_BYTES) {
+              await writeFullyAsync(handle, decoded.data, decoded.offset);
+            } else {
+              writeFully(handle.fd, decoded.data, decoded.offset);
+            }
+            if (performance.now() - sliceStart >= PROMOTION_SLICE_MS) {
+              await new Promise((resolve) => setImmediate(resolve));
+              sliceStart = performance.now();
+            }
             for (let region = regionOf(decoded.offset); region <= regionOf(decoded.offset + decoded.data.length - 1); region++) {
               touched.set(`${decoded.volumeIndex}:${region}`, { volumeIndex: decoded.volumeIndex, region });
             }
@@ -432,10 +451,17 @@ function postgresCode(err: unknown): string | undefined {
   return undefined;
 }
 
-async function writeFully(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+async function writeFullyAsync(handle: FileHandle, data: Buffer, position: number): Promise<void> {
   let done = 0;
   while (done < data.length) {
     const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
     done += bytesWritten;
+  }
+}
+
+function writeFully(fd: number, data: Buffer, position: number): void {
+  let done = 0;
+  while (done < data.length) {
+    done += writeSync(fd, data, done, data.length - done, position + done);
   }
 }

@@ -187,12 +187,15 @@ export class JournalWriterService implements OnApplicationBootstrap, BeforeAppli
         break;
       }
       try {
+        const started = performance.now();
         const result = await this.promoter.promote(vpgId, now);
         results.push(result);
         if (result.promoted) {
           const oldest = result.oldestCheckpoint;
+          // How long it took says whether promotion keeps up with what the VPG journals.
+          const seconds = (performance.now() - started) / 1000;
           this.logger.log(
-            `VPG ${vpgId}: promoted ${result.writes} writes (${result.bytes} bytes) into the replica, replica seq ${result.fromSeq} -> ${result.replicaSeq}; ` +
+            `VPG ${vpgId}: promoted ${result.writes} writes (${result.bytes} bytes) into the replica in ${seconds.toFixed(1)} s, replica seq ${result.fromSeq} -> ${result.replicaSeq}; ` +
               `removed ${result.checkpointsRemoved} checkpoints and ${result.segmentsDeleted} segments; ` +
               `oldest checkpoint kept: ${oldest ? `${oldest.id} (cut ${oldest.cut}, captured ${oldest.capturedAt})` : 'none'}` +
               (result.sizeLimited ? '; the journal was over its size limit (journalSizeLimitMb), so its history is shorter than configured' : ''),
