@@ -209,7 +209,7 @@ export class ProtectedVolume {
 export const PIECE_BYTES = 64 * 1024;
 
 /** How much of a volume `nonZeroRuns` reads at a time. */
-export const ZERO_SCAN_BYTES = 1024 * 1024;
+const ZERO_SCAN_BYTES = 1024 * 1024;
 const ZERO_PIECE = Buffer.alloc(PIECE_BYTES);
 
 function windowStart(offset: number): number {
