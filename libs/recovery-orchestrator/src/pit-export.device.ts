@@ -135,8 +135,9 @@ export class PitExportDevice implements BlockDevice {
       while (runEnd < end && this.isWritten(runEnd)) {
         runEnd++;
       }
-      const from = block * this.blockSize;
-      yield { from, bytes: Math.min((runEnd - block) * this.blockSize, offset + length - from) };
+      // Cut at the range's ends (the NBD server passes whole blocks only; other callers need not).
+      const from = Math.max(block * this.blockSize, offset);
+      yield { from, bytes: Math.min(runEnd * this.blockSize, offset + length) - from };
       block = runEnd;
     }
   }
