@@ -77,9 +77,9 @@ const PAGE_BATCHES = 200;
 /**
  * How long step 1 writes into the replica before it lets the event loop run other work. The writes
  * are synchronous, into the page cache: awaited one at a time on the thread pool, each paid a round
- * trip, and promotion applied 1.7k random 4 KiB writes a second while the all-in-one journaled 26k a
- * second (14k with nothing else running); so history older than the window piled up for as long as
- * such a load lasted (docs/architecture.md, "Promotion: the history window").
+ * trip, and promotion applied 1.7k random 4 KiB writes a second while the all-in-one journaled 27.8k
+ * a second (11 to 16.5k with nothing else running), so history older than the window piled up for as
+ * long as such a load lasted (docs/architecture.md, "How fast step 1 goes").
  */
 const PROMOTION_SLICE_MS = 1;
 /** A write this large goes to the thread pool instead: copying it into the page cache takes long enough. */
