@@ -17,6 +17,12 @@ export interface DeviceCapabilities {
   /** `writeZeroes` is implemented (NBD_FLAG_SEND_WRITE_ZEROES). */
   readonly writeZeroes?: boolean;
   /**
+   * `writeZeroes` honours its `fast` argument (NBD_FLAG_SEND_FAST_ZERO): asked to be fast, it fails at
+   * once with NBD_ENOTSUP (an NbdError) unless zeroing the range costs less than writing it would.
+   * Clients such as `qemu-img convert` use the answer to decide whether to zero a whole target first.
+   */
+  readonly fastZero?: boolean;
+  /**
    * Every connection that resolves this export reaches the same state, and a flush (or FUA) by any
    * of them makes every write completed by all of them durable before it resolves. The server
    * itself keeps no cache, so this is the only condition for NBD_FLAG_CAN_MULTI_CONN; only the
@@ -82,8 +88,24 @@ export interface BlockDevice {
   /**
    * The range reads back as zeroes and stays allocated (never a hole), which is what
    * NBD_CMD_FLAG_NO_HOLE asks for, so the server accepts that flag and needs no other variant.
+   * `fast` is only ever true when the device claims `capabilities.fastZero` (see there).
    */
-  writeZeroes?(offset: number, length: number, fua: boolean): Promise<void>;
+  writeZeroes?(offset: number, length: number, fua: boolean, fast: boolean): Promise<void>;
+  /**
+   * What the `base:allocation` metadata context reports for [offset, offset + length): consecutive
+   * extents from `offset`, each with NBD_STATE_HOLE where nothing is allocated and NBD_STATE_ZERO
+   * where the bytes read as zeros. A flag left clear means "allocated" or "not known", which is
+   * always a safe answer. The device may answer for less of the range than asked (at least one
+   * extent), and the server cuts whatever lies past it. Without this method every byte is reported
+   * allocated and not known to be zero. Extent lengths should be whole blocks, save at the export's end.
+   */
+  blockStatus?(offset: number, length: number): Promise<readonly BlockExtent[]>;
+}
+
+/** One extent of a block status answer: `length` bytes (at least 1) and their `base:allocation` flags. */
+export interface BlockExtent {
+  readonly length: number;
+  readonly flags: number;
 }
 
 /** A backend error that says which NBD error the client should see. */

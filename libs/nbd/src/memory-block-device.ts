@@ -1,4 +1,8 @@
-import { type BlockDevice, type DeviceCapabilities } from './block-device';
+import { type BlockDevice, type BlockExtent, type DeviceCapabilities } from './block-device';
+import { NBD_STATE_ZERO } from './protocol';
+
+/** A block status answer covers at most this much, so a query over a large device stays cheap. */
+const STATUS_SCAN_BYTES = 64 * 1024 * 1024;
 
 export interface MemoryBlockDeviceOptions {
   readonly size: number;
@@ -46,8 +50,35 @@ export class MemoryBlockDevice implements BlockDevice {
     return Promise.resolve();
   }
 
-  writeZeroes(offset: number, length: number, _fua: boolean): Promise<void> {
+  writeZeroes(offset: number, length: number, _fua: boolean, _fast: boolean): Promise<void> {
     this.bytes.fill(0, offset, offset + length);
     return Promise.resolve();
   }
+
+  /** Blocks of zeros are reported as such (never as holes: the buffer is all allocated). */
+  blockStatus(offset: number, length: number): Promise<readonly BlockExtent[]> {
+    const end = Math.min(offset + length, offset + STATUS_SCAN_BYTES);
+    const extents: BlockExtent[] = [];
+    for (let at = offset; at < end; ) {
+      const blockEnd = Math.min(at + this.blockSize, this.size);
+      const flags = isZero(this.bytes.subarray(at, blockEnd)) ? NBD_STATE_ZERO : 0;
+      const last = extents[extents.length - 1];
+      if (last && last.flags === flags) {
+        extents[extents.length - 1] = { length: last.length + (blockEnd - at), flags };
+      } else {
+        extents.push({ length: blockEnd - at, flags });
+      }
+      at = blockEnd;
+    }
+    return Promise.resolve(extents);
+  }
+}
+
+function isZero(bytes: Buffer): boolean {
+  for (const byte of bytes) {
+    if (byte !== 0) {
+      return false;
+    }
+  }
+  return true;
 }

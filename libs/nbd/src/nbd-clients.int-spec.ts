@@ -128,6 +128,30 @@ describe('NbdServer with real clients', () => {
     expect(device.bytes.equals(content)).toBe(true);
   });
 
+  itWithTools(['nbdinfo', 'qemu-img'], 'nbdinfo and qemu-img map the export through base:allocation', async () => {
+    const device = memory('map', 8 * MiB, 4096);
+    device.bytes.fill(7, MiB, 2 * MiB);
+    device.bytes.fill(9, 5 * MiB, 5 * MiB + 4096);
+    const { stdout } = await runToolOk('nbdinfo', ['--map', '--json', exportUri('map')]);
+    const map = (JSON.parse(stdout) as { offset: number; length: number; type: number }[]).map(({ offset, length, type }) => [offset, length, type]);
+    expect(map).toEqual([
+      [0, MiB, 2],
+      [MiB, MiB, 0],
+      [2 * MiB, 3 * MiB, 2],
+      [5 * MiB, 4096, 0],
+      [5 * MiB + 4096, 3 * MiB - 4096, 2],
+    ]);
+    const info = await runToolOk('nbdinfo', ['--json', exportUri('map')]);
+    expect((JSON.parse(info.stdout) as { exports: Record<string, unknown>[] }).exports[0]).toMatchObject({ can_df: true, can_fast_zero: false });
+    const qemu = await runToolOk('qemu-img', ['map', '--output=json', '-f', 'raw', exportUri('map')]);
+    const zeros = (JSON.parse(qemu.stdout) as { start: number; length: number; zero: boolean }[]).filter((e) => e.zero).map((e) => [e.start, e.length]);
+    expect(zeros).toEqual([
+      [0, MiB],
+      [2 * MiB, 3 * MiB],
+      [5 * MiB + 4096, 3 * MiB - 4096],
+    ]);
+  });
+
   itWithTools(['fio'], 'fio random writes at iodepth 16 verify with crc32c', async () => {
     memory('fio', 32 * MiB);
     const { stdout } = await runToolOk('fio', [

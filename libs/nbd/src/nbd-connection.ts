@@ -1,14 +1,20 @@
 import { type Socket } from 'node:net';
-import { type BlockDevice, type ExportEntry, type ExportListing } from './block-device';
+import { type BlockDevice, type BlockExtent, type ExportEntry, type ExportListing } from './block-device';
 import {
+  BASE_ALLOCATION,
   CLIENT_FLAGS_BYTES,
   EXPORT_NAME_REPLY_BYTES,
   EXPORT_NAME_ZEROES,
   GREETING_BYTES,
+  MAX_STATUS_DESCRIPTORS,
   MAX_STRING_BYTES,
+  NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
+  NBD_CMD_FLAG_DF,
+  NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_FLUSH,
   NBD_CMD_READ,
   NBD_CMD_TRIM,
@@ -26,6 +32,8 @@ import {
   NBD_FLAG_HAS_FLAGS,
   NBD_FLAG_NO_ZEROES,
   NBD_FLAG_READ_ONLY,
+  NBD_FLAG_SEND_DF,
+  NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
@@ -41,6 +49,13 @@ import {
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_BLOCK_STATUS,
+  NBD_REPLY_TYPE_ERROR,
+  NBD_REPLY_TYPE_OFFSET_DATA,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_POLICY,
@@ -49,13 +64,16 @@ import {
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
   NBD_REP_MAGIC,
+  NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
   NBD_REQUEST_MAGIC,
   NBD_SIMPLE_REPLY_MAGIC,
+  NBD_STRUCTURED_REPLY_MAGIC,
   OPTION_HEADER_BYTES,
   OPTION_REPLY_HEADER_BYTES,
   REQUEST_BYTES,
   SIMPLE_REPLY_BYTES,
+  STRUCTURED_REPLY_BYTES,
   isNbdErrno,
 } from './protocol';
 
@@ -108,6 +126,8 @@ const HEADER_BYTES: Record<State, number> = {
 };
 
 const TWO_32 = 0x1_0000_0000;
+/** The id of `base:allocation` in this server's NBD_OPT_SET_META_CONTEXT replies (0 means none selected). */
+const ALLOCATION_CONTEXT_ID = 1;
 const EMPTY = Buffer.alloc(0);
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -118,6 +138,11 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
  * write payloads are copied once into a buffer of exactly their size, allocated only after the
  * length has been checked. Each request is dispatched to the device as soon as it is whole, so many
  * are in flight at once and replies go out in completion order.
+ *
+ * Replies are simple until the client negotiates structured replies (NBD_OPT_STRUCTURED_REPLY). Then a
+ * read is answered with one data chunk (never split, so NBD_FLAG_SEND_DF holds for free), an error
+ * with an error chunk that says why in words, block status with one chunk for `base:allocation`, and
+ * the success of anything else with a simple reply, as the spec allows.
  */
 export class NbdConnection {
   private state: State = State.ClientFlags;
@@ -132,6 +157,12 @@ export class NbdConnection {
   private entry: ExportEntry | undefined;
   private device: BlockDevice | undefined;
   private flags = 0;
+  /** NBD_OPT_STRUCTURED_REPLY was acknowledged. */
+  private structured = false;
+  /** What the last NBD_OPT_SET_META_CONTEXT selected, and for which export name. */
+  private metaSelection: { readonly exportName: string; readonly allocation: boolean } | undefined;
+  /** In transmission: the id block status replies carry, 0 when the client selected no context. */
+  private allocationId = 0;
 
   /** The write whose payload is arriving (State.Payload) or being skipped (State.Discard). */
   private payload: Buffer = EMPTY;
@@ -142,6 +173,9 @@ export class NbdConnection {
   private payloadFua = false;
   private discardRemaining = 0;
   private pendingErrno = 0;
+  private pendingProblem = '';
+  /** Why `check` refused the request it last refused (sent to clients that take structured replies). */
+  private problem = '';
   private cookieHi = 0;
   private cookieLo = 0;
 
@@ -232,7 +266,7 @@ export class NbdConnection {
           pos += take;
           if (this.discardRemaining === 0) {
             this.state = State.RequestHeader;
-            this.reply(this.pendingErrno, this.cookieHi, this.cookieLo, undefined);
+            this.reply(this.pendingErrno, this.cookieHi, this.cookieLo, undefined, undefined, -1, this.pendingProblem);
           }
           break;
         }
@@ -349,10 +383,61 @@ export class NbdConnection {
       case NBD_OPT_GO:
         this.infoOrGo(option, data);
         return;
+      case NBD_OPT_STRUCTURED_REPLY:
+        if (data.length !== 0) {
+          this.optionError(option, NBD_REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
+          return;
+        }
+        this.structured = true;
+        this.optionReply(option, NBD_REP_ACK, EMPTY);
+        return;
+      case NBD_OPT_LIST_META_CONTEXT:
+      case NBD_OPT_SET_META_CONTEXT:
+        this.metaContext(option, data);
+        return;
       default:
-        // STARTTLS, STRUCTURED_REPLY, the metadata contexts, extended headers, and anything newer.
+        // STARTTLS, extended headers, and anything newer.
         this.optionError(option, NBD_REP_ERR_UNSUP, `option ${option} is not supported`);
     }
+  }
+
+  /**
+   * The one context offered is `base:allocation`, on every export: a device that cannot tell reports
+   * its bytes allocated and of unknown content, which the spec allows for any block. So the export
+   * name is recorded (block status works only when NBD_OPT_GO names the same export) but not looked
+   * up: resolving an export can cost its backend work.
+   */
+  private metaContext(option: number, data: Buffer): void {
+    const setting = option === NBD_OPT_SET_META_CONTEXT;
+    if (setting) {
+      // A SET replaces the selection even when it fails.
+      this.metaSelection = undefined;
+    }
+    if (!this.structured) {
+      this.optionError(option, NBD_REP_ERR_INVALID, 'metadata contexts need structured replies: send NBD_OPT_STRUCTURED_REPLY first');
+      return;
+    }
+    const parsed = parseMetaRequest(data);
+    if (typeof parsed === 'string') {
+      this.optionError(option, NBD_REP_ERR_INVALID, parsed);
+      return;
+    }
+    const { exportName, queries } = parsed;
+    // Listing: no query lists everything, and the `base:` wildcard every context of that namespace.
+    // Setting: only the full name selects. Queries of other namespaces are ignored, as the spec says.
+    const matches = setting
+      ? queries.includes(BASE_ALLOCATION)
+      : queries.length === 0 || queries.some((query) => query === 'base:' || query === BASE_ALLOCATION);
+    if (matches) {
+      const reply = Buffer.allocUnsafe(4 + BASE_ALLOCATION.length);
+      reply.writeUInt32BE(setting ? ALLOCATION_CONTEXT_ID : 0, 0);
+      reply.write(BASE_ALLOCATION, 4, 'utf8');
+      this.optionReply(option, NBD_REP_META_CONTEXT, reply);
+    }
+    if (setting) {
+      this.metaSelection = { exportName, allocation: matches };
+    }
+    this.optionReply(option, NBD_REP_ACK, EMPTY);
   }
 
   private exportName(data: Buffer): void {
@@ -363,12 +448,12 @@ export class NbdConnection {
       this.abort(`NBD_OPT_EXPORT_NAME for an unknown export`);
       return;
     }
-    const flags = transmissionFlags(entry.device);
+    const flags = transmissionFlags(entry.device, this.structured);
     const reply = Buffer.alloc(EXPORT_NAME_REPLY_BYTES + (this.noZeroes ? 0 : EXPORT_NAME_ZEROES));
     reply.writeBigUInt64BE(BigInt(entry.device.size), 0);
     reply.writeUInt16BE(flags, 8);
     this.socket.write(reply);
-    this.enterTransmission(entry, flags);
+    this.enterTransmission(entry, flags, name as string);
   }
 
   /**
@@ -409,7 +494,7 @@ export class NbdConnection {
       return;
     }
     const device = entry.device;
-    const flags = transmissionFlags(device);
+    const flags = transmissionFlags(device, this.structured);
     const exportInfo = Buffer.allocUnsafe(12);
     exportInfo.writeUInt16BE(NBD_INFO_EXPORT, 0);
     exportInfo.writeBigUInt64BE(BigInt(device.size), 2);
@@ -432,7 +517,7 @@ export class NbdConnection {
     }
     this.optionReply(option, NBD_REP_ACK, EMPTY);
     if (option === NBD_OPT_GO) {
-      this.enterTransmission(entry, flags);
+      this.enterTransmission(entry, flags, name);
     } else {
       this.release(entry);
     }
@@ -488,12 +573,14 @@ export class NbdConnection {
     return entry;
   }
 
-  private enterTransmission(entry: ExportEntry, flags: number): void {
+  private enterTransmission(entry: ExportEntry, flags: number, exportName: string): void {
     clearTimeout(this.handshakeTimer);
     this.handshakeTimer = undefined;
     this.entry = entry;
     this.device = entry.device;
     this.flags = flags;
+    const selection = this.metaSelection;
+    this.allocationId = selection !== undefined && selection.allocation && selection.exportName === exportName ? ALLOCATION_CONTEXT_ID : 0;
     this.state = State.RequestHeader;
   }
 
@@ -523,9 +610,10 @@ export class NbdConnection {
         // (however large the client says it is), then the error is sent: the stream stays in step
         // and the connection stays usable, which the spec prefers to a disconnect.
         if (length === 0) {
-          this.reply(errno, cookieHi, cookieLo, undefined);
+          this.reply(errno, cookieHi, cookieLo, undefined, undefined, -1, this.problem);
         } else {
           this.pendingErrno = errno;
+          this.pendingProblem = this.problem;
           this.discardRemaining = length;
           this.state = State.Discard;
         }
@@ -549,57 +637,78 @@ export class NbdConnection {
       return;
     }
     if (errno !== 0) {
-      this.reply(errno, cookieHi, cookieLo, undefined);
+      this.reply(errno, cookieHi, cookieLo, undefined, undefined, -1, this.problem);
       return;
     }
     this.dispatch(type, commandFlags, offset, length, cookieHi, cookieLo);
   }
 
-  /** Returns 0 when the request may go to the device, or the NBD error to answer it with. */
+  /**
+   * Returns 0 when the request may go to the device, or the NBD error to answer it with (and then
+   * says why in `problem`).
+   */
   private check(type: number, commandFlags: number, offset: number, length: number): number {
     const device = this.device as BlockDevice;
-    // FUA is valid on every command once negotiated; NO_HOLE only on WRITE_ZEROES. DF, REQ_ONE and
-    // FAST_ZERO belong to extensions we do not advertise, so they are invalid like unknown flags.
+    // FUA is valid on every command once negotiated; the others only on their own command and once
+    // advertised (DF with structured replies, FAST_ZERO with the device's fast zeroing). Anything
+    // else is invalid, like an unknown flag.
     let allowed = (this.flags & NBD_FLAG_SEND_FUA) !== 0 ? NBD_CMD_FLAG_FUA : 0;
     if (type === NBD_CMD_WRITE_ZEROES) {
-      allowed |= NBD_CMD_FLAG_NO_HOLE;
+      allowed |= NBD_CMD_FLAG_NO_HOLE | ((this.flags & NBD_FLAG_SEND_FAST_ZERO) !== 0 ? NBD_CMD_FLAG_FAST_ZERO : 0);
+    } else if (type === NBD_CMD_READ) {
+      allowed |= (this.flags & NBD_FLAG_SEND_DF) !== 0 ? NBD_CMD_FLAG_DF : 0;
+    } else if (type === NBD_CMD_BLOCK_STATUS) {
+      allowed |= NBD_CMD_FLAG_REQ_ONE;
+    }
+    if ((commandFlags & ~allowed) !== 0) {
+      return this.refuse(NBD_EINVAL, `command flags 0x${commandFlags.toString(16)} are not valid on ${commandName(type)} here`);
     }
     const writes = type === NBD_CMD_WRITE || type === NBD_CMD_TRIM || type === NBD_CMD_WRITE_ZEROES;
     if (type === NBD_CMD_FLUSH) {
       // Offset and length are reserved and MUST be zero.
-      return (commandFlags & ~allowed) !== 0 || offset !== 0 || length !== 0 ? NBD_EINVAL : 0;
+      return offset !== 0 || length !== 0 ? this.refuse(NBD_EINVAL, 'a flush carries no offset or length') : 0;
     }
-    if (!writes && type !== NBD_CMD_READ) {
-      return NBD_EINVAL;
+    if (!writes && type !== NBD_CMD_READ && type !== NBD_CMD_BLOCK_STATUS) {
+      return this.refuse(NBD_EINVAL, `command ${type} is not supported`);
     }
     if (writes && device.readOnly) {
-      return NBD_EPERM;
+      return this.refuse(NBD_EPERM, 'the export is read-only');
     }
     if (
       (type === NBD_CMD_TRIM && (this.flags & NBD_FLAG_SEND_TRIM) === 0) ||
-      (type === NBD_CMD_WRITE_ZEROES && (this.flags & NBD_FLAG_SEND_WRITE_ZEROES) === 0) ||
-      (commandFlags & ~allowed) !== 0
+      (type === NBD_CMD_WRITE_ZEROES && (this.flags & NBD_FLAG_SEND_WRITE_ZEROES) === 0)
     ) {
-      return NBD_EINVAL;
+      return this.refuse(NBD_EINVAL, `${commandName(type)} was not advertised for this export`);
+    }
+    if (type === NBD_CMD_BLOCK_STATUS && this.allocationId === 0) {
+      return this.refuse(NBD_EINVAL, 'block status needs a metadata context selected (NBD_OPT_SET_META_CONTEXT) for this export');
     }
     // The spec leaves zero-length requests unspecified (but says not to disconnect); refusing them
     // keeps backends from ever seeing an empty range.
     if (length === 0) {
-      return NBD_EINVAL;
+      return this.refuse(NBD_EINVAL, `a ${commandName(type)} of zero bytes`);
     }
-    // Only READ and WRITE carry the length as a payload; TRIM and WRITE_ZEROES may cover more.
+    // Only READ and WRITE carry the length as a payload; the others may cover more.
     if ((type === NBD_CMD_READ || type === NBD_CMD_WRITE) && length > this.ctx.maxRequestBytes) {
-      return NBD_EOVERFLOW;
+      return this.refuse(NBD_EOVERFLOW, `a ${commandName(type)} of ${length} bytes is larger than the maximum payload (${this.ctx.maxRequestBytes})`);
     }
     if (offset > device.size || length > device.size - offset) {
       // The spec's choice: ENOSPC for writing past the end, EINVAL for reading or trimming there.
-      return type === NBD_CMD_WRITE || type === NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC : NBD_EINVAL;
+      return this.refuse(
+        type === NBD_CMD_WRITE || type === NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC : NBD_EINVAL,
+        `${commandName(type)} of [${offset}, ${offset + length}) goes past the end of the export (${device.size} bytes)`,
+      );
     }
     const blockSize = device.blockSize;
     if (offset % blockSize !== 0 || (length % blockSize !== 0 && offset + length !== device.size)) {
-      return NBD_EINVAL;
+      return this.refuse(NBD_EINVAL, `${commandName(type)} of [${offset}, ${offset + length}) is not aligned to the export's ${blockSize}-byte blocks`);
     }
     return 0;
+  }
+
+  private refuse(errno: number, problem: string): number {
+    this.problem = problem;
+    return errno;
   }
 
   private startWrite(): void {
@@ -614,12 +723,12 @@ export class NbdConnection {
     try {
       done = device.write(this.payloadOffset, data, this.payloadFua);
     } catch (err) {
-      this.settle(this.errnoFor(err, 'write'), cookieHi, cookieLo, undefined, data.length);
+      this.settleFailed(err, 'write', cookieHi, cookieLo, data.length);
       return;
     }
     done.then(
       () => this.settle(0, cookieHi, cookieLo, undefined, data.length),
-      (err: unknown) => this.settle(this.errnoFor(err, 'write'), cookieHi, cookieLo, undefined, data.length),
+      (err: unknown) => this.settleFailed(err, 'write', cookieHi, cookieLo, data.length),
     );
   }
 
@@ -634,6 +743,7 @@ export class NbdConnection {
     const device = this.device as BlockDevice;
     const fua = (commandFlags & NBD_CMD_FLAG_FUA) !== 0;
     const cost = type === NBD_CMD_READ ? length : 0;
+    const what = commandName(type);
     this.inFlight++;
     this.inFlightBytes += cost;
     let done: Promise<Buffer | void>;
@@ -650,50 +760,114 @@ export class NbdConnection {
         case NBD_CMD_TRIM:
           done = trimThenFlush(device, offset, length, fua && (this.flags & NBD_FLAG_SEND_FLUSH) !== 0);
           break;
-        default:
-          done = (device.writeZeroes as NonNullable<BlockDevice['writeZeroes']>).call(device, offset, length, fua);
+        case NBD_CMD_BLOCK_STATUS:
+          done = this.blockStatus(device, offset, length, (commandFlags & NBD_CMD_FLAG_REQ_ONE) !== 0);
+          break;
+        default: {
+          const fast = (commandFlags & NBD_CMD_FLAG_FAST_ZERO) !== 0;
+          done = (device.writeZeroes as NonNullable<BlockDevice['writeZeroes']>).call(device, offset, length, fua, fast);
+        }
       }
     } catch (err) {
-      this.settle(this.errnoFor(err, commandName(type)), cookieHi, cookieLo, undefined, cost);
+      this.settleFailed(err, what, cookieHi, cookieLo, cost);
       return;
     }
     done.then(
       (data) => {
-        if (type !== NBD_CMD_READ) {
+        if (type === NBD_CMD_BLOCK_STATUS) {
+          this.settle(0, cookieHi, cookieLo, data as Buffer, cost, undefined, -1);
+        } else if (type !== NBD_CMD_READ) {
           this.settle(0, cookieHi, cookieLo, undefined, cost);
         } else if (data instanceof Buffer && data.length === length) {
-          this.settle(0, cookieHi, cookieLo, data, cost, device.release && (() => device.release?.(data)));
+          this.settle(0, cookieHi, cookieLo, data, cost, device.release && (() => device.release?.(data)), offset);
         } else {
           // A reply with the wrong amount of data would desynchronise the client's stream.
           const got = data instanceof Buffer ? `${data.length} bytes` : 'no buffer';
           this.ctx.logger.error(`nbd connection ${this.id}: device read of ${length} bytes returned ${got}`);
-          this.settle(NBD_EIO, cookieHi, cookieLo, undefined, cost);
+          this.settle(NBD_EIO, cookieHi, cookieLo, undefined, cost, undefined, -1, 'read failed on the server');
         }
       },
-      (err: unknown) => this.settle(this.errnoFor(err, commandName(type)), cookieHi, cookieLo, undefined, cost),
+      (err: unknown) => this.settleFailed(err, what, cookieHi, cookieLo, cost),
     );
   }
 
-  private errnoFor(err: unknown, what: string): number {
+  /**
+   * The payload of a NBD_REPLY_TYPE_BLOCK_STATUS chunk for [offset, offset + length): the device's
+   * extents, checked, cut at the end of the range (one extent only for REQ_ONE), neighbours with the
+   * same flags merged. A device without block status reports the range allocated.
+   */
+  private async blockStatus(device: BlockDevice, offset: number, length: number, reqOne: boolean): Promise<Buffer> {
+    const extents: readonly BlockExtent[] = device.blockStatus ? await device.blockStatus(offset, length) : [{ length, flags: 0 }];
+    const lengths: number[] = [];
+    const flags: number[] = [];
+    let covered = 0;
+    for (const extent of extents) {
+      if (!Number.isSafeInteger(extent.length) || extent.length <= 0 || !Number.isInteger(extent.flags) || extent.flags < 0 || extent.flags > 0xffff_ffff) {
+        throw new Error(`block status of [${offset}, ${offset + length}) returned an extent of ${extent.length} bytes with flags ${extent.flags}`);
+      }
+      const take = Math.min(extent.length, length - covered);
+      const last = flags.length - 1;
+      if (last >= 0 && flags[last] === extent.flags) {
+        lengths[last] = (lengths[last] as number) + take;
+      } else {
+        lengths.push(take);
+        flags.push(extent.flags);
+      }
+      covered += take;
+      // REQ_ONE: one extent, within the request (a shorter answer than the device could give is allowed).
+      if (covered === length || reqOne || lengths.length === MAX_STATUS_DESCRIPTORS) {
+        break;
+      }
+    }
+    if (lengths.length === 0) {
+      throw new Error(`block status of [${offset}, ${offset + length}) returned no extent`);
+    }
+    const count = lengths.length;
+    const payload = Buffer.allocUnsafe(4 + 8 * count);
+    payload.writeUInt32BE(this.allocationId, 0);
+    for (let i = 0; i < count; i++) {
+      payload.writeUInt32BE(lengths[i] as number, 4 + 8 * i);
+      payload.writeUInt32BE(flags[i] as number, 8 + 8 * i);
+    }
+    return payload;
+  }
+
+  private errnoFor(err: unknown, what: string): { readonly errno: number; readonly problem: string } {
     if (typeof err === 'object' && err !== null) {
       const carried = (err as { nbdErrno?: unknown }).nbdErrno;
       if (isNbdErrno(carried)) {
-        return carried;
+        // Errors that carry an NBD errno are the backend's answers to the client: their words go too.
+        return { errno: carried, problem: describe(err) };
       }
       const code = (err as { code?: unknown }).code;
       // The spec asks for host ENOSPC, EDQUOT and EFBIG to reach the client as NBD_ENOSPC.
       if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EFBIG') {
-        return NBD_ENOSPC;
+        return { errno: NBD_ENOSPC, problem: `${what} failed: no space left on the server (${String(code)})` };
       }
     }
+    // Anything else is the server's failure; its details (paths, say) stay in the server's log.
     this.ctx.logger.error(`nbd connection ${this.id}: ${what} failed: ${describe(err)}`);
-    return NBD_EIO;
+    return { errno: NBD_EIO, problem: `${what} failed on the server` };
   }
 
-  private settle(errno: number, cookieHi: number, cookieLo: number, data: Buffer | undefined, cost: number, sent?: () => void): void {
+  private settleFailed(err: unknown, what: string, cookieHi: number, cookieLo: number, cost: number): void {
+    const { errno, problem } = this.errnoFor(err, what);
+    this.settle(errno, cookieHi, cookieLo, undefined, cost, undefined, -1, problem);
+  }
+
+  private settle(
+    errno: number,
+    cookieHi: number,
+    cookieLo: number,
+    data: Buffer | undefined,
+    cost: number,
+    sent?: () => void,
+    readOffset = -1,
+    problem = '',
+  ): void {
     this.inFlight--;
     this.inFlightBytes -= cost;
-    this.reply(errno, cookieHi, cookieLo, data, sent);
+    this.reply(errno, cookieHi, cookieLo, data, sent, readOffset, problem);
     if (this.inFlight === 0) {
       if (this.closed) {
         this.releaseExport();
@@ -708,33 +882,62 @@ export class NbdConnection {
   }
 
   /**
-   * Writes one simple reply, header and data together. Replies of one event-loop turn are corked and
-   * leave in one writev; since nothing else writes between the two calls, a reply is never split by
+   * Writes one reply, header and data together. Replies of one event-loop turn are corked and leave
+   * in one writev; since nothing else writes between the two calls, a reply is never split by
    * another. `sent` runs once the socket is done with `data` (written, or dropped with the connection).
+   *
+   * Simple replies until structured replies are negotiated. Then: an error is an error chunk with
+   * `problem` as its message; `data` with a `readOffset` (0 or more) is a read's, sent as one
+   * NBD_REPLY_TYPE_OFFSET_DATA chunk; `data` without one is a block status payload; success without
+   * data stays a simple reply (never for a read: a read always has data).
    */
-  private reply(errno: number, cookieHi: number, cookieLo: number, data: Buffer | undefined, sent?: () => void): void {
+  private reply(errno: number, cookieHi: number, cookieLo: number, data: Buffer | undefined, sent?: () => void, readOffset = -1, problem = ''): void {
     const socket = this.socket;
     if (this.closed || !socket.writable) {
       sent?.();
       return;
     }
-    const header = Buffer.allocUnsafe(SIMPLE_REPLY_BYTES);
-    header.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
-    header.writeUInt32BE(errno, 4);
-    header.writeUInt32BE(cookieHi, 8);
-    header.writeUInt32BE(cookieLo, 12);
     if (!this.corked) {
       this.corked = true;
       socket.cork();
       process.nextTick(uncork, this);
     }
-    socket.write(header);
-    if (errno === 0 && data !== undefined) {
-      // The callback runs after the write completes or fails, never while the socket still holds it.
-      socket.write(data, sent);
-    } else {
-      sent?.();
+    if (!this.structured || (errno === 0 && data === undefined)) {
+      const header = Buffer.allocUnsafe(SIMPLE_REPLY_BYTES);
+      header.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
+      header.writeUInt32BE(errno, 4);
+      header.writeUInt32BE(cookieHi, 8);
+      header.writeUInt32BE(cookieLo, 12);
+      socket.write(header);
+      if (errno === 0 && data !== undefined) {
+        // The callback runs after the write completes or fails, never while the socket still holds it.
+        socket.write(data, sent);
+      } else {
+        sent?.();
+      }
+      return;
     }
+    if (errno !== 0) {
+      const message = Buffer.from(problem, 'utf8').subarray(0, MAX_STRING_BYTES);
+      const chunk = structuredHeader(NBD_REPLY_TYPE_ERROR, cookieHi, cookieLo, 6 + message.length, 6 + message.length);
+      chunk.writeUInt32BE(errno, STRUCTURED_REPLY_BYTES);
+      chunk.writeUInt16BE(message.length, STRUCTURED_REPLY_BYTES + 4);
+      message.copy(chunk, STRUCTURED_REPLY_BYTES + 6);
+      socket.write(chunk);
+      sent?.();
+      return;
+    }
+    const payload = data as Buffer;
+    if (readOffset < 0) {
+      socket.write(structuredHeader(NBD_REPLY_TYPE_BLOCK_STATUS, cookieHi, cookieLo, payload.length, 0));
+      socket.write(payload, sent);
+      return;
+    }
+    const header = structuredHeader(NBD_REPLY_TYPE_OFFSET_DATA, cookieHi, cookieLo, 8 + payload.length, 8);
+    header.writeUInt32BE(Math.floor(readOffset / TWO_32), STRUCTURED_REPLY_BYTES);
+    header.writeUInt32BE(readOffset % TWO_32, STRUCTURED_REPLY_BYTES + 4);
+    socket.write(header);
+    socket.write(payload, sent);
   }
 
   uncork(): void {
@@ -875,7 +1078,7 @@ async function trimThenFlush(device: BlockDevice, offset: number, length: number
  * says so (`capabilities.multiConn`): a device shared by all connections whose flush covers every
  * completed write (our volume backends serialise per volume), but never a per-connection overlay.
  */
-export function transmissionFlags(device: BlockDevice): number {
+export function transmissionFlags(device: BlockDevice, structured = false): number {
   const caps = device.capabilities ?? {};
   let flags = NBD_FLAG_HAS_FLAGS;
   if (device.readOnly) {
@@ -889,7 +1092,15 @@ export function transmissionFlags(device: BlockDevice): number {
     }
     if (caps.writeZeroes === true && typeof device.writeZeroes === 'function') {
       flags |= NBD_FLAG_SEND_WRITE_ZEROES;
+      if (caps.fastZero === true) {
+        flags |= NBD_FLAG_SEND_FAST_ZERO;
+      }
     }
+  }
+  if (structured) {
+    // Reads are always answered in one chunk, so "don't fragment" costs nothing to honour; the spec
+    // asks a server that supports it to say so, and only once structured replies are agreed.
+    flags |= NBD_FLAG_SEND_DF;
   }
   if (caps.multiConn === true) {
     flags |= NBD_FLAG_CAN_MULTI_CONN;
@@ -934,13 +1145,76 @@ function commandName(type: number): string {
   switch (type) {
     case NBD_CMD_READ:
       return 'read';
+    case NBD_CMD_WRITE:
+      return 'write';
     case NBD_CMD_FLUSH:
       return 'flush';
     case NBD_CMD_TRIM:
       return 'trim';
-    default:
+    case NBD_CMD_WRITE_ZEROES:
       return 'write zeroes';
+    case NBD_CMD_BLOCK_STATUS:
+      return 'block status';
+    default:
+      return `command ${type}`;
   }
+}
+
+/**
+ * A structured reply chunk's 20-byte header with room for `extra` bytes of payload after it (the
+ * fixed part the caller fills in), flagged as the request's last chunk: every reply here is one chunk.
+ */
+function structuredHeader(type: number, cookieHi: number, cookieLo: number, payloadLength: number, extra: number): Buffer {
+  const chunk = Buffer.allocUnsafe(STRUCTURED_REPLY_BYTES + extra);
+  chunk.writeUInt32BE(NBD_STRUCTURED_REPLY_MAGIC, 0);
+  chunk.writeUInt16BE(NBD_REPLY_FLAG_DONE, 4);
+  chunk.writeUInt16BE(type, 6);
+  chunk.writeUInt32BE(cookieHi, 8);
+  chunk.writeUInt32BE(cookieLo, 12);
+  chunk.writeUInt32BE(payloadLength, 16);
+  return chunk;
+}
+
+/**
+ * NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT data: 0 export name length N (u32), 4 name,
+ * 4+N number of queries (u32), then each query: length (u32), string. Returns why it is malformed
+ * when it is: the lengths must account for every byte, and every string be valid UTF-8 of at most
+ * 4096 bytes.
+ */
+function parseMetaRequest(data: Buffer): { readonly exportName: string; readonly queries: readonly string[] } | string {
+  if (data.length < 8) {
+    return 'option data is too short';
+  }
+  const nameLength = data.readUInt32BE(0);
+  if (nameLength > data.length - 8) {
+    return 'export name overruns the option';
+  }
+  const exportName = decodeName(data.subarray(4, 4 + nameLength));
+  if (exportName === undefined) {
+    return 'export name is not a valid string';
+  }
+  const count = data.readUInt32BE(4 + nameLength);
+  const queries: string[] = [];
+  let at = 8 + nameLength;
+  for (let i = 0; i < count; i++) {
+    if (data.length - at < 4) {
+      return `query ${i + 1} of ${count} overruns the option`;
+    }
+    const length = data.readUInt32BE(at);
+    if (length > data.length - at - 4) {
+      return `query ${i + 1} of ${count} overruns the option`;
+    }
+    const query = decodeName(data.subarray(at + 4, at + 4 + length));
+    if (query === undefined) {
+      return `query ${i + 1} is not a valid string`;
+    }
+    queries.push(query);
+    at += 4 + length;
+  }
+  if (at !== data.length) {
+    return 'bytes follow the last query';
+  }
+  return { exportName, queries };
 }
 
 function describe(err: unknown): string {

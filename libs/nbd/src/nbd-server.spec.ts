@@ -1,14 +1,17 @@
 import { waitFor } from '@cdp/testing';
-import { type BlockDevice, type ExportEntry, NbdError } from './block-device';
+import { type BlockDevice, type BlockExtent, type ExportEntry, NbdError } from './block-device';
 import { MemoryBlockDevice } from './memory-block-device';
 import { type NbdLogger } from './nbd-connection';
 import { NbdServer, type NbdServerOptions } from './nbd-server';
 import {
+  NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
   NBD_CMD_DISC,
   NBD_CMD_FLAG_DF,
+  NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_FLUSH,
   NBD_CMD_READ,
   NBD_CMD_TRIM,
@@ -18,11 +21,14 @@ import {
   NBD_EIO,
   NBD_ENOSPC,
   NBD_EOVERFLOW,
+  NBD_ENOTSUP,
   NBD_EPERM,
   NBD_FLAG_CAN_MULTI_CONN,
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_HAS_FLAGS,
   NBD_FLAG_READ_ONLY,
+  NBD_FLAG_SEND_DF,
+  NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
@@ -36,17 +42,26 @@ import {
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
   NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_BLOCK_STATUS,
+  NBD_REPLY_TYPE_ERROR,
+  NBD_REPLY_TYPE_OFFSET_DATA,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_POLICY,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
+  NBD_STATE_HOLE,
+  NBD_STATE_ZERO,
 } from './protocol';
-import { NbdTestClient, infoRequest, request } from './testing/nbd-test-client';
+import { NbdTestClient, type ReplyChunk, infoRequest, metaRequest, request } from './testing/nbd-test-client';
 
 const MiB = 1024 * 1024;
 
@@ -179,7 +194,7 @@ describe('NbdServer handshake', () => {
 
   it('answers options it does not implement with NBD_REP_ERR_UNSUP', async () => {
     const client = await NbdTestClient.open(h.port);
-    for (const option of [NBD_OPT_STARTTLS, NBD_OPT_STRUCTURED_REPLY, 9, 10, 11, 0x1234_5678]) {
+    for (const option of [NBD_OPT_STARTTLS, 11, 0x1234_5678]) {
       client.sendOption(option, Buffer.from('ignored'));
       const reply = await client.readOptionReply();
       expect(reply).toMatchObject({ option, type: NBD_REP_ERR_UNSUP });
@@ -481,6 +496,234 @@ describe('NbdServer transmission', () => {
     expect(disk.bytes.subarray(0, 4096).includes(1)).toBe(false);
     expect((await steady.call(NBD_CMD_READ, 0, 512, {}, 512)).error).toBe(0);
     steady.destroy();
+  });
+});
+
+describe('NbdServer structured replies and block status', () => {
+  let h: Harness;
+  let disk: MemoryBlockDevice;
+  const extents: { answer: readonly BlockExtent[]; asked: [number, number][] } = { answer: [], asked: [] };
+  const zeroings: boolean[] = [];
+
+  beforeAll(async () => {
+    disk = new MemoryBlockDevice({ size: MiB });
+    // A device that says what the test tells it to, and records what it was asked.
+    const mapped = new MemoryBlockDevice({ size: MiB, blockSize: 4096 });
+    mapped.blockStatus = (offset, length) => {
+      extents.asked.push([offset, length]);
+      return Promise.resolve(extents.answer);
+    };
+    const plain = new MemoryBlockDevice({ size: MiB });
+    Object.defineProperty(plain, 'blockStatus', { value: undefined });
+    const fast = new MemoryBlockDevice({ size: MiB, capabilities: { writeZeroes: true, fastZero: true } });
+    fast.writeZeroes = (offset, length, _fua, isFast) => {
+      zeroings.push(isFast);
+      if (isFast && offset > 0) {
+        return Promise.reject(new NbdError(NBD_ENOTSUP, 'zeroing there would cost as much as writing'));
+      }
+      disk.bytes.fill(0, offset, offset + length);
+      return Promise.resolve();
+    };
+    h = await start({ disk: () => disk, mapped: () => mapped, plain: () => plain, fast: () => fast }, { maxRequestBytes: 64 * 1024 });
+  });
+  afterAll(() => h.server.close());
+
+  /** Negotiates structured replies and, unless told otherwise, base:allocation; enters transmission. */
+  async function structured(name: string, selectFor: string | null = name): Promise<{ client: NbdTestClient; flags: number; contextId: number }> {
+    const client = await NbdTestClient.open(h.port);
+    client.sendOption(NBD_OPT_STRUCTURED_REPLY);
+    expect((await client.readOptionReply()).type).toBe(NBD_REP_ACK);
+    let contextId = 0;
+    if (selectFor !== null) {
+      client.sendOption(NBD_OPT_SET_META_CONTEXT, metaRequest(selectFor, ['base:allocation']));
+      const replies = await client.readOptionReplies();
+      expect(replies.map((r) => r.type)).toEqual([NBD_REP_META_CONTEXT, NBD_REP_ACK]);
+      contextId = (replies[0] as { data: Buffer }).data.readUInt32BE(0);
+      expect((replies[0] as { data: Buffer }).data.subarray(4).toString()).toBe('base:allocation');
+    }
+    const go = await client.negotiate(NBD_OPT_GO, name, []);
+    if (!go) {
+      throw new Error(`GO ${name} refused`);
+    }
+    return { client, flags: go.flags, contextId };
+  }
+
+  function descriptors(chunk: ReplyChunk): { id: number; extents: [number, number][] } {
+    const out: [number, number][] = [];
+    for (let at = 4; at < chunk.payload.length; at += 8) {
+      out.push([chunk.payload.readUInt32BE(at), chunk.payload.readUInt32BE(at + 4)]);
+    }
+    return { id: chunk.payload.readUInt32BE(0), extents: out };
+  }
+
+  function errorOf(chunk: ReplyChunk): { errno: number; message: string } {
+    expect(chunk).toMatchObject({ simple: false, type: NBD_REPLY_TYPE_ERROR, flags: NBD_REPLY_FLAG_DONE });
+    const length = chunk.payload.readUInt16BE(4);
+    expect(chunk.payload.length).toBe(6 + length);
+    return { errno: chunk.payload.readUInt32BE(0), message: chunk.payload.subarray(6).toString('utf8') };
+  }
+
+  it('negotiates structured replies, then lists and selects base:allocation; refuses what is malformed or early', async () => {
+    const client = await NbdTestClient.open(h.port);
+    // Metadata contexts before structured replies, and the option with data: invalid.
+    for (const option of [NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT]) {
+      client.sendOption(option, metaRequest('disk', []));
+      expect((await client.readOptionReply()).type).toBe(NBD_REP_ERR_INVALID);
+    }
+    client.sendOption(NBD_OPT_STRUCTURED_REPLY, Buffer.from([1]));
+    expect((await client.readOptionReply()).type).toBe(NBD_REP_ERR_INVALID);
+    client.sendOption(NBD_OPT_STRUCTURED_REPLY);
+    expect(await client.readOptionReply()).toMatchObject({ option: NBD_OPT_STRUCTURED_REPLY, type: NBD_REP_ACK });
+
+    const list = async (queries: string[]): Promise<string[]> => {
+      client.sendOption(NBD_OPT_LIST_META_CONTEXT, metaRequest('disk', queries));
+      const replies = await client.readOptionReplies();
+      expect(replies[replies.length - 1]?.type).toBe(NBD_REP_ACK);
+      return replies.filter((r) => r.type === NBD_REP_META_CONTEXT).map((r) => `${r.data.readUInt32BE(0)} ${r.data.subarray(4).toString()}`);
+    };
+    expect(await list([])).toEqual(['0 base:allocation']);
+    expect(await list(['base:'])).toEqual(['0 base:allocation']);
+    expect(await list(['qemu:dirty-bitmap:a', 'base:allocation'])).toEqual(['0 base:allocation']);
+    expect(await list(['qemu:allocation-depth', 'base:nothing'])).toEqual([]);
+
+    const overrun = metaRequest('disk', ['base:allocation']);
+    overrun.writeUInt32BE(1000, 0);
+    const queryOverrun = metaRequest('disk', ['base:allocation']);
+    queryOverrun.writeUInt32BE(2, 8);
+    const badUtf8 = metaRequest('disk', ['base:allocation']);
+    badUtf8[badUtf8.length - 1] = 0xff;
+    for (const data of [Buffer.alloc(7), overrun, queryOverrun, Buffer.concat([metaRequest('disk', []), Buffer.from([0])]), badUtf8]) {
+      client.sendOption(NBD_OPT_SET_META_CONTEXT, data);
+      expect((await client.readOptionReply()).type).toBe(NBD_REP_ERR_INVALID);
+    }
+    // The `base:` wildcard selects nothing when setting; the full name does.
+    client.sendOption(NBD_OPT_SET_META_CONTEXT, metaRequest('disk', ['base:']));
+    expect((await client.readOptionReplies()).map((r) => r.type)).toEqual([NBD_REP_ACK]);
+    client.sendOption(NBD_OPT_SET_META_CONTEXT, metaRequest('disk', ['x-other:thing', 'base:allocation']));
+    const set = await client.readOptionReplies();
+    expect(set.map((r) => r.type)).toEqual([NBD_REP_META_CONTEXT, NBD_REP_ACK]);
+    expect(set[0]?.data.readUInt32BE(0)).not.toBe(0);
+    const go = await client.negotiate(NBD_OPT_GO, 'disk', []);
+    expect((go?.flags ?? 0) & NBD_FLAG_SEND_DF).toBe(NBD_FLAG_SEND_DF);
+    client.destroy();
+  });
+
+  it('answers a read with one data chunk at its offset, success of other commands with simple replies', async () => {
+    const { client, flags } = await structured('disk', null);
+    expect(flags & NBD_FLAG_SEND_DF).toBe(NBD_FLAG_SEND_DF);
+    const data = Buffer.alloc(8192, 0x5c);
+    client.sendRequest(NBD_CMD_WRITE, 4096, 8192, { data, cookie: 7n });
+    expect(await client.readChunk()).toMatchObject({ simple: true, cookie: 7n, payload: Buffer.alloc(4) });
+    for (const readFlags of [0, NBD_CMD_FLAG_DF]) {
+      client.sendRequest(NBD_CMD_READ, 4096, 8192, { cookie: 0x1_0000_0002n, flags: readFlags });
+      const chunk = await client.readChunk();
+      expect(chunk).toMatchObject({ simple: false, flags: NBD_REPLY_FLAG_DONE, type: NBD_REPLY_TYPE_OFFSET_DATA, cookie: 0x1_0000_0002n });
+      expect(chunk.payload.readBigUInt64BE(0)).toBe(4096n);
+      expect(chunk.payload.subarray(8).equals(data)).toBe(true);
+    }
+    client.sendRequest(NBD_CMD_FLUSH, 0, 0, { cookie: 9n });
+    expect(await client.readChunk()).toMatchObject({ simple: true, cookie: 9n });
+    client.destroy();
+  });
+
+  it('sends errors as error chunks that say why, for reads too, and keeps the connection usable', async () => {
+    const { client } = await structured('disk', null);
+    const cases: [Buffer, number, string][] = [
+      [request(NBD_CMD_READ, MiB - 512, 1024), NBD_EINVAL, 'past the end'],
+      [request(NBD_CMD_READ, 100, 512), NBD_EINVAL, 'not aligned'],
+      [request(NBD_CMD_READ, 0, 128 * 1024), NBD_EOVERFLOW, 'maximum payload'],
+      [request(NBD_CMD_READ, 0, 512, { flags: NBD_CMD_FLAG_REQ_ONE }), NBD_EINVAL, 'flags'],
+      [request(NBD_CMD_WRITE, MiB, 512, { data: Buffer.alloc(512) }), NBD_ENOSPC, 'past the end'],
+      [request(NBD_CMD_WRITE_ZEROES, 0, 512, { flags: NBD_CMD_FLAG_FAST_ZERO }), NBD_EINVAL, 'flags'],
+      // No metadata context was selected on this connection.
+      [request(NBD_CMD_BLOCK_STATUS, 0, 512), NBD_EINVAL, 'metadata context'],
+    ];
+    for (const [bytes, errno, words] of cases) {
+      client.send(bytes);
+      const { errno: got, message } = errorOf(await client.readChunk());
+      expect([words, got]).toEqual([words, errno]);
+      expect(message).toContain(words);
+    }
+    client.sendRequest(NBD_CMD_READ, 0, 512);
+    expect((await client.readChunk()).type).toBe(NBD_REPLY_TYPE_OFFSET_DATA);
+    client.destroy();
+  });
+
+  it('reports the device\'s extents for base:allocation: cut at the request, merged, one for REQ_ONE', async () => {
+    const { client, contextId } = await structured('mapped');
+    const status = async (offset: number, length: number, flags = 0): Promise<{ id: number; extents: [number, number][] }> => {
+      client.sendRequest(NBD_CMD_BLOCK_STATUS, offset, length, { flags, cookie: 3n });
+      const chunk = await client.readChunk();
+      expect(chunk).toMatchObject({ simple: false, flags: NBD_REPLY_FLAG_DONE, type: NBD_REPLY_TYPE_BLOCK_STATUS, cookie: 3n });
+      return descriptors(chunk);
+    };
+    const HZ = NBD_STATE_HOLE | NBD_STATE_ZERO;
+    extents.answer = [
+      { length: 8192, flags: 0 },
+      { length: 4096, flags: HZ },
+      { length: 4096, flags: HZ },
+      { length: 65536, flags: 0 },
+    ];
+    expect(await status(0, 32768)).toEqual({ id: contextId, extents: [[8192, 0], [8192, HZ], [16384, 0]] });
+    expect(extents.asked.pop()).toEqual([0, 32768]);
+    expect(await status(0, 32768, NBD_CMD_FLAG_REQ_ONE)).toEqual({ id: contextId, extents: [[8192, 0]] });
+    extents.answer = [{ length: MiB, flags: HZ }];
+    expect(await status(4096, 4096, NBD_CMD_FLAG_REQ_ONE)).toEqual({ id: contextId, extents: [[4096, HZ]] });
+    // Block status is no payload: a range larger than the maximum request is fine.
+    expect(await status(0, MiB)).toEqual({ id: contextId, extents: [[MiB, HZ]] });
+    // A device that answers for less than asked is passed on as it is; the client asks again.
+    extents.answer = [{ length: 4096, flags: 0 }];
+    expect(await status(0, MiB)).toEqual({ id: contextId, extents: [[4096, 0]] });
+
+    // A broken answer is the server's failure, not a malformed reply.
+    for (const answer of [[], [{ length: 0, flags: 0 }], [{ length: 4096, flags: -1 }]]) {
+      extents.answer = answer;
+      client.sendRequest(NBD_CMD_BLOCK_STATUS, 0, 4096);
+      expect(errorOf(await client.readChunk()).errno).toBe(NBD_EIO);
+    }
+    expect(h.logged.filter((line) => line.includes('block status failed')).length).toBe(3);
+    for (const [offset, length] of [[MiB - 4096, 8192], [100, 4096], [0, 0]] as const) {
+      client.sendRequest(NBD_CMD_BLOCK_STATUS, offset, length);
+      expect(errorOf(await client.readChunk()).errno).toBe(NBD_EINVAL);
+    }
+    client.destroy();
+  });
+
+  it('reports zeros from the memory device, and a device without block status as all data', async () => {
+    disk.bytes.fill(0);
+    disk.bytes.fill(1, 4096, 4096 + 512);
+    const { client, contextId } = await structured('disk');
+    client.sendRequest(NBD_CMD_BLOCK_STATUS, 0, 16384);
+    expect(descriptors(await client.readChunk())).toEqual({ id: contextId, extents: [[4096, NBD_STATE_ZERO], [512, 0], [11776, NBD_STATE_ZERO]] });
+    client.destroy();
+    const other = await structured('plain');
+    other.client.sendRequest(NBD_CMD_BLOCK_STATUS, 0, MiB);
+    expect(descriptors(await other.client.readChunk())).toEqual({ id: other.contextId, extents: [[MiB, 0]] });
+    other.client.destroy();
+  });
+
+  it('answers block status only on the export the context was selected for', async () => {
+    const { client } = await structured('disk', 'mapped');
+    client.sendRequest(NBD_CMD_BLOCK_STATUS, 0, 4096);
+    expect(errorOf(await client.readChunk()).errno).toBe(NBD_EINVAL);
+    client.destroy();
+  });
+
+  it('advertises fast zeroing only for a device that offers it, and passes the flag on', async () => {
+    const { client, flags } = await structured('fast', null);
+    expect(flags & NBD_FLAG_SEND_FAST_ZERO).toBe(NBD_FLAG_SEND_FAST_ZERO);
+    zeroings.length = 0;
+    client.sendRequest(NBD_CMD_WRITE_ZEROES, 0, 512, { flags: NBD_CMD_FLAG_FAST_ZERO });
+    expect((await client.readChunk()).simple).toBe(true);
+    client.sendRequest(NBD_CMD_WRITE_ZEROES, 512, 512, { flags: NBD_CMD_FLAG_FAST_ZERO });
+    expect(errorOf(await client.readChunk())).toEqual({ errno: NBD_ENOTSUP, message: 'zeroing there would cost as much as writing' });
+    client.sendRequest(NBD_CMD_WRITE_ZEROES, 512, 512);
+    expect((await client.readChunk()).simple).toBe(true);
+    expect(zeroings).toEqual([true, true, false]);
+    client.destroy();
+    const plain = await structured('disk', null);
+    expect(plain.flags & NBD_FLAG_SEND_FAST_ZERO).toBe(0);
+    plain.client.destroy();
   });
 });
 

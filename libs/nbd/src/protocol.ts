@@ -1,6 +1,7 @@
 /**
  * Constants and wire layouts of the Network Block Device protocol, as this server speaks it: fixed
- * newstyle negotiation and simple replies (NetworkBlockDevice/nbd, doc/proto.md). Every integer on
+ * newstyle negotiation, simple and structured replies, and the `base:allocation` metadata context
+ * (NetworkBlockDevice/nbd, doc/proto.md). Every integer on
  * the wire is big-endian; offsets below are byte offsets within the message.
  */
 
@@ -28,6 +29,12 @@ export const NBD_OPT_STARTTLS = 5;
 export const NBD_OPT_INFO = 6;
 export const NBD_OPT_GO = 7;
 export const NBD_OPT_STRUCTURED_REPLY = 8;
+/**
+ * NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT data: 0 export name length N (u32), 4 name,
+ * 4+N number of queries (u32), then each query: length (u32), query string.
+ */
+export const NBD_OPT_LIST_META_CONTEXT = 9;
+export const NBD_OPT_SET_META_CONTEXT = 10;
 
 /**
  * Option reply header, 20 bytes: 0 reply magic 0x0003e889045565a9 (u64), 8 option being answered
@@ -40,6 +47,8 @@ export const NBD_REP_ACK = 1;
 export const NBD_REP_SERVER = 2;
 /** Data: info type (u16), then the type's payload (see NBD_INFO_*). */
 export const NBD_REP_INFO = 3;
+/** Data: metadata context id (u32; zero when listing), then the context's name (the rest). */
+export const NBD_REP_META_CONTEXT = 4;
 /** Error replies have bit 31 set; their data, if any, is a message for humans. */
 export const NBD_REP_FLAG_ERROR = 0x8000_0000;
 export const NBD_REP_ERR_UNSUP = NBD_REP_FLAG_ERROR + 1;
@@ -77,6 +86,7 @@ export const NBD_FLAG_SEND_TRIM = 1 << 5;
 export const NBD_FLAG_SEND_WRITE_ZEROES = 1 << 6;
 export const NBD_FLAG_SEND_DF = 1 << 7;
 export const NBD_FLAG_CAN_MULTI_CONN = 1 << 8;
+export const NBD_FLAG_SEND_FAST_ZERO = 1 << 11;
 
 /**
  * Request, 28 bytes: 0 magic 0x25609513 (u32), 4 command flags (u16), 6 type (u16), 8 cookie (u64,
@@ -107,6 +117,30 @@ export const NBD_CMD_FLAG_FAST_ZERO = 1 << 4;
  */
 export const NBD_SIMPLE_REPLY_MAGIC = 0x67446698;
 export const SIMPLE_REPLY_BYTES = 16;
+
+/**
+ * Structured reply chunk, 20 bytes and a payload: 0 magic 0x668e33ef (u32), 4 flags (u16), 6 type
+ * (u16), 8 the request's cookie (u64), 16 payload length (u32). Only once negotiated with
+ * NBD_OPT_STRUCTURED_REPLY; NBD_REPLY_FLAG_DONE marks a request's last chunk.
+ */
+export const NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef;
+export const STRUCTURED_REPLY_BYTES = 20;
+export const NBD_REPLY_FLAG_DONE = 1 << 0;
+/** Payload: 0 offset (u64), 8 the data. */
+export const NBD_REPLY_TYPE_OFFSET_DATA = 1;
+/** Payload: 0 metadata context id (u32), then descriptors of 8 bytes: extent length (u32), status flags (u32). */
+export const NBD_REPLY_TYPE_BLOCK_STATUS = 5;
+/** Payload: 0 error (u32, nonzero), 4 message length (u16), 6 message for humans. */
+export const NBD_REPLY_TYPE_ERROR = (1 << 15) + 1;
+
+/** The one metadata context this server offers, and its status flags. */
+export const BASE_ALLOCATION = 'base:allocation';
+/** Not allocated in the backing storage. */
+export const NBD_STATE_HOLE = 1 << 0;
+/** Reads as zeros. */
+export const NBD_STATE_ZERO = 1 << 1;
+/** The most descriptors one block status chunk may carry (the spec's SHOULD NOT exceed). */
+export const MAX_STATUS_DESCRIPTORS = 1 << 20;
 
 /** Error values of the reply (the protocol's own numbering, not the host's errno). */
 export const NBD_EPERM = 1;

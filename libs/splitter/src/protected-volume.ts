@@ -1,6 +1,6 @@
 import { closeSync, constants, fdatasync as fdatasyncCb, ftruncateSync, fstatSync, openSync, read as readCb, readSync, write as writeCb, writeSync, writev as writevCb, writevSync } from 'node:fs';
 import { type Volume } from '@cdp/domain';
-import { adviseRandomAccess, type FileRange, nextDataRange } from './native-file';
+import { adviseRandomAccess, type FileRange, nextDataRange } from '@cdp/native-file';
 
 /** `fs.fdatasync` looked up at each call, so that tests can make one slow or fail. */
 const fdatasync = (fd: number): Promise<void> => new Promise((resolve, reject) => fdatasyncCb(fd, (err) => (err ? reject(err) : resolve())));
@@ -26,7 +26,7 @@ const writevAt = (fd: number, buffers: readonly Buffer[], position: number): Pro
  * The page cache must hold the volume in small folios, or every later 4 KiB write costs the kernel a
  * walk over a large one (docs/architecture.md, "Large folios in the volume's page cache"): so no
  * write call spans more than 64 KiB of the file (large batches are cut, and their pieces go to the
- * thread pool side by side), and readahead is off for the file (native-file.ts).
+ * thread pool side by side), and readahead is off for the file (`@cdp/native-file`).
  */
 export class ProtectedVolume {
   private dirty = false;
@@ -36,7 +36,7 @@ export class ProtectedVolume {
   private constructor(
     readonly volume: Volume,
     private readonly fd: number,
-    /** Null when the kernel's readahead is off for this file (see native-file.ts), else why it is not. */
+    /** Null when the kernel's readahead is off for this file (see `@cdp/native-file`), else why it is not. */
     readonly readaheadOn: string | null,
   ) {}
 
@@ -122,7 +122,7 @@ export class ProtectedVolume {
   /**
    * The parts of [offset, end) that are not all zeros now, in order: windows of PIECE_BYTES of the
    * file (cut at `offset` and `end`), neighbours merged. The file system's holes are skipped without
-   * being read (lseek's SEEK_DATA, see native-file.ts); the rest is read a ZERO_SCAN_BYTES chunk at a
+   * being read (lseek's SEEK_DATA, see `@cdp/native-file`); the rest is read a ZERO_SCAN_BYTES chunk at a
    * time, on the thread pool, and looked at. A write that lands while the scan runs may or may not be
    * seen: the caller treats it as concurrent with the scan.
    */

@@ -10,6 +10,7 @@ import {
   NBD_REP_INFO,
   NBD_REQUEST_MAGIC,
   NBD_SIMPLE_REPLY_MAGIC,
+  NBD_STRUCTURED_REPLY_MAGIC,
 } from '../protocol';
 
 export interface OptionReply {
@@ -22,6 +23,16 @@ export interface SimpleReply {
   readonly error: number;
   readonly cookie: bigint;
   readonly data: Buffer | undefined;
+}
+
+/** A structured reply chunk (or, where the server may use one, a simple reply: `simple` true). */
+export interface ReplyChunk {
+  readonly simple: boolean;
+  readonly flags: number;
+  readonly type: number;
+  readonly cookie: bigint;
+  /** The chunk's payload; for a simple reply, its error in the first four bytes. */
+  readonly payload: Buffer;
 }
 
 export interface Negotiated {
@@ -231,6 +242,25 @@ export class NbdTestClient {
     return { error, cookie, data };
   }
 
+  /**
+   * The next reply once structured replies are negotiated: a chunk, or a simple reply (which carries
+   * no data then).
+   */
+  async readChunk(): Promise<ReplyChunk> {
+    const magic = (await this.read(4)).readUInt32BE(0);
+    if (magic === NBD_SIMPLE_REPLY_MAGIC) {
+      const rest = await this.read(12);
+      return { simple: true, flags: 0, type: 0, cookie: rest.readBigUInt64BE(4), payload: Buffer.from(rest.subarray(0, 4)) };
+    }
+    if (magic !== NBD_STRUCTURED_REPLY_MAGIC) {
+      throw new Error(`bad reply magic 0x${magic.toString(16)}`);
+    }
+    const header = Buffer.from(await this.read(16));
+    const length = header.readUInt32BE(12);
+    const payload = length > 0 ? Buffer.from(await this.read(length)) : Buffer.alloc(0);
+    return { simple: false, flags: header.readUInt16BE(0), type: header.readUInt16BE(2), cookie: header.readBigUInt64BE(4), payload };
+  }
+
   /** One request, one reply (no pipelining). */
   async call(type: number, offset: number | bigint, length: number, options: RequestOptions = {}, readLength = 0): Promise<SimpleReply> {
     this.sendRequest(type, offset, length, options);
@@ -272,6 +302,15 @@ export function infoRequest(name: string, infos: readonly number[]): Buffer {
   out.writeUInt16BE(infos.length, 4 + nameBytes.length);
   infos.forEach((info, i) => out.writeUInt16BE(info, 6 + nameBytes.length + 2 * i));
   return out;
+}
+
+/** NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT data: name length, name, count, then length + query each (all u32 lengths). */
+export function metaRequest(name: string, queries: readonly string[]): Buffer {
+  const parts = [u32(Buffer.byteLength(name)), Buffer.from(name, 'utf8'), u32(queries.length)];
+  for (const query of queries) {
+    parts.push(u32(Buffer.byteLength(query)), Buffer.from(query, 'utf8'));
+  }
+  return Buffer.concat(parts);
 }
 
 export function u32(value: number): Buffer {
