@@ -95,6 +95,8 @@ describe('protected volumes over NBD', () => {
         can_fua: true,
         can_trim: true,
         can_zero: true,
+        can_fast_zero: true,
+        can_df: true,
         can_multi_conn: true,
       });
       expect(info?.['description']).toMatch(/^VPG nbd, VM (app-01|db-01), volume (root|data): 16 MiB/);
@@ -104,7 +106,7 @@ describe('protected volumes over NBD', () => {
     expect(names).toEqual(['nbd/app-01/root', 'nbd/db-01/data']);
   });
 
-  itWithTools(['qemu-io'], 'qemu-io writes patterns, FUA writes, zeroes and discards, captured and read back', async () => {
+  itWithTools(['qemu-io', 'nbdinfo'], 'qemu-io writes patterns, FUA writes, zeroes and discards, captured and read back; nbdinfo maps them', async () => {
     const before = await lastSeq();
     const { stdout } = await runToolOk('qemu-io', [
       '-f', 'raw', uri('nbd/app-01/root'),
@@ -137,6 +139,18 @@ describe('protected volumes over NBD', () => {
     // The HTTP read path sees the same volume.
     const { data: viaHttp } = await api.bytes(`/splitter/vpgs/${vpg.id}/volumes/${root().id}/data?offset=${MiB}&length=4096`);
     expect(viaHttp.equals(Buffer.alloc(4096, 0xcd))).toBe(true);
+
+    // Block status (base:allocation): data where writes landed (the zeroing over data wrote zeros into
+    // its 64 KiB window), holes that read as zeros where none did, the zeroing over zeros included.
+    const map = JSON.parse((await runToolOk('nbdinfo', ['--map', '--json', uri('nbd/app-01/root')])).stdout) as { offset: number; length: number; type: number }[];
+    expect(map.map(({ offset, length, type }) => [offset, length, type])).toEqual([
+      [0, 64 * 1024, 0],
+      [64 * 1024, MiB - 64 * 1024, 3],
+      [MiB, 4096, 0],
+      [MiB + 4096, 2 * MiB - 4096, 3],
+      [3 * MiB, 2 * MiB, 0],
+      [5 * MiB, 11 * MiB, 3],
+    ]);
   });
 
   itWithTools(['fio'], 'fio random writes at iodepth 16 verify with crc32c', async () => {

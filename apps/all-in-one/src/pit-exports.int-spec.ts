@@ -151,6 +151,61 @@ describe('point-in-time exports over NBD', () => {
     expect((await api.ok<{ exports: PitExport[] }>('GET', '/exports')).exports).toEqual([]);
   });
 
+  itWithTools(['nbdinfo', 'nbdcopy', 'qemu-io'], "maps an export's allocation: holes where no write reached, which a copy skips", async () => {
+    // A volume of three 64 MiB index regions with three writes, one across a region boundary.
+    const sparse = await createProtectedVpg(api, { name: 'sparse exports', vms: [{ name: 'vm', volumes: [{ name: 'disk', sizeBytes: 192 * MiB, blockSize: 512 }] }] });
+    const volume = sparse.vms[0]!.volumes[0]!;
+    const image = Buffer.alloc(volume.sizeBytes);
+    for (const [offset, length] of [[0, 65536], [70 * MiB + 512, 1024], [128 * MiB - 4096, 8192]] as const) {
+      const data = randomBuffer(random, length);
+      await api.write(sparse.id, volume.id, offset, data);
+      data.copy(image, offset);
+    }
+    const checkpoint = (await api.ok<{ checkpoint: Checkpoint }>('POST', `/vpgs/${sparse.id}/checkpoints?waitMs=30000`, { name: 'sparse' })).checkpoint;
+    const HOLE = 3;
+    const map = async (url: string): Promise<[number, number, number][]> => {
+      const extents = JSON.parse((await runToolOk('nbdinfo', ['--map', '--json', url])).stdout) as { offset: number; length: number; type: number }[];
+      return extents.map(({ offset, length, type }) => [offset, length, type]);
+    };
+
+    const readOnly = await api.ok<PitExport>('POST', `/vpgs/${sparse.id}/checkpoints/${checkpoint.id}/exports`, { volumeId: volume.id });
+    expect(await map(readOnly.url)).toEqual([
+      [0, 65536, 0],
+      [65536, 70 * MiB + 512 - 65536, HOLE],
+      [70 * MiB + 512, 1024, 0],
+      [70 * MiB + 1536, 58 * MiB - 5632, HOLE],
+      [128 * MiB - 4096, 8192, 0],
+      [128 * MiB + 4096, 64 * MiB - 4096, HOLE],
+    ]);
+    const out = join(testApp.dataDir, `sparse-${readOnly.id}.img`);
+    await runToolOk('nbdcopy', [readOnly.url, out]);
+    expect(readFileSync(out).equals(image)).toBe(true);
+    // The copy skipped the holes rather than write 192 MiB of zeros.
+    expect(statSync(out).blocks * 512).toBeLessThan(MiB);
+    expect((await api.json('DELETE', `/exports/${readOnly.id}`)).status).toBe(204);
+
+    // A writable export: the overlay's writes are data, zeroing over blocks it never took a hole.
+    const writable = await api.ok<PitExport>('POST', `/vpgs/${sparse.id}/checkpoints/${checkpoint.id}/exports`, { volumeId: volume.id, writable: true });
+    await runToolOk('qemu-io', ['-f', 'raw', writable.url, '-c', `write -P 0x77 ${100 * MiB} 4096`, '-c', 'write -z 0 32768']);
+    expect(await map(writable.url)).toEqual([
+      [0, 32768, HOLE],
+      [32768, 32768, 0],
+      [65536, 70 * MiB + 512 - 65536, HOLE],
+      [70 * MiB + 512, 1024, 0],
+      [70 * MiB + 1536, 30 * MiB - 1536, HOLE],
+      [100 * MiB, 4096, 0],
+      [100 * MiB + 4096, 28 * MiB - 8192, HOLE],
+      [128 * MiB - 4096, 8192, 0],
+      [128 * MiB + 4096, 64 * MiB - 4096, HOLE],
+    ]);
+    image.fill(0, 0, 32768);
+    image.fill(0x77, 100 * MiB, 100 * MiB + 4096);
+    const copied = join(testApp.dataDir, `sparse-${writable.id}.img`);
+    await runToolOk('nbdcopy', [writable.url, copied]);
+    expect(readFileSync(copied).equals(image)).toBe(true);
+    expect((await api.json('DELETE', `/exports/${writable.id}`)).status).toBe(204);
+  });
+
   it('rejects bad export requests and changes nothing', async () => {
     const checkpoint = (await api.ok<Checkpoint[]>('GET', `/vpgs/${vpg.id}/checkpoints?limit=1`))[0]!;
     const volumeId = vpg.vms[0]!.volumes[0]!.id;

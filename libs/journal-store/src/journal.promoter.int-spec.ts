@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type DataSource } from 'typeorm';
 import { decodeRecord, encodeCheckpointRecord, encodeWriteRecord, peekRecordLength, recordSeq } from '@cdp/contracts';
 import { createDataSource, migrations, runMigrations } from '@cdp/database';
+import { fileRuns } from '@cdp/native-file';
 import {
   ReferenceModel,
   createTestDatabase,
@@ -163,8 +165,60 @@ describe('JournalPromoter', () => {
         if (!got.equals(want)) {
           throw new Error(`checkpoint ${checkpoint.index} (cut ${checkpoint.cut}), volume ${volumeIndex} differs from the model`);
         }
+        await expectAllocationExact(checkpoint.cut, volumeIndex, want);
       }
     }
+  }
+
+  /**
+   * What a view's block status says at `cut`: runs that tile the volume, holes only where the image
+   * reads as zeros, and data exactly over the journal writes after the replica and the replica file's
+   * own data (asked a few runs at a time, so answers that end early are continued from where they end).
+   */
+  async function expectAllocationExact(cut: number, volumeIndex: number, want: Buffer): Promise<void> {
+    const size = VOLUME_SIZES[volumeIndex]!;
+    const { replicaSeq } = await journalState();
+    const view = await reader.openView(vpgId, volumeIndex, size, cut);
+    const data: [number, number][] = [];
+    try {
+      for (let at = 0; at < size; ) {
+        const runs = await view.allocation(at, size - at, 3);
+        expect(runs.length).toBeGreaterThan(0);
+        expect(runs.length).toBeLessThanOrEqual(3);
+        for (const run of runs) {
+          expect(run.start).toBe(at);
+          expect(run.end).toBeGreaterThan(run.start);
+          if (run.data) {
+            addRange(data, run.start, run.end);
+          } else if (!want.subarray(run.start, run.end).every((b) => b === 0)) {
+            throw new Error(`cut ${cut}, volume ${volumeIndex}: [${run.start}, ${run.end}) is called a hole but does not read as zeros`);
+          }
+          at = run.end;
+        }
+      }
+    } finally {
+      await view.close();
+    }
+    const expected: [number, number][] = [];
+    const replica = replicaFile(dir.path, vpgId, volumeIndex);
+    if (existsSync(replica)) {
+      const fd = openSync(replica, 'r');
+      try {
+        for (const run of fileRuns(fd, 0, size, 1_000_000).filter((r) => r.data)) {
+          addRange(expected, run.start, run.end);
+        }
+      } finally {
+        closeSync(fd);
+      }
+    }
+    for (const w of model.all()) {
+      if (w.volumeId === String(volumeIndex) && w.seq > replicaSeq && w.seq <= cut) {
+        addRange(expected, w.offset, w.offset + w.data.length);
+      }
+    }
+    expect(data).toEqual(expected);
+    // Not everything is data: the test would pass a view that called all of it allocated otherwise.
+    expect(data.reduce((sum, [a, b]) => sum + b - a, 0)).toBeLessThan(size);
   }
 
   async function journalState(): Promise<{ replicaSeq: number; minWriteSeq: number | null }> {
@@ -435,3 +489,21 @@ describe('JournalPromoter', () => {
     await expectRemainingBitExact([newest, { id, cut: seq + 1, index: CHECKPOINTS }]);
   });
 });
+
+/** Adds [start, end) to a sorted list of disjoint ranges, merging where they overlap or touch. */
+function addRange(ranges: [number, number][], start: number, end: number): void {
+  let lo = start;
+  let hi = end;
+  const kept: [number, number][] = [];
+  for (const [a, b] of ranges) {
+    if (b < lo || a > hi) {
+      kept.push([a, b]);
+    } else {
+      lo = Math.min(lo, a);
+      hi = Math.max(hi, b);
+    }
+  }
+  kept.push([lo, hi]);
+  kept.sort((x, y) => x[0] - y[0]);
+  ranges.splice(0, ranges.length, ...kept);
+}

@@ -1,7 +1,7 @@
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir, type TempDir } from '@cdp/testing';
-import { adviseRandomAccess, nextDataRange } from './native-file';
+import { adviseRandomAccess, fileRuns, nextDataRange } from './native-file';
 
 const MiB = 1024 * 1024;
 
@@ -48,5 +48,37 @@ describe('native file calls', () => {
     }
     // A descriptor lseek refuses: the whole range, for the caller's read to fail on with its own error.
     expect(nextDataRange(fd, 0, MiB)).toEqual({ start: 0, end: MiB });
+  });
+
+  it('cuts a range into runs of data and holes, at most as many as asked for', () => {
+    const fd = openSync(join(dir.path, 'runs'), 'w+');
+    try {
+      ftruncateSync(fd, 16 * MiB);
+      writeSync(fd, Buffer.alloc(4096, 1), 0, 4096, MiB);
+      writeSync(fd, Buffer.alloc(4096, 1), 0, 4096, 2 * MiB);
+      expect(fileRuns(fd, 0, 16 * MiB, 100)).toEqual([
+        { start: 0, end: MiB, data: false },
+        { start: MiB, end: MiB + 4096, data: true },
+        { start: MiB + 4096, end: 2 * MiB, data: false },
+        { start: 2 * MiB, end: 2 * MiB + 4096, data: true },
+        { start: 2 * MiB + 4096, end: 16 * MiB, data: false },
+      ]);
+      expect(fileRuns(fd, MiB + 2048, 2 * MiB + 1024, 100)).toEqual([
+        { start: MiB + 2048, end: MiB + 4096, data: true },
+        { start: MiB + 4096, end: 2 * MiB, data: false },
+        { start: 2 * MiB, end: 2 * MiB + 1024, data: true },
+      ]);
+      expect(fileRuns(fd, 0, 16 * MiB, 3)).toEqual([
+        { start: 0, end: MiB, data: false },
+        { start: MiB, end: MiB + 4096, data: true },
+        { start: MiB + 4096, end: 2 * MiB, data: false },
+      ]);
+      expect(fileRuns(fd, 0, 16 * MiB, 1)).toEqual([{ start: 0, end: MiB, data: false }]);
+      expect(fileRuns(fd, 4 * MiB, 4 * MiB, 10)).toEqual([]);
+    } finally {
+      closeSync(fd);
+    }
+    // Where lseek cannot tell: all data.
+    expect(fileRuns(fd, 0, MiB, 10)).toEqual([{ start: 0, end: MiB, data: true }]);
   });
 });

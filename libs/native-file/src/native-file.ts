@@ -86,3 +86,35 @@ export function nextDataRange(fd: number, at: number, end: number): FileRange | 
   return { start, end: hole < 0 ? end : Math.min(hole, end) };
 }
 
+
+/** A stretch of a file that holds data, or a hole (which reads as zeros). */
+export interface FileRun extends FileRange {
+  readonly data: boolean;
+}
+
+/**
+ * [start, end) of the file as alternating runs of data and holes, in order (lseek's SEEK_DATA and
+ * SEEK_HOLE, see `nextDataRange`), at most `limit` of them: the last may end before `end`, and the
+ * caller asks again from there. Where the addon is missing or the file system cannot tell, one run
+ * of data: never wrong, only less informative.
+ */
+export function fileRuns(fd: number, start: number, end: number, limit: number): FileRun[] {
+  const runs: FileRun[] = [];
+  let at = start;
+  while (at < end && runs.length < limit) {
+    const data = nextDataRange(fd, at, end);
+    if (!data) {
+      runs.push({ start: at, end, data: false });
+      break;
+    }
+    if (data.start > at) {
+      runs.push({ start: at, end: data.start, data: false });
+      if (runs.length === limit) {
+        break;
+      }
+    }
+    runs.push({ start: data.start, end: data.end, data: true });
+    at = data.end;
+  }
+  return runs;
+}

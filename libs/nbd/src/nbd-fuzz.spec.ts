@@ -10,6 +10,7 @@ import {
   NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_FLUSH,
   NBD_CMD_READ,
   NBD_CMD_TRIM,
@@ -19,9 +20,18 @@ import {
   NBD_ENOSPC,
   NBD_EOVERFLOW,
   NBD_OPT_GO,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_BLOCK_STATUS,
+  NBD_REPLY_TYPE_ERROR,
+  NBD_REPLY_TYPE_OFFSET_DATA,
+  NBD_REP_ACK,
   NBD_REP_MAGIC,
+  NBD_REP_META_CONTEXT,
+  NBD_STATE_ZERO,
 } from './protocol';
-import { NbdTestClient, infoRequest, request } from './testing/nbd-test-client';
+import { NbdTestClient, infoRequest, metaRequest, request } from './testing/nbd-test-client';
 
 const SIZE = 256 * 1024;
 const MAX = 16 * 1024;
@@ -34,13 +44,21 @@ interface Req {
   readonly fill: number;
 }
 
-/** What the spec (and our documented choices) say the answer to a request is, from its fields alone. */
-function expectedError({ type, flags, offset, length }: Req): number {
-  const allowed = NBD_CMD_FLAG_FUA | (type === NBD_CMD_WRITE_ZEROES ? NBD_CMD_FLAG_NO_HOLE : 0);
+/**
+ * What the spec (and our documented choices) say the answer to a request is, from its fields alone.
+ * `structured`: the connection negotiated structured replies and selected base:allocation, which
+ * makes DF valid on reads and block status (with REQ_ONE) a command.
+ */
+function expectedError({ type, flags, offset, length }: Req, structured: boolean): number {
+  let allowed = NBD_CMD_FLAG_FUA | (type === NBD_CMD_WRITE_ZEROES ? NBD_CMD_FLAG_NO_HOLE : 0);
+  if (structured) {
+    allowed |= type === NBD_CMD_READ ? NBD_CMD_FLAG_DF : type === NBD_CMD_BLOCK_STATUS ? NBD_CMD_FLAG_REQ_ONE : 0;
+  }
   if (type === NBD_CMD_FLUSH) {
     return (flags & ~allowed) !== 0 || offset !== 0n || length !== 0 ? NBD_EINVAL : 0;
   }
-  if (![NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES].includes(type) || (flags & ~allowed) !== 0 || length === 0) {
+  const commands = [NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES, ...(structured ? [NBD_CMD_BLOCK_STATUS] : [])];
+  if (!commands.includes(type) || (flags & ~allowed) !== 0 || length === 0) {
     return NBD_EINVAL;
   }
   if ((type === NBD_CMD_READ || type === NBD_CMD_WRITE) && length > MAX) {
@@ -54,12 +72,12 @@ function expectedError({ type, flags, offset, length }: Req): number {
 
 const requestArb: fc.Arbitrary<Req> = fc.record({
   type: fc.oneof(
-    { weight: 8, arbitrary: fc.constantFrom(NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES, NBD_CMD_FLUSH) },
-    { weight: 1, arbitrary: fc.constantFrom(NBD_CMD_CACHE, NBD_CMD_BLOCK_STATUS, 8, 0xffff) },
+    { weight: 8, arbitrary: fc.constantFrom(NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES, NBD_CMD_FLUSH, NBD_CMD_BLOCK_STATUS) },
+    { weight: 1, arbitrary: fc.constantFrom(NBD_CMD_CACHE, 8, 0xffff) },
   ),
   flags: fc.oneof(
     { weight: 6, arbitrary: fc.constant(0) },
-    { weight: 3, arbitrary: fc.constantFrom(NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO) },
+    { weight: 3, arbitrary: fc.constantFrom(NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_REQ_ONE) },
     { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff }) },
   ),
   offset: fc.oneof(
@@ -109,46 +127,81 @@ describe('NbdServer under random input', () => {
 
   afterAll(() => server.close());
 
-  it('answers random request streams exactly as the spec says, in any chunking', async () => {
+  it('answers random request streams exactly as the spec says, in any chunking, with simple or structured replies', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(requestArb, { minLength: 1, maxLength: 24 }), fc.array(fc.integer({ min: 1, max: 300 }), { maxLength: 40 }), async (reqs, cuts) => {
-        const client = await NbdTestClient.go(port, 'disk');
-        const model = Buffer.alloc(SIZE);
-        const expected = new Map<bigint, { error: number; data?: Buffer; length: number }>();
-        const wire: Buffer[] = [];
-        reqs.forEach((r, i) => {
-          const error = expectedError(r);
-          const off = Number(r.offset);
-          const data = r.type === NBD_CMD_WRITE ? Buffer.alloc(r.length, r.fill) : undefined;
-          let readData: Buffer | undefined;
-          if (error === 0) {
-            if (r.type === NBD_CMD_READ) {
-              readData = Buffer.from(model.subarray(off, off + r.length));
-            } else if (r.type === NBD_CMD_WRITE) {
-              model.fill(r.fill, off, off + r.length);
-            } else if (r.type === NBD_CMD_TRIM || r.type === NBD_CMD_WRITE_ZEROES) {
-              model.fill(0, off, off + r.length);
+      fc.asyncProperty(
+        fc.array(requestArb, { minLength: 1, maxLength: 24 }),
+        fc.array(fc.integer({ min: 1, max: 300 }), { maxLength: 40 }),
+        fc.boolean(),
+        async (reqs, cuts, structured) => {
+          const client = structured ? await goStructured(port) : await NbdTestClient.go(port, 'disk');
+          const model = Buffer.alloc(SIZE);
+          const expected = new Map<bigint, { error: number; data?: Buffer; length: number; offset: number; status?: [number, number][] }>();
+          const wire: Buffer[] = [];
+          reqs.forEach((r, i) => {
+            const error = expectedError(r, structured);
+            const off = Number(r.offset);
+            const data = r.type === NBD_CMD_WRITE ? Buffer.alloc(r.length, r.fill) : undefined;
+            let readData: Buffer | undefined;
+            let status: [number, number][] | undefined;
+            if (error === 0) {
+              if (r.type === NBD_CMD_BLOCK_STATUS) {
+                status = zeroMap(model.subarray(off, off + r.length));
+                status = (r.flags & NBD_CMD_FLAG_REQ_ONE) !== 0 ? status.slice(0, 1) : status;
+              } else if (r.type === NBD_CMD_READ) {
+                readData = Buffer.from(model.subarray(off, off + r.length));
+              } else if (r.type === NBD_CMD_WRITE) {
+                model.fill(r.fill, off, off + r.length);
+              } else if (r.type === NBD_CMD_TRIM || r.type === NBD_CMD_WRITE_ZEROES) {
+                model.fill(0, off, off + r.length);
+              }
+            }
+            expected.set(BigInt(i), { error, data: readData, length: r.length, offset: off, status });
+            wire.push(request(r.type, r.offset, r.length, { flags: r.flags, cookie: BigInt(i), data }));
+          });
+          wire.push(request(NBD_CMD_DISC, 0, 0));
+          sendInPieces(client, Buffer.concat(wire), cuts);
+          for (let n = 0; n < reqs.length; n++) {
+            if (!structured) {
+              const header = await client.read(16);
+              const cookie = header.readBigUInt64BE(8);
+              const want = expected.get(cookie);
+              expect(want).toBeDefined();
+              expected.delete(cookie);
+              expect(header.readUInt32BE(4)).toBe(want?.error);
+              if (want?.data !== undefined) {
+                expect((await client.read(want.length)).equals(want.data)).toBe(true);
+              }
+              continue;
+            }
+            const chunk = await client.readChunk();
+            const want = expected.get(chunk.cookie);
+            expect(want).toBeDefined();
+            expected.delete(chunk.cookie);
+            if (want!.error !== 0) {
+              // Every error, a read's too, is one error chunk that ends the reply.
+              expect(chunk).toMatchObject({ simple: false, type: NBD_REPLY_TYPE_ERROR, flags: NBD_REPLY_FLAG_DONE });
+              expect(chunk.payload.readUInt32BE(0)).toBe(want!.error);
+              expect(chunk.payload.readUInt16BE(4)).toBe(chunk.payload.length - 6);
+            } else if (want!.data !== undefined) {
+              expect(chunk).toMatchObject({ simple: false, type: NBD_REPLY_TYPE_OFFSET_DATA, flags: NBD_REPLY_FLAG_DONE });
+              expect(chunk.payload.readBigUInt64BE(0)).toBe(BigInt(want!.offset));
+              expect(chunk.payload.subarray(8).equals(want!.data)).toBe(true);
+            } else if (want!.status !== undefined) {
+              expect(chunk).toMatchObject({ simple: false, type: NBD_REPLY_TYPE_BLOCK_STATUS, flags: NBD_REPLY_FLAG_DONE });
+              const got: [number, number][] = [];
+              for (let at = 4; at < chunk.payload.length; at += 8) {
+                got.push([chunk.payload.readUInt32BE(at), chunk.payload.readUInt32BE(at + 4)]);
+              }
+              expect(got).toEqual(want!.status);
+            } else {
+              expect(chunk).toMatchObject({ simple: true, payload: Buffer.alloc(4) });
             }
           }
-          expected.set(BigInt(i), { error, data: readData, length: r.length });
-          wire.push(request(r.type, r.offset, r.length, { flags: r.flags, cookie: BigInt(i), data }));
-        });
-        wire.push(request(NBD_CMD_DISC, 0, 0));
-        sendInPieces(client, Buffer.concat(wire), cuts);
-        for (let n = 0; n < reqs.length; n++) {
-          const header = await client.read(16);
-          const cookie = header.readBigUInt64BE(8);
-          const want = expected.get(cookie);
-          expect(want).toBeDefined();
-          expected.delete(cookie);
-          expect(header.readUInt32BE(4)).toBe(want?.error);
-          if (want?.data !== undefined) {
-            expect((await client.read(want.length)).equals(want.data)).toBe(true);
-          }
-        }
-        expect(await client.closesWithin(2000)).toBe(true);
-      }),
-      { numRuns: 60 },
+          expect(await client.closesWithin(2000)).toBe(true);
+        },
+      ),
+      { numRuns: 80 },
     );
   });
 
@@ -200,6 +253,34 @@ describe('NbdServer under random input', () => {
     );
   });
 });
+
+/** Structured replies and base:allocation negotiated, then transmission on 'disk'. */
+async function goStructured(port: number): Promise<NbdTestClient> {
+  const client = await NbdTestClient.open(port);
+  client.sendOption(NBD_OPT_STRUCTURED_REPLY);
+  expect((await client.readOptionReply()).type).toBe(NBD_REP_ACK);
+  client.sendOption(NBD_OPT_SET_META_CONTEXT, metaRequest('disk', ['base:allocation']));
+  expect((await client.readOptionReplies()).map((r) => r.type)).toEqual([NBD_REP_META_CONTEXT, NBD_REP_ACK]);
+  if ((await client.negotiate(NBD_OPT_GO, 'disk', [])) === undefined) {
+    throw new Error('GO refused');
+  }
+  return client;
+}
+
+/** What the memory device reports for these bytes: 512-byte blocks of zeros or not, neighbours merged. */
+function zeroMap(bytes: Buffer): [number, number][] {
+  const out: [number, number][] = [];
+  for (let at = 0; at < bytes.length; at += 512) {
+    const flags = bytes.subarray(at, at + 512).every((b) => b === 0) ? NBD_STATE_ZERO : 0;
+    const last = out[out.length - 1];
+    if (last && last[1] === flags) {
+      last[0] += Math.min(512, bytes.length - at);
+    } else {
+      out.push([Math.min(512, bytes.length - at), flags]);
+    }
+  }
+  return out;
+}
 
 function sendInPieces(client: NbdTestClient, bytes: Buffer, cuts: readonly number[]): void {
   let pos = 0;

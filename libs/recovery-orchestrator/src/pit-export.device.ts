@@ -1,12 +1,15 @@
 import { constants } from 'node:fs';
 import { open, rm, type FileHandle } from 'node:fs/promises';
-import { type BlockDevice, type DeviceCapabilities } from '@cdp/nbd';
+import { type BlockDevice, type BlockExtent, type DeviceCapabilities, NBD_STATE_HOLE, NBD_STATE_ZERO } from '@cdp/nbd';
 import { type PitView } from '@cdp/journal-store';
+import { type FileRun, fileRuns } from '@cdp/native-file';
 
 /** Overlay bookkeeping is kept per 1 MiB region, so a large, mostly untouched volume costs nothing. */
 const REGION_BYTES = 1024 * 1024;
 // Never written to: what zeroing writes over blocks the overlay took.
 const ZEROES = Buffer.alloc(REGION_BYTES);
+/** The most runs one block status answer carries; the client asks again for the rest. */
+const STATUS_RUNS = 1024;
 
 /**
  * A point-in-time view of a volume as an NBD block device. Read-only, or writable through a scratch
@@ -105,6 +108,40 @@ export class PitExportDevice implements BlockDevice {
     this.mark(offset, length);
   }
 
+  /**
+   * Allocation for NBD's block status: the view's (journal writes and the replica's data; holes read
+   * as zeros) wherever the overlay took nothing, and the overlay file's own data and holes where it
+   * did (a block only zeroed there is a hole of the file). Stops early where the view does (at its
+   * 64 MiB regions) or after STATUS_RUNS runs: the client asks again from there.
+   */
+  async blockStatus(offset: number, length: number): Promise<readonly BlockExtent[]> {
+    const end = offset + length;
+    const runs: FileRun[] = [];
+    let at = offset;
+    // Appends the view's runs of [at, stop); false when they end early (the answer ends there).
+    const fromView = async (stop: number): Promise<boolean> => {
+      const view = await this.view.allocation(at, stop - at, STATUS_RUNS - runs.length);
+      runs.push(...view);
+      at = view[view.length - 1]?.end ?? at;
+      return at === stop && runs.length < STATUS_RUNS;
+    };
+    for (const { from, bytes } of this.writtenRuns(offset, length)) {
+      if (from > at && !(await fromView(from))) {
+        return extentsOf(runs);
+      }
+      const overlay = fileRuns((this.overlay as { readonly handle: FileHandle }).handle.fd, from, from + bytes, STATUS_RUNS - runs.length);
+      runs.push(...overlay);
+      at = overlay[overlay.length - 1]?.end ?? at;
+      if (at < from + bytes || runs.length >= STATUS_RUNS) {
+        return extentsOf(runs);
+      }
+    }
+    if (at < end) {
+      await fromView(end);
+    }
+    return extentsOf(runs);
+  }
+
   /** Trimmed blocks read as zeros: allowed (trimmed data is unspecified) and predictable. */
   trim(offset: number, length: number): Promise<void> {
     return this.writeZeroes(offset, length);
@@ -174,6 +211,10 @@ export class PitExportDevice implements BlockDevice {
     const index = block % blocksPerRegion;
     return ((bits[index >> 3] ?? 0) & (1 << (index & 7))) !== 0;
   }
+}
+
+function extentsOf(runs: readonly FileRun[]): BlockExtent[] {
+  return runs.map(({ start, end, data }) => ({ length: end - start, flags: data ? 0 : NBD_STATE_HOLE | NBD_STATE_ZERO }));
 }
 
 function popcount(byte: number): number {

@@ -1,7 +1,7 @@
 import { InProcessBus, type BusConsumer } from '@cdp/bus';
 import { BATCH_HEADER_BYTES, RECORD_FLAG_FUA, RECORD_HEADER_BYTES, RecordKind, TOPICS, decodeRecord, splitRecordBatch, type WriteRecord } from '@cdp/contracts';
 import { type Vpg } from '@cdp/domain';
-import { NBD_EINVAL, NBD_ENOSPC, NbdError } from '@cdp/nbd';
+import { NBD_EINVAL, NBD_ENOSPC, NBD_ENOTSUP, NBD_STATE_HOLE, NBD_STATE_ZERO, NbdError } from '@cdp/nbd';
 import { oneVmVpg, tempDir, type TempDir } from '@cdp/testing';
 import { nbdExportCatalog } from './nbd-exports';
 import { ProtectedVolumeDevice } from './protected-volume.device';
@@ -54,12 +54,12 @@ describe('ProtectedVolumeDevice', () => {
     await dir.cleanup();
   });
 
-  it('takes size and block size from the volume and claims flush, trim, zeroes and multi-conn', () => {
+  it('takes size and block size from the volume and claims flush, trim, zeroes, fast zeroes and multi-conn', () => {
     const device = new ProtectedVolumeDevice(capture, volumeB!.id);
     expect(device.size).toBe(4 * MiB);
     expect(device.blockSize).toBe(4096);
     expect(device.readOnly).toBe(false);
-    expect(device.capabilities).toEqual({ flush: true, trim: true, writeZeroes: true, multiConn: true });
+    expect(device.capabilities).toEqual({ flush: true, trim: true, writeZeroes: true, fastZero: true, multiConn: true });
   });
 
   it('captures writes and reads them back from the protected volume', async () => {
@@ -80,7 +80,7 @@ describe('ProtectedVolumeDevice', () => {
     // Not flushed: the scan must see what only the page cache holds.
     await device.write(6 * MiB + 100 * 1024, payload(512, 0x11), false);
     const before = capture.lastSeq;
-    await device.writeZeroes(512, 2 * MiB + 1024, true);
+    await device.writeZeroes(512, 2 * MiB + 1024, true, false);
     expect(capture.lastSeq).toBe(before + 3);
     // FUA: flushed, so the bus has acknowledged every zero write before the request completes.
     expect(shipped.slice(2).map((r) => [r.offset, r.data.length])).toEqual([
@@ -91,10 +91,10 @@ describe('ProtectedVolumeDevice', () => {
     expect(shipped.slice(2).every((r) => r.data.every((b) => b === 0))).toBe(true);
 
     // Zeros already (never written): nothing to capture.
-    await device.writeZeroes(4 * MiB, 2 * MiB, false);
+    await device.writeZeroes(4 * MiB, 2 * MiB, false, false);
     expect(capture.lastSeq).toBe(before + 3);
     // One 512-byte write in [5 MiB, 7 MiB): only its 64 KiB window of the volume file is written.
-    await device.writeZeroes(5 * MiB, 2 * MiB, false);
+    await device.writeZeroes(5 * MiB, 2 * MiB, false, false);
     expect(capture.lastSeq).toBe(before + 4);
     await device.flush();
     expect(shipped.slice(5).map((r) => [r.offset, r.data.length])).toEqual([[6 * MiB + 64 * 1024, 64 * 1024]]);
@@ -105,6 +105,37 @@ describe('ProtectedVolumeDevice', () => {
     expect(volume.subarray(512 + 2 * MiB + 1024, 4 * MiB).every((b) => b === 0xff)).toBe(true);
     expect(volume.subarray(4 * MiB).every((b) => b === 0)).toBe(true);
     expect(capture.status().zeroing).toEqual({ requests: 3, bytes: 2 * MiB + 1024 + 4 * MiB, capturedBytes: 2 * MiB + 1024 + 64 * 1024 });
+  });
+
+  it("reports the volume file's holes as zeros in block status, and zeroes fast only over holes", async () => {
+    const HZ = NBD_STATE_HOLE | NBD_STATE_ZERO;
+    const device = new ProtectedVolumeDevice(capture, volumeA!.id);
+    expect(await device.blockStatus(0, 8 * MiB)).toEqual([{ length: 8 * MiB, flags: HZ }]);
+    await device.write(MiB, payload(4096, 1), false);
+    // Not flushed: the file system counts what only the page cache holds. It allocates whole 4 KiB blocks.
+    await device.write(3 * MiB + 512, payload(512, 2), false);
+    expect(await device.blockStatus(0, 8 * MiB)).toEqual([
+      { length: MiB, flags: HZ },
+      { length: 4096, flags: 0 },
+      { length: 2 * MiB - 4096, flags: HZ },
+      { length: 4096, flags: 0 },
+      { length: 5 * MiB - 4096, flags: HZ },
+    ]);
+    expect(await device.blockStatus(MiB + 512, 1024)).toEqual([{ length: 1024, flags: 0 }]);
+    expect(await device.blockStatus(2 * MiB, 512)).toEqual([{ length: 512, flags: HZ }]);
+
+    const before = capture.lastSeq;
+    await expect(device.writeZeroes(0, 2 * MiB, false, true)).rejects.toMatchObject({ nbdErrno: NBD_ENOTSUP });
+    await expect(device.writeZeroes(3 * MiB, 4096, false, true)).rejects.toMatchObject({ nbdErrno: NBD_ENOTSUP });
+    // All holes: done at once, nothing to capture.
+    await device.writeZeroes(4 * MiB, 4 * MiB, false, true);
+    expect(capture.lastSeq).toBe(before);
+    expect(capture.status().zeroing).toMatchObject({ requests: 1, capturedBytes: 0 });
+    // Not asked to be fast: captured (one 64 KiB window of zeros), and what it wrote is allocated now.
+    await device.writeZeroes(0, 2 * MiB, false, false);
+    expect(capture.lastSeq).toBe(before + 1);
+    expect(await device.blockStatus(MiB, 64 * 1024)).toEqual([{ length: 64 * 1024, flags: 0 }]);
+    expect((await device.read(MiB, 4096)).equals(Buffer.alloc(4096))).toBe(true);
   });
 
   it('takes a discard without changing or capturing anything', async () => {
@@ -120,9 +151,9 @@ describe('ProtectedVolumeDevice', () => {
   it('refuses zeroing and discards past the end without capturing or counting them', async () => {
     const device = new ProtectedVolumeDevice(capture, volumeB!.id);
     const before = capture.lastSeq;
-    await expect(device.writeZeroes(4 * MiB - 4096, 8192, true)).rejects.toMatchObject({ nbdErrno: NBD_ENOSPC });
+    await expect(device.writeZeroes(4 * MiB - 4096, 8192, true, false)).rejects.toMatchObject({ nbdErrno: NBD_ENOSPC });
     await expect(device.trim(4 * MiB, 512)).rejects.toMatchObject({ nbdErrno: NBD_ENOSPC });
-    await expect(device.writeZeroes(-1, 512, false)).rejects.toMatchObject({ nbdErrno: NBD_EINVAL });
+    await expect(device.writeZeroes(-1, 512, false, false)).rejects.toMatchObject({ nbdErrno: NBD_EINVAL });
     expect(capture.lastSeq).toBe(before);
     expect(capture.status()).toMatchObject({ zeroing: { requests: 0, bytes: 0, capturedBytes: 0 }, discards: { requests: 0, bytes: 0 } });
   });

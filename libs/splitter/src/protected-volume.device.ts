@@ -1,6 +1,6 @@
 import { BATCH_HEADER_BYTES, RECORD_HEADER_BYTES } from '@cdp/contracts';
 import { DomainError } from '@cdp/domain';
-import { type BlockDevice, type DeviceCapabilities, NBD_EINVAL, NBD_ENOSPC, NbdError } from '@cdp/nbd';
+import { type BlockDevice, type BlockExtent, type DeviceCapabilities, NBD_EINVAL, NBD_ENOSPC, NBD_ENOTSUP, NBD_STATE_HOLE, NBD_STATE_ZERO, NbdError } from '@cdp/nbd';
 import { type ProtectedVolume } from './protected-volume';
 import { type VpgCapture } from './vpg-capture';
 
@@ -19,7 +19,7 @@ export class ProtectedVolumeDevice implements BlockDevice {
   readonly size: number;
   readonly blockSize: 512 | 4096;
   readonly readOnly = false;
-  readonly capabilities: DeviceCapabilities = { flush: true, trim: true, writeZeroes: true, multiConn: true };
+  readonly capabilities: DeviceCapabilities = { flush: true, trim: true, writeZeroes: true, fastZero: true, multiConn: true };
   /**
    * The server leaves room in front of each payload for the record header and a bus batch header: the
    * capture frames the record, and the shipper a batch of a large write alone, without copying it.
@@ -69,11 +69,46 @@ export class ProtectedVolumeDevice implements BlockDevice {
     }).catch(asNbdError);
   }
 
-  /** Captured as writes of zeros where the volume is not zero already: see `VpgCapture.writeZeroes`. */
-  writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
-    return this.capture.writeZeroes(this.volumeId, offset, length, fua).catch(asNbdError);
+  /**
+   * Captured as writes of zeros where the volume is not zero already: see `VpgCapture.writeZeroes`.
+   * Asked to be fast, it is refused (NBD_ENOTSUP) unless the range is all holes: zeroing data costs
+   * what writing it does (it is captured, shipped and journaled as writes of zeros), while a range of
+   * holes takes no more than the lseek calls that found them.
+   */
+  writeZeroes(offset: number, length: number, fua: boolean, fast: boolean): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (fast && !this.allHoles(offset, length)) {
+        throw new NbdError(NBD_ENOTSUP, 'the range holds data: zeroing it would cost as much as writing it');
+      }
+      resolve();
+    })
+      .then(() => this.capture.writeZeroes(this.volumeId, offset, length, fua))
+      .catch(asNbdError);
+  }
+
+  /** The volume file's holes read as zeros; everything else is reported allocated, of unknown content. */
+  blockStatus(offset: number, length: number): Promise<readonly BlockExtent[]> {
+    return new Promise<readonly BlockExtent[]>((resolve) => {
+      const runs = this.capture.allocation(this.volumeId, offset, length, STATUS_RUNS);
+      resolve(runs.map(({ start, end, data }) => ({ length: end - start, flags: data ? 0 : NBD_STATE_HOLE | NBD_STATE_ZERO })));
+    }).catch(asNbdError);
+  }
+
+  private allHoles(offset: number, length: number): boolean {
+    const end = offset + length;
+    for (let at = offset; at < end; ) {
+      const runs = this.capture.allocation(this.volumeId, at, end - at, STATUS_RUNS);
+      if (runs.some((run) => run.data)) {
+        return false;
+      }
+      at = (runs[runs.length - 1] as { end: number }).end;
+    }
+    return true;
   }
 }
+
+/** The most runs one block status answer looks up (a few µs of lseek each); the client asks again for the rest. */
+const STATUS_RUNS = 1024;
 
 function acknowledged(): void {
   // The seq is the capture's business; NBD acknowledges with no data.

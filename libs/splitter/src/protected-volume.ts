@@ -1,6 +1,6 @@
 import { closeSync, constants, fdatasync as fdatasyncCb, ftruncateSync, fstatSync, openSync, read as readCb, readSync, write as writeCb, writeSync, writev as writevCb, writevSync } from 'node:fs';
 import { type Volume } from '@cdp/domain';
-import { adviseRandomAccess, type FileRange, nextDataRange } from '@cdp/native-file';
+import { adviseRandomAccess, type FileRange, type FileRun, fileRuns, nextDataRange } from '@cdp/native-file';
 
 /** `fs.fdatasync` looked up at each call, so that tests can make one slow or fail. */
 const fdatasync = (fd: number): Promise<void> => new Promise((resolve, reject) => fdatasyncCb(fd, (err) => (err ? reject(err) : resolve())));
@@ -168,6 +168,15 @@ export class ProtectedVolume {
     if (run) {
       yield run;
     }
+  }
+
+  /**
+   * [offset, end) of the volume file as runs of data and holes, at most `limit` of them (see
+   * `fileRuns`). A hole is a stretch no write ever reached (zeroing skips what is zero already, and a
+   * discard punches nothing), so it reads as zeros; synchronous, a few lseek calls.
+   */
+  runs(offset: number, end: number, limit: number): FileRun[] {
+    return fileRuns(this.fd, offset, end, limit);
   }
 
   /**

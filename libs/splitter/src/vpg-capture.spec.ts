@@ -1383,6 +1383,9 @@ describe('VpgCapture when the disk is full', () => {
     faults.on = undefined;
     // The volume reads zeros where the write behind will land: a scan would find nothing to zero there.
     expect(capture.volumeById(volume.id).read(0, 4096).equals(Buffer.alloc(4096))).toBe(true);
+    // Nor may block status call it a hole: it reports the whole range allocated until the write lands.
+    expect(capture.volumeById(volume.id).runs(0, MiB, 10)).toEqual([{ start: 0, end: MiB, data: false }]);
+    expect(capture.allocation(volume.id, 0, MiB, 10)).toEqual([{ start: 0, end: MiB, data: true }]);
     const before = capture.lastSeq;
     await capture.writeZeroes(volume.id, 0, 64 * 1024, false);
     // The write behind went first (it is older), then the zeros over it.

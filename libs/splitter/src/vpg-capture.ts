@@ -18,6 +18,7 @@ import {
   type CheckpointMarkerBody,
 } from '@cdp/contracts';
 import { DomainError, hostOf, validateWriteRange, volumesOf, type Vpg } from '@cdp/domain';
+import { type FileRun } from '@cdp/native-file';
 import { SegmentLog } from '@cdp/segment-log';
 import { ActivityLog, REGION_BYTES, currentBootId, regionKeys, regionsAhead } from './activity-log';
 import { CheckpointGate } from './checkpoint-gate';
@@ -613,6 +614,22 @@ export class VpgCapture {
       // Also what makes durable the zeros that were there already, if a write not yet flushed put them there.
       await this.flush();
     }
+  }
+
+  /**
+   * The allocation of [offset, offset + length) of a volume, for NBD's block status: runs of the
+   * volume file's data and holes (at most `limit`; the last may end early), a hole reading as zeros.
+   * Writes completed before the call are on the volume, so its holes are bytes no write reached.
+   * While writes wait to be put on their volume (`volumeBehind`) the file lags the stream, and the
+   * whole range is reported as data: "allocated" is always a true answer.
+   */
+  allocation(volumeId: string, offset: number, length: number, limit: number): FileRun[] {
+    const target = this.volumeById(volumeId);
+    validateWriteRange(target.volume, offset, length, Number.POSITIVE_INFINITY);
+    if (this.behind) {
+      return [{ start: offset, end: offset + length, data: true }];
+    }
+    return target.runs(offset, offset + length, limit);
   }
 
   /**
