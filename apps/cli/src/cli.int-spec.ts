@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Checkpoint, type Vpg } from '@cdp/domain';
 import { ApiClient, createTestDatabase, startAllInOne, tempDir, waitFor, type AllInOneProcess, type TempDir } from '@cdp/testing';
@@ -88,6 +88,17 @@ describe('continuum CLI', () => {
     const expected = Buffer.alloc(65536);
     data.copy(expected, 1000);
     expect(readFileSync(out).equals(expected)).toBe(true);
+    // Sparse: only the two 4 KiB blocks the write touched hold data; the zeros are holes.
+    expect(statSync(out).blocks * 512).toBeLessThanOrEqual(8192);
+    expect(image.stdout).toContain('(57344 bytes of zeros left as holes)');
+    // Over an existing file with other contents: every byte is the image's.
+    writeFileSync(out, Buffer.alloc(100_000, 0xee));
+    expect(cli('image', 'cli-vpg', result.checkpoint.id, 'vm1/disk', '-o', out).status).toBe(0);
+    expect(readFileSync(out).equals(expected)).toBe(true);
+    // Not a regular file (a device): every byte written, nothing truncated.
+    const toDevice = cli('image', 'cli-vpg', result.checkpoint.id, 'vm1/disk', '-o', '/dev/null');
+    expect(toDevice.status).toBe(0);
+    expect(toDevice.stdout).not.toContain('holes');
 
     // The same checkpoint as a block device: open, list, close.
     const opened = cli('export', 'open', 'cli-vpg', result.checkpoint.id, 'vm1/disk');

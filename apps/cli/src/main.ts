@@ -1,7 +1,5 @@
-import { createWriteStream } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { Command, InvalidArgumentError } from 'commander';
 import { type Checkpoint, type Vpg } from '@cdp/domain';
 
@@ -305,7 +303,7 @@ program
 
 program
   .command('image <vpg> <checkpoint> <volume>')
-  .description('write the image of a volume at a checkpoint to a file; volume as id or vm/volume')
+  .description('write the image of a volume at a checkpoint to a file (sparse: blocks of zeros are left as holes) or a device; volume as id or vm/volume')
   .requiredOption('-o, --out <file>', 'the file to write')
   .action(async (idOrName: string, checkpointId: string, volumeRef: string, options: { out: string }) => {
     const target = await findVpg(idOrName);
@@ -315,9 +313,71 @@ program
       const body = (await response.json().catch(() => ({}))) as { message?: string };
       throw new CliError(`${response.status}: ${body.message ?? response.statusText}`, 1);
     }
-    await pipeline(Readable.fromWeb(response.body), createWriteStream(options.out));
-    console.log(`wrote ${volume.sizeBytes} bytes of ${volume.ref} at checkpoint ${checkpointId} to ${options.out}`);
+    const handle = await open(options.out, 'w');
+    let written: { readonly total: number; readonly data: number };
+    try {
+      written = await writeImage(handle, Readable.fromWeb(response.body));
+    } finally {
+      await handle.close();
+    }
+    if (written.total !== volume.sizeBytes) {
+      throw new CliError(`the image ended after ${written.total} of ${volume.sizeBytes} bytes; ${options.out} is incomplete`, 1);
+    }
+    const holes = written.total - written.data;
+    console.log(
+      `wrote ${volume.sizeBytes} bytes of ${volume.ref} at checkpoint ${checkpointId} to ${options.out}${holes > 0 ? ` (${holes} bytes of zeros left as holes)` : ''}`,
+    );
   });
+
+/** Zeros are looked for, and left out of a regular file, in blocks of this size (a file system's block). */
+const SPARSE_BLOCK = 4096;
+const ZERO_BLOCK = Buffer.alloc(SPARSE_BLOCK);
+
+/**
+ * Writes the image's bytes in order. Into a regular file, runs of zero blocks are not written: the
+ * file is truncated to its full size at the end, so they read as zeros and take no space (a recovered
+ * volume is often mostly empty). Anything else (a block device, say, whose old contents must be
+ * overwritten) gets every byte.
+ */
+async function writeImage(handle: FileHandle, source: AsyncIterable<Buffer>): Promise<{ total: number; data: number }> {
+  const stat = await handle.stat();
+  const sparse = stat.isFile();
+  let position = 0;
+  let data = 0;
+  for await (const chunk of source) {
+    let runStart = -1;
+    for (let at = 0; at <= chunk.length; ) {
+      const end = Math.min(chunk.length, at + SPARSE_BLOCK - ((position + at) % SPARSE_BLOCK));
+      const zero = at === chunk.length || (sparse && chunk.subarray(at, end).equals(ZERO_BLOCK.subarray(0, end - at)));
+      if (!zero && runStart < 0) {
+        runStart = at;
+      } else if (zero && runStart >= 0) {
+        await writeAll(handle, chunk.subarray(runStart, at), position + runStart);
+        data += at - runStart;
+        runStart = -1;
+      }
+      if (at === chunk.length) {
+        break;
+      }
+      at = end;
+    }
+    position += chunk.length;
+  }
+  if (sparse) {
+    await handle.truncate(position);
+  }
+  // Durable before the command says it is written (character devices such as /dev/null cannot sync).
+  if (sparse || stat.isBlockDevice()) {
+    await handle.sync();
+  }
+  return { total: position, data };
+}
+
+async function writeAll(handle: FileHandle, bytes: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < bytes.length; ) {
+    done += (await handle.write(bytes, done, bytes.length - done, position + done)).bytesWritten;
+  }
+}
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   if (err instanceof CliError) {

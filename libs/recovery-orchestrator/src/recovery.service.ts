@@ -1,4 +1,3 @@
-import { writeFile, open } from 'node:fs/promises';
 import { Inject, Injectable, type BeforeApplicationShutdown } from '@nestjs/common';
 import { DataSource } from 'typeorm';
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
@@ -80,21 +79,5 @@ export class RecoveryService implements BeforeApplicationShutdown {
 
   image(vpgId: string, volume: Volume, cut: number): AsyncGenerator<Buffer> {
     return this.reader.image(vpgId, volume.index, volume.sizeBytes, cut);
-  }
-
-  /** Writes the image of a volume at a cut to a file (created or truncated), durably. */
-  async writeImage(vpgId: string, volume: Volume, cut: number, path: string): Promise<void> {
-    await writeFile(path, Buffer.alloc(0));
-    const handle = await open(path, 'r+');
-    try {
-      let position = 0;
-      for await (const chunk of this.image(vpgId, volume, cut)) {
-        await handle.write(chunk, 0, chunk.length, position);
-        position += chunk.length;
-      }
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
   }
 }
