@@ -271,6 +271,56 @@ describe('PitView', () => {
       await view.close();
     }
   });
+
+  it('maps allocation without reading data: journal writes, holes between, and regions without writes in one answer', async () => {
+    const MiB = 1024 * 1024;
+    const region = 64 * MiB;
+    const volume = 5 * region;
+    const vpg = randomUUID();
+    const reference = new ReferenceModel(new Map([['v0', volume]]));
+    const { write, commit } = volumeJournal(reference);
+    write(4096, Buffer.alloc(8192, 1));
+    write(8192, Buffer.alloc(8192, 2));
+    write(region - 512, Buffer.alloc(1024, 3));
+    write(3 * region + MiB, Buffer.alloc(4096, 4));
+    const cutHere = await commit(store, vpg);
+    const view = await reader.openView(vpg, 0, volume, cutHere);
+    try {
+      expect(await view.allocation(0, volume, 100)).toEqual([
+        { start: 0, end: 4096, data: false },
+        { start: 4096, end: 16384, data: true },
+        { start: 16384, end: region - 512, data: false },
+        { start: region - 512, end: region, data: true },
+      ]);
+      // From region 1, which holds the write's tail, over region 2 (no writes) up to region 3, which has some.
+      expect(await view.allocation(region, volume - region, 100)).toEqual([
+        { start: region, end: region + 512, data: true },
+        { start: region + 512, end: 3 * region, data: false },
+      ]);
+      // Region 3, then on over region 4 (none) to the end of the volume.
+      expect(await view.allocation(3 * region, 2 * region, 100)).toEqual([
+        { start: 3 * region, end: 3 * region + MiB, data: false },
+        { start: 3 * region + MiB, end: 3 * region + MiB + 4096, data: true },
+        { start: 3 * region + MiB + 4096, end: volume, data: false },
+      ]);
+      // Past the last region with writes: one hole to the end; the length asked for bounds the answer.
+      expect(await view.allocation(4 * region, region, 100)).toEqual([{ start: 4 * region, end: volume, data: false }]);
+      expect(await view.allocation(region + 4096, 4096, 100)).toEqual([{ start: region + 4096, end: region + 8192, data: false }]);
+      // At most `limit` runs; the caller continues from the last one's end.
+      expect(await view.allocation(0, volume, 2)).toEqual([
+        { start: 0, end: 4096, data: false },
+        { start: 4096, end: 16384, data: true },
+      ]);
+      // Every hole reads as zeros.
+      const want = reference.imagesAt([cutHere]).get(cutHere)!.get('v0')!;
+      expect((await view.read(16384, MiB)).equals(want.subarray(16384, 16384 + MiB))).toBe(true);
+      await expect(view.allocation(volume - 512, 1024, 10)).rejects.toThrow(DomainError);
+      await expect(view.allocation(0, 0, 10)).rejects.toThrow(DomainError);
+    } finally {
+      await view.close();
+    }
+    await expect(view.allocation(0, 4096, 10)).rejects.toThrow(/closed/);
+  });
 });
 
 /**

@@ -328,11 +328,12 @@ export class PitView {
   /**
    * What the volume at the cut holds where, for NBD's block status: runs in order from `offset`, data
    * where a journal write in (replica_seq, cut] covers the bytes or the replica file holds data, and
-   * holes (which read as zeros) elsewhere. Answers for at most the rest of the 64 MiB region `offset`
-   * lies in, and at most `limit` runs: the caller asks again from where the answer ends. Costs one
+   * holes (which read as zeros) elsewhere. Answers for the rest of the 64 MiB region `offset` lies in,
+   * and beyond it over the regions that hold no journal writes (one query finds the next that does),
+   * in at most `limit` runs: the caller asks again from where the answer ends. Costs that query, one
    * load of the region's index (shared with reads) and a few lseek calls on the replica, never a read
    * of data: a client copying a mostly empty volume out (`qemu-img convert`, `nbdcopy`) skips its
-   * holes without reading them.
+   * holes without reading them, and maps a large empty stretch in one answer, not one per region.
    */
   async allocation(offset: number, length: number, limit: number): Promise<FileRun[]> {
     if (this.closed) {
@@ -344,6 +345,10 @@ export class PitView {
     const region = Math.floor(offset / REGION_BYTES);
     let end = Math.min(offset + length, (region + 1) * REGION_BYTES);
     const journal = await this.regionCoverage(region);
+    if (end < offset + length) {
+      // The regions after this one that hold no journal writes add nothing but the replica's data.
+      end = Math.min(offset + length, (await this.nextRegionWithWrites(region)) * REGION_BYTES);
+    }
     let replica: FileRun[] = [];
     if (this.replica) {
       replica = fileRuns(this.replica.fd, offset, end, REPLICA_RUNS);
@@ -390,6 +395,19 @@ export class PitView {
       runs.push({ start: at, end, data: false });
     }
     return runs.length <= limit ? runs : runs.slice(0, limit);
+  }
+
+  /**
+   * The first region after `region` with journal writes in (replica_seq, cut] for this volume (a row
+   * of the index, found by its primary key), or the region past the volume's end if none has any.
+   */
+  private async nextRegionWithWrites(region: number): Promise<number> {
+    const rows = await this.runner.manager.query<{ region: number | null }[]>(
+      `SELECT min(region) AS region FROM journal_extents
+        WHERE vpg_key = $1 AND volume_index = $2 AND region > $3 AND first_seq <= $4 AND last_seq > $5`,
+      [this.lockKey, this.volumeIndex, region, this.cut, this.replicaSeq],
+    );
+    return rows[0]?.region ?? Math.ceil(this.sizeBytes / REGION_BYTES);
   }
 
   /** The union of one region's journal writes at the cut (see `coverage`), built once from its loaded index. */
