@@ -16,7 +16,7 @@ export interface TestApp {
 }
 
 /** The all-in-one application inside the test process, on a fresh database and data directory. */
-export async function startTestApp(options: { readonly bus?: Bus } = {}): Promise<TestApp> {
+export async function startTestApp(options: { readonly bus?: Bus; readonly env?: Readonly<Record<string, string>> } = {}): Promise<TestApp> {
   const database = await createTestDatabase();
   const dir = await tempDir('all-in-one-');
   const config = loadConfig({
@@ -27,6 +27,7 @@ export async function startTestApp(options: { readonly bus?: Bus } = {}): Promis
     CDP_RECOVERY_NBD_PORT: '0',
     // Set by the Jest configuration for every test run (see PayloadRing).
     CDP_POISON_RELEASED_PAYLOADS: process.env['CDP_POISON_RELEASED_PAYLOADS'],
+    ...options.env,
   });
   const app = await NestFactory.create(AllInOneModule.forRoot(config, options), { bodyParser: false, logger: ['error', 'warn'] });
   configureHttp(app);

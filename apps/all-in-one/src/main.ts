@@ -13,7 +13,7 @@ async function main(): Promise<void> {
       'Continuum all-in-one is running.',
       `  web page      ${url}/`,
       `  HTTP API      ${url}/api   (e.g. curl ${url}/api/vpgs)`,
-      `  block devices ${nbd ? `nbd://${nbd.host}:${nbd.port}/<vpg>/<vm>/<volume>` : 'not served'}`,
+      `  block devices ${nbd ? `${nbd.scheme}://${nbd.host}:${nbd.port}/<vpg>/<vm>/<volume>` : 'not served'}`,
       `  data          ${config.dataDir}`,
       `  database      ${config.databaseUrl ? 'external PostgreSQL (DATABASE_URL)' : `embedded PostgreSQL under ${config.dataDir}/postgres`}`,
       `  demo          ${config.demo ? 'on: a demo VPG takes writes; checkpoints every 5 s' : 'off (CDP_DEMO=true to turn on)'}`,

@@ -38,6 +38,19 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ CDP_POISON_RELEASED_PAYLOADS: 'sometimes' })).toThrow(/CDP_POISON_RELEASED_PAYLOADS/);
   });
 
+  it('takes TLS for the NBD servers as a certificate and key, and optionally a CA for clients; refuses half of it', () => {
+    expect(loadConfig({}).nbdTls).toBeNull();
+    expect(loadConfig({ CDP_NBD_TLS_CERT: '/etc/cdp/nbd.pem', CDP_NBD_TLS_KEY: '/etc/cdp/nbd.key' }).nbdTls).toEqual({
+      cert: '/etc/cdp/nbd.pem',
+      key: '/etc/cdp/nbd.key',
+      ca: null,
+    });
+    expect(loadConfig({ CDP_NBD_TLS_CERT: '/c.pem', CDP_NBD_TLS_KEY: '/k.pem', CDP_NBD_TLS_CA: '/ca.pem' }).nbdTls?.ca).toBe('/ca.pem');
+    expect(() => loadConfig({ CDP_NBD_TLS_CERT: '/c.pem' })).toThrow(/CDP_NBD_TLS_CERT, CDP_NBD_TLS_KEY: set both/);
+    expect(() => loadConfig({ CDP_NBD_TLS_KEY: '/k.pem' })).toThrow(/set both/);
+    expect(() => loadConfig({ CDP_NBD_TLS_CA: '/ca.pem' })).toThrow(/CDP_NBD_TLS_CA: .*needs CDP_NBD_TLS_CERT/);
+  });
+
   it('names every bad variable in one error', () => {
     let error: unknown;
     try {

@@ -17,6 +17,12 @@ export interface AppConfig {
   readonly nbd: { readonly host: string; readonly port: number };
   /** Where the recovery orchestrator serves point-in-time exports over NBD (port 0 picks a free one). */
   readonly recoveryNbd: { readonly host: string; readonly port: number };
+  /**
+   * TLS for both NBD servers (CDP_NBD_TLS_CERT and CDP_NBD_TLS_KEY, PEM files; null: in the clear).
+   * With it every client must start TLS before anything else; with `ca` (CDP_NBD_TLS_CA) a client must
+   * also show a certificate that CA signed. The files are read when the servers start.
+   */
+  readonly nbdTls: { readonly cert: string; readonly key: string; readonly ca: string | null } | null;
   /** Create a demo VPG and drive a workload into it (the quick start). */
   readonly demo: boolean;
   readonly busPartitions: number;
@@ -116,6 +122,9 @@ const envSchema = z.object({
   CDP_NBD_PORT: port.default(10809),
   CDP_RECOVERY_NBD_HOST: z.string().min(1).default('127.0.0.1'),
   CDP_RECOVERY_NBD_PORT: port.default(10810),
+  CDP_NBD_TLS_CERT: z.string().min(1).optional(),
+  CDP_NBD_TLS_KEY: z.string().min(1).optional(),
+  CDP_NBD_TLS_CA: z.string().min(1).optional(),
   CDP_DEMO: bool.default(false),
   CDP_BUS_PARTITIONS: z.coerce.number().int().min(1).max(1024).default(8),
   CDP_PROMOTION_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(86_400).default(30),
@@ -167,6 +176,12 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
   if (present['CDP_BUS'] === 'kafka' && present['CDP_KAFKA_BROKERS'] === undefined) {
     problems.push('CDP_KAFKA_BROKERS: required when CDP_BUS=kafka');
   }
+  if ((present['CDP_NBD_TLS_CERT'] === undefined) !== (present['CDP_NBD_TLS_KEY'] === undefined)) {
+    problems.push('CDP_NBD_TLS_CERT, CDP_NBD_TLS_KEY: set both (the certificate and its key) or neither');
+  }
+  if (present['CDP_NBD_TLS_CA'] !== undefined && present['CDP_NBD_TLS_CERT'] === undefined) {
+    problems.push('CDP_NBD_TLS_CA: checks client certificates over TLS, which needs CDP_NBD_TLS_CERT and CDP_NBD_TLS_KEY');
+  }
   if (!parsed.success || problems.length > 0) {
     throw new ConfigError(problems);
   }
@@ -179,6 +194,10 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     http: { host: e.CDP_HTTP_HOST, port: e.CDP_HTTP_PORT },
     nbd: { host: e.CDP_NBD_HOST, port: e.CDP_NBD_PORT },
     recoveryNbd: { host: e.CDP_RECOVERY_NBD_HOST, port: e.CDP_RECOVERY_NBD_PORT },
+    nbdTls:
+      e.CDP_NBD_TLS_CERT !== undefined && e.CDP_NBD_TLS_KEY !== undefined
+        ? { cert: resolve(e.CDP_NBD_TLS_CERT), key: resolve(e.CDP_NBD_TLS_KEY), ca: e.CDP_NBD_TLS_CA === undefined ? null : resolve(e.CDP_NBD_TLS_CA) }
+        : null,
     demo: e.CDP_DEMO,
     busPartitions: e.CDP_BUS_PARTITIONS,
     promotionIntervalSeconds: e.CDP_PROMOTION_INTERVAL_SECONDS,

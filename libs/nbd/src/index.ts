@@ -3,3 +3,4 @@ export * from './memory-block-device';
 export { type NbdLogger, transmissionFlags } from './nbd-connection';
 export * from './nbd-server';
 export * from './protocol';
+export * from './nbd-tls';

@@ -1,11 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type TempDir, tempDir } from '@cdp/testing';
 import { type BlockDevice } from './block-device';
 import { MemoryBlockDevice } from './memory-block-device';
 import { NbdServer } from './nbd-server';
-import { itWithTools, runToolOk } from '@cdp/testing';
+import { type TempDir, type TestCertificates, itWithTools, makeTestCertificates, runTool, runToolOk, tempDir, waitFor } from '@cdp/testing';
+import { loadNbdTls } from './nbd-tls';
+import { NBD_OPT_GO, NBD_OPT_LIST, NBD_OPT_STARTTLS, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_ERR_TLS_REQD } from './protocol';
+import { NbdTestClient, infoRequest } from './testing/nbd-test-client';
 
 /**
  * Real NBD clients (QEMU, libnbd's tools, fio) against this server on loopback, each with its own
@@ -178,5 +180,96 @@ describe('NbdServer with real clients', () => {
     // Every block written was read back and its checksum matched (verify_fatal stops at the first miss).
     expect(job?.read.io_bytes).toBe(32 * MiB);
     expect(job?.write.iops).toBeGreaterThan(0);
+  });
+});
+
+/**
+ * TLS (NBD_OPT_STARTTLS, required of every client) with libnbd's and QEMU's x509 credentials: the
+ * server's certificate checked by the client, and with a CA configured, the client's by the server.
+ */
+describe('NbdServer over TLS with real clients', () => {
+  let dir: TempDir;
+  let certs: TestCertificates;
+  const problems: string[] = [];
+  const servers: NbdServer[] = [];
+  const disk = new MemoryBlockDevice({ size: 4 * MiB });
+
+  beforeAll(async () => {
+    dir = await tempDir('cdp-nbd-tls');
+  });
+
+  afterAll(async () => {
+    await Promise.all(servers.map((s) => s.close()));
+    await dir.cleanup();
+  });
+
+  async function serve(verifyClients: boolean): Promise<number> {
+    certs ??= await makeTestCertificates(join(dir.path, 'certs'));
+    const server = new NbdServer({
+      resolve: (name) => (name === 'disk' ? { device: disk } : undefined),
+      list: () => [{ name: 'disk' }],
+      logger: { log: (m) => problems.push(m), warn: (m) => problems.push(m), error: (m) => problems.push(m) },
+      tls: loadNbdTls({ cert: certs.serverCert, key: certs.serverKey, ca: verifyClients ? certs.caCert : null }),
+    });
+    servers.push(server);
+    return (await server.listen(0)).port;
+  }
+
+  itWithTools(['openssl', 'nbdinfo', 'nbdcopy', 'qemu-io'], 'serves clients that start TLS and check the certificate; refuses everything else before it', async () => {
+    const port = await serve(false);
+    const uri = (params: string): string => `nbds://127.0.0.1:${port}/disk?${params}`;
+    const content = randomBytes(4 * MiB);
+    const source = join(dir.path, 'tls-source.bin');
+    await writeFile(source, content);
+    await runToolOk('nbdcopy', [source, uri(`tls-certificates=${certs.clientDirNoCert}`)]);
+    expect(disk.bytes.equals(content)).toBe(true);
+    const info = await runToolOk('nbdinfo', ['--json', uri(`tls-certificates=${certs.clientDirNoCert}`)]);
+    expect((JSON.parse(info.stdout) as { exports: Record<string, unknown>[] }).exports[0]).toMatchObject({ 'export-size': 4 * MiB, can_df: true });
+    // QEMU: its x509 credentials object, TLS required by the image options.
+    const qemu = await runToolOk('qemu-io', [
+      '--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${certs.clientDirNoCert}`,
+      '--image-opts', `driver=nbd,host=127.0.0.1,port=${port},export=disk,tls-creds=tls0`,
+      '-c', 'write -P 0x3c 1M 64k',
+      '-c', 'read -P 0x3c 1M 64k',
+    ]);
+    expect(qemu.stdout).not.toMatch(/verification failed|error|failed/i);
+    expect(disk.bytes.subarray(MiB, MiB + 65536).equals(Buffer.alloc(65536, 0x3c))).toBe(true);
+
+    // In the clear: refused with the reason, never told which exports exist.
+    const plain = await runTool('nbdinfo', [`nbd://127.0.0.1:${port}/disk`]);
+    expect(plain.code).not.toBe(0);
+    expect(`${plain.stdout}${plain.stderr}`).toMatch(/TLS/);
+    const client = await NbdTestClient.open(port);
+    for (const option of [NBD_OPT_LIST, NBD_OPT_STRUCTURED_REPLY]) {
+      client.sendOption(option);
+      expect((await client.readOptionReply()).type).toBe(NBD_REP_ERR_TLS_REQD);
+    }
+    client.sendOption(NBD_OPT_GO, infoRequest('disk', []));
+    const go = await client.readOptionReply();
+    expect(go.type).toBe(NBD_REP_ERR_TLS_REQD);
+    expect(go.data.toString()).toContain('NBD_OPT_STARTTLS');
+    // STARTTLS with data is malformed; a client that does not wait for the answer before its handshake is dropped.
+    client.sendOption(NBD_OPT_STARTTLS, Buffer.from('x'));
+    expect((await client.readOptionReply()).type).not.toBe(NBD_REP_ACK);
+    client.sendOption(NBD_OPT_STARTTLS);
+    client.send(Buffer.from('not a TLS handshake'));
+    expect((await client.readOptionReply()).type).toBe(NBD_REP_ACK);
+    expect(await client.closesWithin(2000)).toBe(true);
+    // A client that does not trust the server's CA gives up in its handshake.
+    const untrusted = await runTool('nbdinfo', [uri(`tls-certificates=${certs.wrongCaDir}`)]);
+    expect(untrusted.code).not.toBe(0);
+    await waitFor(() => servers[0]!.stats.open === 0, { timeoutMs: 5000, message: 'connections closed' });
+  });
+
+  itWithTools(['openssl', 'nbdinfo'], 'with a CA for clients, serves only clients whose certificate it signed', async () => {
+    const port = await serve(true);
+    const uri = (clientDir: string): string => `nbds://127.0.0.1:${port}/disk?tls-certificates=${clientDir}`;
+    const ok = await runToolOk('nbdinfo', ['--size', uri(certs.clientDir)]);
+    expect(ok.stdout.trim()).toBe(String(4 * MiB));
+    for (const refused of [certs.clientDirNoCert, certs.strangerDir]) {
+      const result = await runTool('nbdinfo', ['--size', uri(refused)]);
+      expect(result.code).not.toBe(0);
+    }
+    expect(problems.some((line) => /certificate|handshake|alert/i.test(line))).toBe(true);
   });
 });

@@ -1,5 +1,7 @@
 import { type Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { type BlockDevice, type BlockExtent, type ExportEntry, type ExportListing } from './block-device';
+import { type NbdTls } from './nbd-tls';
 import {
   BASE_ALLOCATION,
   CLIENT_FLAGS_BYTES,
@@ -51,6 +53,7 @@ import {
   NBD_OPT_LIST,
   NBD_OPT_LIST_META_CONTEXT,
   NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REPLY_FLAG_DONE,
   NBD_REPLY_TYPE_BLOCK_STATUS,
@@ -60,6 +63,7 @@ import {
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_POLICY,
   NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -93,6 +97,8 @@ export interface ConnectionContext {
   readonly handshakeTimeoutMs: number;
   readonly logger: NbdLogger;
   readonly shuttingDown: () => boolean;
+  /** TLS, required of every client (NBD_OPT_STARTTLS first), when set. */
+  readonly tls: NbdTls | undefined;
 }
 
 /**
@@ -112,6 +118,8 @@ const State = {
   Discard: 5,
   /** After NBD_CMD_DISC, end of input, a protocol error or shutdown: input is ignored. */
   Done: 6,
+  /** NBD_OPT_STARTTLS was answered: the next bytes are the client's TLS handshake, not options. */
+  StartingTls: 7,
 } as const;
 type State = (typeof State)[keyof typeof State];
 
@@ -123,6 +131,7 @@ const HEADER_BYTES: Record<State, number> = {
   [State.Payload]: 0,
   [State.Discard]: 0,
   [State.Done]: 0,
+  [State.StartingTls]: 0,
 };
 
 const TWO_32 = 0x1_0000_0000;
@@ -146,6 +155,9 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
  */
 export class NbdConnection {
   private state: State = State.ClientFlags;
+  /** The plain socket until NBD_OPT_STARTTLS, then the TLS socket over it. */
+  private socket: Socket;
+  private tlsActive = false;
   private readonly stage = Buffer.allocUnsafe(REQUEST_BYTES);
   private staged = 0;
   private noZeroes = false;
@@ -188,20 +200,21 @@ export class NbdConnection {
   private closed = false;
   private ending = false;
   private handshakeTimer: NodeJS.Timeout | undefined;
+  private signalClosed: () => void = () => undefined;
+  /** Resolves once the connection's socket (the TLS socket and the TCP socket under it, if TLS) has closed. */
   readonly done: Promise<void>;
 
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly ctx: ConnectionContext,
     readonly id: number,
   ) {
-    this.done = new Promise((resolve) => socket.once('close', () => resolve()));
+    this.socket = socket;
+    this.done = new Promise((resolve) => {
+      this.signalClosed = resolve;
+    });
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('end', () => this.onEnd());
-    socket.on('drain', () => this.maybeResume());
-    socket.on('error', (err) => this.ctx.logger.log(`nbd connection ${this.id}: ${err.message}`));
-    socket.on('close', () => this.onClose());
+    this.listenTo(socket);
     this.handshakeTimer = setTimeout(() => this.abort('no export chosen in time'), ctx.handshakeTimeoutMs);
 
     const greeting = Buffer.allocUnsafe(GREETING_BYTES);
@@ -209,6 +222,14 @@ export class NbdConnection {
     greeting.writeBigUInt64BE(NBD_OPTS_MAGIC, 8);
     greeting.writeUInt16BE(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES, 16);
     socket.write(greeting);
+  }
+
+  private listenTo(socket: Socket): void {
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => this.onEnd());
+    socket.on('drain', () => this.maybeResume());
+    socket.on('error', (err) => this.ctx.logger.log(`nbd connection ${this.id}: ${err.message}`));
+    socket.on('close', () => this.onClose());
   }
 
   get transmitting(): boolean {
@@ -248,6 +269,10 @@ export class NbdConnection {
     while (pos < end) {
       switch (this.state) {
         case State.Done:
+          return;
+        case State.StartingTls:
+          // The client must wait for the option's reply before its TLS handshake.
+          this.abort('bytes after NBD_OPT_STARTTLS before its reply');
           return;
         case State.Payload: {
           const take = Math.min(this.payload.length - this.payloadFilled, end - pos);
@@ -367,9 +392,21 @@ export class NbdConnection {
       }
       return;
     }
+    if (this.ctx.tls !== undefined && !this.tlsActive && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
+      // FORCEDTLS: nothing about the exports before TLS, not even whether they exist.
+      if (option === NBD_OPT_EXPORT_NAME) {
+        this.abort('NBD_OPT_EXPORT_NAME before TLS, which this server requires');
+      } else {
+        this.optionError(option, NBD_REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
+      }
+      return;
+    }
     switch (option) {
       case NBD_OPT_EXPORT_NAME:
         this.exportName(data);
+        return;
+      case NBD_OPT_STARTTLS:
+        this.startTls(data);
         return;
       case NBD_OPT_ABORT:
         // Any data is ignored, as the spec asks.
@@ -396,9 +433,61 @@ export class NbdConnection {
         this.metaContext(option, data);
         return;
       default:
-        // STARTTLS, extended headers, and anything newer.
+        // Extended headers, and anything newer.
         this.optionError(option, NBD_REP_ERR_UNSUP, `option ${option} is not supported`);
     }
+  }
+
+  /**
+   * NBD_OPT_STARTTLS: acknowledged in the clear, then the TLS handshake runs over the same socket and
+   * the negotiation starts again inside it. What was negotiated before (structured replies, metadata
+   * contexts) is forgotten, as the spec asks: an attacker could have injected it.
+   */
+  private startTls(data: Buffer): void {
+    const tls = this.ctx.tls;
+    if (tls === undefined) {
+      this.optionError(NBD_OPT_STARTTLS, NBD_REP_ERR_UNSUP, 'this server does not offer TLS');
+      return;
+    }
+    if (this.tlsActive) {
+      this.optionError(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, 'TLS is on already');
+      return;
+    }
+    if (data.length !== 0) {
+      this.optionError(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+      return;
+    }
+    this.state = State.StartingTls;
+    this.structured = false;
+    this.metaSelection = undefined;
+    const plain = this.socket;
+    const header = Buffer.allocUnsafe(OPTION_REPLY_HEADER_BYTES);
+    header.writeBigUInt64BE(NBD_REP_MAGIC, 0);
+    header.writeUInt32BE(NBD_OPT_STARTTLS, 8);
+    header.writeUInt32BE(NBD_REP_ACK, 12);
+    header.writeUInt32BE(0, 16);
+    // The TLS socket takes the connection over once the acknowledgement is on its way, never before:
+    // anything queued in the clear after that point would land inside the TLS stream.
+    plain.write(header, (err) => {
+      if (err || this.closed) {
+        return;
+      }
+      plain.removeAllListeners('data');
+      plain.removeAllListeners('end');
+      plain.removeAllListeners('drain');
+      const secure = new TLSSocket(plain, {
+        isServer: true,
+        secureContext: tls.secureContext,
+        requestCert: tls.verifyClients,
+        rejectUnauthorized: tls.verifyClients,
+      });
+      this.socket = secure;
+      this.listenTo(secure);
+      secure.once('secure', () => {
+        this.tlsActive = true;
+        this.state = State.OptionHeader;
+      });
+    });
   }
 
   /**
@@ -1026,7 +1115,12 @@ export class NbdConnection {
   }
 
   private onClose(): void {
+    if (this.closed) {
+      // The TCP socket under a TLS socket closes too.
+      return;
+    }
     this.closed = true;
+    this.signalClosed();
     this.state = State.Done;
     this.stash = undefined;
     if (this.payloadLent) {

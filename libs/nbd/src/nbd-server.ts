@@ -1,6 +1,7 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { type ExportEntry, type ExportListing } from './block-device';
 import { type ConnectionContext, NbdConnection, type NbdLogger } from './nbd-connection';
+import { type NbdTls } from './nbd-tls';
 import { DEFAULT_MAX_PAYLOAD_BYTES } from './protocol';
 
 export interface NbdServerOptions {
@@ -26,6 +27,12 @@ export interface NbdServerOptions {
   /** How long `close()` lets in-flight requests finish before dropping connections. Default 10 s. */
   readonly closeGraceMs?: number;
   readonly logger?: NbdLogger;
+  /**
+   * Require TLS of every client (NBD_OPT_STARTTLS before any other option but NBD_OPT_ABORT, the
+   * spec's FORCEDTLS mode); see `loadNbdTls`. Without it the server speaks in the clear and refuses
+   * NBD_OPT_STARTTLS.
+   */
+  readonly tls?: NbdTls;
 }
 
 export interface NbdServerStats {
@@ -40,7 +47,8 @@ export interface NbdServerStats {
 const silent: NbdLogger = { log: () => undefined, warn: () => undefined, error: () => undefined };
 
 /**
- * A Network Block Device server (fixed newstyle negotiation, simple replies) over TCP. Exports are
+ * A Network Block Device server (fixed newstyle negotiation; simple or structured replies, block status
+ * through `base:allocation`) over TCP. Exports are
  * looked up by name on every NBD_OPT_GO, NBD_OPT_INFO and NBD_OPT_EXPORT_NAME, so the set can change
  * while the server runs.
  */
@@ -67,6 +75,7 @@ export class NbdServer {
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? 30_000,
       logger: options.logger ?? silent,
       shuttingDown: () => this.closing !== undefined,
+      tls: options.tls,
     };
     this.closeGraceMs = options.closeGraceMs ?? 10_000;
     // Half-open: a client that shuts down its sending side between requests still gets its replies.

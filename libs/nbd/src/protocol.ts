@@ -54,6 +54,8 @@ export const NBD_REP_FLAG_ERROR = 0x8000_0000;
 export const NBD_REP_ERR_UNSUP = NBD_REP_FLAG_ERROR + 1;
 export const NBD_REP_ERR_POLICY = NBD_REP_FLAG_ERROR + 2;
 export const NBD_REP_ERR_INVALID = NBD_REP_FLAG_ERROR + 3;
+/** The option needs TLS first (NBD_OPT_STARTTLS). */
+export const NBD_REP_ERR_TLS_REQD = NBD_REP_FLAG_ERROR + 5;
 export const NBD_REP_ERR_UNKNOWN = NBD_REP_FLAG_ERROR + 6;
 export const NBD_REP_ERR_SHUTDOWN = NBD_REP_FLAG_ERROR + 7;
 

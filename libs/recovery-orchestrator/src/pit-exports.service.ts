@@ -5,7 +5,7 @@ import { Inject, Injectable, Logger, type BeforeApplicationShutdown, type OnAppl
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
 import { DomainError, volumesOf, type Volume, type Vpg } from '@cdp/domain';
 import { type PitView } from '@cdp/journal-store';
-import { NbdServer, type ExportEntry } from '@cdp/nbd';
+import { NbdServer, type ExportEntry, loadNbdTls } from '@cdp/nbd';
 import { PitExportDevice } from './pit-export.device';
 import { RecoveryService } from './recovery.service';
 import { VpgService } from './vpg.service';
@@ -44,7 +44,8 @@ interface OpenExport {
  * through the API, or until the process stops; an open export holds its VPG's history at the
  * checkpoint, so promotion of that VPG waits while it is open.
  *
- * Export names: `pit/<export id>`; `GET /api/exports` lists them with their nbd:// URLs.
+ * Export names: `pit/<export id>`; `GET /api/exports` lists them with their URLs (nbds:// with TLS,
+ * CDP_NBD_TLS_CERT and CDP_NBD_TLS_KEY, as for the splitter's server).
  */
 @Injectable()
 export class PitExportsService implements OnApplicationBootstrap, BeforeApplicationShutdown {
@@ -53,6 +54,7 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
   private readonly server: NbdServer;
   private readonly overlayDir: string;
   private address: { host: string; port: number } | undefined;
+  private readonly scheme: 'nbd' | 'nbds';
 
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
@@ -64,7 +66,9 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
       resolve: (name) => this.resolve(name),
       list: () => [...this.exports.values()].map((e) => ({ name: e.info.name, description: describe(e.info) })),
       logger: this.logger,
+      tls: config.nbdTls ? loadNbdTls(config.nbdTls) : undefined,
     });
+    this.scheme = config.nbdTls ? 'nbds' : 'nbd';
   }
 
   async onApplicationBootstrap(): Promise<void> {
@@ -74,7 +78,7 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
     const { host, port } = this.config.recoveryNbd;
     const listening = await this.server.listen(port, host);
     this.address = { host, port: listening.port };
-    this.logger.log(`serving point-in-time exports over NBD on nbd://${host}:${listening.port}`);
+    this.logger.log(`serving point-in-time exports over NBD on ${this.scheme}://${host}:${listening.port}`);
   }
 
   async beforeApplicationShutdown(): Promise<void> {
@@ -143,7 +147,7 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
     const info = {
       id,
       name,
-      url: `nbd://${host}:${port}/${name}`,
+      url: `${this.scheme}://${host}:${port}/${name}`,
       vpgId,
       ...point,
       cut: view.cut,

@@ -1,6 +1,6 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
-import { type ExportEntry, type ExportListing, NbdServer } from '@cdp/nbd';
+import { type ExportEntry, type ExportListing, NbdServer, type NbdTls, loadNbdTls } from '@cdp/nbd';
 import { nbdExportCatalog, type NbdExportCatalog } from './nbd-exports';
 import { type PayloadRingStats } from './payload-ring';
 import { ProtectedVolumeDevice } from './protected-volume.device';
@@ -10,6 +10,11 @@ export interface NbdStatus {
   readonly host: string;
   /** The port actually listened on (CDP_NBD_PORT=0 picks one); null until started or after stopping. */
   readonly port: number | null;
+  /**
+   * `off`: in the clear (nbd://); `on`: every client must start TLS (nbds://); `verify-clients`: and
+   * show a certificate the configured CA signed (CDP_NBD_TLS_CERT, CDP_NBD_TLS_KEY, CDP_NBD_TLS_CA).
+   */
+  readonly tls: 'off' | 'on' | 'verify-clients';
   readonly exports: readonly {
     readonly name: string;
     readonly vpgId: string;
@@ -40,6 +45,7 @@ export class SplitterNbdService implements SplitterFrontEnd {
   private readonly logger = new Logger('nbd');
   private readonly host: string;
   private readonly configuredPort: number;
+  private readonly tlsFiles: AppConfig['nbdTls'];
   private server: NbdServer | undefined;
   private port: number | null = null;
 
@@ -49,14 +55,18 @@ export class SplitterNbdService implements SplitterFrontEnd {
   ) {
     this.host = config.nbd.host;
     this.configuredPort = config.nbd.port;
+    this.tlsFiles = config.nbdTls;
     splitter.attachFrontEnd(this);
   }
 
   async start(): Promise<void> {
+    // Read (and checked) at every start: a renewed certificate is taken by restarting the service.
+    const tls: NbdTls | undefined = this.tlsFiles ? loadNbdTls(this.tlsFiles) : undefined;
     const server = new NbdServer({
       resolve: (name) => this.resolve(name),
       list: () => this.list(),
       logger: this.logger,
+      tls,
     });
     try {
       ({ port: this.port } = await server.listen(this.configuredPort, this.host));
@@ -71,7 +81,7 @@ export class SplitterNbdService implements SplitterFrontEnd {
       );
     }
     this.server = server;
-    this.logger.log(`serving protected volumes over NBD on nbd://${this.host}:${this.port}`);
+    this.logger.log(`serving protected volumes over NBD on ${this.scheme}://${this.host}:${this.port}${tls?.verifyClients ? ' (TLS, client certificates checked)' : ''}`);
   }
 
   /** Stops accepting; connections finish what is in flight (bounded by the server's grace period). */
@@ -82,15 +92,20 @@ export class SplitterNbdService implements SplitterFrontEnd {
     await server?.close();
   }
 
-  /** Where clients connect, with the actual port; null before start. */
-  address(): { host: string; port: number } | null {
-    return this.port === null ? null : { host: this.host, port: this.port };
+  /** Where clients connect, with the actual port and the URI scheme (nbds with TLS); null before start. */
+  address(): { scheme: 'nbd' | 'nbds'; host: string; port: number } | null {
+    return this.port === null ? null : { scheme: this.scheme, host: this.host, port: this.port };
+  }
+
+  private get scheme(): 'nbd' | 'nbds' {
+    return this.tlsFiles ? 'nbds' : 'nbd';
   }
 
   status(): NbdStatus {
     return {
       host: this.host,
       port: this.port,
+      tls: this.tlsFiles === null ? 'off' : this.tlsFiles.ca === null ? 'on' : 'verify-clients',
       exports: this.catalog().exports.map((e) => ({
         name: e.name,
         vpgId: e.vpgId,

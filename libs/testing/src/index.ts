@@ -16,3 +16,4 @@ export * from './pipeline-scenario';
 export * from './disk-full-faults';
 export * from './test-vpg';
 export * from './restartable-all-in-one';
+export * from './test-certificates';
