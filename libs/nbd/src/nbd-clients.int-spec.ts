@@ -272,4 +272,27 @@ describe('NbdServer over TLS with real clients', () => {
     }
     expect(problems.some((line) => /certificate|handshake|alert/i.test(line))).toBe(true);
   });
+
+  itWithTools(['openssl', 'nbdinfo'], 'forgets clients that give up in the TLS handshake or send garbage in it, and serves the others', async () => {
+    const port = await serve(false);
+    const uri = `nbds://127.0.0.1:${port}/disk?tls-certificates=${certs.clientDirNoCert}`;
+    const server = servers[servers.length - 1]!;
+    const startTls = async (): Promise<NbdTestClient> => {
+      const client = await NbdTestClient.open(port);
+      client.sendOption(NBD_OPT_STARTTLS);
+      expect((await client.readOptionReply()).type).toBe(NBD_REP_ACK);
+      return client;
+    };
+    // Half a ClientHello, then gone; garbage where the handshake should be; silence, then gone.
+    const halfHello = await startTls();
+    halfHello.send(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]));
+    halfHello.destroy();
+    const garbage = await startTls();
+    garbage.send(Buffer.alloc(64, 0x41));
+    expect(await garbage.closesWithin(5000)).toBe(true);
+    const silent = await startTls();
+    expect((await runToolOk('nbdinfo', ['--size', uri])).stdout.trim()).toBe(String(4 * MiB));
+    silent.destroy();
+    await waitFor(() => server.stats.open === 0, { timeoutMs: 5000, message: 'every connection forgotten' });
+  });
 });

@@ -111,8 +111,9 @@ export class PitExportDevice implements BlockDevice {
   /**
    * Allocation for NBD's block status: the view's (journal writes and the replica's data; holes read
    * as zeros) wherever the overlay took nothing, and the overlay file's own data and holes where it
-   * did (a block only zeroed there is a hole of the file). Stops early where the view does (at its
-   * 64 MiB regions) or after STATUS_RUNS runs: the client asks again from there.
+   * did (a block only zeroed there is a hole of the file). Stops early where the view's answer does
+   * (before a 64 MiB region with journal writes it has not looked at) or after STATUS_RUNS runs: the
+   * client asks again from there.
    */
   async blockStatus(offset: number, length: number): Promise<readonly BlockExtent[]> {
     const end = offset + length;
