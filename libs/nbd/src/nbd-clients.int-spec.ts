@@ -273,6 +273,12 @@ describe('NbdServer over TLS with real clients', () => {
     expect(problems.some((line) => /certificate|handshake|alert/i.test(line))).toBe(true);
   });
 
+  itWithTools(['openssl'], 'refuses at start a key that does not match its certificate', async () => {
+    certs ??= await makeTestCertificates(join(dir.path, 'certs'));
+    const clientKey = join(certs.clientDir, 'client-key.pem');
+    expect(() => loadNbdTls({ cert: certs.serverCert, key: clientKey })).toThrow(/the NBD TLS files are not usable .*key values mismatch/);
+  });
+
   itWithTools(['openssl', 'nbdinfo'], 'forgets clients that give up in the TLS handshake or send garbage in it, and serves the others', async () => {
     const port = await serve(false);
     const uri = `nbds://127.0.0.1:${port}/disk?tls-certificates=${certs.clientDirNoCert}`;
