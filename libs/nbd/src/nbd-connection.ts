@@ -158,6 +158,8 @@ export class NbdConnection {
   /** The plain socket until NBD_OPT_STARTTLS, then the TLS socket over it. */
   private socket: Socket;
   private tlsActive = false;
+  /** Decrypted input not parsed yet (see onSecureData). */
+  private secureChunks: Buffer[] = [];
   private readonly stage = Buffer.allocUnsafe(REQUEST_BYTES);
   private staged = 0;
   private noZeroes = false;
@@ -224,8 +226,8 @@ export class NbdConnection {
     socket.write(greeting);
   }
 
-  private listenTo(socket: Socket): void {
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+  private listenTo(socket: Socket, secure = false): void {
+    socket.on('data', secure ? (chunk: Buffer) => this.onSecureData(chunk) : (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
     socket.on('drain', () => this.maybeResume());
     socket.on('error', (err) => this.ctx.logger.log(`nbd connection ${this.id}: ${err.message}`));
@@ -252,6 +254,35 @@ export class NbdConnection {
     this.finishAndClose();
     const timer = setTimeout(() => this.socket.destroy(), graceMs);
     void this.done.then(() => clearTimeout(timer));
+  }
+
+  /**
+   * Over TLS every record arrives as its own 'data' event, each a separate call from native code after
+   * which Node runs the microtasks: the capture's batch (one log append per event-loop turn) would
+   * end after every request. So decrypted chunks are collected and parsed together once the socket's
+   * read is done (setImmediate runs right after the poll phase that delivered them). Measured with
+   * fio 4 KiB random writes over TLS on the all-in-one: the log append was a third of the event loop.
+   */
+  private onSecureData(chunk: Buffer): void {
+    this.secureChunks.push(chunk);
+    if (this.secureChunks.length === 1) {
+      setImmediate(flushSecure, this);
+    }
+  }
+
+  /** Parses the chunks `onSecureData` collected, in order (also before the end of input or a close is handled). */
+  flushSecureChunks(): void {
+    const chunks = this.secureChunks;
+    if (chunks.length === 0) {
+      return;
+    }
+    this.secureChunks = [];
+    for (const chunk of chunks) {
+      if (this.closed) {
+        return;
+      }
+      this.onData(chunk);
+    }
   }
 
   private onData(chunk: Buffer): void {
@@ -482,7 +513,7 @@ export class NbdConnection {
         rejectUnauthorized: tls.verifyClients,
       });
       this.socket = secure;
-      this.listenTo(secure);
+      this.listenTo(secure, true);
       secure.once('secure', () => {
         this.tlsActive = true;
         this.state = State.OptionHeader;
@@ -1071,6 +1102,7 @@ export class NbdConnection {
 
   /** End of the client's input. Between requests that is a disconnect without NBD_CMD_DISC. */
   private onEnd(): void {
+    this.flushSecureChunks();
     const midMessage =
       this.staged !== 0 ||
       this.state === State.Payload ||
@@ -1119,6 +1151,8 @@ export class NbdConnection {
       // The TCP socket under a TLS socket closes too.
       return;
     }
+    // What arrived before the close is taken, as it would have been in the clear.
+    this.flushSecureChunks();
     this.closed = true;
     this.signalClosed();
     this.state = State.Done;
@@ -1156,6 +1190,10 @@ export class NbdConnection {
 
 function uncork(connection: NbdConnection): void {
   connection.uncork();
+}
+
+function flushSecure(connection: NbdConnection): void {
+  connection.flushSecureChunks();
 }
 
 async function trimThenFlush(device: BlockDevice, offset: number, length: number, flush: boolean): Promise<void> {
