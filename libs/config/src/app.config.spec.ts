@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import { ConfigError, loadConfig } from './app.config';
 
 describe('loadConfig', () => {
@@ -45,10 +46,27 @@ describe('loadConfig', () => {
       key: '/etc/cdp/nbd.key',
       ca: null,
     });
-    expect(loadConfig({ CDP_NBD_TLS_CERT: '/c.pem', CDP_NBD_TLS_KEY: '/k.pem', CDP_NBD_TLS_CA: '/ca.pem' }).nbdTls?.ca).toBe('/ca.pem');
+    expect(loadConfig({ CDP_NBD_TLS_CERT: '/c.pem', CDP_NBD_TLS_KEY: '/k.pem', CDP_NBD_TLS_CA: '/ca.pem' }).nbdTls).toEqual({ cert: '/c.pem', key: '/k.pem', ca: '/ca.pem' });
     expect(() => loadConfig({ CDP_NBD_TLS_CERT: '/c.pem' })).toThrow(/CDP_NBD_TLS_CERT, CDP_NBD_TLS_KEY: set both/);
     expect(() => loadConfig({ CDP_NBD_TLS_KEY: '/k.pem' })).toThrow(/set both/);
     expect(() => loadConfig({ CDP_NBD_TLS_CA: '/ca.pem' })).toThrow(/CDP_NBD_TLS_CA: .*needs CDP_NBD_TLS_CERT/);
+  });
+
+  it('takes pre-shared keys for NBD TLS instead of certificates, never beside them', () => {
+    expect(loadConfig({ CDP_NBD_TLS_PSK_FILE: '/etc/cdp/keys.psk' }).nbdTls).toEqual({ pskFile: '/etc/cdp/keys.psk' });
+    expect(loadConfig({ CDP_NBD_TLS_PSK_FILE: 'keys.psk' }).nbdTls).toEqual({ pskFile: join(process.cwd(), 'keys.psk') });
+    expect(() => loadConfig({ CDP_NBD_TLS_PSK_FILE: '/k.psk', CDP_NBD_TLS_CERT: '/c.pem', CDP_NBD_TLS_KEY: '/k.pem' })).toThrow(
+      /CDP_NBD_TLS_PSK_FILE: pre-shared keys replace certificates; unset CDP_NBD_TLS_CERT, CDP_NBD_TLS_KEY or CDP_NBD_TLS_PSK_FILE/,
+    );
+    let error: unknown;
+    try {
+      loadConfig({ CDP_NBD_TLS_PSK_FILE: '/k.psk', CDP_NBD_TLS_CA: '/ca.pem' });
+    } catch (err) {
+      error = err;
+    }
+    // One problem, the PSK one: the CA is not also reported as lacking a certificate.
+    expect((error as Error).message).toMatch(/unset CDP_NBD_TLS_CA or CDP_NBD_TLS_PSK_FILE/);
+    expect((error as Error).message).not.toMatch(/needs CDP_NBD_TLS_CERT/);
   });
 
   it('names every bad variable in one error', () => {

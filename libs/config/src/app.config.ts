@@ -20,9 +20,11 @@ export interface AppConfig {
   /**
    * TLS for both NBD servers (CDP_NBD_TLS_CERT and CDP_NBD_TLS_KEY, PEM files; null: in the clear).
    * With it every client must start TLS before anything else; with `ca` (CDP_NBD_TLS_CA) a client must
-   * also show a certificate that CA signed. The files are read when the servers start.
+   * also show a certificate that CA signed. Or pre-shared keys instead of certificates (CDP_NBD_TLS_PSK_FILE,
+   * `identity:hexkey` lines): a client must hold its identity's key. The files are read when the
+   * servers start (the PSK file again whenever it changes).
    */
-  readonly nbdTls: { readonly cert: string; readonly key: string; readonly ca: string | null } | null;
+  readonly nbdTls: { readonly cert: string; readonly key: string; readonly ca: string | null } | { readonly pskFile: string } | null;
   /** Create a demo VPG and drive a workload into it (the quick start). */
   readonly demo: boolean;
   readonly busPartitions: number;
@@ -125,6 +127,7 @@ const envSchema = z.object({
   CDP_NBD_TLS_CERT: z.string().min(1).optional(),
   CDP_NBD_TLS_KEY: z.string().min(1).optional(),
   CDP_NBD_TLS_CA: z.string().min(1).optional(),
+  CDP_NBD_TLS_PSK_FILE: z.string().min(1).optional(),
   CDP_DEMO: bool.default(false),
   CDP_BUS_PARTITIONS: z.coerce.number().int().min(1).max(1024).default(8),
   CDP_PROMOTION_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(86_400).default(30),
@@ -179,8 +182,14 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
   if ((present['CDP_NBD_TLS_CERT'] === undefined) !== (present['CDP_NBD_TLS_KEY'] === undefined)) {
     problems.push('CDP_NBD_TLS_CERT, CDP_NBD_TLS_KEY: set both (the certificate and its key) or neither');
   }
-  if (present['CDP_NBD_TLS_CA'] !== undefined && present['CDP_NBD_TLS_CERT'] === undefined) {
+  if (present['CDP_NBD_TLS_CA'] !== undefined && present['CDP_NBD_TLS_CERT'] === undefined && present['CDP_NBD_TLS_PSK_FILE'] === undefined) {
     problems.push('CDP_NBD_TLS_CA: checks client certificates over TLS, which needs CDP_NBD_TLS_CERT and CDP_NBD_TLS_KEY');
+  }
+  if (present['CDP_NBD_TLS_PSK_FILE'] !== undefined) {
+    const x509 = ['CDP_NBD_TLS_CERT', 'CDP_NBD_TLS_KEY', 'CDP_NBD_TLS_CA'].filter((name) => present[name] !== undefined);
+    if (x509.length > 0) {
+      problems.push(`CDP_NBD_TLS_PSK_FILE: pre-shared keys replace certificates; unset ${x509.join(', ')} or CDP_NBD_TLS_PSK_FILE`);
+    }
   }
   if (!parsed.success || problems.length > 0) {
     throw new ConfigError(problems);
@@ -195,9 +204,11 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     nbd: { host: e.CDP_NBD_HOST, port: e.CDP_NBD_PORT },
     recoveryNbd: { host: e.CDP_RECOVERY_NBD_HOST, port: e.CDP_RECOVERY_NBD_PORT },
     nbdTls:
-      e.CDP_NBD_TLS_CERT !== undefined && e.CDP_NBD_TLS_KEY !== undefined
-        ? { cert: resolve(e.CDP_NBD_TLS_CERT), key: resolve(e.CDP_NBD_TLS_KEY), ca: e.CDP_NBD_TLS_CA === undefined ? null : resolve(e.CDP_NBD_TLS_CA) }
-        : null,
+      e.CDP_NBD_TLS_PSK_FILE !== undefined
+        ? { pskFile: resolve(e.CDP_NBD_TLS_PSK_FILE) }
+        : e.CDP_NBD_TLS_CERT !== undefined && e.CDP_NBD_TLS_KEY !== undefined
+          ? { cert: resolve(e.CDP_NBD_TLS_CERT), key: resolve(e.CDP_NBD_TLS_KEY), ca: e.CDP_NBD_TLS_CA === undefined ? null : resolve(e.CDP_NBD_TLS_CA) }
+          : null,
     demo: e.CDP_DEMO,
     busPartitions: e.CDP_BUS_PARTITIONS,
     promotionIntervalSeconds: e.CDP_PROMOTION_INTERVAL_SECONDS,

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type BlockDevice } from './block-device';
 import { MemoryBlockDevice } from './memory-block-device';
@@ -300,5 +300,105 @@ describe('NbdServer over TLS with real clients', () => {
     expect((await runToolOk('nbdinfo', ['--size', uri])).stdout.trim()).toBe(String(4 * MiB));
     silent.destroy();
     await waitFor(() => server.stats.open === 0, { timeoutMs: 5000, message: 'every connection forgotten' });
+  });
+});
+
+/**
+ * TLS with pre-shared keys instead of certificates: the key file in GnuTLS's psktool format, which
+ * libnbd (`tls-psk-file`) and QEMU (`tls-creds-psk`, `keys.psk` in its directory) read as the server does.
+ */
+describe('NbdServer over TLS with pre-shared keys, with real clients', () => {
+  const KEY_ALICE = randomBytes(32).toString('hex');
+  const KEY_BOB = randomBytes(32).toString('hex');
+  let dir: TempDir;
+  let server: NbdServer;
+  let port: number;
+  let serverKeys: string;
+  const warnings: string[] = [];
+  const disk = new MemoryBlockDevice({ size: 4 * MiB });
+
+  /** A client's key file (libnbd wants a file; QEMU a directory holding `keys.psk`). */
+  async function clientKeys(name: string, line: string): Promise<string> {
+    const clientDir = join(dir.path, name);
+    await mkdir(clientDir, { recursive: true });
+    await writeFile(join(clientDir, 'keys.psk'), `${line}\n`, { mode: 0o600 });
+    return clientDir;
+  }
+
+  beforeAll(async () => {
+    dir = await tempDir('cdp-nbd-psk');
+    serverKeys = join(dir.path, 'server-keys.psk');
+    await writeFile(serverKeys, `alice:${KEY_ALICE}\n`, { mode: 0o600 });
+    server = new NbdServer({
+      resolve: (name) => (name === 'disk' ? { device: disk } : undefined),
+      list: () => [{ name: 'disk' }],
+      logger: { log: () => undefined, warn: (m) => warnings.push(m), error: (m) => warnings.push(m) },
+      tls: loadNbdTls({ pskFile: serverKeys }),
+    });
+    ({ port } = await server.listen(0));
+  });
+
+  afterAll(async () => {
+    await server.close();
+    await dir.cleanup();
+  });
+
+  const uri = (identity: string, clientDir: string): string => `nbds://${identity}@127.0.0.1:${port}/disk?tls-psk-file=${join(clientDir, 'keys.psk')}`;
+
+  /** Runs the client, expects it refused, and returns the warning the server logged for it. */
+  async function refused(args: string[]): Promise<string> {
+    const before = warnings.length;
+    const result = await runTool('nbdinfo', args);
+    expect(result.code).not.toBe(0);
+    await waitFor(() => warnings.length > before, { timeoutMs: 5000, message: 'the refusal logged' });
+    return warnings.slice(before).join('\n');
+  }
+
+  itWithTools(['nbdinfo', 'nbdcopy', 'qemu-io'], 'serves clients that hold their identity\'s key; refuses wrong keys, unknown identities and clients without a key, saying which', async () => {
+    const alice = await clientKeys('alice', `alice:${KEY_ALICE}`);
+    const content = randomBytes(4 * MiB);
+    const source = join(dir.path, 'psk-source.bin');
+    await writeFile(source, content);
+    await runToolOk('nbdcopy', [source, uri('alice', alice)]);
+    expect(disk.bytes.equals(content)).toBe(true);
+    const info = await runToolOk('nbdinfo', ['--json', uri('alice', alice)]);
+    expect((JSON.parse(info.stdout) as { protocol: string; exports: Record<string, unknown>[] }).exports[0]).toMatchObject({ 'export-size': 4 * MiB });
+    const qemu = await runToolOk('qemu-io', [
+      '--object', `tls-creds-psk,id=tls0,endpoint=client,dir=${alice},username=alice`,
+      '--image-opts', `driver=nbd,host=127.0.0.1,port=${port},export=disk,tls-creds=tls0`,
+      '-c', 'write -P 0x5a 2M 64k',
+      '-c', 'read -P 0x5a 2M 64k',
+    ]);
+    expect(qemu.stdout).not.toMatch(/error|failed/i);
+    expect(disk.bytes.subarray(2 * MiB, 2 * MiB + 65536).equals(Buffer.alloc(65536, 0x5a))).toBe(true);
+    expect(warnings).toEqual([]);
+
+    const wrongKey = await clientKeys('wrong-key', `alice:${KEY_BOB}`);
+    expect(await refused(['--size', uri('alice', wrongKey)])).toMatch(`TLS refused: the client's key for PSK identity 'alice' is not the one in ${serverKeys}`);
+    const bob = await clientKeys('bob', `bob:${KEY_BOB}`);
+    expect(await refused(['--size', uri('bob', bob)])).toMatch(`TLS refused: the PSK identity 'bob' is not in ${serverKeys}`);
+    const certs = await makeTestCertificates(join(dir.path, 'certs'));
+    expect(await refused(['--size', `nbds://127.0.0.1:${port}/disk?tls-certificates=${certs.clientDirNoCert}`])).toMatch(
+      'TLS refused: the client offered no pre-shared key (this server authenticates clients by PSK only)',
+    );
+    // In the clear: nothing but the demand for TLS.
+    const plain = await runTool('nbdinfo', [`nbd://127.0.0.1:${port}/disk`]);
+    expect(plain.code).not.toBe(0);
+    await waitFor(() => server.stats.open === 0, { timeoutMs: 5000, message: 'connections closed' });
+  });
+
+  itWithTools(['nbdinfo'], 'takes keys added, changed and revoked in its file without a restart', async () => {
+    const alice = await clientKeys('alice-2', `alice:${KEY_ALICE}`);
+    const bob = await clientKeys('bob-2', `bob:${KEY_BOB}`);
+    // A new file renamed over the old one: bob added, alice revoked.
+    await writeFile(`${serverKeys}.new`, `bob:${KEY_BOB}\n`, { mode: 0o600 });
+    await rename(`${serverKeys}.new`, serverKeys);
+    expect((await runToolOk('nbdinfo', ['--size', uri('bob', bob)])).stdout.trim()).toBe(String(4 * MiB));
+    expect(await refused(['--size', uri('alice', alice)])).toMatch(`the PSK identity 'alice' is not in ${serverKeys}`);
+    // A file broken by an edit lets nobody in until it is mended.
+    await writeFile(serverKeys, `bob:${KEY_BOB}\nalice ${KEY_ALICE}\n`);
+    expect(await refused(['--size', uri('bob', bob)])).toMatch(`TLS refused: the NBD TLS PSK file ${serverKeys}, line 2: expected 'identity:hexkey'`);
+    await writeFile(serverKeys, `bob:${KEY_BOB}\nalice:${KEY_ALICE}\n`);
+    expect((await runToolOk('nbdinfo', ['--size', uri('alice', alice)])).stdout.trim()).toBe(String(4 * MiB));
   });
 });

@@ -1,7 +1,7 @@
 import { type Socket } from 'node:net';
-import { TLSSocket } from 'node:tls';
+import { TLSSocket, type TLSSocketOptions, type TlsOptions } from 'node:tls';
 import { type BlockDevice, type BlockExtent, type ExportEntry, type ExportListing } from './block-device';
-import { type NbdTls } from './nbd-tls';
+import { type NbdTls, type PskKeys } from './nbd-tls';
 import {
   BASE_ALLOCATION,
   CLIENT_FLAGS_BYTES,
@@ -158,6 +158,9 @@ export class NbdConnection {
   /** The plain socket until NBD_OPT_STARTTLS, then the TLS socket over it. */
   private socket: Socket;
   private tlsActive = false;
+  /** The PSK identity whose key the handshake uses, or why the one offered has none. */
+  private pskIdentity: string | undefined;
+  private pskRefused: string | undefined;
   /** Decrypted input not parsed yet (see onSecureData). */
   private secureChunks: Buffer[] = [];
   private readonly stage = Buffer.allocUnsafe(REQUEST_BYTES);
@@ -230,7 +233,7 @@ export class NbdConnection {
     socket.on('data', secure ? (chunk: Buffer) => this.onSecureData(chunk) : (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
     socket.on('drain', () => this.maybeResume());
-    socket.on('error', (err) => this.ctx.logger.log(`nbd connection ${this.id}: ${err.message}`));
+    socket.on('error', (err) => this.onSocketError(err));
     socket.on('close', () => this.onClose());
   }
 
@@ -506,12 +509,12 @@ export class NbdConnection {
       plain.removeAllListeners('data');
       plain.removeAllListeners('end');
       plain.removeAllListeners('drain');
-      const secure = new TLSSocket(plain, {
-        isServer: true,
-        secureContext: tls.secureContext,
-        requestCert: tls.verifyClients,
-        rejectUnauthorized: tls.verifyClients,
-      });
+      const psk = tls.psk;
+      // Node takes `pskCallback` on a server-side TLSSocket as on a server; its typings list it on servers only.
+      const options: TLSSocketOptions & Pick<TlsOptions, 'pskCallback'> = psk
+        ? { isServer: true, secureContext: tls.secureContext, pskCallback: (_socket, identity) => this.pskKey(psk, identity) }
+        : { isServer: true, secureContext: tls.secureContext, requestCert: tls.verifyClients, rejectUnauthorized: tls.verifyClients };
+      const secure = new TLSSocket(plain, options);
       this.socket = secure;
       this.listenTo(secure, true);
       secure.once('secure', () => {
@@ -519,6 +522,40 @@ export class NbdConnection {
         this.state = State.OptionHeader;
       });
     });
+  }
+
+  /** The key of the identity a client offered, remembered (or why there is none) for the handshake's outcome. */
+  private pskKey(psk: PskKeys, identity: string): Buffer | null {
+    const found = psk.lookup(identity);
+    if ('key' in found) {
+      this.pskIdentity = identity;
+      return found.key;
+    }
+    this.pskRefused = found.refused;
+    return null;
+  }
+
+  /**
+   * Why a TLS handshake failed, in words an operator can act on where the cause is the client's
+   * credentials (OpenSSL's own words otherwise). Authentication failures are warnings: someone may be
+   * trying keys.
+   */
+  private onSocketError(err: Error & { code?: string }): void {
+    if (this.tlsActive || this.state !== State.StartingTls) {
+      this.ctx.logger.log(`nbd connection ${this.id}: ${err.message}`);
+      return;
+    }
+    const psk = this.ctx.tls?.psk;
+    if (this.pskRefused !== undefined) {
+      this.ctx.logger.warn(`nbd connection ${this.id}: TLS refused: ${this.pskRefused}`);
+    } else if (psk && this.pskIdentity !== undefined && err.code === 'ERR_SSL_BINDER_DOES_NOT_VERIFY') {
+      this.ctx.logger.warn(`nbd connection ${this.id}: TLS refused: the client's key for PSK identity '${this.pskIdentity}' is not the one in ${psk.file}`);
+    } else if (psk && this.pskIdentity === undefined && err.code === 'ERR_SSL_NO_SUITABLE_SIGNATURE_ALGORITHM') {
+      // Without a PSK the handshake falls back to certificates, which this server has none of.
+      this.ctx.logger.warn(`nbd connection ${this.id}: TLS refused: the client offered no pre-shared key (this server authenticates clients by PSK only)`);
+    } else {
+      this.ctx.logger.warn(`nbd connection ${this.id}: TLS handshake failed: ${err.message.trim()}`);
+    }
   }
 
   /**

@@ -66,7 +66,7 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
       resolve: (name) => this.resolve(name),
       list: () => [...this.exports.values()].map((e) => ({ name: e.info.name, description: describe(e.info) })),
       logger: this.logger,
-      tls: config.nbdTls ? loadNbdTls(config.nbdTls) : undefined,
+      tls: config.nbdTls ? loadNbdTls(config.nbdTls, (message) => this.logger.warn(message)) : undefined,
     });
     this.scheme = config.nbdTls ? 'nbds' : 'nbd';
   }

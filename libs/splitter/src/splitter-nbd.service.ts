@@ -12,9 +12,10 @@ export interface NbdStatus {
   readonly port: number | null;
   /**
    * `off`: in the clear (nbd://); `on`: every client must start TLS (nbds://); `verify-clients`: and
-   * show a certificate the configured CA signed (CDP_NBD_TLS_CERT, CDP_NBD_TLS_KEY, CDP_NBD_TLS_CA).
+   * show a certificate the configured CA signed (CDP_NBD_TLS_CERT, CDP_NBD_TLS_KEY, CDP_NBD_TLS_CA);
+   * `psk`: and hold the pre-shared key of the identity it offers (CDP_NBD_TLS_PSK_FILE).
    */
-  readonly tls: 'off' | 'on' | 'verify-clients';
+  readonly tls: 'off' | 'on' | 'verify-clients' | 'psk';
   readonly exports: readonly {
     readonly name: string;
     readonly vpgId: string;
@@ -60,8 +61,9 @@ export class SplitterNbdService implements SplitterFrontEnd {
   }
 
   async start(): Promise<void> {
-    // Read (and checked) at every start: a renewed certificate is taken by restarting the service.
-    const tls: NbdTls | undefined = this.tlsFiles ? loadNbdTls(this.tlsFiles) : undefined;
+    // Read (and checked) at every start: a renewed certificate is taken by restarting the service (a PSK
+    // file is read again whenever it changes).
+    const tls: NbdTls | undefined = this.tlsFiles ? loadNbdTls(this.tlsFiles, (message) => this.logger.warn(message)) : undefined;
     const server = new NbdServer({
       resolve: (name) => this.resolve(name),
       list: () => this.list(),
@@ -81,7 +83,8 @@ export class SplitterNbdService implements SplitterFrontEnd {
       );
     }
     this.server = server;
-    this.logger.log(`serving protected volumes over NBD on ${this.scheme}://${this.host}:${this.port}${tls?.verifyClients ? ' (TLS, client certificates checked)' : ''}`);
+    const auth = tls?.psk ? ` (TLS, clients authenticated by the pre-shared keys in ${tls.psk.file})` : tls?.verifyClients ? ' (TLS, client certificates checked)' : '';
+    this.logger.log(`serving protected volumes over NBD on ${this.scheme}://${this.host}:${this.port}${auth}`);
   }
 
   /** Stops accepting; connections finish what is in flight (bounded by the server's grace period). */
@@ -105,7 +108,7 @@ export class SplitterNbdService implements SplitterFrontEnd {
     return {
       host: this.host,
       port: this.port,
-      tls: this.tlsFiles === null ? 'off' : this.tlsFiles.ca === null ? 'on' : 'verify-clients',
+      tls: tlsMode(this.tlsFiles),
       exports: this.catalog().exports.map((e) => ({
         name: e.name,
         vpgId: e.vpgId,
@@ -133,4 +136,11 @@ export class SplitterNbdService implements SplitterFrontEnd {
   private list(): ExportListing[] {
     return this.catalog().exports.map((e) => ({ name: e.name, description: e.description }));
   }
+}
+
+function tlsMode(settings: AppConfig['nbdTls']): NbdStatus['tls'] {
+  if (settings === null) {
+    return 'off';
+  }
+  return 'pskFile' in settings ? 'psk' : settings.ca === null ? 'on' : 'verify-clients';
 }
