@@ -60,14 +60,14 @@ async function run(ctx: BenchContext): Promise<Figure[]> {
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
       const jobs = hosts.map((h, i) => {
-        const address = h.app.get(SplitterNbdService).address();
-        if (!address) {
+        const uri = h.app.get(SplitterNbdService).uri(`${name}/${HOSTS[i]}/disk`);
+        if (!uri) {
           throw new Error(`${HOSTS[i]} serves no NBD`);
         }
         return fioInBackground([
           `--name=${HOSTS[i]}`,
           '--ioengine=nbd',
-          `--uri=nbd://${address.host}:${address.port}/${name}/${HOSTS[i]}/disk`,
+          `--uri=${uri}`,
           '--rw=randwrite',
           '--bs=4k',
           '--iodepth=16',

@@ -23,8 +23,9 @@ export async function startTestApp(options: { readonly bus?: Bus; readonly env?:
     CDP_DATA_DIR: dir.path,
     DATABASE_URL: database.url,
     CDP_HTTP_PORT: '0',
-    CDP_NBD_PORT: '0',
-    CDP_RECOVERY_NBD_PORT: '0',
+    // A free port each, unless the test puts a server on a Unix socket instead.
+    CDP_NBD_PORT: options.env?.['CDP_NBD_SOCKET'] ? undefined : '0',
+    CDP_RECOVERY_NBD_PORT: options.env?.['CDP_RECOVERY_NBD_SOCKET'] ? undefined : '0',
     // Set by the Jest configuration for every test run (see PayloadRing).
     CDP_POISON_RELEASED_PAYLOADS: process.env['CDP_POISON_RELEASED_PAYLOADS'],
     ...options.env,

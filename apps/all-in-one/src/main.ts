@@ -5,15 +5,15 @@ import { AllInOneModule } from './all-in-one.module';
 
 async function main(): Promise<void> {
   const { app, url, config } = await runService('all-in-one', (c) => AllInOneModule.forRoot(c));
-  // The actual port: CDP_NBD_PORT=0 picks a free one.
-  const nbd = app.get(SplitterNbdService).address();
+  // The actual port (CDP_NBD_PORT=0 picks a free one), or the Unix socket.
+  const volumes = app.get(SplitterNbdService).uri('<vpg>/<vm>/<volume>');
   console.log(
     [
       '',
       'Continuum all-in-one is running.',
       `  web page      ${url}/`,
       `  HTTP API      ${url}/api   (e.g. curl ${url}/api/vpgs)`,
-      `  block devices ${nbd ? `${nbd.scheme}://${nbd.host}:${nbd.port}/<vpg>/<vm>/<volume>` : 'not served'}`,
+      `  block devices ${volumes ?? 'not served'}`,
       `  data          ${config.dataDir}`,
       `  database      ${config.databaseUrl ? 'external PostgreSQL (DATABASE_URL)' : `embedded PostgreSQL under ${config.dataDir}/postgres`}`,
       `  demo          ${config.demo ? 'on: a demo VPG takes writes; checkpoints every 5 s' : 'off (CDP_DEMO=true to turn on)'}`,

@@ -52,6 +52,16 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ CDP_NBD_TLS_CA: '/ca.pem' })).toThrow(/CDP_NBD_TLS_CA: .*needs CDP_NBD_TLS_CERT/);
   });
 
+  it('takes a Unix socket for either NBD server instead of TCP, never beside it', () => {
+    expect(loadConfig({}).nbd.socket).toBeNull();
+    expect(loadConfig({ CDP_NBD_SOCKET: '/run/cdp/nbd.sock' }).nbd).toEqual({ host: '127.0.0.1', port: 10809, socket: '/run/cdp/nbd.sock' });
+    expect(loadConfig({ CDP_RECOVERY_NBD_SOCKET: 'exports.sock' }).recoveryNbd.socket).toBe(join(process.cwd(), 'exports.sock'));
+    expect(() => loadConfig({ CDP_NBD_SOCKET: '/run/cdp/nbd.sock', CDP_NBD_PORT: '10900' })).toThrow(/CDP_NBD_SOCKET: a Unix socket replaces TCP; unset CDP_NBD_PORT or CDP_NBD_SOCKET/);
+    expect(() => loadConfig({ CDP_RECOVERY_NBD_SOCKET: '/r.sock', CDP_RECOVERY_NBD_HOST: '0.0.0.0' })).toThrow(/unset CDP_RECOVERY_NBD_HOST or CDP_RECOVERY_NBD_SOCKET/);
+    expect(() => loadConfig({ CDP_NBD_SOCKET: '/run/a.sock', CDP_RECOVERY_NBD_SOCKET: '/run/../run/a.sock' })).toThrow(/the two NBD servers need two sockets/);
+    expect(() => loadConfig({ CDP_NBD_SOCKET: `/${'d'.repeat(110)}.sock` })).toThrow(/CDP_NBD_SOCKET: a Unix socket path must be at most 107 bytes long/);
+  });
+
   it('takes pre-shared keys for NBD TLS instead of certificates, never beside them', () => {
     expect(loadConfig({ CDP_NBD_TLS_PSK_FILE: '/etc/cdp/keys.psk' }).nbdTls).toEqual({ pskFile: '/etc/cdp/keys.psk' });
     expect(loadConfig({ CDP_NBD_TLS_PSK_FILE: 'keys.psk' }).nbdTls).toEqual({ pskFile: join(process.cwd(), 'keys.psk') });

@@ -5,6 +5,13 @@ import { z } from 'zod';
  * The process configuration, read from the environment once at start. Every bad variable is named in
  * one error, so an operator fixes them all in one go. Nothing else in the code reads process.env.
  */
+/** An NBD server's TCP address, or the Unix socket that replaces it (null: TCP). */
+export interface NbdListen {
+  readonly host: string;
+  readonly port: number;
+  readonly socket: string | null;
+}
+
 export interface AppConfig {
   /** Root of everything this process stores on disk: volumes, logs, journal segments, embedded Postgres. */
   readonly dataDir: string;
@@ -13,10 +20,13 @@ export interface AppConfig {
   /** Port for the embedded PostgreSQL server; 0 picks a free one. */
   readonly embeddedPostgresPort: number;
   readonly http: { readonly host: string; readonly port: number };
-  /** Where the splitter serves protected volumes over NBD (port 0 picks a free one). */
-  readonly nbd: { readonly host: string; readonly port: number };
-  /** Where the recovery orchestrator serves point-in-time exports over NBD (port 0 picks a free one). */
-  readonly recoveryNbd: { readonly host: string; readonly port: number };
+  /**
+   * Where the splitter serves protected volumes over NBD: TCP (port 0 picks a free one), or with
+   * `socket` (CDP_NBD_SOCKET) a Unix domain socket on this host instead.
+   */
+  readonly nbd: NbdListen;
+  /** Where the recovery orchestrator serves point-in-time exports over NBD (CDP_RECOVERY_NBD_SOCKET likewise). */
+  readonly recoveryNbd: NbdListen;
   /**
    * TLS for both NBD servers (CDP_NBD_TLS_CERT and CDP_NBD_TLS_KEY, PEM files; null: in the clear).
    * With it every client must start TLS before anything else; with `ca` (CDP_NBD_TLS_CA) a client must
@@ -107,6 +117,11 @@ export interface KafkaBusConfig {
 
 const bool = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes');
 const port = z.coerce.number().int().min(0).max(65_535);
+// sun_path holds 108 bytes with its terminating NUL; the length counted is the path as bound (absolute).
+const socketPath = z
+  .string()
+  .min(1)
+  .refine((path) => Buffer.byteLength(resolve(path)) <= 107, { message: 'a Unix socket path must be at most 107 bytes long (absolute)' });
 // host:port, the host a name, an IPv4 address or a bracketed IPv6 address.
 const BROKER = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([1-9]\d{0,4})$/;
 
@@ -124,6 +139,8 @@ const envSchema = z.object({
   CDP_NBD_PORT: port.default(10809),
   CDP_RECOVERY_NBD_HOST: z.string().min(1).default('127.0.0.1'),
   CDP_RECOVERY_NBD_PORT: port.default(10810),
+  CDP_NBD_SOCKET: socketPath.optional(),
+  CDP_RECOVERY_NBD_SOCKET: socketPath.optional(),
   CDP_NBD_TLS_CERT: z.string().min(1).optional(),
   CDP_NBD_TLS_KEY: z.string().min(1).optional(),
   CDP_NBD_TLS_CA: z.string().min(1).optional(),
@@ -185,6 +202,20 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
   if (present['CDP_NBD_TLS_CA'] !== undefined && present['CDP_NBD_TLS_CERT'] === undefined && present['CDP_NBD_TLS_PSK_FILE'] === undefined) {
     problems.push('CDP_NBD_TLS_CA: checks client certificates over TLS, which needs CDP_NBD_TLS_CERT and CDP_NBD_TLS_KEY');
   }
+  for (const [socket, host, port] of [
+    ['CDP_NBD_SOCKET', 'CDP_NBD_HOST', 'CDP_NBD_PORT'],
+    ['CDP_RECOVERY_NBD_SOCKET', 'CDP_RECOVERY_NBD_HOST', 'CDP_RECOVERY_NBD_PORT'],
+  ] as const) {
+    const tcp = [host, port].filter((name) => present[name] !== undefined);
+    if (present[socket] !== undefined && tcp.length > 0) {
+      problems.push(`${socket}: a Unix socket replaces TCP; unset ${tcp.join(', ')} or ${socket}`);
+    }
+  }
+  const volumesSocket = present['CDP_NBD_SOCKET'];
+  const exportsSocket = present['CDP_RECOVERY_NBD_SOCKET'];
+  if (volumesSocket !== undefined && exportsSocket !== undefined && resolve(volumesSocket) === resolve(exportsSocket)) {
+    problems.push('CDP_NBD_SOCKET, CDP_RECOVERY_NBD_SOCKET: the two NBD servers need two sockets');
+  }
   if (present['CDP_NBD_TLS_PSK_FILE'] !== undefined) {
     const x509 = ['CDP_NBD_TLS_CERT', 'CDP_NBD_TLS_KEY', 'CDP_NBD_TLS_CA'].filter((name) => present[name] !== undefined);
     if (x509.length > 0) {
@@ -201,8 +232,12 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>, ov
     databaseUrl: e.DATABASE_URL ?? null,
     embeddedPostgresPort: e.CDP_EMBEDDED_PG_PORT,
     http: { host: e.CDP_HTTP_HOST, port: e.CDP_HTTP_PORT },
-    nbd: { host: e.CDP_NBD_HOST, port: e.CDP_NBD_PORT },
-    recoveryNbd: { host: e.CDP_RECOVERY_NBD_HOST, port: e.CDP_RECOVERY_NBD_PORT },
+    nbd: { host: e.CDP_NBD_HOST, port: e.CDP_NBD_PORT, socket: e.CDP_NBD_SOCKET === undefined ? null : resolve(e.CDP_NBD_SOCKET) },
+    recoveryNbd: {
+      host: e.CDP_RECOVERY_NBD_HOST,
+      port: e.CDP_RECOVERY_NBD_PORT,
+      socket: e.CDP_RECOVERY_NBD_SOCKET === undefined ? null : resolve(e.CDP_RECOVERY_NBD_SOCKET),
+    },
     nbdTls:
       e.CDP_NBD_TLS_PSK_FILE !== undefined
         ? { pskFile: resolve(e.CDP_NBD_TLS_PSK_FILE) }

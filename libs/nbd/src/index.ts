@@ -4,3 +4,4 @@ export { type NbdLogger, transmissionFlags } from './nbd-connection';
 export * from './nbd-server';
 export * from './protocol';
 export * from './nbd-tls';
+export * from './nbd-uri';

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { type BlockDevice } from './block-device';
 import { MemoryBlockDevice } from './memory-block-device';
@@ -400,5 +401,91 @@ describe('NbdServer over TLS with pre-shared keys, with real clients', () => {
     expect(await refused(['--size', uri('bob', bob)])).toMatch(`TLS refused: the NBD TLS PSK file ${serverKeys}, line 2: expected 'identity:hexkey'`);
     await writeFile(serverKeys, `bob:${KEY_BOB}\nalice:${KEY_ALICE}\n`);
     expect((await runToolOk('nbdinfo', ['--size', uri('alice', alice)])).stdout.trim()).toBe(String(4 * MiB));
+  });
+});
+
+/**
+ * A Unix domain socket instead of TCP, for clients on the same host (a hypervisor beside the
+ * splitter): libnbd's `nbd+unix://` URIs, QEMU's unix server address, fio; and what the listener does
+ * with whatever is at its path already.
+ */
+describe('NbdServer on a Unix socket, with real clients', () => {
+  let dir: TempDir;
+  const servers: NbdServer[] = [];
+  const disk = new MemoryBlockDevice({ size: 16 * MiB });
+
+  function newServer(): NbdServer {
+    const server = new NbdServer({ resolve: (name) => (name === 'disk' ? { device: disk } : undefined), list: () => [{ name: 'disk' }] });
+    servers.push(server);
+    return server;
+  }
+
+  beforeAll(async () => {
+    dir = await tempDir('cdp-nbd-unix');
+  });
+
+  afterAll(async () => {
+    await Promise.all(servers.map((s) => s.close()));
+    await dir.cleanup();
+  });
+
+  itWithTools(['nbdinfo', 'nbdcopy', 'qemu-io', 'fio'], 'serves nbd+unix:// clients, QEMU and fio; the socket is 0660 and goes when the server closes', async () => {
+    const path = join(dir.path, 'nbd.sock');
+    const server = newServer();
+    await server.listenOnPath(path);
+    expect((await stat(path)).mode & 0o777).toBe(0o660);
+    const uri = `nbd+unix:///disk?socket=${path}`;
+    const content = randomBytes(4 * MiB);
+    const source = join(dir.path, 'source.bin');
+    await writeFile(source, content);
+    await runToolOk('nbdcopy', [source, uri]);
+    expect(disk.bytes.subarray(0, 4 * MiB).equals(content)).toBe(true);
+    expect((await runToolOk('nbdinfo', ['--size', uri])).stdout.trim()).toBe(String(16 * MiB));
+    const qemu = await runToolOk('qemu-io', [
+      '--image-opts', `driver=nbd,server.type=unix,server.path=${path},export=disk`,
+      '-c', 'write -P 0x77 8M 64k',
+      '-c', 'read -P 0x77 8M 64k',
+    ]);
+    expect(qemu.stdout).not.toMatch(/error|failed/i);
+    const fio = await runToolOk('fio', [
+      '--name=unix-verify', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=8m',
+      '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0', '--output-format=json',
+    ]);
+    const job = (JSON.parse(fio.stdout.slice(fio.stdout.indexOf('{'))) as { jobs: { error: number; read: { io_bytes: number } }[] }).jobs[0];
+    expect(job?.error).toBe(0);
+    expect(job?.read.io_bytes).toBe(8 * MiB);
+    await server.close();
+    await expect(stat(path)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  itWithTools(['nbdinfo'], 'speaks TLS over the socket as over TCP (nbds+unix://)', async () => {
+    const keys = join(dir.path, 'keys.psk');
+    await writeFile(keys, `local:${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    const path = join(dir.path, 'tls.sock');
+    const server = new NbdServer({ resolve: (name) => (name === 'disk' ? { device: disk } : undefined), tls: loadNbdTls({ pskFile: keys }) });
+    servers.push(server);
+    await server.listenOnPath(path);
+    const info = await runToolOk('nbdinfo', [`nbds+unix://local@/disk?socket=${path}&tls-psk-file=${keys}`]);
+    expect(info.stdout).toMatch(/with TLS/);
+    const plain = await runTool('nbdinfo', [`nbd+unix:///disk?socket=${path}`]);
+    expect(plain.code).not.toBe(0);
+  });
+
+  it('replaces a socket file its server left behind; refuses a live server\'s socket and a file that is not a socket, leaving both', async () => {
+    // A socket file nobody listens on: what a process killed while it listened leaves.
+    const stale = join(dir.path, 'stale.sock');
+    const killed = spawnSync(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+    expect(killed.signal).toBe('SIGKILL');
+    expect((await stat(stale)).isSocket()).toBe(true);
+    const server = newServer();
+    await server.listenOnPath(stale);
+    expect((await runToolOk('nbdinfo', ['--size', `nbd+unix:///disk?socket=${stale}`])).stdout.trim()).toBe(String(16 * MiB));
+    // Its socket is live now: another server may not take it.
+    await expect(newServer().listenOnPath(stale)).rejects.toThrow(`another server is listening on ${stale}`);
+    expect((await runToolOk('nbdinfo', ['--size', `nbd+unix:///disk?socket=${stale}`])).stdout.trim()).toBe(String(16 * MiB));
+    const file = join(dir.path, 'not-a-socket');
+    await writeFile(file, 'precious');
+    await expect(newServer().listenOnPath(file)).rejects.toThrow(`${file} exists and is not a socket: not replaced`);
+    expect(await readFile(file, 'utf8')).toBe('precious');
   });
 });

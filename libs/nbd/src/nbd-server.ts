@@ -1,4 +1,5 @@
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { chmod, lstat, unlink } from 'node:fs/promises';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { type ExportEntry, type ExportListing } from './block-device';
 import { type ConnectionContext, NbdConnection, type NbdLogger } from './nbd-connection';
 import { type NbdTls } from './nbd-tls';
@@ -48,7 +49,7 @@ const silent: NbdLogger = { log: () => undefined, warn: () => undefined, error: 
 
 /**
  * A Network Block Device server (fixed newstyle negotiation; simple or structured replies, block status
- * through `base:allocation`) over TCP. Exports are
+ * through `base:allocation`) over TCP or a Unix domain socket. Exports are
  * looked up by name on every NBD_OPT_GO, NBD_OPT_INFO and NBD_OPT_EXPORT_NAME, so the set can change
  * while the server runs.
  */
@@ -84,13 +85,45 @@ export class NbdServer {
   }
 
   /** Starts listening; port 0 picks a free one. Loopback unless told otherwise. */
-  listen(port: number, host = '127.0.0.1'): Promise<{ port: number }> {
+  async listen(port: number, host = '127.0.0.1'): Promise<{ port: number }> {
+    await this.listenOn({ port, host });
+    return { port: (this.server.address() as AddressInfo).port };
+  }
+
+  /**
+   * Starts listening on a Unix domain socket at `path` instead of TCP: for clients on the same host
+   * (a hypervisor beside the splitter), where file permissions decide who may connect. The socket is
+   * made mode 0660 (its owner and group may connect); the file goes when the server closes. A socket
+   * file left by a process that died is replaced; anything else at `path` (a live server's socket, a
+   * file that is not a socket) is refused, never removed.
+   */
+  async listenOnPath(path: string): Promise<void> {
+    const existing = await lstat(path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') {
+        return null;
+      }
+      throw err;
+    });
+    if (existing) {
+      if (!existing.isSocket()) {
+        throw new Error(`${path} exists and is not a socket: not replaced`);
+      }
+      if (await answers(path)) {
+        throw new Error(`another server is listening on ${path}`);
+      }
+      await unlink(path);
+    }
+    await this.listenOn({ path });
+    await chmod(path, 0o660);
+  }
+
+  private listenOn(options: { port: number; host: string } | { path: string }): Promise<void> {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
       this.server.once('error', onError);
-      this.server.listen(port, host, () => {
+      this.server.listen(options, () => {
         this.server.off('error', onError);
-        resolve({ port: (this.server.address() as AddressInfo).port });
+        resolve();
       });
     });
   }
@@ -134,4 +167,26 @@ export class NbdServer {
     this.connections.add(connection);
     void connection.done.then(() => this.connections.delete(connection));
   }
+}
+
+/**
+ * Whether a server accepts connections on the Unix socket at `path`: false only when the kernel says
+ * nobody listens there (a socket file its server left behind). Any other failure (no permission to
+ * connect, say) is thrown: that socket may well be someone's.
+ */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    const probe = connect({ path });
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ECONNREFUSED') {
+        resolve(false);
+      } else {
+        reject(new Error(`cannot tell whether a server listens on ${path}: ${err.message}`, { cause: err }));
+      }
+    });
+  });
 }

@@ -2,6 +2,7 @@ import { Body, Controller, Delete, Get, HttpCode, Param, Post } from '@nestjs/co
 import { z } from 'zod';
 import { pitExportAtRequestSchema, type PitExportAtRequest } from '@cdp/contracts';
 import { ZodPipe, uuidParam } from '@cdp/http-edge';
+import { type NbdEndpoint } from '@cdp/nbd';
 import { PitExportsService, type PitExport } from './pit-exports.service';
 
 const openExportSchema = z.strictObject({
@@ -37,7 +38,7 @@ export class PitExportsController {
   }
 
   @Get('exports')
-  list(): { server: { host: string; port: number }; exports: PitExport[] } {
+  list(): { server: NbdEndpoint; exports: PitExport[] } {
     return { server: this.exports.endpoint(), exports: this.exports.list() };
   }
 

@@ -5,7 +5,7 @@ import { Inject, Injectable, Logger, type BeforeApplicationShutdown, type OnAppl
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
 import { DomainError, volumesOf, type Volume, type Vpg } from '@cdp/domain';
 import { type PitView } from '@cdp/journal-store';
-import { NbdServer, type ExportEntry, loadNbdTls } from '@cdp/nbd';
+import { NbdServer, type ExportEntry, type NbdEndpoint, loadNbdTls, nbdUri } from '@cdp/nbd';
 import { PitExportDevice } from './pit-export.device';
 import { RecoveryService } from './recovery.service';
 import { VpgService } from './vpg.service';
@@ -53,8 +53,8 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
   private readonly exports = new Map<string, OpenExport>();
   private readonly server: NbdServer;
   private readonly overlayDir: string;
-  private address: { host: string; port: number } | undefined;
-  private readonly scheme: 'nbd' | 'nbds';
+  private address: NbdEndpoint | undefined;
+  private readonly tls: boolean;
 
   constructor(
     @Inject(APP_CONFIG) private readonly config: AppConfig,
@@ -68,17 +68,21 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
       logger: this.logger,
       tls: config.nbdTls ? loadNbdTls(config.nbdTls, (message) => this.logger.warn(message)) : undefined,
     });
-    this.scheme = config.nbdTls ? 'nbds' : 'nbd';
+    this.tls = config.nbdTls !== null;
   }
 
   async onApplicationBootstrap(): Promise<void> {
     // Overlays are scratch: whatever a previous run left behind belongs to exports that no longer exist.
     await rm(this.overlayDir, { recursive: true, force: true });
     await mkdir(this.overlayDir, { recursive: true });
-    const { host, port } = this.config.recoveryNbd;
-    const listening = await this.server.listen(port, host);
-    this.address = { host, port: listening.port };
-    this.logger.log(`serving point-in-time exports over NBD on ${this.scheme}://${host}:${listening.port}`);
+    const { host, port, socket } = this.config.recoveryNbd;
+    if (socket === null) {
+      this.address = { host, port: (await this.server.listen(port, host)).port };
+    } else {
+      await this.server.listenOnPath(socket);
+      this.address = { socket };
+    }
+    this.logger.log(`serving point-in-time exports over NBD at ${nbdUri(this.address, this.tls, 'pit/<id>')}`);
   }
 
   async beforeApplicationShutdown(): Promise<void> {
@@ -89,7 +93,7 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
   }
 
   /** Where clients connect. */
-  endpoint(): { host: string; port: number } {
+  endpoint(): NbdEndpoint {
     if (!this.address) {
       throw new DomainError('failed-precondition', 'the point-in-time NBD server is not listening yet');
     }
@@ -142,12 +146,12 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
       await view.close();
       throw err;
     }
-    const { host, port } = this.endpoint();
+    const endpoint = this.endpoint();
     const name = `pit/${id}`;
     const info = {
       id,
       name,
-      url: `${this.scheme}://${host}:${port}/${name}`,
+      url: nbdUri(endpoint, this.tls, name),
       vpgId,
       ...point,
       cut: view.cut,

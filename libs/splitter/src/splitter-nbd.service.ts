@@ -1,6 +1,6 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { APP_CONFIG, type AppConfig } from '@cdp/config';
-import { type ExportEntry, type ExportListing, NbdServer, type NbdTls, loadNbdTls } from '@cdp/nbd';
+import { type ExportEntry, type ExportListing, type NbdEndpoint, NbdServer, type NbdTls, loadNbdTls, nbdUri } from '@cdp/nbd';
 import { nbdExportCatalog, type NbdExportCatalog } from './nbd-exports';
 import { type PayloadRingStats } from './payload-ring';
 import { ProtectedVolumeDevice } from './protected-volume.device';
@@ -8,8 +8,10 @@ import { type SplitterFrontEnd, SplitterService } from './splitter.service';
 
 export interface NbdStatus {
   readonly host: string;
-  /** The port actually listened on (CDP_NBD_PORT=0 picks one); null until started or after stopping. */
+  /** The port actually listened on (CDP_NBD_PORT=0 picks one); null until started, after stopping, or on a Unix socket. */
   readonly port: number | null;
+  /** The Unix socket listened on instead of TCP (CDP_NBD_SOCKET), else null. */
+  readonly socket: string | null;
   /**
    * `off`: in the clear (nbd://); `on`: every client must start TLS (nbds://); `verify-clients`: and
    * show a certificate the configured CA signed (CDP_NBD_TLS_CERT, CDP_NBD_TLS_KEY, CDP_NBD_TLS_CA);
@@ -33,7 +35,7 @@ export interface NbdStatus {
 }
 
 /**
- * Serves every protected volume over NBD (CDP_NBD_HOST:CDP_NBD_PORT), so hypervisors and libnbd
+ * Serves every protected volume over NBD (CDP_NBD_HOST:CDP_NBD_PORT, or the Unix socket CDP_NBD_SOCKET), so hypervisors and libnbd
  * tools use protected volumes as disks; every write goes through the VPG's capture. Export names are
  * `<vpg name>/<vm name>/<volume name>` or the volume's UUID, looked up on every connection, so a VPG
  * created while the server runs is reachable at once.
@@ -46,9 +48,11 @@ export class SplitterNbdService implements SplitterFrontEnd {
   private readonly logger = new Logger('nbd');
   private readonly host: string;
   private readonly configuredPort: number;
+  private readonly socket: string | null;
   private readonly tlsFiles: AppConfig['nbdTls'];
   private server: NbdServer | undefined;
-  private port: number | null = null;
+  /** Where the server listens (the actual port, or the socket); null until started and after stopping. */
+  private endpoint: NbdEndpoint | null = null;
 
   constructor(
     private readonly splitter: SplitterService,
@@ -56,6 +60,7 @@ export class SplitterNbdService implements SplitterFrontEnd {
   ) {
     this.host = config.nbd.host;
     this.configuredPort = config.nbd.port;
+    this.socket = config.nbd.socket;
     this.tlsFiles = config.nbdTls;
     splitter.attachFrontEnd(this);
   }
@@ -71,43 +76,53 @@ export class SplitterNbdService implements SplitterFrontEnd {
       tls,
     });
     try {
-      ({ port: this.port } = await server.listen(this.configuredPort, this.host));
+      if (this.socket === null) {
+        this.endpoint = { host: this.host, port: (await server.listen(this.configuredPort, this.host)).port };
+      } else {
+        await server.listenOnPath(this.socket);
+        this.endpoint = { socket: this.socket };
+      }
     } catch (err) {
       await server.close();
       // Not the HTTP port: say which setting to change, since a taken 10809 is the likely cause.
       const code = (err as NodeJS.ErrnoException).code;
+      const why = code ?? (err instanceof Error ? err.message : String(err));
       throw new Error(
-        `cannot serve NBD on ${this.host}:${this.configuredPort} (${code ?? (err instanceof Error ? err.message : String(err))}); ` +
-          'set CDP_NBD_PORT to a free port (0 picks one) or CDP_NBD_HOST',
+        this.socket === null
+          ? `cannot serve NBD on ${this.host}:${this.configuredPort} (${why}); set CDP_NBD_PORT to a free port (0 picks one) or CDP_NBD_HOST`
+          : `cannot serve NBD on the Unix socket ${this.socket} (${why}); set CDP_NBD_SOCKET to another path`,
         { cause: err },
       );
     }
     this.server = server;
     const auth = tls?.psk ? ` (TLS, clients authenticated by the pre-shared keys in ${tls.psk.file})` : tls?.verifyClients ? ' (TLS, client certificates checked)' : '';
-    this.logger.log(`serving protected volumes over NBD on ${this.scheme}://${this.host}:${this.port}${auth}`);
+    this.logger.log(`serving protected volumes over NBD at ${this.uri('<vpg>/<vm>/<volume>') ?? ''}${auth}`);
   }
 
   /** Stops accepting; connections finish what is in flight (bounded by the server's grace period). */
   async stop(): Promise<void> {
     const server = this.server;
     this.server = undefined;
-    this.port = null;
+    this.endpoint = null;
     await server?.close();
   }
 
-  /** Where clients connect, with the actual port and the URI scheme (nbds with TLS); null before start. */
-  address(): { scheme: 'nbd' | 'nbds'; host: string; port: number } | null {
-    return this.port === null ? null : { scheme: this.scheme, host: this.host, port: this.port };
+  /** Where clients connect: the actual port (CDP_NBD_PORT=0 picks one) or the Unix socket; null before start. */
+  address(): NbdEndpoint | null {
+    return this.endpoint;
   }
 
-  private get scheme(): 'nbd' | 'nbds' {
-    return this.tlsFiles ? 'nbds' : 'nbd';
+  /** The URI a client opens for `exportName` (nbds with TLS, nbd+unix on a Unix socket); null before start. */
+  uri(exportName: string): string | null {
+    const endpoint = this.address();
+    return endpoint && nbdUri(endpoint, this.tlsFiles !== null, exportName);
   }
 
   status(): NbdStatus {
     return {
       host: this.host,
-      port: this.port,
+      port: this.endpoint && 'port' in this.endpoint ? this.endpoint.port : null,
+      socket: this.socket,
       tls: tlsMode(this.tlsFiles),
       exports: this.catalog().exports.map((e) => ({
         name: e.name,
