@@ -471,7 +471,7 @@ describe('NbdServer on a Unix socket, with real clients', () => {
     expect(plain.code).not.toBe(0);
   });
 
-  it('replaces a socket file its server left behind; refuses a live server\'s socket and a file that is not a socket, leaving both', async () => {
+  it('replaces a socket file its server left behind; refuses a live server\'s socket, a file that is not a socket (leaving both) and a path without its directory', async () => {
     // A socket file nobody listens on: what a process killed while it listened leaves.
     const stale = join(dir.path, 'stale.sock');
     const killed = spawnSync(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`]);
@@ -487,5 +487,8 @@ describe('NbdServer on a Unix socket, with real clients', () => {
     await writeFile(file, 'precious');
     await expect(newServer().listenOnPath(file)).rejects.toThrow(`${file} exists and is not a socket: not replaced`);
     expect(await readFile(file, 'utf8')).toBe('precious');
+    // A directory that is not there, or is a file (bind() says EACCES for the first, which misleads).
+    await expect(newServer().listenOnPath(join(dir.path, 'missing', 'nbd.sock'))).rejects.toThrow(`${join(dir.path, 'missing')} is not an existing directory`);
+    await expect(newServer().listenOnPath(join(file, 'nbd.sock'))).rejects.toThrow(`${file} is not an existing directory`);
   });
 });

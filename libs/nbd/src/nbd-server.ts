@@ -1,5 +1,6 @@
-import { chmod, lstat, unlink } from 'node:fs/promises';
+import { chmod, lstat, stat, unlink } from 'node:fs/promises';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { dirname } from 'node:path';
 import { type ExportEntry, type ExportListing } from './block-device';
 import { type ConnectionContext, NbdConnection, type NbdLogger } from './nbd-connection';
 import { type NbdTls } from './nbd-tls';
@@ -98,6 +99,11 @@ export class NbdServer {
    * file that is not a socket) is refused, never removed.
    */
   async listenOnPath(path: string): Promise<void> {
+    // bind() would say EACCES for a directory that does not exist, which sends people the wrong way.
+    const parent = dirname(path);
+    if (!(await stat(parent).catch(() => null))?.isDirectory()) {
+      throw new Error(`cannot put a socket at ${path}: ${parent} is not an existing directory`);
+    }
     const existing = await lstat(path).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') {
         return null;

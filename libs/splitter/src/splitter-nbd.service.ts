@@ -85,12 +85,11 @@ export class SplitterNbdService implements SplitterFrontEnd {
     } catch (err) {
       await server.close();
       // Not the HTTP port: say which setting to change, since a taken 10809 is the likely cause.
-      const code = (err as NodeJS.ErrnoException).code;
-      const why = code ?? (err instanceof Error ? err.message : String(err));
+      const message = err instanceof Error ? err.message : String(err);
       throw new Error(
         this.socket === null
-          ? `cannot serve NBD on ${this.host}:${this.configuredPort} (${why}); set CDP_NBD_PORT to a free port (0 picks one) or CDP_NBD_HOST`
-          : `cannot serve NBD on the Unix socket ${this.socket} (${why}); set CDP_NBD_SOCKET to another path`,
+          ? `cannot serve NBD on ${this.host}:${this.configuredPort} (${(err as NodeJS.ErrnoException).code ?? message}); set CDP_NBD_PORT to a free port (0 picks one) or CDP_NBD_HOST`
+          : `cannot serve NBD on the Unix socket ${this.socket} (${message}); set CDP_NBD_SOCKET to another path`,
         { cause: err },
       );
     }
