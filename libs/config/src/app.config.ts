@@ -1,10 +1,6 @@
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 
-/**
- * The process configuration, read from the environment once at start. Every bad variable is named in
- * one error, so an operator fixes them all in one go. Nothing else in the code reads process.env.
- */
 /** An NBD server's TCP address, or the Unix socket that replaces it (null: TCP). */
 export interface NbdListen {
   readonly host: string;
@@ -12,6 +8,10 @@ export interface NbdListen {
   readonly socket: string | null;
 }
 
+/**
+ * The process configuration, read from the environment once at start. Every bad variable is named in
+ * one error, so an operator fixes them all in one go. Nothing else in the code reads process.env.
+ */
 export interface AppConfig {
   /** Root of everything this process stores on disk: volumes, logs, journal segments, embedded Postgres. */
   readonly dataDir: string;
