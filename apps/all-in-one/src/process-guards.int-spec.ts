@@ -1,4 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { createTestDatabase, serviceCommand, startAllInOne, tempDir, type AllInOneProcess, type TempDir } from '@cdp/testing';
 
@@ -47,6 +48,36 @@ describe('process guards', () => {
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain('CDP_HTTP_PORT');
     expect(bad.stderr).toContain('DATABASE_URL');
+  });
+
+  it('says in one line why an NBD setting cannot be used, stops what it started, and exits 2', async () => {
+    const oneLine = (stderr: string): void => expect(stderr).not.toMatch(/^\s+at /m);
+    // Each run uses the same data directory: one that failed must have released it for the next.
+    const socket = join(dir.path, 'missing', 'nbd.sock');
+    // An empty variable is an unset one: the socket replaces the port the test harness sets.
+    const noDirectory = run({ CDP_DATA_DIR: join(dir.path, 'e'), DATABASE_URL: database.url, CDP_NBD_PORT: '', CDP_NBD_SOCKET: socket });
+    expect(noDirectory.status).toBe(2);
+    expect(noDirectory.stderr).toContain(
+      `all-in-one: cannot serve NBD on the Unix socket ${socket} (cannot put a socket at ${socket}: ${join(dir.path, 'missing')} is not an existing directory); set CDP_NBD_SOCKET to another path`,
+    );
+    oneLine(noDirectory.stderr);
+    const keys = join(dir.path, 'none.psk');
+    const noKeys = run({ CDP_DATA_DIR: join(dir.path, 'e'), DATABASE_URL: database.url, CDP_NBD_TLS_PSK_FILE: keys });
+    expect(noKeys.status).toBe(2);
+    expect(noKeys.stderr).toContain(`all-in-one: cannot read the NBD TLS PSK file ${keys}`);
+    oneLine(noKeys.stderr);
+    // The exports' port taken: named as that, not as the HTTP port.
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    const taken = (holder.address() as AddressInfo).port;
+    try {
+      const busy = run({ CDP_DATA_DIR: join(dir.path, 'e'), DATABASE_URL: database.url, CDP_RECOVERY_NBD_PORT: String(taken) });
+      expect(busy.status).toBe(2);
+      expect(busy.stderr).toContain(`all-in-one: cannot serve point-in-time exports over NBD on 127.0.0.1:${taken} (EADDRINUSE); set CDP_RECOVERY_NBD_PORT`);
+      oneLine(busy.stderr);
+    } finally {
+      await new Promise((resolve) => holder.close(resolve));
+    }
   });
 
   it('`npm start` hands a SIGTERM sent to npm (by a service manager, `docker stop`) to the application, which shuts down cleanly', async () => {

@@ -181,6 +181,15 @@ const envSchema = z.object({
 
 export const CONFIG_VARIABLES = Object.keys(envSchema.shape);
 
+/**
+ * A failure at start that the operator fixes from its message alone (a file a setting names, an
+ * address or socket path that cannot be used): the process prints the message without a stack and
+ * exits 2, as for a bad variable, after stopping what it had started.
+ */
+export class StartupError extends Error {
+  override readonly name = 'StartupError';
+}
+
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
   constructor(readonly problems: readonly string[]) {

@@ -2,10 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Inject, Injectable, Logger, type BeforeApplicationShutdown, type OnApplicationBootstrap } from '@nestjs/common';
-import { APP_CONFIG, type AppConfig } from '@cdp/config';
+import { APP_CONFIG, type AppConfig, StartupError } from '@cdp/config';
 import { DomainError, volumesOf, type Volume, type Vpg } from '@cdp/domain';
 import { type PitView } from '@cdp/journal-store';
-import { NbdServer, type ExportEntry, type NbdEndpoint, loadNbdTls, nbdUri } from '@cdp/nbd';
+import { NbdServer, type ExportEntry, type NbdEndpoint, type NbdTls, loadNbdTls, nbdUri } from '@cdp/nbd';
 import { PitExportDevice } from './pit-export.device';
 import { RecoveryService } from './recovery.service';
 import { VpgService } from './vpg.service';
@@ -51,7 +51,8 @@ interface OpenExport {
 export class PitExportsService implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger('pit-exports');
   private readonly exports = new Map<string, OpenExport>();
-  private readonly server: NbdServer;
+  /** Made at bootstrap, once the TLS files are read. */
+  private server: NbdServer | undefined;
   private readonly overlayDir: string;
   private address: NbdEndpoint | undefined;
   private readonly tls: boolean;
@@ -62,12 +63,6 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
     private readonly recovery: RecoveryService,
   ) {
     this.overlayDir = join(config.dataDir, 'recovery', 'overlays');
-    this.server = new NbdServer({
-      resolve: (name) => this.resolve(name),
-      list: () => [...this.exports.values()].map((e) => ({ name: e.info.name, description: describe(e.info) })),
-      logger: this.logger,
-      tls: config.nbdTls ? loadNbdTls(config.nbdTls, (message) => this.logger.warn(message)) : undefined,
-    });
     this.tls = config.nbdTls !== null;
   }
 
@@ -75,18 +70,43 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
     // Overlays are scratch: whatever a previous run left behind belongs to exports that no longer exist.
     await rm(this.overlayDir, { recursive: true, force: true });
     await mkdir(this.overlayDir, { recursive: true });
+    // TLS files are read here, not at construction: a bad one is a start-up failure the process reports
+    // in one line (StartupError) after stopping what it started.
+    let tls: NbdTls | undefined;
+    try {
+      tls = this.config.nbdTls ? loadNbdTls(this.config.nbdTls, (message) => this.logger.warn(message)) : undefined;
+    } catch (err) {
+      throw new StartupError((err as Error).message, { cause: err });
+    }
+    const server = new NbdServer({
+      resolve: (name) => this.resolve(name),
+      list: () => [...this.exports.values()].map((e) => ({ name: e.info.name, description: describe(e.info) })),
+      logger: this.logger,
+      tls,
+    });
+    this.server = server;
     const { host, port, socket } = this.config.recoveryNbd;
-    if (socket === null) {
-      this.address = { host, port: (await this.server.listen(port, host)).port };
-    } else {
-      await this.server.listenOnPath(socket);
-      this.address = { socket };
+    try {
+      if (socket === null) {
+        this.address = { host, port: (await server.listen(port, host)).port };
+      } else {
+        await server.listenOnPath(socket);
+        this.address = { socket };
+      }
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      throw new StartupError(
+        socket === null
+          ? `cannot serve point-in-time exports over NBD on ${host}:${port} (${(err as NodeJS.ErrnoException).code ?? message}); set CDP_RECOVERY_NBD_PORT to a free port (0 picks one) or CDP_RECOVERY_NBD_HOST`
+          : `cannot serve point-in-time exports over NBD on the Unix socket ${socket} (${message}); set CDP_RECOVERY_NBD_SOCKET to another path`,
+        { cause: err },
+      );
     }
     this.logger.log(`serving point-in-time exports over NBD at ${nbdUri(this.address, this.tls, 'pit/<id>')}`);
   }
 
   async beforeApplicationShutdown(): Promise<void> {
-    await this.server.close();
+    await this.server?.close();
     for (const id of [...this.exports.keys()]) {
       await this.close(id);
     }

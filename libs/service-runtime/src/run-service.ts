@@ -1,6 +1,6 @@
 import { type DynamicModule, type INestApplication, Logger, Module, type Type } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import { ConfigError, loadConfig, type AppConfig } from '@cdp/config';
+import { ConfigError, StartupError, loadConfig, type AppConfig } from '@cdp/config';
 import { HealthController, configureHttp, listen } from '@cdp/http-edge';
 import { DataDirInUseError, DataDirLock } from './data-dir.lock';
 import { InfrastructureModule } from './infrastructure.module';
@@ -72,6 +72,10 @@ export async function runService(name: string, compose: (config: AppConfig) => D
     await close();
     if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
       process.stderr.write(`${name}: ${config.http.host}:${config.http.port} is already in use; set CDP_HTTP_PORT to a free port\n`);
+      process.exit(2);
+    }
+    if (err instanceof StartupError) {
+      process.stderr.write(`${name}: ${err.message}\n`);
       process.exit(2);
     }
     throw err;

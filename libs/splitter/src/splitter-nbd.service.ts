@@ -1,5 +1,5 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
-import { APP_CONFIG, type AppConfig } from '@cdp/config';
+import { APP_CONFIG, type AppConfig, StartupError } from '@cdp/config';
 import { type ExportEntry, type ExportListing, type NbdEndpoint, NbdServer, type NbdTls, loadNbdTls, nbdUri } from '@cdp/nbd';
 import { nbdExportCatalog, type NbdExportCatalog } from './nbd-exports';
 import { type PayloadRingStats } from './payload-ring';
@@ -68,7 +68,12 @@ export class SplitterNbdService implements SplitterFrontEnd {
   async start(): Promise<void> {
     // Read (and checked) at every start: a renewed certificate is taken by restarting the service (a PSK
     // file is read again whenever it changes).
-    const tls: NbdTls | undefined = this.tlsFiles ? loadNbdTls(this.tlsFiles, (message) => this.logger.warn(message)) : undefined;
+    let tls: NbdTls | undefined;
+    try {
+      tls = this.tlsFiles ? loadNbdTls(this.tlsFiles, (message) => this.logger.warn(message)) : undefined;
+    } catch (err) {
+      throw new StartupError((err as Error).message, { cause: err });
+    }
     const server = new NbdServer({
       resolve: (name) => this.resolve(name),
       list: () => this.list(),
@@ -86,7 +91,7 @@ export class SplitterNbdService implements SplitterFrontEnd {
       await server.close();
       // Not the HTTP port: say which setting to change, since a taken 10809 is the likely cause.
       const message = err instanceof Error ? err.message : String(err);
-      throw new Error(
+      throw new StartupError(
         this.socket === null
           ? `cannot serve NBD on ${this.host}:${this.configuredPort} (${(err as NodeJS.ErrnoException).code ?? message}); set CDP_NBD_PORT to a free port (0 picks one) or CDP_NBD_HOST`
           : `cannot serve NBD on the Unix socket ${this.socket} (${message}); set CDP_NBD_SOCKET to another path`,
