@@ -58,7 +58,7 @@ describe('process guards', () => {
     const noDirectory = run({ CDP_DATA_DIR: join(dir.path, 'e'), DATABASE_URL: database.url, CDP_NBD_PORT: '', CDP_NBD_SOCKET: socket });
     expect(noDirectory.status).toBe(2);
     expect(noDirectory.stderr).toContain(
-      `all-in-one: cannot serve NBD on the Unix socket ${socket} (cannot put a socket at ${socket}: ${join(dir.path, 'missing')} is not an existing directory); set CDP_NBD_SOCKET to another path`,
+      `all-in-one: cannot serve protected volumes over NBD on the Unix socket ${socket} (cannot put a socket at ${socket}: ${join(dir.path, 'missing')} is not an existing directory); set CDP_NBD_SOCKET to another path`,
     );
     oneLine(noDirectory.stderr);
     const keys = join(dir.path, 'none.psk');

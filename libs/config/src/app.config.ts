@@ -188,6 +188,11 @@ export const CONFIG_VARIABLES = Object.keys(envSchema.shape);
  */
 export class StartupError extends Error {
   override readonly name = 'StartupError';
+
+  /** The failure of a start-up step whose message already says what to change. */
+  static of(err: unknown): StartupError {
+    return new StartupError(err instanceof Error ? err.message : String(err), { cause: err });
+  }
 }
 
 export class ConfigError extends Error {

@@ -4,6 +4,7 @@ import { dirname } from 'node:path';
 import { type ExportEntry, type ExportListing } from './block-device';
 import { type ConnectionContext, NbdConnection, type NbdLogger } from './nbd-connection';
 import { type NbdTls } from './nbd-tls';
+import { type NbdEndpoint } from './nbd-uri';
 import { DEFAULT_MAX_PAYLOAD_BYTES } from './protocol';
 
 export interface NbdServerOptions {
@@ -172,6 +173,42 @@ export class NbdServer {
     const connection = new NbdConnection(socket, this.ctx, this.accepted);
     this.connections.add(connection);
     void connection.done.then(() => this.connections.delete(connection));
+  }
+}
+
+/** Where a server is told to listen: TCP, or the Unix socket that replaces it (null: TCP). */
+export interface NbdListenSettings {
+  readonly host: string;
+  readonly port: number;
+  readonly socket: string | null;
+}
+
+/**
+ * Starts `server` where `listen` says and returns where clients reach it (the actual port: 0 picks
+ * one). A failure is an Error saying what was to be served, why it could not be, and which of the
+ * settings `names` to change: the caller reports it to an operator as it is.
+ */
+export async function listenAsConfigured(
+  server: NbdServer,
+  listen: NbdListenSettings,
+  names: { readonly host: string; readonly port: string; readonly socket: string },
+  what: string,
+): Promise<NbdEndpoint> {
+  const { host, port, socket } = listen;
+  try {
+    if (socket === null) {
+      return { host, port: (await server.listen(port, host)).port };
+    }
+    await server.listenOnPath(socket);
+    return { socket };
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    throw new Error(
+      socket === null
+        ? `cannot serve ${what} over NBD on ${host}:${port} (${(err as NodeJS.ErrnoException).code ?? message}); set ${names.port} to a free port (0 picks one) or ${names.host}`
+        : `cannot serve ${what} over NBD on the Unix socket ${socket} (${message}); set ${names.socket} to another path`,
+      { cause: err },
+    );
   }
 }
 

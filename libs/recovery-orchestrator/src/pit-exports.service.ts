@@ -5,7 +5,7 @@ import { Inject, Injectable, Logger, type BeforeApplicationShutdown, type OnAppl
 import { APP_CONFIG, type AppConfig, StartupError } from '@cdp/config';
 import { DomainError, volumesOf, type Volume, type Vpg } from '@cdp/domain';
 import { type PitView } from '@cdp/journal-store';
-import { NbdServer, type ExportEntry, type NbdEndpoint, type NbdTls, loadNbdTls, nbdUri } from '@cdp/nbd';
+import { NbdServer, type ExportEntry, type NbdEndpoint, type NbdTls, listenAsConfigured, loadNbdTls, nbdUri } from '@cdp/nbd';
 import { PitExportDevice } from './pit-export.device';
 import { RecoveryService } from './recovery.service';
 import { VpgService } from './vpg.service';
@@ -76,7 +76,7 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
     try {
       tls = this.config.nbdTls ? loadNbdTls(this.config.nbdTls, (message) => this.logger.warn(message)) : undefined;
     } catch (err) {
-      throw new StartupError((err as Error).message, { cause: err });
+      throw StartupError.of(err);
     }
     const server = new NbdServer({
       resolve: (name) => this.resolve(name),
@@ -85,22 +85,11 @@ export class PitExportsService implements OnApplicationBootstrap, BeforeApplicat
       tls,
     });
     this.server = server;
-    const { host, port, socket } = this.config.recoveryNbd;
+    const names = { host: 'CDP_RECOVERY_NBD_HOST', port: 'CDP_RECOVERY_NBD_PORT', socket: 'CDP_RECOVERY_NBD_SOCKET' };
     try {
-      if (socket === null) {
-        this.address = { host, port: (await server.listen(port, host)).port };
-      } else {
-        await server.listenOnPath(socket);
-        this.address = { socket };
-      }
+      this.address = await listenAsConfigured(server, this.config.recoveryNbd, names, 'point-in-time exports');
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      throw new StartupError(
-        socket === null
-          ? `cannot serve point-in-time exports over NBD on ${host}:${port} (${(err as NodeJS.ErrnoException).code ?? message}); set CDP_RECOVERY_NBD_PORT to a free port (0 picks one) or CDP_RECOVERY_NBD_HOST`
-          : `cannot serve point-in-time exports over NBD on the Unix socket ${socket} (${message}); set CDP_RECOVERY_NBD_SOCKET to another path`,
-        { cause: err },
-      );
+      throw StartupError.of(err);
     }
     this.logger.log(`serving point-in-time exports over NBD at ${nbdUri(this.address, this.tls, 'pit/<id>')}`);
   }

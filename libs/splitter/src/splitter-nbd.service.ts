@@ -1,6 +1,6 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
-import { APP_CONFIG, type AppConfig, StartupError } from '@cdp/config';
-import { type ExportEntry, type ExportListing, type NbdEndpoint, NbdServer, type NbdTls, loadNbdTls, nbdUri } from '@cdp/nbd';
+import { APP_CONFIG, type AppConfig, type NbdListen, StartupError } from '@cdp/config';
+import { type ExportEntry, type ExportListing, type NbdEndpoint, NbdServer, type NbdTls, listenAsConfigured, loadNbdTls, nbdUri } from '@cdp/nbd';
 import { nbdExportCatalog, type NbdExportCatalog } from './nbd-exports';
 import { type PayloadRingStats } from './payload-ring';
 import { ProtectedVolumeDevice } from './protected-volume.device';
@@ -46,9 +46,7 @@ export interface NbdStatus {
 @Injectable()
 export class SplitterNbdService implements SplitterFrontEnd {
   private readonly logger = new Logger('nbd');
-  private readonly host: string;
-  private readonly configuredPort: number;
-  private readonly socket: string | null;
+  private readonly listen: NbdListen;
   private readonly tlsFiles: AppConfig['nbdTls'];
   private server: NbdServer | undefined;
   /** Where the server listens (the actual port, or the socket); null until started and after stopping. */
@@ -58,9 +56,7 @@ export class SplitterNbdService implements SplitterFrontEnd {
     private readonly splitter: SplitterService,
     @Inject(APP_CONFIG) config: AppConfig,
   ) {
-    this.host = config.nbd.host;
-    this.configuredPort = config.nbd.port;
-    this.socket = config.nbd.socket;
+    this.listen = config.nbd;
     this.tlsFiles = config.nbdTls;
     splitter.attachFrontEnd(this);
   }
@@ -72,7 +68,7 @@ export class SplitterNbdService implements SplitterFrontEnd {
     try {
       tls = this.tlsFiles ? loadNbdTls(this.tlsFiles, (message) => this.logger.warn(message)) : undefined;
     } catch (err) {
-      throw new StartupError((err as Error).message, { cause: err });
+      throw StartupError.of(err);
     }
     const server = new NbdServer({
       resolve: (name) => this.resolve(name),
@@ -81,22 +77,10 @@ export class SplitterNbdService implements SplitterFrontEnd {
       tls,
     });
     try {
-      if (this.socket === null) {
-        this.endpoint = { host: this.host, port: (await server.listen(this.configuredPort, this.host)).port };
-      } else {
-        await server.listenOnPath(this.socket);
-        this.endpoint = { socket: this.socket };
-      }
+      this.endpoint = await listenAsConfigured(server, this.listen, { host: 'CDP_NBD_HOST', port: 'CDP_NBD_PORT', socket: 'CDP_NBD_SOCKET' }, 'protected volumes');
     } catch (err) {
       await server.close();
-      // Not the HTTP port: say which setting to change, since a taken 10809 is the likely cause.
-      const message = err instanceof Error ? err.message : String(err);
-      throw new StartupError(
-        this.socket === null
-          ? `cannot serve NBD on ${this.host}:${this.configuredPort} (${(err as NodeJS.ErrnoException).code ?? message}); set CDP_NBD_PORT to a free port (0 picks one) or CDP_NBD_HOST`
-          : `cannot serve NBD on the Unix socket ${this.socket} (${message}); set CDP_NBD_SOCKET to another path`,
-        { cause: err },
-      );
+      throw StartupError.of(err);
     }
     this.server = server;
     const auth = tls?.psk ? ` (TLS, clients authenticated by the pre-shared keys in ${tls.psk.file})` : tls?.verifyClients ? ' (TLS, client certificates checked)' : '';
@@ -124,9 +108,9 @@ export class SplitterNbdService implements SplitterFrontEnd {
 
   status(): NbdStatus {
     return {
-      host: this.host,
+      host: this.listen.host,
       port: this.endpoint && 'port' in this.endpoint ? this.endpoint.port : null,
-      socket: this.socket,
+      socket: this.listen.socket,
       tls: tlsMode(this.tlsFiles),
       exports: this.catalog().exports.map((e) => ({
         name: e.name,
